@@ -1,0 +1,365 @@
+//! Recorder: the single writer of scan events.
+//!
+//! Redirect handlers put events into the Recorder's intake queue, a bounded
+//! queue the Recorder owns, instead of sending one actor message per scan:
+//! a push is a short mutex hold on the worker thread, and the Recorder thread
+//! is woken once per batch (or by its own tick), not once per scan. That keeps
+//! the cross-thread wake off the per-request cost (DESIGN.md, "The hot path").
+//!
+//! The Recorder drains the queue in batches of `recorder.batch_size`, writes
+//! each batch in one sled transaction, and in `strict` mode flushes it to disk
+//! before publishing the batch's sequence number, which is what strict
+//! redirects wait for (group commit). Committed batches are handed on to the
+//! downstream recipients (counters, visitors, webhooks plug in there).
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Durability, Overflow, RecorderSettings};
+use crate::domain::ScanEvent;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// A batch of events that is in the store, for the actors downstream.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct ScansCommitted(pub Arc<[ScanEvent]>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The Recorder has the event (strict: it is on disk).
+    Recorded,
+    /// The queue was full and `overflow = "drop"`: not recorded, counted.
+    Dropped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the recorder is shutting down")]
+    Closed,
+    #[error("the scan was not confirmed durable in time")]
+    NotDurable,
+}
+
+struct Queue {
+    events: VecDeque<ScanEvent>,
+    /// Sequence number of the next event pushed; the first is 1.
+    next_seq: u64,
+}
+
+/// The intake queue, shared by the handlers (push) and the Recorder (drain).
+struct Intake {
+    queue: Mutex<Queue>,
+    capacity: usize,
+    batch_size: usize,
+    overflow: Overflow,
+    durability: Durability,
+    ack_timeout: Duration,
+    /// The sequence number of the last event committed (strict: flushed).
+    committed: watch::Sender<u64>,
+    space: Notify,
+    wake_pending: AtomicBool,
+    closed: AtomicBool,
+}
+
+enum Push {
+    Queued {
+        seq: u64,
+        wake: bool,
+    },
+    /// The queue is full; the event comes back (boxed: this is the rare path).
+    Full(Box<ScanEvent>),
+}
+
+impl Intake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Nothing panics while holding this lock; recover the data if it ever did.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn try_push(&self, event: ScanEvent) -> Push {
+        let mut q = self.lock();
+        if q.events.len() >= self.capacity {
+            return Push::Full(Box::new(event));
+        }
+        q.events.push_back(event);
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let wake = q.events.len() >= self.batch_size;
+        Push::Queued { seq, wake }
+    }
+
+    /// Up to `batch_size` events and the sequence number of the last one.
+    fn take_batch(&self) -> Option<(Vec<ScanEvent>, u64)> {
+        let mut q = self.lock();
+        if q.events.is_empty() {
+            return None;
+        }
+        let n = q.events.len().min(self.batch_size);
+        let batch: Vec<ScanEvent> = q.events.drain(..n).collect();
+        let last_seq = q.next_seq - q.events.len() as u64 - 1;
+        Some((batch, last_seq))
+    }
+
+    fn depth(&self) -> usize {
+        self.lock().events.len()
+    }
+}
+
+/// What redirect handlers hold: records a scan, honouring the overflow policy
+/// and, in strict mode, waiting for durability.
+#[derive(Clone)]
+pub struct RecorderHandle {
+    intake: Arc<Intake>,
+    addr: Addr<Recorder>,
+    metrics: Arc<Metrics>,
+}
+
+impl RecorderHandle {
+    pub async fn record(&self, event: ScanEvent) -> Result<RecordOutcome, RecordError> {
+        let intake = &self.intake;
+        let mut event = event;
+        let seq = loop {
+            if intake.closed.load(Ordering::Acquire) {
+                return Err(RecordError::Closed);
+            }
+            let mut space = pin!(intake.space.notified());
+            space.as_mut().enable();
+            match intake.try_push(event) {
+                Push::Queued { seq, wake } => {
+                    if wake && !intake.wake_pending.swap(true, Ordering::AcqRel) {
+                        // A full mailbox means the Recorder is already busy; its tick will come.
+                        let _ = self.addr.try_send(Wake);
+                    }
+                    break seq;
+                }
+                Push::Full(returned) => match intake.overflow {
+                    Overflow::Drop => {
+                        self.metrics.scans_dropped_queue_full.inc();
+                        return Ok(RecordOutcome::Dropped);
+                    }
+                    Overflow::Wait => {
+                        self.metrics.recorder_backpressure_waits.inc();
+                        event = *returned;
+                        space.await;
+                    }
+                },
+            }
+        };
+        if intake.durability == Durability::Strict {
+            let mut rx = intake.committed.subscribe();
+            let done = tokio::time::timeout(intake.ack_timeout, rx.wait_for(|c| *c >= seq)).await;
+            if !matches!(done, Ok(Ok(_))) {
+                return Err(RecordError::NotDurable);
+            }
+        }
+        Ok(RecordOutcome::Recorded)
+    }
+
+    /// Events waiting in the intake queue.
+    pub fn queue_depth(&self) -> usize {
+        self.intake.depth()
+    }
+
+    pub fn addr(&self) -> &Addr<Recorder> {
+        &self.addr
+    }
+}
+
+/// A batch taken from the queue but not yet fully committed.
+struct Pending {
+    events: Vec<ScanEvent>,
+    last_seq: u64,
+    written: bool,
+}
+
+pub struct Recorder {
+    store: Store,
+    intake: Arc<Intake>,
+    interval: Duration,
+    mailbox_capacity: usize,
+    downstream: Vec<Recipient<ScansCommitted>>,
+    metrics: Arc<Metrics>,
+    pending: Option<Pending>,
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+}
+
+impl Recorder {
+    /// Starts the Recorder on its own arbiter (thread), so its blocking sled
+    /// writes and fsyncs never run on an HTTP worker.
+    pub fn start(
+        store: Store,
+        settings: &RecorderSettings,
+        durability: Durability,
+        downstream: Vec<Recipient<ScansCommitted>>,
+        metrics: Arc<Metrics>,
+    ) -> RecorderHandle {
+        let intake = Arc::new(Intake {
+            queue: Mutex::new(Queue {
+                events: VecDeque::with_capacity(settings.batch_size),
+                next_seq: 1,
+            }),
+            capacity: settings.queue_capacity,
+            batch_size: settings.batch_size,
+            overflow: settings.overflow,
+            durability,
+            ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
+            committed: watch::Sender::new(0),
+            space: Notify::new(),
+            wake_pending: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        let recorder = Recorder {
+            store,
+            intake: intake.clone(),
+            interval: Duration::from_millis(settings.batch_interval_ms),
+            mailbox_capacity: settings.mailbox_capacity,
+            downstream,
+            metrics: metrics.clone(),
+            pending: None,
+            retry_at: None,
+            retry_delay: Duration::from_millis(10),
+        };
+        let arbiter = Arbiter::new();
+        let addr = Recorder::start_in_arbiter(&arbiter.handle(), move |_| recorder);
+        RecorderHandle {
+            intake,
+            addr,
+            metrics,
+        }
+    }
+
+    /// Commits every batch that is ready; stops at the first failure and
+    /// keeps that batch for a retry with backoff. Returns false on failure.
+    fn commit_ready(&mut self) -> bool {
+        loop {
+            if self.pending.is_none() {
+                self.pending = self.intake.take_batch().map(|(events, last_seq)| Pending {
+                    events,
+                    last_seq,
+                    written: false,
+                });
+                self.intake.space.notify_waiters();
+            }
+            let Some(pending) = self.pending.as_mut() else {
+                return true;
+            };
+            if !pending.written {
+                if let Err(e) = self.store.commit_scans(&pending.events) {
+                    tracing::error!(error = %e, events = pending.events.len(), "writing a scan batch failed; will retry");
+                    return self.schedule_retry();
+                }
+                pending.written = true;
+            }
+            if self.intake.durability == Durability::Strict {
+                let started = Instant::now();
+                if let Err(e) = self.store.flush() {
+                    tracing::error!(error = %e, "flushing a scan batch failed; will retry");
+                    return self.schedule_retry();
+                }
+                self.metrics.flush_seconds.observe(started.elapsed());
+            }
+            let Some(done) = self.pending.take() else {
+                return true;
+            };
+            self.metrics.scans_recorded.add(done.events.len() as u64);
+            self.metrics.recorder_batches.inc();
+            self.intake.committed.send_replace(done.last_seq);
+            self.retry_delay = Duration::from_millis(10);
+            self.retry_at = None;
+            self.hand_on(done.events);
+        }
+    }
+
+    fn schedule_retry(&mut self) -> bool {
+        self.metrics.recorder_write_failures.inc();
+        self.retry_at = Some(Instant::now() + self.retry_delay);
+        self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
+        false
+    }
+
+    fn hand_on(&self, events: Vec<ScanEvent>) {
+        if self.downstream.is_empty() {
+            return;
+        }
+        let batch = ScansCommitted(events.into());
+        for recipient in &self.downstream {
+            if recipient.try_send(batch.clone()).is_err() {
+                self.metrics.downstream_full.inc();
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.intake.wake_pending.store(false, Ordering::Release);
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.commit_ready();
+        self.metrics
+            .recorder_queue_depth
+            .set(self.intake.depth() as u64);
+    }
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+        ctx.run_interval(self.interval, |act, _| act.tick());
+    }
+}
+
+/// Commit what is queued now (sent when a full batch is waiting).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Wake;
+
+impl Handler<Wake> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, _: &mut Self::Context) {
+        self.metrics.recorder_messages.inc();
+        self.tick();
+    }
+}
+
+/// Shutdown: refuse new scans, commit everything queued, flush. Answers the
+/// number of events still uncommitted (0 unless the store keeps failing).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Drain {
+    pub timeout: Duration,
+}
+
+impl Handler<Drain> for Recorder {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Drain, _: &mut Self::Context) -> usize {
+        self.metrics.recorder_messages.inc();
+        self.intake.closed.store(true, Ordering::Release);
+        self.intake.space.notify_waiters();
+        let deadline = Instant::now() + msg.timeout;
+        while !self.commit_ready() && Instant::now() < deadline {
+            std::thread::sleep(self.retry_delay);
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        let left = self.intake.depth() + self.pending.as_ref().map_or(0, |p| p.events.len());
+        if left > 0 {
+            tracing::error!(events = left, "shutdown left scan events uncommitted");
+        }
+        left
+    }
+}

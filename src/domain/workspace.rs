@@ -1,0 +1,73 @@
+//! Workspaces: the tenant that owns links, events and tokens.
+
+use serde::{Deserialize, Serialize};
+
+use super::{FieldError, Timestamp};
+use crate::ids::WorkspaceId;
+
+const MAX_NAME_LEN: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    pub name: String,
+    pub plan: String,
+    pub retention_days: u32,
+    pub timezone: String,
+    pub created_at: Timestamp,
+}
+
+/// A validated `PATCH /v1/workspace`.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspacePatch {
+    pub name: Option<String>,
+    pub timezone: Option<String>,
+}
+
+pub fn validate_name(name: &str) -> Result<String, FieldError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.len() > MAX_NAME_LEN || trimmed.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "name",
+            format!("must be 1 to {MAX_NAME_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An IANA time zone name such as `Europe/Vienna`, or `UTC`.
+pub fn validate_timezone(tz: &str) -> Result<String, FieldError> {
+    match jiff::tz::TimeZone::get(tz) {
+        Ok(_) if !tz.is_empty() => Ok(tz.to_owned()),
+        _ => Err(FieldError::new(
+            "timezone",
+            "must be an IANA time zone name such as Europe/Vienna",
+        )),
+    }
+}
+
+impl WorkspacePatch {
+    pub fn apply(self, ws: &mut Workspace) {
+        if let Some(name) = self.name {
+            ws.name = name;
+        }
+        if let Some(tz) = self.timezone {
+            ws.timezone = tz;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timezone_names_are_checked() {
+        assert!(validate_timezone("Europe/Vienna").is_ok());
+        assert!(validate_timezone("UTC").is_ok());
+        assert!(validate_timezone("Mars/Olympus").is_err());
+        assert!(validate_timezone("").is_err());
+        assert!(validate_name("  ").is_err());
+        assert_eq!(validate_name(" Acme ").unwrap(), "Acme");
+    }
+}

@@ -1,0 +1,132 @@
+//! Enrichment of a scan on the redirect path: plain functions on the worker
+//! thread, no I/O (the salt read is in memory; geo lookups are memory-mapped).
+
+pub mod client_ip;
+pub mod privacy;
+pub mod useragent;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use woothee::parser::Parser;
+
+use crate::domain::{DeviceType, Link, ScanEvent, ScanMethod};
+use crate::ids::EventId;
+use crate::store::{Store, StoreResult};
+use privacy::DailySalts;
+
+const MAX_REFERER_BYTES: usize = 1024;
+
+/// The parts of a request that enrichment reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ScanRequest<'a> {
+    pub peer: Option<IpAddr>,
+    pub user_agent: Option<&'a str>,
+    pub forwarded_for: Option<&'a str>,
+    pub forwarded: Option<&'a str>,
+    pub accept_language: Option<&'a str>,
+    pub referer: Option<&'a str>,
+}
+
+pub struct Enricher {
+    parser: Parser,
+    trusted_proxies: Vec<IpNet>,
+    salts: DailySalts,
+}
+
+impl Enricher {
+    pub fn new(store: Store, trusted_proxies: Vec<IpNet>) -> StoreResult<Enricher> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        Ok(Enricher {
+            parser: Parser::new(),
+            trusted_proxies,
+            salts: DailySalts::load(store, now)?,
+        })
+    }
+
+    /// Builds the scan event for `link` from `req`. The client IP is used for
+    /// the hash (and geo) here and never leaves this function.
+    pub fn scan_event(
+        &self,
+        req: &ScanRequest,
+        link: &Link,
+        id: EventId,
+        method: ScanMethod,
+        destination: String,
+    ) -> ScanEvent {
+        let ip = client_ip::client_ip(
+            req.peer,
+            req.forwarded_for,
+            req.forwarded,
+            &self.trusted_proxies,
+        );
+        let agent = useragent::parse(&self.parser, req.user_agent);
+        ScanEvent {
+            id,
+            workspace_id: link.workspace_id,
+            link_id: link.id,
+            visitor_id: None,
+            method,
+            device_type: agent.device_type.unwrap_or(DeviceType::Other),
+            os: agent.os,
+            os_version: agent.os_version,
+            browser: agent.browser,
+            browser_version: agent.browser_version,
+            country: None,
+            region: None,
+            city: None,
+            isp: None,
+            asn: None,
+            language: req.accept_language.and_then(primary_language),
+            referer: req.referer.and_then(truncate_referer),
+            destination,
+            ip_hash: self.salts.ip_hash(ip, id.timestamp_ms()),
+            bot: agent.bot,
+        }
+    }
+}
+
+/// The primary subtag of the first language in `Accept-Language`, lower-case.
+pub fn primary_language(header: &str) -> Option<String> {
+    let first = header.split(',').next()?.split(';').next()?.trim();
+    let primary = first.split(['-', '_']).next()?;
+    let ok = (1..=8).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic());
+    ok.then(|| primary.to_ascii_lowercase())
+}
+
+/// The referer as sent, cut to 1024 bytes on a character boundary.
+pub fn truncate_referer(referer: &str) -> Option<String> {
+    if referer.is_empty() {
+        return None;
+    }
+    let mut end = referer.len().min(MAX_REFERER_BYTES);
+    while !referer.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(referer[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_is_the_first_primary_subtag() {
+        assert_eq!(
+            primary_language("de-AT,de;q=0.9,en;q=0.8").as_deref(),
+            Some("de")
+        );
+        assert_eq!(primary_language("EN_us").as_deref(), Some("en"));
+        assert_eq!(primary_language("*"), None);
+        assert_eq!(primary_language(""), None);
+        assert_eq!(primary_language("zh-Hant-TW;q=1").as_deref(), Some("zh"));
+    }
+
+    #[test]
+    fn referer_is_truncated_safely() {
+        let long = "é".repeat(600);
+        let cut = truncate_referer(&long).unwrap();
+        assert!(cut.len() <= 1024 && cut.len() >= 1022);
+        assert_eq!(truncate_referer(""), None);
+    }
+}

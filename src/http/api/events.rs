@@ -1,0 +1,212 @@
+//! `/v1/events`: list with filters, get one.
+
+use actix_web::{HttpResponse, get, web};
+use serde::{Deserialize, Serialize};
+
+use super::parse_id;
+use crate::domain::{DeviceType, ScanEvent, ScanMethod, Timestamp};
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::http::auth::SecretCaller;
+use crate::http::pagination::{ListResponse, PageParams, QueryScope};
+use crate::ids::{EventId, EventKind, LinkId, LinkKind, VisitorId, VisitorKind};
+use crate::store::{EventIndex, EventQuery};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(list_events).service(get_event);
+}
+
+/// The event object of API.md.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub id: EventId,
+    pub link_id: LinkId,
+    pub visitor_id: Option<VisitorId>,
+    pub timestamp: Timestamp,
+    pub method: ScanMethod,
+    pub device_type: DeviceType,
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub browser: Option<String>,
+    pub browser_version: Option<String>,
+    pub country: Option<String>,
+    pub region: Option<String>,
+    pub city: Option<String>,
+    pub isp: Option<String>,
+    pub asn: Option<u32>,
+    pub language: Option<String>,
+    pub referer: Option<String>,
+    pub destination: String,
+    pub ip_hash: String,
+    pub bot: bool,
+}
+
+impl From<ScanEvent> for EventView {
+    fn from(e: ScanEvent) -> Self {
+        EventView {
+            timestamp: Timestamp::from_millis(e.timestamp_ms()),
+            id: e.id,
+            link_id: e.link_id,
+            visitor_id: e.visitor_id,
+            method: e.method,
+            device_type: e.device_type,
+            os: e.os,
+            os_version: e.os_version,
+            browser: e.browser,
+            browser_version: e.browser_version,
+            country: e.country,
+            region: e.region,
+            city: e.city,
+            isp: e.isp,
+            asn: e.asn,
+            language: e.language,
+            referer: e.referer,
+            destination: e.destination,
+            ip_hash: hex::encode(e.ip_hash),
+            bot: e.bot,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListEventsQuery {
+    link_id: Option<String>,
+    tag: Option<String>,
+    visitor_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    country: Option<String>,
+    device_type: Option<String>,
+    include_bots: Option<String>,
+    page_size: Option<String>,
+    page_token: Option<String>,
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+fn parse_time(param: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    raw.map(|s| {
+        s.parse::<Timestamp>().map(|t| t.as_millis()).map_err(|_| {
+            ApiError::bad_request(format!(
+                "`{param}` must be an RFC 3339 timestamp such as 2026-06-05T14:32:18Z."
+            ))
+        })
+    })
+    .transpose()
+}
+
+impl ListEventsQuery {
+    fn parse(&self, caller: &SecretCaller) -> Result<EventQuery, ApiError> {
+        let link = non_empty(&self.link_id)
+            .map(|s| parse_id::<LinkKind>("link_id", s))
+            .transpose()?;
+        let visitor = non_empty(&self.visitor_id)
+            .map(|s| parse_id::<VisitorKind>("visitor_id", s))
+            .transpose()?;
+        let index = match (visitor, link) {
+            (Some(v), _) => EventIndex::Visitor(v),
+            (None, Some(l)) => EventIndex::Link(l),
+            (None, None) => EventIndex::Workspace,
+        };
+        let from_ms = parse_time("from", non_empty(&self.from))?;
+        let to_ms = parse_time("to", non_empty(&self.to))?;
+        let country = non_empty(&self.country)
+            .map(
+                |c| match c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    true => Ok(c.to_ascii_uppercase()),
+                    false => Err(ApiError::bad_request(
+                        "`country` must be a two-letter ISO 3166 code.",
+                    )),
+                },
+            )
+            .transpose()?;
+        let device_type = non_empty(&self.device_type)
+            .map(|d| {
+                DeviceType::parse(d).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "`device_type` must be mobile, tablet, desktop, bot or other.",
+                    )
+                })
+            })
+            .transpose()?;
+        let include_bots = match non_empty(&self.include_bots) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "`include_bots` must be true or false.",
+                ));
+            }
+        };
+        Ok(EventQuery {
+            workspace_id: caller.0.workspace_id,
+            index,
+            from_ms,
+            to_ms,
+            tag: non_empty(&self.tag).map(str::to_owned),
+            country,
+            device_type,
+            include_bots,
+        })
+    }
+}
+
+/// Canonical form of a query's filters: what a page token is bound to.
+fn canonical(q: &EventQuery, link: Option<LinkId>) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        q.index, link, q.from_ms, q.to_ms, q.tag, q.country, q.device_type, q.include_bots
+    )
+}
+
+#[get("/events")]
+async fn list_events(
+    state: web::Data<AppState>,
+    caller: SecretCaller,
+    q: web::Query<ListEventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = q.parse(&caller)?;
+    // With both visitor_id and link_id, the visitor index is walked and the link is a filter.
+    let link_filter = match (query.index, non_empty(&q.link_id)) {
+        (EventIndex::Visitor(_), Some(s)) => Some(parse_id::<LinkKind>("link_id", s)?),
+        _ => None,
+    };
+    let scope = QueryScope::new(
+        &caller.0.workspace_id,
+        "events",
+        &canonical(&query, link_filter),
+    );
+    let page = PageParams::parse(q.page_size.as_deref(), q.page_token.as_deref(), &scope)?;
+    let store = state.store.clone();
+    let size = page.size;
+    let found = web::block(move || store.list_events(&query, page.cursor.as_deref(), size))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    let data: Vec<EventView> = found
+        .items
+        .into_iter()
+        .filter(|e| link_filter.is_none_or(|l| e.link_id == l))
+        .map(EventView::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(ListResponse {
+        data,
+        next_page_token: scope.token(found.next_cursor),
+    }))
+}
+
+#[get("/events/{id}")]
+async fn get_event(
+    state: web::Data<AppState>,
+    caller: SecretCaller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id::<EventKind>("id", &id)?;
+    match state.store.event(&id)? {
+        Some(e) if e.workspace_id == caller.0.workspace_id => {
+            Ok(HttpResponse::Ok().json(EventView::from(e)))
+        }
+        _ => Err(ApiError::not_found("No event with this ID.")),
+    }
+}

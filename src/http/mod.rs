@@ -1,0 +1,107 @@
+//! The HTTP surface: shared state, route table, extractor error mapping.
+//! Routes of the server itself come before `/{slug}`, so no slug can shadow them.
+
+pub mod api;
+pub mod auth;
+pub mod ops;
+pub mod pagination;
+pub mod redirect;
+pub mod request_id;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::Addr;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::actors::{LinkCache, RecorderHandle, Resolver};
+use crate::config::Settings;
+use crate::enrich::Enricher;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything handlers share.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub links: Arc<LinkCache>,
+    pub resolver: Addr<Resolver>,
+    pub recorder: RecorderHandle,
+    pub enricher: Arc<Enricher>,
+    pub metrics: Arc<Metrics>,
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The whole route table.
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    cfg.app_data(json_config(body_limit))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .app_data(web::PayloadConfig::new(body_limit))
+        .configure(ops::configure)
+        .service(
+            web::scope("/v1")
+                .configure(api::configure)
+                .default_service(web::to(api_not_found)),
+        )
+        .configure(redirect::configure);
+}
+
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .content_type_required(false)
+        .content_type(|mime| mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        .error_handler(json_error)
+}
+
+fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            crate::error::ErrorCode::PayloadTooLarge,
+            format!("The request body exceeds {limit} bytes."),
+        ),
+        JsonPayloadError::ContentType => {
+            ApiError::bad_request("Content-Type must be application/json.")
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            ApiError::validation(vec![crate::domain::FieldError::new("body", e.to_string())])
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request(format!("The body is not valid JSON: {e}"))
+        }
+        other => ApiError::bad_request(format!("The request body could not be read: {other}")),
+    };
+    api.into()
+}
+
+fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(format!("The query string is malformed: {err}")).into()
+}
+
+fn path_error(err: PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(format!("The path is malformed: {err}")).into()
+}
+
+async fn api_not_found(req: HttpRequest) -> HttpResponse {
+    let err = ApiError::not_found(format!("No route for {} {}.", req.method(), req.path()));
+    actix_web::ResponseError::error_response(&err)
+}
+
+/// The answer for a known path with a method it does not take.
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let err = ApiError::new(
+        crate::error::ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}.", req.method(), req.path()),
+    );
+    actix_web::ResponseError::error_response(&err)
+}

@@ -1,0 +1,126 @@
+//! `GET`/`HEAD /{slug}`: the hot path. The link comes from the Resolver's
+//! cache, enrichment runs inline, and the only await is the Recorder's
+//! acknowledgement. No middleware but the request ID.
+
+use std::time::Instant;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+
+use super::AppState;
+use crate::actors::RecordOutcome;
+use crate::domain::{Link, ScanMethod, Timestamp};
+use crate::enrich::ScanRequest;
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::EventId;
+
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-downgrade");
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/{slug}")
+            .route(web::get().to(scan))
+            .route(web::head().to(scan))
+            .default_service(web::to(super::method_not_allowed)),
+    );
+}
+
+fn header(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let slug = req.match_info().get("slug").unwrap_or_default();
+    let is_head = req.method() == Method::HEAD;
+    let Some(link) = state.links.get(slug) else {
+        if !is_head {
+            state.metrics.orphan_scans.inc();
+        }
+        return page(&req, ErrorCode::NotFound, "No link with this address.");
+    };
+    if !link.is_live_at(Timestamp::now()) {
+        return match &link.fallback_destination {
+            Some(fallback) => redirect(StatusCode::FOUND, fallback.as_str()),
+            None => page(&req, ErrorCode::Gone, "This link is no longer available."),
+        };
+    }
+    let status =
+        StatusCode::from_u16(state.settings.server.redirect_status).unwrap_or(StatusCode::FOUND);
+    if is_head {
+        return redirect(status, link.destination.as_str());
+    }
+    let location = match record(&req, &state, &link).await {
+        Ok(location) => location,
+        Err(resp) => return resp,
+    };
+    state.metrics.redirects.inc();
+    state.metrics.redirect_seconds.observe(started.elapsed());
+    redirect(status, &location)
+}
+
+/// Records the scan; answers the `Location` to send, or the error response.
+async fn record(req: &HttpRequest, state: &AppState, link: &Link) -> Result<String, HttpResponse> {
+    let id = EventId::generate();
+    let scan = ScanRequest {
+        peer: req.peer_addr().map(|a| a.ip()),
+        user_agent: header(req, header::USER_AGENT),
+        forwarded_for: header(req, header::HeaderName::from_static("x-forwarded-for")),
+        forwarded: header(req, header::FORWARDED),
+        accept_language: header(req, header::ACCEPT_LANGUAGE),
+        referer: header(req, header::REFERER),
+    };
+    let event = state.enricher.scan_event(
+        &scan,
+        link,
+        id,
+        ScanMethod::Get,
+        link.destination.as_str().to_owned(),
+    );
+    match state.recorder.record(event).await {
+        Ok(RecordOutcome::Recorded) if link.conversion_tracking => {
+            Ok(link.destination.with_scan_id(&id.to_string()))
+        }
+        Ok(_) => Ok(link.destination.as_str().to_owned()),
+        Err(e) => {
+            state.metrics.scans_dropped_unavailable.inc();
+            tracing::warn!(error = %e, "scan not recorded; answering 503");
+            Err(
+                ApiError::unavailable("The scan could not be recorded; please retry.")
+                    .error_response(),
+            )
+        }
+    }
+}
+
+fn redirect(status: StatusCode, location: &str) -> HttpResponse {
+    let mut resp = HttpResponse::build(status);
+    if let Ok(value) = HeaderValue::from_str(location) {
+        resp.insert_header((header::LOCATION, value));
+    }
+    resp.insert_header((header::CACHE_CONTROL, NO_STORE))
+        .insert_header((header::REFERRER_POLICY, REFERRER_POLICY))
+        .finish()
+}
+
+/// A small HTML page, or problem+json when the client asks for JSON.
+fn page(req: &HttpRequest, code: ErrorCode, message: &str) -> HttpResponse {
+    let wants_json = header(req, header::ACCEPT).is_some_and(|a| a.contains("json"));
+    if wants_json {
+        let mut resp = ApiError::new(code, message).error_response();
+        resp.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
+        return resp;
+    }
+    let title = code.title();
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>{title}</title></head><body style=\"font-family:system-ui;margin:4rem auto;max-width:32rem;text-align:center\">\
+         <h1>{title}</h1><p>{message}</p></body></html>"
+    );
+    HttpResponse::build(code.status())
+        .insert_header((header::CACHE_CONTROL, NO_STORE))
+        .content_type("text/html; charset=utf-8")
+        .body(body)
+}

@@ -1,0 +1,14 @@
+//! scanhop: self-hosted dynamic QR codes and short links with
+//! privacy-preserving scan analytics. See DESIGN.md for the architecture.
+
+pub mod accounts;
+pub mod actors;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod enrich;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod store;

@@ -1,0 +1,208 @@
+//! The `scanhop` command line: parse, load settings, dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use scanhop::app::{Application, termination_signal};
+use scanhop::config::{LogFormat, Settings};
+use scanhop::domain::TokenType;
+use scanhop::ids::{TokenId, WorkspaceId};
+use scanhop::store::Store;
+use scanhop::{accounts, domain};
+
+#[derive(Parser)]
+#[command(
+    name = "scanhop",
+    version,
+    about = "Dynamic QR codes and short links with privacy-preserving scan analytics"
+)]
+struct Cli {
+    /// A config file layered over the built-in defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// Manage workspaces.
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum WorkspaceCommand {
+    /// Create a workspace and print its first secret token.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// List workspaces.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (shown only once).
+    Create {
+        #[arg(long)]
+        workspace: String,
+        /// secret (sk_) or publishable (pk_).
+        #[arg(long, default_value = "secret")]
+        kind: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a workspace's tokens.
+    List {
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke a token by its ID (tok_...).
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("scanhop: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::CheckConfig => {
+            println!(
+                "configuration is valid (store: {}, bind: {})",
+                settings.storage.path.display(),
+                settings.server.bind
+            );
+            Ok(())
+        }
+        Command::Workspace(cmd) => workspace(&settings, cmd),
+        Command::Token(cmd) => token(&settings, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scanhop: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(settings: Settings) -> CliResult {
+    init_logging(&settings);
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings)?;
+        if let Some(token) = app.first_token() {
+            println!("Created workspace `default`. Its secret API token (shown once, store it now):\n\n    {token}\n");
+        }
+        tracing::info!(port = app.port(), bind = %app.settings().server.bind, durability = ?app.settings().storage.durability, "scanhop listening");
+        app.run_until(termination_signal()).await?;
+        Ok(())
+    })
+}
+
+fn open_store(settings: &Settings) -> Result<Store, Box<dyn std::error::Error>> {
+    Ok(Store::open(
+        &settings.storage.path,
+        settings.storage.cache_capacity_mb,
+    )?)
+}
+
+fn workspace(settings: &Settings, cmd: WorkspaceCommand) -> CliResult {
+    let store = open_store(settings)?;
+    match cmd {
+        WorkspaceCommand::Create { name, plan } => {
+            let (ws, token) = accounts::create_workspace(&store, settings, &name, plan.as_deref())?;
+            eprintln!(
+                "Created workspace {} ({}) on plan {}. Its secret API token (shown once):",
+                ws.id, ws.name, ws.plan
+            );
+            println!("{}", token.expose());
+        }
+        WorkspaceCommand::List => {
+            for ws in store.workspaces()? {
+                println!("{}\t{}\t{}\t{}", ws.id, ws.name, ws.plan, ws.created_at);
+            }
+        }
+    }
+    store.flush()?;
+    Ok(())
+}
+
+fn token(settings: &Settings, cmd: TokenCommand) -> CliResult {
+    let store = open_store(settings)?;
+    match cmd {
+        TokenCommand::Create {
+            workspace,
+            kind,
+            name,
+        } => {
+            let ws: WorkspaceId = workspace.parse().map_err(|e| format!("--workspace: {e}"))?;
+            store.workspace(&ws)?.ok_or("no such workspace")?;
+            let kind = TokenType::parse(&kind).ok_or("--kind must be secret or publishable")?;
+            let (token, secret) = accounts::issue_token(&store, ws, kind, name)?;
+            eprintln!("Created token {} (shown once):", token.id);
+            println!("{}", secret.expose());
+        }
+        TokenCommand::List { workspace } => {
+            let ws: WorkspaceId = workspace.parse().map_err(|e| format!("--workspace: {e}"))?;
+            for t in store.tokens(&ws)? {
+                let state = t
+                    .revoked_at
+                    .map_or("active".to_owned(), |at| format!("revoked {at}"));
+                let kind = if t.kind == domain::TokenType::Secret {
+                    "secret"
+                } else {
+                    "publishable"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    kind,
+                    t.hint,
+                    t.name.unwrap_or_default(),
+                    state
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let id: TokenId = id.parse().map_err(|e| format!("token id: {e}"))?;
+            let ws = store.token_workspace(&id)?.ok_or("no such token")?;
+            store.revoke_token(&ws, &id, domain::Timestamp::now())?;
+            println!("revoked {id}");
+        }
+    }
+    store.flush()?;
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Process metrics, kept in atomics on the hot path and rendered as
+//! Prometheus text at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every metric the process exports.
+#[derive(Default)]
+pub struct Metrics {
+    pub redirects: Counter,
+    pub redirect_seconds: Histogram,
+    pub orphan_scans: Counter,
+    pub scans_recorded: Counter,
+    pub scans_dropped_queue_full: Counter,
+    pub scans_dropped_unavailable: Counter,
+    pub recorder_backpressure_waits: Counter,
+    pub recorder_batches: Counter,
+    pub recorder_messages: Counter,
+    pub recorder_write_failures: Counter,
+    pub recorder_queue_depth: Gauge,
+    pub downstream_full: Counter,
+    pub flush_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, resolver_links: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(
+            &mut out,
+            "scanhop_redirects_total",
+            "Redirects answered for known links.",
+            self.redirects.get(),
+        );
+        self.redirect_seconds.render(
+            &mut out,
+            "scanhop_redirect_duration_seconds",
+            "Server time of redirects to known links.",
+        );
+        counter(
+            &mut out,
+            "scanhop_orphan_scans_total",
+            "Scans of unknown slugs (not stored).",
+            self.orphan_scans.get(),
+        );
+        counter(
+            &mut out,
+            "scanhop_scans_recorded_total",
+            "Scan events committed to the store.",
+            self.scans_recorded.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP scanhop_scans_dropped_total Scans answered but not recorded, by reason.\n# TYPE scanhop_scans_dropped_total counter\nscanhop_scans_dropped_total{{reason=\"queue_full\"}} {}\nscanhop_scans_dropped_total{{reason=\"unavailable\"}} {}",
+            self.scans_dropped_queue_full.get(),
+            self.scans_dropped_unavailable.get()
+        );
+        counter(
+            &mut out,
+            "scanhop_recorder_backpressure_waits_total",
+            "Redirects that waited for room in the Recorder's queue.",
+            self.recorder_backpressure_waits.get(),
+        );
+        counter(
+            &mut out,
+            "scanhop_recorder_batches_total",
+            "Scan batches committed by the Recorder.",
+            self.recorder_batches.get(),
+        );
+        counter(
+            &mut out,
+            "scanhop_recorder_write_failures_total",
+            "Failed attempts to write or flush a scan batch.",
+            self.recorder_write_failures.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP scanhop_actor_mailbox_depth Messages or events waiting for an actor.\n# TYPE scanhop_actor_mailbox_depth gauge\nscanhop_actor_mailbox_depth{{actor=\"recorder\"}} {}",
+            self.recorder_queue_depth.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP scanhop_actor_messages_total Messages processed by an actor.\n# TYPE scanhop_actor_messages_total counter\nscanhop_actor_messages_total{{actor=\"recorder\"}} {}",
+            self.recorder_messages.get() + self.recorder_batches.get()
+        );
+        counter(
+            &mut out,
+            "scanhop_downstream_full_total",
+            "Committed batches a downstream actor could not take.",
+            self.downstream_full.get(),
+        );
+        self.flush_seconds.render(
+            &mut out,
+            "scanhop_store_flush_duration_seconds",
+            "Duration of sled flushes (fsync).",
+        );
+        gauge(
+            &mut out,
+            "scanhop_links_cached",
+            "Links in the Resolver's slug cache.",
+            resolver_links as u64,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.redirect_seconds.observe(Duration::from_micros(30));
+        m.redirect_seconds.observe(Duration::from_millis(3));
+        let text = m.render(0);
+        assert!(
+            text.contains("scanhop_redirect_duration_seconds_bucket{le=\"0.00005\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("scanhop_redirect_duration_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("scanhop_redirect_duration_seconds_count 2"));
+    }
+}

@@ -1,0 +1,65 @@
+//! Key builders. Keys are explicit big-endian byte concatenations; IDs are
+//! UUIDv7 bytes, so every "X by Y" index sorts by time within its prefix.
+
+use crate::ids::{Id, IdKind, LinkId};
+
+pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+
+/// Kinds of per-link counters, the first byte of a `counters` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CounterKind {
+    /// Lifetime non-bot scans of a link.
+    LinkTotal = 1,
+}
+
+/// `a (16) ++ b (16)`: an index entry of `b` under owner `a`.
+pub fn pair<A: IdKind, B: IdKind>(a: &Id<A>, b: &Id<B>) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(a.as_bytes());
+    key[16..].copy_from_slice(b.as_bytes());
+    key
+}
+
+/// `kind (1) ++ link_id (16)`.
+pub fn counter(kind: CounterKind, link: &LinkId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = kind as u8;
+    key[1..].copy_from_slice(link.as_bytes());
+    key
+}
+
+/// The owned ID at the end of a `pair` key.
+pub fn pair_suffix<B: IdKind>(key: &[u8]) -> Option<Id<B>> {
+    Id::from_slice(key.get(16..)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{EventId, WorkspaceId};
+
+    #[test]
+    fn golden_bytes() {
+        let ws: WorkspaceId = "ws_00000000000000000000000001".parse().unwrap();
+        let ev: EventId = "evt_0000000000000000000000000z".parse().unwrap();
+        let key = pair(&ws, &ev);
+        let mut expected = [0u8; 32];
+        expected[15] = 1;
+        expected[31] = 31;
+        assert_eq!(key, expected);
+        assert_eq!(pair_suffix::<crate::ids::EventKind>(&key), Some(ev));
+        let link: LinkId = "lnk_00000000000000000000000002".parse().unwrap();
+        let c = counter(CounterKind::LinkTotal, &link);
+        assert_eq!(c[0], 1);
+        assert_eq!(c[16], 2);
+    }
+
+    #[test]
+    fn pair_keys_sort_by_owner_then_time() {
+        let ws: WorkspaceId = WorkspaceId::generate();
+        let a = EventId::generate();
+        let b = EventId::generate();
+        assert!(pair(&ws, &a) < pair(&ws, &b));
+    }
+}

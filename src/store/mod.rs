@@ -1,0 +1,128 @@
+//! The only code that knows sled. `Store` owns the `Db` and every `Tree` as a
+//! named field, opened in one constructor; the files beside this one hold the
+//! operations of one record family each.
+
+mod codec;
+mod events;
+mod flusher;
+pub mod keys;
+mod links;
+mod scan;
+mod tokens;
+mod workspaces;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use events::{EventIndex, EventQuery};
+pub use flusher::Flusher;
+pub use links::LinkQuery;
+pub use scan::{KeyRange, Page};
+
+/// Bumped when the on-disk layout changes incompatibly; part of the path.
+const FORMAT_DIR: &str = "sled-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {0} is in use by another process (is `scanhop serve` running?)")]
+    Locked(PathBuf),
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is unreadable: {0}")]
+    Codec(String),
+    #[error("slug is already taken")]
+    SlugTaken,
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(inner) => inner,
+            sled::transaction::TransactionError::Storage(inner) => StoreError::Sled(inner),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store: cheap to clone, shared by actors and handlers.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Trees>,
+}
+
+struct Trees {
+    db: sled::Db,
+    /// key = workspace_id (16) → value = Workspace
+    workspaces: sled::Tree,
+    /// key = SHA-256 of the token (32) → value = Token
+    tokens: sled::Tree,
+    /// key = workspace_id (16) ++ token_id (16) → value = token digest (32)
+    tokens_by_workspace: sled::Tree,
+    /// key = link_id (16) → value = Link
+    links: sled::Tree,
+    /// key = slug bytes → value = link_id (16)
+    slugs: sled::Tree,
+    /// key = workspace_id (16) ++ link_id (16) → value = empty
+    links_by_workspace: sled::Tree,
+    /// key = event_id (16) → value = ScanEvent
+    events: sled::Tree,
+    /// key = link_id (16) ++ event_id (16) → value = empty
+    events_by_link: sled::Tree,
+    /// key = workspace_id (16) ++ event_id (16) → value = empty
+    events_by_workspace: sled::Tree,
+    /// key = visitor_id (16) ++ event_id (16) → value = empty
+    events_by_visitor: sled::Tree,
+    /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
+    counters: sled::Tree,
+    /// key = name bytes → value = metadata (schema version, salts)
+    meta: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `path` with a page cache of `cache_mb`.
+    pub fn open(path: &Path, cache_mb: u64) -> StoreResult<Store> {
+        let dir = path.join(FORMAT_DIR);
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(dir.clone())
+                }
+                other => StoreError::Sled(other),
+            })?;
+        let open = |name: &str| db.open_tree(name);
+        let trees = Trees {
+            workspaces: open("workspaces")?,
+            tokens: open("tokens")?,
+            tokens_by_workspace: open("tokens_by_workspace")?,
+            links: open("links")?,
+            slugs: open("slugs")?,
+            links_by_workspace: open("links_by_workspace")?,
+            events: open("events")?,
+            events_by_link: open("events_by_link")?,
+            events_by_workspace: open("events_by_workspace")?,
+            events_by_visitor: open("events_by_visitor")?,
+            counters: open("counters")?,
+            meta: open("meta")?,
+            db,
+        };
+        trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
+        Ok(Store {
+            inner: Arc::new(trees),
+        })
+    }
+
+    /// Writes everything to disk; returns the number of bytes flushed.
+    pub fn flush(&self) -> StoreResult<usize> {
+        Ok(self.inner.db.flush()?)
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> StoreResult<u64> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+}
