@@ -126,7 +126,8 @@ fn serve(settings: Settings) -> CliResult {
         if let Some(token) = app.first_token() {
             println!("Created workspace `default`. Its secret API token (shown once, store it now):\n\n    {token}\n");
         }
-        tracing::info!(port = app.port(), bind = %app.settings().server.bind, durability = ?app.settings().storage.durability, "scanhop listening");
+        println!("scanhop listening on http://{}:{}", app.settings().server.bind.ip(), app.port());
+        tracing::info!(port = app.port(), durability = ?app.settings().storage.durability, "scanhop listening");
         app.run_until(termination_signal()).await?;
         Ok(())
     })

@@ -157,6 +157,7 @@ pub enum FormFieldType {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FormField {
     pub name: String,
     pub label: String,
@@ -168,6 +169,7 @@ pub struct FormField {
 
 /// A form step shown before the redirect (1–20 fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Form {
     pub title: String,
     pub fields: Vec<FormField>,

@@ -58,8 +58,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
 fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
-        .content_type_required(false)
-        .content_type(|mime| mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
         .error_handler(json_error)
 }
 

@@ -1,1 +1,13 @@
-fn main() {}
+//! All integration tests, one binary: each module is one capability, told as a
+//! client's story through real HTTP.
+
+mod helpers;
+
+mod auth;
+mod durability;
+mod events;
+mod links;
+mod malformed;
+mod ops;
+mod redirect;
+mod workspace;

@@ -1,0 +1,64 @@
+//! Operations endpoints and request IDs.
+
+use crate::helpers::spawn_app;
+
+#[actix_rt::test]
+async fn health_readiness_and_metrics_answer_without_auth() {
+    let app = spawn_app().await;
+    let r = app.raw(app.client.get(app.url("/healthz")), "").await;
+    assert_eq!(r.status.as_u16(), 200);
+    let r = app.raw(app.client.get(app.url("/readyz")), "").await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.json()["status"], "ready");
+    let r = app.raw(app.client.get(app.url("/metrics")), "").await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let text = r.text();
+    for name in [
+        "scanhop_redirects_total",
+        "scanhop_scans_recorded_total",
+        "scanhop_orphan_scans_total",
+        "scanhop_redirect_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+}
+
+#[actix_rt::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = spawn_app().await;
+    let r = app
+        .raw(
+            app.client
+                .get(app.url("/healthz"))
+                .insert_header(("X-Request-Id", "abc-123")),
+            "",
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let r = app
+        .raw(
+            app.client
+                .get(app.url("/v1/links"))
+                .insert_header(("X-Request-Id", "trace-9")),
+            "",
+        )
+        .await;
+    assert_eq!(
+        r.assert_problem(401, "unauthorized")["request_id"],
+        "trace-9"
+    );
+    let r = app
+        .raw(
+            app.client
+                .get(app.url("/healthz"))
+                .insert_header(("X-Request-Id", "bad id with spaces")),
+            "",
+        )
+        .await;
+    let id = r.header("x-request-id").unwrap();
+    assert!(!id.contains(' ') && !id.is_empty());
+    let a = app.raw(app.client.get(app.url("/healthz")), "").await;
+    let b = app.raw(app.client.get(app.url("/healthz")), "").await;
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+}
