@@ -16,6 +16,7 @@ use crate::accounts;
 use crate::actors::{Drain, Recorder, Resolver};
 use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
+use crate::enrich::geo::{GeoDatabases, GeoError};
 use crate::http::{self, AppState, request_id};
 use crate::metrics::Metrics;
 use crate::store::{Flusher, Store, StoreError};
@@ -34,6 +35,8 @@ pub enum StartupError {
     },
     #[error("cannot create the first workspace: {0}")]
     Bootstrap(#[from] accounts::AccountError),
+    #[error(transparent)]
+    Geo(#[from] GeoError),
 }
 
 pub struct Application {
@@ -42,6 +45,7 @@ pub struct Application {
     state: web::Data<AppState>,
     flusher: Option<Flusher>,
     first_token: Option<String>,
+    geo: Arc<GeoDatabases>,
 }
 
 impl Application {
@@ -59,6 +63,10 @@ impl Application {
                 source,
             })?
             .port();
+        let geo = Arc::new(GeoDatabases::open(
+            &settings.geoip.city_db,
+            &settings.geoip.asn_db,
+        )?);
         let store = Store::open(&settings.storage.path, settings.storage.cache_capacity_mb)?;
         let first_token = if store.has_workspaces()? {
             None
@@ -86,6 +94,7 @@ impl Application {
         let enricher = Arc::new(Enricher::new(
             store.clone(),
             settings.server.trusted_proxies.clone(),
+            geo.clone(),
         )?);
         let state = web::Data::new(AppState {
             resolver: actix::Actor::start(resolver),
@@ -104,6 +113,7 @@ impl Application {
             state,
             flusher,
             first_token,
+            geo,
         })
     }
 
@@ -157,9 +167,14 @@ impl Application {
         let handle = self.server.handle();
         let draining = self.state.draining.clone();
         let server = actix_rt::spawn(self.server);
+        let reloader = actix_rt::spawn(watch_geoip(
+            self.geo.clone(),
+            self.state.settings.geoip.reload_interval_ms,
+        ));
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         draining.store(true, Ordering::Release);
+        reloader.abort();
         handle.stop(true).await;
         let served = server.await;
         let left = self
@@ -182,6 +197,36 @@ impl Application {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
         }
+    }
+}
+
+/// Reloads the GeoIP databases on SIGHUP (all of them) and, every
+/// `interval_ms`, those whose file changed. Reads run off the arbiter.
+async fn watch_geoip(geo: Arc<GeoDatabases>, interval_ms: u64) {
+    use tokio::signal::unix::{SignalKind, signal};
+    if !geo.is_configured() {
+        return;
+    }
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut tick =
+        (interval_ms > 0).then(|| tokio::time::interval(Duration::from_millis(interval_ms)));
+    loop {
+        let force = tokio::select! {
+            Some(_) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+            _ = async {
+                match tick.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => false,
+        };
+        let geo = geo.clone();
+        let _ = actix_web::rt::task::spawn_blocking(move || geo.reload(force)).await;
     }
 }
 

@@ -99,6 +99,7 @@ pub struct RecorderSettings {
 pub struct GeoipSettings {
     pub city_db: PathBuf,
     pub asn_db: PathBuf,
+    pub reload_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -2,10 +2,12 @@
 //! thread, no I/O (the salt read is in memory; geo lookups are memory-mapped).
 
 pub mod client_ip;
+pub mod geo;
 pub mod privacy;
 pub mod useragent;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use woothee::parser::Parser;
@@ -13,6 +15,7 @@ use woothee::parser::Parser;
 use crate::domain::{DeviceType, Link, ScanEvent, ScanMethod};
 use crate::ids::EventId;
 use crate::store::{Store, StoreResult};
+use geo::GeoDatabases;
 use privacy::DailySalts;
 
 const MAX_REFERER_BYTES: usize = 1024;
@@ -32,15 +35,21 @@ pub struct Enricher {
     parser: Parser,
     trusted_proxies: Vec<IpNet>,
     salts: DailySalts,
+    geo: Arc<GeoDatabases>,
 }
 
 impl Enricher {
-    pub fn new(store: Store, trusted_proxies: Vec<IpNet>) -> StoreResult<Enricher> {
+    pub fn new(
+        store: Store,
+        trusted_proxies: Vec<IpNet>,
+        geo: Arc<GeoDatabases>,
+    ) -> StoreResult<Enricher> {
         let now = jiff::Timestamp::now().as_millisecond();
         Ok(Enricher {
             parser: Parser::new(),
             trusted_proxies,
             salts: DailySalts::load(store, now)?,
+            geo,
         })
     }
 
@@ -61,6 +70,7 @@ impl Enricher {
             &self.trusted_proxies,
         );
         let agent = useragent::parse(&self.parser, req.user_agent);
+        let geo = self.geo.lookup(ip);
         ScanEvent {
             id,
             workspace_id: link.workspace_id,
@@ -72,11 +82,11 @@ impl Enricher {
             os_version: agent.os_version,
             browser: agent.browser,
             browser_version: agent.browser_version,
-            country: None,
-            region: None,
-            city: None,
-            isp: None,
-            asn: None,
+            country: geo.country,
+            region: geo.region,
+            city: geo.city,
+            isp: geo.isp,
+            asn: geo.asn,
             language: req.accept_language.and_then(primary_language),
             referer: req.referer.and_then(truncate_referer),
             destination,

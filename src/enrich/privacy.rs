@@ -39,7 +39,7 @@ impl DailySalts {
         Ok(salt)
     }
 
-    /// hex-free SHA-256(salt ‖ IP) for the day of `now_ms`.
+    /// SHA-256(salt ‖ IP) for the UTC day of `now_ms`.
     pub fn ip_hash(&self, ip: Option<IpAddr>, now_ms: i64) -> [u8; 32] {
         let day = now_ms.div_euclid(MS_PER_DAY);
         let salt = {
@@ -75,5 +75,39 @@ impl DailySalts {
             }
         }
         cur.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salts_rotate_daily_and_old_ones_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let day0 = 20_000 * MS_PER_DAY;
+        let salts = DailySalts::load(store.clone(), day0).unwrap();
+        let ip: Option<IpAddr> = Some("81.2.69.142".parse().unwrap());
+        let a = salts.ip_hash(ip, day0 + 5);
+        assert_eq!(a, salts.ip_hash(ip, day0 + 60_000), "same day, same hash");
+        assert_ne!(a, salts.ip_hash(Some("81.2.69.143".parse().unwrap()), day0));
+        let next = salts.ip_hash(ip, day0 + MS_PER_DAY);
+        assert_ne!(a, next, "a new day, a new salt");
+        assert_eq!(
+            store.salt_days().unwrap(),
+            vec![20_000, 20_001],
+            "yesterday's salt is kept for late scans"
+        );
+        let before_restart = salts.ip_hash(ip, day0 + 2 * MS_PER_DAY);
+        assert_eq!(
+            store.salt_days().unwrap(),
+            vec![20_001, 20_002],
+            "older salts are deleted"
+        );
+        // A restart on the same day reads the stored salt: the same hash.
+        drop(salts);
+        let again = DailySalts::load(store, day0 + 2 * MS_PER_DAY).unwrap();
+        assert_eq!(again.ip_hash(ip, day0 + 2 * MS_PER_DAY + 1), before_restart);
     }
 }

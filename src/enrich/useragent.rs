@@ -118,8 +118,7 @@ const BOT_MARKERS: &[&str] = &[
     "bingpreview",
     "applebot",
     "duckduckbot",
-    "duckduckgo",
-    "pinterest",
+    "pinterestbot",
     "redditbot",
     "discordbot",
     "slackbot",
@@ -139,6 +138,16 @@ const BOT_MARKERS: &[&str] = &[
     "nutch",
     "heritrix",
     "wappalyzer",
+    "googleother",
+    "google favicon",
+    "yeti/",
+    "facebookcatalog",
+    "existence discovery",
+    "cardyb",
+    "vkshare",
+    "deno/",
+    "bun/",
+    "windowspowershell",
 ];
 
 /// Lower-case substrings of TVs, consoles and set-top boxes.
@@ -213,7 +222,13 @@ pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
     }
 }
 
+/// Whole user agents of HTTP runtimes that send only their name.
+const BOT_NAMES: &[&str] = &["node", "deno", "bun", "go", "python", "java", "dart"];
+
 fn is_bot(lower: &str) -> bool {
+    if BOT_NAMES.contains(&lower) {
+        return true;
+    }
     // "cubot" is a phone brand, not a bot.
     let scrubbed = lower.replace("cubot", "cu-phone");
     BOT_MARKERS.iter().any(|m| scrubbed.contains(m))

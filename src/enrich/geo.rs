@@ -1,0 +1,284 @@
+//! GeoIP: a City database (GeoLite2-City or DB-IP City Lite layout) and an ASN
+//! database (GeoLite2-ASN layout), both optional. Each is read into memory and
+//! held behind an `Arc` that a reload swaps atomically; a reload that fails
+//! keeps the database already loaded. Files are read, not memory-mapped: a
+//! database overwritten in place under a mapping would crash the process.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use maxminddb::Reader;
+use serde::Deserialize;
+
+/// Geo and network fields of a scan; all `None` when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GeoInfo {
+    pub country: Option<String>,
+    pub region: Option<String>,
+    pub city: Option<String>,
+    pub isp: Option<String>,
+    pub asn: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("cannot read GeoIP database {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid MaxMind DB: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Deserialize)]
+struct Names {
+    en: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    names: Option<Names>,
+}
+
+#[derive(Deserialize)]
+struct Country {
+    iso_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CityRecord {
+    country: Option<Country>,
+    subdivisions: Option<Vec<Named>>,
+    city: Option<Named>,
+}
+
+#[derive(Deserialize)]
+struct AsnRecord {
+    // GeoLite2 stores uint32, and maxminddb decodes integer widths strictly.
+    autonomous_system_number: Option<u32>,
+    autonomous_system_organization: Option<String>,
+}
+
+struct LoadedDb {
+    reader: Reader<Vec<u8>>,
+    stamp: FileStamp,
+}
+
+/// What identifies a version of a file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Result<FileStamp, GeoError> {
+    let meta = std::fs::metadata(path).map_err(|source| GeoError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+fn load(path: &Path) -> Result<LoadedDb, GeoError> {
+    let stamp = stamp(path)?;
+    let bytes = std::fs::read(path).map_err(|source| GeoError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let reader = Reader::from_source(bytes).map_err(|e| GeoError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(LoadedDb { reader, stamp })
+}
+
+/// One optional database file and what is loaded from it.
+struct Slot {
+    path: Option<PathBuf>,
+    db: RwLock<Option<Arc<LoadedDb>>>,
+}
+
+impl Slot {
+    fn open(path: &Path) -> Result<Slot, GeoError> {
+        if path.as_os_str().is_empty() {
+            return Ok(Slot {
+                path: None,
+                db: RwLock::new(None),
+            });
+        }
+        let db = load(path)?;
+        Ok(Slot {
+            path: Some(path.to_owned()),
+            db: RwLock::new(Some(Arc::new(db))),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<LoadedDb>> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads when the file changed (or always, with `force`). Returns
+    /// `Ok(true)` when a new version was swapped in.
+    fn reload(&self, force: bool) -> Result<bool, GeoError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let on_disk = stamp(path)?;
+        if !force && self.current().is_some_and(|db| db.stamp == on_disk) {
+            return Ok(false);
+        }
+        let fresh = Arc::new(load(path)?);
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+        Ok(true)
+    }
+}
+
+pub struct GeoDatabases {
+    city: Slot,
+    asn: Slot,
+}
+
+impl GeoDatabases {
+    /// Opens the configured databases; an empty path means none. A missing or
+    /// unreadable file is an error naming its path.
+    pub fn open(city_db: &Path, asn_db: &Path) -> Result<GeoDatabases, GeoError> {
+        Ok(GeoDatabases {
+            city: Slot::open(city_db)?,
+            asn: Slot::open(asn_db)?,
+        })
+    }
+
+    pub fn none() -> GeoDatabases {
+        let empty = || Slot {
+            path: None,
+            db: RwLock::new(None),
+        };
+        GeoDatabases {
+            city: empty(),
+            asn: empty(),
+        }
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.city.path.is_some() || self.asn.path.is_some()
+    }
+
+    /// Reloads changed files (all configured files with `force`); a bad new
+    /// file is logged and the old database keeps serving.
+    pub fn reload(&self, force: bool) -> usize {
+        let mut swapped = 0;
+        for (name, slot) in [("city", &self.city), ("asn", &self.asn)] {
+            match slot.reload(force) {
+                Ok(true) => {
+                    swapped += 1;
+                    tracing::info!(database = name, path = ?slot.path, "GeoIP database reloaded");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(database = name, error = %e, "GeoIP reload failed; keeping the loaded database")
+                }
+            }
+        }
+        swapped
+    }
+
+    /// Geo fields for `ip`; private, loopback and unknown addresses give nulls.
+    pub fn lookup(&self, ip: Option<IpAddr>) -> GeoInfo {
+        let Some(ip) = ip.filter(is_routable) else {
+            return GeoInfo::default();
+        };
+        let mut info = GeoInfo::default();
+        if let Some(db) = self.city.current()
+            && let Some(rec) = decode::<CityRecord>(&db.reader, ip)
+        {
+            info.country = rec.country.and_then(|c| c.iso_code);
+            info.region = rec
+                .subdivisions
+                .and_then(|s| s.into_iter().next())
+                .and_then(english);
+            info.city = rec.city.and_then(english);
+        }
+        if let Some(db) = self.asn.current()
+            && let Some(rec) = decode::<AsnRecord>(&db.reader, ip)
+        {
+            info.asn = rec.autonomous_system_number;
+            info.isp = rec.autonomous_system_organization;
+        }
+        info
+    }
+}
+
+fn english(n: Named) -> Option<String> {
+    n.names.and_then(|n| n.en)
+}
+
+/// A record, or `None` for no data, an IPv6 address in an IPv4-only
+/// database, or a record of another shape.
+fn decode<T: for<'de> Deserialize<'de>>(reader: &Reader<Vec<u8>>, ip: IpAddr) -> Option<T> {
+    reader.lookup(ip).ok()?.decode::<T>().ok().flatten()
+}
+
+/// Addresses a public GeoIP database can know.
+fn is_routable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            let cgnat = o[0] == 100 && (o[1] & 0xc0) == 64;
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || cgnat)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            let ula = (first & 0xfe00) == 0xfc00;
+            let link_local = (first & 0xffc0) == 0xfe80;
+            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || ula || link_local)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_loopback_are_not_looked_up() {
+        for ip in [
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "127.0.0.1",
+            "100.64.1.1",
+            "169.254.169.254",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(!is_routable(&ip.parse().unwrap()), "{ip}");
+        }
+        assert!(is_routable(&"81.2.69.142".parse().unwrap()));
+        assert!(is_routable(&"2a02:1::1".parse().unwrap()));
+        assert_eq!(
+            GeoDatabases::none().lookup(Some("81.2.69.142".parse().unwrap())),
+            GeoInfo::default()
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let err = GeoDatabases::open(Path::new("/nonexistent/city.mmdb"), Path::new(""))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/nonexistent/city.mmdb"));
+    }
+}
