@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use utoipa_actix_web::AppExt;
 
 use crate::accounts;
 use crate::actors::{Drain, Recorder, Resolver};
@@ -105,6 +106,7 @@ impl Application {
             enricher,
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
+            openapi_json: serde_json::to_string(&http::openapi::document()).unwrap_or_default(),
         });
         let server = Self::http_server(state.clone(), listener)?;
         Ok(Application {
@@ -124,8 +126,8 @@ impl Application {
         let settings = state.settings.clone();
         let limit = settings.server.body_limit_bytes;
         let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
+            let (app, _) = http::documented(App::new().into_utoipa_app()).split_for_parts();
+            app.app_data(state.clone())
                 .wrap(from_fn(request_id::middleware))
                 .configure(|cfg| http::configure(cfg, limit))
         })

@@ -83,17 +83,23 @@ impl ErrorCode {
     }
 }
 
-/// The problem+json body.
-#[derive(Debug, Serialize)]
+/// The problem+json body (RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem<'a> {
     #[serde(rename = "type")]
+    #[schema(example = "https://scanhop.dev/errors/not_found")]
     pub type_url: String,
+    #[schema(value_type = String)]
     pub title: &'static str,
     pub status: u16,
+    #[schema(value_type = String)]
     pub detail: &'a str,
+    #[schema(value_type = String, example = "not_found")]
     pub code: &'static str,
     pub request_id: String,
+    /// Present on `validation_failed`: each rejected field.
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
     pub errors: &'a [FieldError],
 }
 

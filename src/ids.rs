@@ -17,6 +17,8 @@ const ENCODED_LEN: usize = 26;
 /// The prefix of one kind of ID.
 pub trait IdKind: Send + Sync + 'static {
     const PREFIX: &'static str;
+    /// The schema name in the OpenAPI document, e.g. `LinkId`.
+    const NAME: &'static str;
 }
 
 macro_rules! id_kinds {
@@ -24,7 +26,10 @@ macro_rules! id_kinds {
         $(
             #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
             pub struct $kind;
-            impl IdKind for $kind { const PREFIX: &'static str = $prefix; }
+            impl IdKind for $kind {
+                const PREFIX: &'static str = $prefix;
+                const NAME: &'static str = stringify!($alias);
+            }
             pub type $alias = Id<$kind>;
         )*
     };
@@ -197,6 +202,27 @@ impl<'de, K: IdKind> Deserialize<'de> for Id<K> {
         } else {
             Uuid::deserialize(deserializer).map(Self::from_uuid)
         }
+    }
+}
+
+impl<K: IdKind> utoipa::PartialSchema for Id<K> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!(
+                "^{}_[0-7][0-9a-hjkmnp-tv-z]{{25}}$",
+                K::PREFIX
+            )))
+            .description(Some(format!("TypeID with prefix `{}_`", K::PREFIX)))
+            .examples([format!("{}_01h455vb4pex5vsknk084sn02q", K::PREFIX)])
+            .into()
+    }
+}
+
+impl<K: IdKind> utoipa::ToSchema for Id<K> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(K::NAME)
     }
 }
 

@@ -15,7 +15,7 @@ pub use token::{Token, TokenSecret, TokenType};
 pub use workspace::{Workspace, WorkspacePatch};
 
 /// One rejected field of a request, reported under `errors` in a 422.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -11,7 +11,7 @@ const SECRET_LEN: usize = 32;
 
 /// Secret tokens (`sk_`) call the whole API; publishable ones (`pk_`) may
 /// only identify visitors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenType {
     Secret,
@@ -77,7 +77,7 @@ pub fn fill_random(buf: &mut [u8]) {
 }
 
 /// A stored token (its digest is the key).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Token {
     pub id: TokenId,
     pub workspace_id: WorkspaceId,

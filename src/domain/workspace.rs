@@ -7,7 +7,7 @@ use crate::ids::WorkspaceId;
 
 const MAX_NAME_LEN: usize = 100;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Workspace {
     pub id: WorkspaceId,
     pub name: String,

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod openapi;
 pub mod ops;
 pub mod pagination;
 pub mod redirect;
@@ -12,8 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::Addr;
+use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{HttpRequest, HttpResponse, web};
+use utoipa_actix_web::UtoipaApp;
 
 use crate::actors::{LinkCache, RecorderHandle, Resolver};
 use crate::config::Settings;
@@ -32,6 +35,8 @@ pub struct AppState {
     pub enricher: Arc<Enricher>,
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
+    /// `/openapi.json`, rendered once at start.
+    pub openapi_json: String,
 }
 
 impl AppState {
@@ -40,18 +45,27 @@ impl AppState {
     }
 }
 
-/// The whole route table.
+/// The documented part of the route table: `/v1`. The server and the
+/// OpenAPI document are both built from this one function.
+pub fn documented<T>(app: UtoipaApp<T>) -> UtoipaApp<T>
+where
+    T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
+{
+    app.service(
+        utoipa_actix_web::scope("/v1")
+            .configure(api::configure)
+            .default_service(web::to(api_not_found)),
+    )
+}
+
+/// The rest of the route table, after `/v1`: extractor error mapping,
+/// operations endpoints, then `/{slug}` last so it shadows nothing.
 pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     cfg.app_data(json_config(body_limit))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::PayloadConfig::new(body_limit))
         .configure(ops::configure)
-        .service(
-            web::scope("/v1")
-                .configure(api::configure)
-                .default_service(web::to(api_not_found)),
-        )
         .configure(redirect::configure);
 }
 

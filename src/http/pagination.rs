@@ -17,9 +17,10 @@ const DIGEST_LEN: usize = 8;
 const MAX_TOKEN_LEN: usize = 256;
 
 /// `{"data": [...], "next_page_token": ...}`
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ListResponse<T: Serialize> {
     pub data: Vec<T>,
+    /// Pass as `page_token` for the next page; `null` on the last page.
     pub next_page_token: Option<String>,
 }
 

@@ -11,6 +11,7 @@ mod events;
 mod links;
 mod malformed;
 mod mmdb;
+mod openapi;
 mod ops;
 mod redirect;
 mod workspace;

@@ -2,6 +2,7 @@
 
 use actix_web::{HttpResponse, get, web};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::parse_id;
 use crate::domain::{DeviceType, ScanEvent, ScanMethod, Timestamp};
@@ -12,12 +13,12 @@ use crate::http::pagination::{ListResponse, PageParams, QueryScope};
 use crate::ids::{EventId, EventKind, LinkId, LinkKind, VisitorId, VisitorKind};
 use crate::store::{EventIndex, EventQuery};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(list_events).service(get_event);
 }
 
 /// The event object of API.md.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub id: EventId,
     pub link_id: LinkId,
@@ -37,6 +38,7 @@ pub struct EventView {
     pub language: Option<String>,
     pub referer: Option<String>,
     pub destination: String,
+    /// Hex SHA-256 of a daily salt and the client IP.
     pub ip_hash: String,
     pub bot: bool,
 }
@@ -68,17 +70,32 @@ impl From<ScanEvent> for EventView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListEventsQuery {
+    /// Only events of this link (lnk_...).
     link_id: Option<String>,
+    /// Only events of links with this tag.
     tag: Option<String>,
+    /// Only events of this visitor (vis_...).
     visitor_id: Option<String>,
+    /// Inclusive lower bound, RFC 3339.
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
+    /// Exclusive upper bound, RFC 3339.
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
+    /// Two-letter ISO 3166 country code.
     country: Option<String>,
+    #[param(value_type = Option<DeviceType>)]
     device_type: Option<String>,
+    /// Include bots and link previewers (default false).
+    #[param(value_type = Option<bool>)]
     include_bots: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     page_size: Option<String>,
+    /// `next_page_token` of the previous page.
     page_token: Option<String>,
 }
 
@@ -161,6 +178,8 @@ fn canonical(q: &EventQuery, link: Option<LinkId>) -> String {
     )
 }
 
+#[utoipa::path(tag = "events", params(ListEventsQuery),
+    responses((status = 200, description = "Scan events, newest first", body = ListResponse<EventView>)))]
 #[get("/events")]
 async fn list_events(
     state: web::Data<AppState>,
@@ -196,6 +215,8 @@ async fn list_events(
     }))
 }
 
+#[utoipa::path(tag = "events", params(("id" = String, Path, description = "Event ID (evt_...)")),
+    responses((status = 200, description = "The scan event", body = EventView)))]
 #[get("/events/{id}")]
 async fn get_event(
     state: web::Data<AppState>,

@@ -2,19 +2,20 @@
 
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{parse_id, present};
 use crate::actors::{CreateLink, DeleteLink, UpdateLink};
 use crate::domain::link::rules;
 use crate::domain::{FieldError, Form, Link, LinkPatch, LinkStatus, NewLink, Timestamp};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
 use crate::ids::{LinkId, LinkKind, WorkspaceId};
 use crate::store::LinkQuery;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(create_link)
         .service(list_links)
         .service(get_link)
@@ -23,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The link object of API.md.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LinkView {
     pub id: LinkId,
     pub workspace_id: WorkspaceId,
@@ -65,7 +66,8 @@ impl LinkView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/links`: only `destination` is required.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLinkBody {
     destination: Option<String>,
@@ -129,6 +131,9 @@ impl CreateLinkBody {
     }
 }
 
+#[utoipa::path(tag = "links", request_body = CreateLinkBody,
+    responses((status = 201, description = "The created link", body = LinkView),
+        (status = 409, description = "The slug is taken", body = Problem, content_type = "application/problem+json")))]
 #[post("/links")]
 async fn create_link(
     state: web::Data<AppState>,
@@ -146,14 +151,23 @@ async fn create_link(
     Ok(HttpResponse::Created().json(LinkView::build(&state, created)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListLinksQuery {
+    /// Only links with this tag.
     tag: Option<String>,
+    /// `active` or `disabled`.
+    #[param(value_type = Option<LinkStatus>)]
     status: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     page_size: Option<String>,
+    /// `next_page_token` of the previous page.
     page_token: Option<String>,
 }
 
+#[utoipa::path(tag = "links", params(ListLinksQuery),
+    responses((status = 200, description = "Links, newest first", body = ListResponse<LinkView>)))]
 #[get("/links")]
 async fn list_links(
     state: web::Data<AppState>,
@@ -202,6 +216,8 @@ fn owned_link(state: &AppState, caller: &SecretCaller, raw_id: &str) -> Result<L
     }
 }
 
+#[utoipa::path(tag = "links", params(("id" = String, Path, description = "Link ID (lnk_...)")),
+    responses((status = 200, description = "The link", body = LinkView)))]
 #[get("/links/{id}")]
 async fn get_link(
     state: web::Data<AppState>,
@@ -212,7 +228,8 @@ async fn get_link(
     Ok(HttpResponse::Ok().json(LinkView::build(&state, link)?))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /v1/links/{id}`: keys present are set; `null` clears a nullable field.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLinkBody {
     #[serde(default, deserialize_with = "present")]
@@ -274,6 +291,9 @@ impl UpdateLinkBody {
     }
 }
 
+#[utoipa::path(tag = "links", params(("id" = String, Path, description = "Link ID (lnk_...)")), request_body = UpdateLinkBody,
+    responses((status = 200, description = "The updated link", body = LinkView),
+        (status = 409, description = "The new slug is taken", body = Problem, content_type = "application/problem+json")))]
 #[patch("/links/{id}")]
 async fn update_link(
     state: web::Data<AppState>,
@@ -294,6 +314,8 @@ async fn update_link(
     Ok(HttpResponse::Ok().json(LinkView::build(&state, updated)?))
 }
 
+#[utoipa::path(tag = "links", params(("id" = String, Path, description = "Link ID (lnk_...)")),
+    responses((status = 204, description = "Deleted; the slug stops resolving at once")))]
 #[delete("/links/{id}")]
 async fn delete_link(
     state: web::Data<AppState>,

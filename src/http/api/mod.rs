@@ -5,13 +5,12 @@ pub mod links;
 pub mod tokens;
 pub mod workspace;
 
-use actix_web::web;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::ApiError;
 use crate::ids::{Id, IdKind};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(links::configure)
         .configure(events::configure)
         .configure(workspace::configure)

@@ -1,30 +1,51 @@
 //! `/v1/tokens`: a workspace's API tokens (secret callers only).
 
 use actix_web::{HttpResponse, delete, get, post, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::parse_id;
 use crate::accounts::issue_token;
-use crate::domain::{Timestamp, TokenType};
+use crate::domain::{Timestamp, Token, TokenType};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
-use crate::ids::TokenKind;
+use crate::http::pagination::ListResponse;
+use crate::ids::{TokenId, TokenKind};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(create_token)
         .service(list_tokens)
         .service(revoke_token);
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenBody {
     name: Option<String>,
+    /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
+    #[schema(value_type = Option<TokenType>)]
     kind: Option<String>,
 }
 
+/// A new token: the only answer that ever carries the token itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    id: TokenId,
+    #[serde(rename = "type")]
+    kind: TokenType,
+    name: Option<String>,
+    hint: String,
+    created_at: Timestamp,
+    revoked_at: Option<Timestamp>,
+    /// The token; store it now, it is not shown again.
+    token: String,
+}
+
+#[utoipa::path(tag = "tokens", request_body = CreateTokenBody,
+    responses((status = 201, description = "The token, shown once", body = CreatedToken)))]
 #[post("/tokens")]
 async fn create_token(
     state: web::Data<AppState>,
@@ -46,21 +67,32 @@ async fn create_token(
         ));
     }
     let (token, secret) = issue_token(&state.store, caller.0.workspace_id, kind, body.name)?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "id": token.id, "type": token.kind, "name": token.name, "hint": token.hint,
-        "created_at": token.created_at, "revoked_at": token.revoked_at, "token": secret.expose(),
-    })))
+    Ok(HttpResponse::Created().json(CreatedToken {
+        id: token.id,
+        kind: token.kind,
+        name: token.name,
+        hint: token.hint,
+        created_at: token.created_at,
+        revoked_at: token.revoked_at,
+        token: secret.expose().to_owned(),
+    }))
 }
 
+#[utoipa::path(tag = "tokens", responses((status = 200, description = "The workspace's tokens, oldest first (never the tokens themselves)", body = ListResponse<Token>)))]
 #[get("/tokens")]
 async fn list_tokens(
     state: web::Data<AppState>,
     caller: SecretCaller,
 ) -> Result<HttpResponse, ApiError> {
-    let tokens = state.store.tokens(&caller.0.workspace_id)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": tokens, "next_page_token": null })))
+    let data = state.store.tokens(&caller.0.workspace_id)?;
+    Ok(HttpResponse::Ok().json(ListResponse {
+        data,
+        next_page_token: None,
+    }))
 }
 
+#[utoipa::path(tag = "tokens", params(("id" = String, Path, description = "Token ID (tok_...)")),
+    responses((status = 204, description = "Revoked; the token stops working at once")))]
 #[delete("/tokens/{id}")]
 async fn revoke_token(
     state: web::Data<AppState>,

@@ -2,6 +2,7 @@
 
 use actix_web::{HttpResponse, get, patch, web};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::domain::workspace::{validate_name, validate_timezone};
 use crate::domain::{Workspace, WorkspacePatch};
@@ -9,7 +10,7 @@ use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(get_workspace).service(update_workspace);
 }
 
@@ -20,6 +21,7 @@ fn load(state: &AppState, caller: &SecretCaller) -> Result<Workspace, ApiError> 
         .ok_or_else(|| ApiError::not_found("The token's workspace no longer exists."))
 }
 
+#[utoipa::path(tag = "workspace", responses((status = 200, description = "The caller's workspace", body = Workspace)))]
 #[get("/workspace")]
 async fn get_workspace(
     state: web::Data<AppState>,
@@ -28,10 +30,11 @@ async fn get_workspace(
     Ok(HttpResponse::Ok().json(load(&state, &caller)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWorkspaceBody {
     name: Option<String>,
+    /// IANA time zone, e.g. `Europe/Vienna`.
     timezone: Option<String>,
 }
 
@@ -60,6 +63,8 @@ impl UpdateWorkspaceBody {
     }
 }
 
+#[utoipa::path(tag = "workspace", request_body = UpdateWorkspaceBody,
+    responses((status = 200, description = "The updated workspace", body = Workspace)))]
 #[patch("/workspace")]
 async fn update_workspace(
     state: web::Data<AppState>,
