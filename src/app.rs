@@ -97,6 +97,7 @@ impl Application {
             settings.server.trusted_proxies.clone(),
             geo.clone(),
         )?);
+        let limits = http::ratelimit::RateLimits::new(&settings);
         let state = web::Data::new(AppState {
             resolver: actix::Actor::start(resolver),
             settings: Arc::new(settings),
@@ -106,6 +107,7 @@ impl Application {
             enricher,
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
+            limits,
             openapi_json: serde_json::to_string(&http::openapi::document()).unwrap_or_default(),
         });
         let server = Self::http_server(state.clone(), listener)?;
@@ -169,6 +171,16 @@ impl Application {
         let handle = self.server.handle();
         let draining = self.state.draining.clone();
         let server = actix_rt::spawn(self.server);
+        let pruner = {
+            let state = self.state.clone();
+            actix_rt::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    state.limits.prune();
+                }
+            })
+        };
         let reloader = actix_rt::spawn(watch_geoip(
             self.geo.clone(),
             self.state.settings.geoip.reload_interval_ms,
@@ -177,6 +189,7 @@ impl Application {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         draining.store(true, Ordering::Release);
         reloader.abort();
+        pruner.abort();
         handle.stop(true).await;
         let served = server.await;
         let left = self

@@ -133,6 +133,7 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    pub access: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub recorder_queue_depth: Gauge,
     pub downstream_full: Counter,
     pub flush_seconds: Histogram,
+    pub rate_limited: Counter,
 }
 
 impl Metrics {
@@ -177,6 +178,12 @@ impl Metrics {
             &mut out,
             "scanhop_store_flush_duration_seconds",
             "Duration of sled flushes (fsync).",
+        );
+        counter(
+            &mut out,
+            "scanhop_rate_limited_requests_total",
+            "API requests refused with 429.",
+            self.rate_limited.get(),
         );
         gauge(
             &mut out,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;
+pub mod ratelimit;
 pub mod redirect;
 pub mod request_id;
 
@@ -37,6 +38,7 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// `/openapi.json`, rendered once at start.
     pub openapi_json: String,
+    pub limits: ratelimit::RateLimits,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ where
 {
     app.service(
         utoipa_actix_web::scope("/v1")
+            .wrap(actix_web::middleware::from_fn(auth::middleware))
             .configure(api::configure)
             .default_service(web::to(api_not_found)),
     )

@@ -2,8 +2,11 @@
 //! generated otherwise, and visible to error bodies through a task-local.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use actix_web::Error;
+use actix_web::{Error, web};
+
+use super::AppState;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -33,10 +36,16 @@ fn generate() -> Arc<str> {
     Arc::from(uuid::Uuid::now_v7().simple().to_string())
 }
 
+/// Sets the request ID and, with `log.access`, writes the access line.
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    let started = Instant::now();
+    let access_log = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|s| s.settings.log.access);
+    let method = access_log.then(|| req.method().clone());
     let id = req
         .headers()
         .get(&HEADER)
@@ -50,6 +59,22 @@ pub async fn middleware(
         .map_into_boxed_body();
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(HEADER, value);
+    }
+    if let Some(method) = method {
+        // The route pattern, not the path: no IDs, slugs or query strings.
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "(unmatched)".to_owned());
+        tracing::info!(
+            target: "scanhop::access",
+            request_id = %id,
+            method = %method,
+            route = %route,
+            status = res.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
     }
     Ok(res)
 }

@@ -261,13 +261,22 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> BinaryServer {
+        Self::start_logging_to(data_dir, env, Stdio::inherit())
+    }
+
+    /// Like `start`, with the server's stderr (its logs) sent to `stderr`.
+    pub fn start_logging_to(
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> BinaryServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_scanhop"));
         cmd.arg("serve")
             .env("SCANHOP__SERVER__BIND", "127.0.0.1:0")
             .env("SCANHOP__STORAGE__PATH", data_dir)
             .env("SCANHOP__LOG__LEVEL", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,0 +1,106 @@
+//! Logs: one line per request, and never a token, secret or client IP.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{BinaryServer, IPHONE_UA};
+
+#[actix_rt::test]
+async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let env = [
+        ("SCANHOP__LOG__FORMAT", "json"),
+        ("SCANHOP__LOG__LEVEL", "trace"),
+        ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+    ];
+    let mut server =
+        BinaryServer::start_logging_to(&dir.path().join("data"), &env, log_file.into());
+    let token = server.token.clone().unwrap();
+    let c = awc::Client::builder()
+        .disable_redirects()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let auth = ("Authorization", format!("Bearer {token}"));
+    let mut r = c
+        .post(format!("{}/v1/tokens", server.base))
+        .insert_header(auth.clone())
+        .send_json(&json!({"name": "ci"}))
+        .await
+        .unwrap();
+    let created: Value = r.json().await.unwrap();
+    let new_secret = created["token"].as_str().unwrap().to_owned();
+    let r = c
+        .post(format!("{}/v1/links", server.base))
+        .insert_header(auth.clone())
+        .send_json(&json!({"destination": "https://example.com/", "slug": "logged"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let client_ip = "203.0.113.77";
+    let r = c
+        .get(format!("{}/logged?token={token}", server.base))
+        .insert_header(("User-Agent", IPHONE_UA))
+        .insert_header(("X-Forwarded-For", client_ip))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 302);
+    let bogus = "sk_bogusbogusbogusbogusbogus12345";
+    let r = c
+        .get(format!("{}/v1/links", server.base))
+        .insert_header(("Authorization", format!("Bearer {bogus}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c
+        .get(format!("{}/v1/links?page_token={new_secret}", server.base))
+        .insert_header(auth.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    server.signal(libc::SIGTERM);
+    let _ = actix_web::rt::task::spawn_blocking(move || server.wait()).await;
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    for (what, secret) in [
+        ("first token", token.as_str()),
+        ("created token", new_secret.as_str()),
+        ("bogus token", bogus),
+        ("client IP", client_ip),
+    ] {
+        assert!(!logs.contains(secret), "{what} appears in the logs");
+    }
+    let access: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "scanhop::access")
+        .collect();
+    assert_eq!(access.len(), 5, "one line per request:\n{logs}");
+    assert!(
+        logs.lines().count() > access.len() + 5,
+        "trace-level lines were captured too"
+    );
+    let routes: Vec<&str> = access
+        .iter()
+        .map(|l| l["fields"]["route"].as_str().unwrap())
+        .collect();
+    assert!(
+        routes.contains(&"/v1/tokens") && routes.contains(&"/{slug}"),
+        "{routes:?}"
+    );
+    for line in &access {
+        let f = &line["fields"];
+        assert!(f["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(
+            f["status"].as_u64().is_some()
+                && f["latency_us"].as_u64().is_some()
+                && f["method"].is_string(),
+            "{line}"
+        );
+    }
+}
