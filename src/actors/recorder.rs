@@ -93,7 +93,10 @@ impl Intake {
         q.events.push_back(event);
         let seq = q.next_seq;
         q.next_seq += 1;
-        let wake = q.events.len() >= self.batch_size;
+        // Strict redirects wait for the commit: start it now rather than at the
+        // next tick (events arriving meanwhile form the next group commit).
+        // Batched ones only need a wake when a full batch is waiting.
+        let wake = self.durability == Durability::Strict || q.events.len() >= self.batch_size;
         Push::Queued { seq, wake }
     }
 
