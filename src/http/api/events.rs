@@ -215,7 +215,7 @@ async fn list_events(
     }))
 }
 
-#[utoipa::path(tag = "events", params(("id" = String, Path, description = "Event ID (evt_...)")),
+#[utoipa::path(tag = "events", params(("id" = EventId, Path, description = "Event ID (evt_...)")),
     responses((status = 200, description = "The scan event", body = EventView)))]
 #[get("/events/{id}")]
 async fn get_event(

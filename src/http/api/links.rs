@@ -216,7 +216,7 @@ fn owned_link(state: &AppState, caller: &SecretCaller, raw_id: &str) -> Result<L
     }
 }
 
-#[utoipa::path(tag = "links", params(("id" = String, Path, description = "Link ID (lnk_...)")),
+#[utoipa::path(tag = "links", params(("id" = LinkId, Path, description = "Link ID (lnk_...)")),
     responses((status = 200, description = "The link", body = LinkView)))]
 #[get("/links/{id}")]
 async fn get_link(
@@ -291,7 +291,7 @@ impl UpdateLinkBody {
     }
 }
 
-#[utoipa::path(tag = "links", params(("id" = String, Path, description = "Link ID (lnk_...)")), request_body = UpdateLinkBody,
+#[utoipa::path(tag = "links", params(("id" = LinkId, Path, description = "Link ID (lnk_...)")), request_body = UpdateLinkBody,
     responses((status = 200, description = "The updated link", body = LinkView),
         (status = 409, description = "The new slug is taken", body = Problem, content_type = "application/problem+json")))]
 #[patch("/links/{id}")]
@@ -314,7 +314,7 @@ async fn update_link(
     Ok(HttpResponse::Ok().json(LinkView::build(&state, updated)?))
 }
 
-#[utoipa::path(tag = "links", params(("id" = String, Path, description = "Link ID (lnk_...)")),
+#[utoipa::path(tag = "links", params(("id" = LinkId, Path, description = "Link ID (lnk_...)")),
     responses((status = 204, description = "Deleted; the slug stops resolving at once")))]
 #[delete("/links/{id}")]
 async fn delete_link(

@@ -91,7 +91,7 @@ async fn list_tokens(
     }))
 }
 
-#[utoipa::path(tag = "tokens", params(("id" = String, Path, description = "Token ID (tok_...)")),
+#[utoipa::path(tag = "tokens", params(("id" = TokenId, Path, description = "Token ID (tok_...)")),
     responses((status = 204, description = "Revoked; the token stops working at once")))]
 #[delete("/tokens/{id}")]
 async fn revoke_token(
