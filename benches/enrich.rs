@@ -11,7 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use scanhop::domain::{Destination, Link, LinkStatus, ScanMethod, Slug, Timestamp};
 use scanhop::enrich::geo::GeoDatabases;
 use scanhop::enrich::{Enricher, ScanRequest};
-use scanhop::ids::{EventId, LinkId, WorkspaceId};
+use scanhop::ids::{LinkId, WorkspaceId};
 use scanhop::store::Store;
 
 fn link() -> Link {
@@ -65,7 +65,6 @@ fn bench(c: &mut Criterion) {
             let event = enricher.scan_event(
                 black_box(&req),
                 &link,
-                EventId::generate(),
                 ScanMethod::Get,
                 link.destination.as_str().to_owned(),
             );

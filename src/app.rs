@@ -78,6 +78,7 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let (resolver, links) = Resolver::new(store.clone(), settings.resolver.mailbox_capacity)?;
         let recorder = Recorder::start(
+            store.last_event_id()?,
             store.clone(),
             &settings.recorder,
             settings.storage.durability,

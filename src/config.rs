@@ -259,6 +259,9 @@ impl Settings {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(key, "must be greater than 0"));
         }
+        if self.recorder.batch_size > usize::from(u16::MAX) {
+            return Err(invalid("recorder.batch_size", "must be at most 65535"));
+        }
         if self.storage.path.as_os_str().is_empty() {
             return Err(invalid("storage.path", "must not be empty"));
         }

@@ -6,6 +6,12 @@
 //! is woken once per batch (or by its own tick), not once per scan. That keeps
 //! the cross-thread wake off the per-request cost (DESIGN.md, "The hot path").
 //!
+//! The Recorder gives each event its ID as it enters the queue (under the
+//! queue's lock), so IDs follow queue order and every committed batch covers a
+//! contiguous ID range: the store keeps a batch as one segment (see
+//! `store/segment.rs`). IDs continue after the newest stored event even if
+//! the clock stepped back across a restart.
+//!
 //! The Recorder drains the queue in batches of `recorder.batch_size`, writes
 //! each batch in one sled transaction, and in `strict` mode flushes it to disk
 //! before publishing the batch's sequence number, which is what strict
@@ -23,6 +29,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
+use crate::ids::EventId;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -35,8 +42,8 @@ pub struct ScansCommitted(pub Arc<[ScanEvent]>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordOutcome {
-    /// The Recorder has the event (strict: it is on disk).
-    Recorded,
+    /// The Recorder has the event under this ID (strict: it is on disk).
+    Recorded(EventId),
     /// The queue was full and `overflow = "drop"`: not recorded, counted.
     Dropped,
 }
@@ -53,6 +60,23 @@ struct Queue {
     events: VecDeque<ScanEvent>,
     /// Sequence number of the next event pushed; the first is 1.
     next_seq: u64,
+    /// The last event ID given out.
+    last_id: EventId,
+}
+
+impl Queue {
+    /// A fresh UUIDv7 ID, strictly greater than every ID given out before.
+    fn next_id(&mut self) -> EventId {
+        let fresh = EventId::generate();
+        let id = if fresh > self.last_id {
+            fresh
+        } else {
+            let next = u128::from_be_bytes(*self.last_id.as_bytes()).wrapping_add(1);
+            EventId::from_bytes(next.to_be_bytes())
+        };
+        self.last_id = id;
+        id
+    }
 }
 
 /// The intake queue, shared by the handlers (push) and the Recorder (drain).
@@ -73,6 +97,7 @@ struct Intake {
 enum Push {
     Queued {
         seq: u64,
+        id: EventId,
         wake: bool,
     },
     /// The queue is full; the event comes back (boxed: this is the rare path).
@@ -85,11 +110,13 @@ impl Intake {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn try_push(&self, event: ScanEvent) -> Push {
+    fn try_push(&self, mut event: ScanEvent) -> Push {
         let mut q = self.lock();
         if q.events.len() >= self.capacity {
             return Push::Full(Box::new(event));
         }
+        let id = q.next_id();
+        event.id = id;
         q.events.push_back(event);
         let seq = q.next_seq;
         q.next_seq += 1;
@@ -97,7 +124,7 @@ impl Intake {
         // next tick (events arriving meanwhile form the next group commit).
         // Batched ones only need a wake when a full batch is waiting.
         let wake = self.durability == Durability::Strict || q.events.len() >= self.batch_size;
-        Push::Queued { seq, wake }
+        Push::Queued { seq, id, wake }
     }
 
     /// Up to `batch_size` events and the sequence number of the last one.
@@ -127,22 +154,23 @@ pub struct RecorderHandle {
 }
 
 impl RecorderHandle {
+    /// Records `event`; its `id` is assigned here (whatever it held before).
     pub async fn record(&self, event: ScanEvent) -> Result<RecordOutcome, RecordError> {
         let intake = &self.intake;
         let mut event = event;
-        let seq = loop {
+        let (seq, id) = loop {
             if intake.closed.load(Ordering::Acquire) {
                 return Err(RecordError::Closed);
             }
             let mut space = pin!(intake.space.notified());
             space.as_mut().enable();
             match intake.try_push(event) {
-                Push::Queued { seq, wake } => {
+                Push::Queued { seq, id, wake } => {
                     if wake && !intake.wake_pending.swap(true, Ordering::AcqRel) {
                         // A full mailbox means the Recorder is already busy; its tick will come.
                         let _ = self.addr.try_send(Wake);
                     }
-                    break seq;
+                    break (seq, id);
                 }
                 Push::Full(returned) => match intake.overflow {
                     Overflow::Drop => {
@@ -164,7 +192,7 @@ impl RecorderHandle {
                 return Err(RecordError::NotDurable);
             }
         }
-        Ok(RecordOutcome::Recorded)
+        Ok(RecordOutcome::Recorded(id))
     }
 
     /// Events waiting in the intake queue.
@@ -200,6 +228,7 @@ impl Recorder {
     /// Starts the Recorder on its own arbiter (thread), so its blocking sled
     /// writes and fsyncs never run on an HTTP worker.
     pub fn start(
+        last_event_id: Option<EventId>,
         store: Store,
         settings: &RecorderSettings,
         durability: Durability,
@@ -210,6 +239,7 @@ impl Recorder {
             queue: Mutex::new(Queue {
                 events: VecDeque::with_capacity(settings.batch_size),
                 next_seq: 1,
+                last_id: last_event_id.unwrap_or_else(|| EventId::from_bytes([0; 16])),
             }),
             capacity: settings.queue_capacity,
             batch_size: settings.batch_size,
@@ -364,5 +394,35 @@ impl Handler<Drain> for Recorder {
             tracing::error!(events = left, "shutdown left scan events uncommitted");
         }
         left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_even_when_the_stored_last_id_is_ahead_of_the_clock() {
+        let future = EventId::from_bytes(EventId::lower_bound_bytes(
+            jiff::Timestamp::now().as_millisecond() + 3_600_000,
+        ));
+        let mut q = Queue {
+            events: VecDeque::new(),
+            next_seq: 1,
+            last_id: future,
+        };
+        let a = q.next_id();
+        let b = q.next_id();
+        assert!(future < a && a < b);
+        let mut fresh = Queue {
+            events: VecDeque::new(),
+            next_seq: 1,
+            last_id: EventId::from_bytes([0; 16]),
+        };
+        let c = fresh.next_id();
+        assert!(
+            (jiff::Timestamp::now().as_millisecond() - c.timestamp_ms()).abs() < 5_000,
+            "normally a plain UUIDv7 of now"
+        );
     }
 }

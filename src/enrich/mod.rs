@@ -53,13 +53,13 @@ impl Enricher {
         })
     }
 
-    /// Builds the scan event for `link` from `req`. The client IP is used for
+    /// Builds the scan event for `link` from `req`; the Recorder assigns its
+    /// ID when it takes the event (IDs follow the Recorder's queue order). The client IP is used for
     /// the hash (and geo) here and never leaves this function.
     pub fn scan_event(
         &self,
         req: &ScanRequest,
         link: &Link,
-        id: EventId,
         method: ScanMethod,
         destination: String,
     ) -> ScanEvent {
@@ -72,7 +72,7 @@ impl Enricher {
         let agent = useragent::parse(&self.parser, req.user_agent);
         let geo = self.geo.lookup(ip);
         ScanEvent {
-            id,
+            id: EventId::from_bytes([0; 16]),
             workspace_id: link.workspace_id,
             link_id: link.id,
             visitor_id: None,
@@ -90,7 +90,9 @@ impl Enricher {
             language: req.accept_language.and_then(primary_language),
             referer: req.referer.and_then(truncate_referer),
             destination,
-            ip_hash: self.salts.ip_hash(ip, id.timestamp_ms()),
+            ip_hash: self
+                .salts
+                .ip_hash(ip, jiff::Timestamp::now().as_millisecond()),
             bot: agent.bot,
         }
     }

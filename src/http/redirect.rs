@@ -13,7 +13,6 @@ use crate::actors::RecordOutcome;
 use crate::domain::{Link, ScanMethod, Timestamp};
 use crate::enrich::ScanRequest;
 use crate::error::{ApiError, ErrorCode};
-use crate::ids::EventId;
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-downgrade");
@@ -63,7 +62,6 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 
 /// Records the scan; answers the `Location` to send, or the error response.
 async fn record(req: &HttpRequest, state: &AppState, link: &Link) -> Result<String, HttpResponse> {
-    let id = EventId::generate();
     let scan = ScanRequest {
         peer: req.peer_addr().map(|a| a.ip()),
         user_agent: header(req, header::USER_AGENT),
@@ -75,12 +73,11 @@ async fn record(req: &HttpRequest, state: &AppState, link: &Link) -> Result<Stri
     let event = state.enricher.scan_event(
         &scan,
         link,
-        id,
         ScanMethod::Get,
         link.destination.as_str().to_owned(),
     );
     match state.recorder.record(event).await {
-        Ok(RecordOutcome::Recorded) if link.conversion_tracking => {
+        Ok(RecordOutcome::Recorded(id)) if link.conversion_tracking => {
             Ok(link.destination.with_scan_id(&id.to_string()))
         }
         Ok(_) => Ok(link.destination.as_str().to_owned()),

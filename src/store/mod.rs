@@ -8,6 +8,7 @@ mod flusher;
 pub mod keys;
 mod links;
 mod scan;
+mod segment;
 mod tokens;
 mod workspaces;
 
@@ -65,13 +66,13 @@ struct Trees {
     slugs: sled::Tree,
     /// key = workspace_id (16) ++ link_id (16) → value = empty
     links_by_workspace: sled::Tree,
-    /// key = event_id (16) → value = ScanEvent
+    /// key = first event_id of a segment (16) → value = event segment
     events: sled::Tree,
-    /// key = link_id (16) ++ event_id (16) → value = empty
+    /// key = link_id (16) ++ segment id (16) → value = positions (u16 BE each)
     events_by_link: sled::Tree,
-    /// key = workspace_id (16) ++ event_id (16) → value = empty
+    /// key = workspace_id (16) ++ segment id (16) → value = positions
     events_by_workspace: sled::Tree,
-    /// key = visitor_id (16) ++ event_id (16) → value = empty
+    /// key = visitor_id (16) ++ segment id (16) → value = positions
     events_by_visitor: sled::Tree,
     /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
     counters: sled::Tree,
@@ -102,7 +103,7 @@ impl Store {
             links: open("links")?,
             slugs: open("slugs")?,
             links_by_workspace: open("links_by_workspace")?,
-            events: open("events")?,
+            events: open("event_segments")?,
             events_by_link: open("events_by_link")?,
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
