@@ -11,6 +11,9 @@
 //!   no user agent at all is treated as a bot: every real browser sends one.
 //! - TVs and consoles are `other`.
 
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, MatchKind};
 use woothee::parser::{Parser, WootheeResult};
 
 use crate::domain::DeviceType;
@@ -192,6 +195,61 @@ const TABLET_MARKERS: &[&str] = &[
     "ipad", "kindle", "silk/", "playbook", "tablet", "; kf", "nexus 7", "nexus 9", "nexus 10",
 ];
 
+/// Tokens whose presence `device_of` and `os_of` ask about.
+const FLAG_TOKENS: [&str; 7] = [
+    "opera mini",
+    "opera mobi",
+    "windows nt",
+    "android",
+    "mobile",
+    "windows phone",
+    "iphone",
+];
+const OPERA_MINI: u8 = 1 << 0;
+const OPERA_MOBI: u8 = 1 << 1;
+const WINDOWS_NT: u8 = 1 << 2;
+const ANDROID: u8 = 1 << 3;
+const MOBILE: u8 = 1 << 4;
+const WINDOWS_PHONE: u8 = 1 << 5;
+const IPHONE: u8 = 1 << 6;
+
+/// The marker lists compiled once into case-insensitive automata: one pass
+/// over the user agent per list instead of one substring search per marker.
+struct Markers {
+    /// BOT_MARKERS, then "cubot" (a phone brand) as the last pattern.
+    bot: AhoCorasick,
+    tv: AhoCorasick,
+    tablet: AhoCorasick,
+    flags: AhoCorasick,
+}
+
+fn automaton(patterns: &[&str], kind: MatchKind) -> AhoCorasick {
+    // The patterns are fixed literals; building can only fail on absurd sizes.
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(kind)
+        .build(patterns)
+        .expect("marker automaton")
+}
+
+static MARKERS: LazyLock<Markers> = LazyLock::new(|| {
+    let mut bot: Vec<&str> = BOT_MARKERS.to_vec();
+    bot.push("cubot");
+    Markers {
+        bot: automaton(&bot, MatchKind::LeftmostLongest),
+        tv: automaton(TV_MARKERS, MatchKind::LeftmostFirst),
+        tablet: automaton(TABLET_MARKERS, MatchKind::LeftmostFirst),
+        flags: automaton(&FLAG_TOKENS, MatchKind::Standard),
+    }
+});
+
+fn flags_of(ua: &str) -> u8 {
+    MARKERS
+        .flags
+        .find_overlapping_iter(ua)
+        .fold(0, |acc, m| acc | (1 << m.pattern().as_usize()))
+}
+
 /// Parses a user agent; `None` means the request had none.
 pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
     let Some(ua) = ua.map(str::trim).filter(|s| !s.is_empty()) else {
@@ -201,16 +259,16 @@ pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
             ..Agent::default()
         };
     };
-    let lower = ua.to_ascii_lowercase();
+    let flags = flags_of(ua);
     let w = parser.parse(ua);
     let (browser, browser_version) = browser_of(ua, w.as_ref());
-    let (os, os_version) = os_of(&lower, w.as_ref());
+    let (os, os_version) = os_of(flags, w.as_ref());
     let category = w.as_ref().map_or("UNKNOWN", |w| w.category);
-    let bot = matches!(category, "crawler" | "misc") || is_bot(&lower);
+    let bot = matches!(category, "crawler" | "misc") || is_bot(ua);
     let device_type = if bot {
         DeviceType::Bot
     } else {
-        device_of(&lower, category)
+        device_of(ua, flags, category)
     };
     Agent {
         device_type: Some(device_type),
@@ -225,33 +283,35 @@ pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
 /// Whole user agents of HTTP runtimes that send only their name.
 const BOT_NAMES: &[&str] = &["node", "deno", "bun", "go", "python", "java", "dart"];
 
-fn is_bot(lower: &str) -> bool {
-    if BOT_NAMES.contains(&lower) {
+fn is_bot(ua: &str) -> bool {
+    if BOT_NAMES.iter().any(|n| n.eq_ignore_ascii_case(ua)) {
         return true;
     }
-    // "cubot" is a phone brand, not a bot.
-    let scrubbed = lower.replace("cubot", "cu-phone");
-    BOT_MARKERS.iter().any(|m| scrubbed.contains(m))
+    // Leftmost-longest: "cubot" wins over the "bot" markers inside it.
+    let cubot = BOT_MARKERS.len();
+    MARKERS
+        .bot
+        .find_iter(ua)
+        .any(|m| m.pattern().as_usize() != cubot)
 }
 
-fn device_of(lower: &str, category: &str) -> DeviceType {
-    if TV_MARKERS.iter().any(|m| lower.contains(m)) || category == "appliance" {
+fn device_of(ua: &str, flags: u8, category: &str) -> DeviceType {
+    if category == "appliance" || MARKERS.tv.is_match(ua) {
         return DeviceType::Other;
     }
-    if lower.contains("opera mini") || lower.contains("opera mobi") {
+    if flags & (OPERA_MINI | OPERA_MOBI) != 0 {
         return DeviceType::Mobile;
     }
-    let windows = lower.contains("windows nt");
-    if !windows && TABLET_MARKERS.iter().any(|m| lower.contains(m)) {
+    if flags & WINDOWS_NT == 0 && MARKERS.tablet.is_match(ua) {
         return DeviceType::Tablet;
     }
-    if lower.contains("android") && !lower.contains("mobile") && !lower.contains("windows phone") {
+    if flags & ANDROID != 0 && flags & (MOBILE | WINDOWS_PHONE) == 0 {
         return DeviceType::Tablet;
     }
     match category {
         "smartphone" | "mobilephone" => DeviceType::Mobile,
         "pc" => DeviceType::Desktop,
-        _ if lower.contains("iphone") || lower.contains("mobile") => DeviceType::Mobile,
+        _ if flags & (IPHONE | MOBILE) != 0 => DeviceType::Mobile,
         _ => DeviceType::Other,
     }
 }
@@ -321,7 +381,7 @@ fn browser_of(ua: &str, w: Option<&WootheeResult>) -> (Option<String>, Option<St
     (name, known(w.version))
 }
 
-fn os_of(lower: &str, w: Option<&WootheeResult>) -> (Option<String>, Option<String>) {
+fn os_of(flags: u8, w: Option<&WootheeResult>) -> (Option<String>, Option<String>) {
     let Some(w) = w else { return (None, None) };
     let version = known(&w.os_version).map(|v| v.replace('_', "."));
     match w.os {
@@ -337,7 +397,7 @@ fn os_of(lower: &str, w: Option<&WootheeResult>) -> (Option<String>, Option<Stri
                 .map(str::to_owned);
             (Some("Windows".into()), v)
         }
-        "Linux" if lower.contains("android") => (Some("Android".into()), version),
+        "Linux" if flags & ANDROID != 0 => (Some("Android".into()), version),
         other => (known(other), version),
     }
 }
@@ -378,6 +438,17 @@ mod tests {
             (Some("Windows"), Some("10"))
         );
         assert_eq!(win.browser.as_deref(), Some("Edge"));
+    }
+
+    #[test]
+    fn a_cubot_phone_is_not_a_bot_but_a_bot_beside_it_is() {
+        let phone = p(
+            "Mozilla/5.0 (Linux; Android 10; CUBOT X30) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36",
+        );
+        assert!(!phone.bot);
+        assert_eq!(phone.device_type, Some(DeviceType::Mobile));
+        assert!(p("Mozilla/5.0 (Linux; Android 10; CUBOT X30) MyCrawler/1.0").bot);
+        assert!(p("NODE").bot);
     }
 
     #[test]
