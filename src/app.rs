@@ -76,7 +76,11 @@ impl Application {
             Some(token.expose().to_owned())
         };
         let metrics = Arc::new(Metrics::default());
-        let (resolver, links) = Resolver::new(store.clone(), settings.resolver.mailbox_capacity)?;
+        let (resolver, links) = Resolver::new(
+            store.clone(),
+            settings.resolver.mailbox_capacity,
+            metrics.clone(),
+        )?;
         let recorder = Recorder::start(
             store.last_event_id()?,
             store.clone(),

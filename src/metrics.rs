@@ -96,6 +96,8 @@ pub struct Metrics {
     pub downstream_full: Counter,
     pub flush_seconds: Histogram,
     pub rate_limited: Counter,
+    pub bot_scans: Counter,
+    pub resolver_messages: Counter,
 }
 
 impl Metrics {
@@ -134,6 +136,12 @@ impl Metrics {
             "Scan events committed to the store.",
             self.scans_recorded.get(),
         );
+        counter(
+            &mut out,
+            "scanhop_bot_scans_total",
+            "Redirects of bots and link previewers (recorded with bot: true).",
+            self.bot_scans.get(),
+        );
         let _ = writeln!(
             out,
             "# HELP scanhop_scans_dropped_total Scans answered but not recorded, by reason.\n# TYPE scanhop_scans_dropped_total counter\nscanhop_scans_dropped_total{{reason=\"queue_full\"}} {}\nscanhop_scans_dropped_total{{reason=\"unavailable\"}} {}",
@@ -165,8 +173,9 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP scanhop_actor_messages_total Messages processed by an actor.\n# TYPE scanhop_actor_messages_total counter\nscanhop_actor_messages_total{{actor=\"recorder\"}} {}",
-            self.recorder_messages.get() + self.recorder_batches.get()
+            "# HELP scanhop_actor_messages_total Messages processed by an actor.\n# TYPE scanhop_actor_messages_total counter\nscanhop_actor_messages_total{{actor=\"recorder\"}} {}\nscanhop_actor_messages_total{{actor=\"resolver\"}} {}",
+            self.recorder_messages.get() + self.recorder_batches.get(),
+            self.resolver_messages.get()
         );
         counter(
             &mut out,

@@ -10,6 +10,7 @@ use actix::prelude::*;
 
 use crate::domain::{Link, LinkPatch, NewLink, Slug, Timestamp};
 use crate::ids::{LinkId, WorkspaceId};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Attempts at a free generated slug before giving up.
@@ -71,6 +72,7 @@ pub struct Resolver {
     store: Store,
     cache: Arc<LinkCache>,
     mailbox_capacity: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Resolver {
@@ -78,6 +80,7 @@ impl Resolver {
     pub fn new(
         store: Store,
         mailbox_capacity: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<(Resolver, Arc<LinkCache>), StoreError> {
         let cache = Arc::new(LinkCache::default());
         for link in store.all_links()? {
@@ -88,6 +91,7 @@ impl Resolver {
                 store,
                 cache: cache.clone(),
                 mailbox_capacity,
+                metrics,
             },
             cache,
         ))
@@ -120,6 +124,7 @@ impl Handler<CreateLink> for Resolver {
     type Result = Result<Link, LinkWriteError>;
 
     fn handle(&mut self, msg: CreateLink, _: &mut Self::Context) -> Self::Result {
+        self.metrics.resolver_messages.inc();
         let now = Timestamp::now();
         let chosen = msg.link.slug.clone();
         for _ in 0..SLUG_ATTEMPTS {
@@ -150,6 +155,7 @@ impl Handler<UpdateLink> for Resolver {
     type Result = Result<Link, LinkWriteError>;
 
     fn handle(&mut self, msg: UpdateLink, _: &mut Self::Context) -> Self::Result {
+        self.metrics.resolver_messages.inc();
         let old = self.owned_link(&msg.workspace_id, &msg.id)?;
         let mut new = old.clone();
         msg.patch.apply(&mut new, Timestamp::now());
@@ -173,6 +179,7 @@ impl Handler<DeleteLink> for Resolver {
     type Result = Result<(), LinkWriteError>;
 
     fn handle(&mut self, msg: DeleteLink, _: &mut Self::Context) -> Self::Result {
+        self.metrics.resolver_messages.inc();
         let link = self.owned_link(&msg.workspace_id, &msg.id)?;
         self.store.delete_link(&link)?;
         self.cache.remove(&link.slug);

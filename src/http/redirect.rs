@@ -76,6 +76,9 @@ async fn record(req: &HttpRequest, state: &AppState, link: &Link) -> Result<Stri
         ScanMethod::Get,
         link.destination.as_str().to_owned(),
     );
+    if event.bot {
+        state.metrics.bot_scans.inc();
+    }
     match state.recorder.record(event).await {
         Ok(RecordOutcome::Recorded(id)) if link.conversion_tracking => {
             Ok(link.destination.with_scan_id(&id.to_string()))

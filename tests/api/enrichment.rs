@@ -382,4 +382,9 @@ async fn bots_are_redirected_stored_flagged_and_not_counted() {
         .await
         .json();
     assert_eq!(link["total_scans"], 1, "bots are not counted");
+    let metrics = app
+        .raw(app.client.get(app.url("/metrics")), "")
+        .await
+        .text();
+    assert!(metrics.contains("scanhop_bot_scans_total 4"), "{metrics}");
 }

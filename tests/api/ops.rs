@@ -15,6 +15,11 @@ async fn health_readiness_and_metrics_answer_without_auth() {
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
     let text = r.text();
     for name in [
+        "scanhop_actor_messages_total{actor=\"resolver\"}",
+        "scanhop_actor_mailbox_depth{actor=\"recorder\"}",
+        "scanhop_store_flush_duration_seconds_count",
+        "scanhop_rate_limited_requests_total",
+        "scanhop_bot_scans_total",
         "scanhop_redirects_total",
         "scanhop_scans_recorded_total",
         "scanhop_orphan_scans_total",
