@@ -282,34 +282,23 @@ pub struct LinkPatch {
 
 impl LinkPatch {
     pub fn apply(self, link: &mut Link, now: Timestamp) {
-        if let Some(v) = self.slug {
-            link.slug = v;
-        }
-        if let Some(v) = self.destination {
-            link.destination = v;
-        }
-        if let Some(v) = self.name {
-            link.name = v;
-        }
-        if let Some(v) = self.tags {
-            link.tags = v;
-        }
-        if let Some(v) = self.conversion_tracking {
-            link.conversion_tracking = v;
-        }
-        if let Some(v) = self.fallback_destination {
-            link.fallback_destination = v;
-        }
-        if let Some(v) = self.expires_at {
-            link.expires_at = v;
-        }
-        if let Some(v) = self.form {
-            link.form = v;
-        }
-        if let Some(v) = self.status {
-            link.status = v;
-        }
+        set(&mut link.slug, self.slug);
+        set(&mut link.destination, self.destination);
+        set(&mut link.name, self.name);
+        set(&mut link.tags, self.tags);
+        set(&mut link.conversion_tracking, self.conversion_tracking);
+        set(&mut link.fallback_destination, self.fallback_destination);
+        set(&mut link.expires_at, self.expires_at);
+        set(&mut link.form, self.form);
+        set(&mut link.status, self.status);
         link.updated_at = now;
+    }
+}
+
+/// Overwrites `slot` when a PATCH carried the field.
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
     }
 }
 
