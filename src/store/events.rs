@@ -235,3 +235,147 @@ impl Store {
         Ok(hit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ScanMethod;
+
+    /// An event whose ID carries millisecond `ms` (IDs ascend with `ms`).
+    fn event(ms: i64, ws: WorkspaceId, link: LinkId, bot: bool) -> ScanEvent {
+        let mut id = EventId::lower_bound_bytes(ms);
+        id[15] = 1;
+        ScanEvent {
+            id: EventId::from_bytes(id),
+            workspace_id: ws,
+            link_id: link,
+            visitor_id: None,
+            method: ScanMethod::Get,
+            device_type: if bot {
+                DeviceType::Bot
+            } else {
+                DeviceType::Mobile
+            },
+            os: None,
+            os_version: None,
+            browser: None,
+            browser_version: None,
+            country: None,
+            region: None,
+            city: None,
+            isp: None,
+            asn: None,
+            language: None,
+            referer: None,
+            destination: format!("https://e.com/{ms}"),
+            ip_hash: [0; 32],
+            bot,
+        }
+    }
+
+    fn query(ws: WorkspaceId, index: EventIndex) -> EventQuery {
+        EventQuery {
+            workspace_id: ws,
+            index,
+            from_ms: None,
+            to_ms: None,
+            tag: None,
+            country: None,
+            device_type: None,
+            include_bots: false,
+        }
+    }
+
+    fn walk(store: &Store, q: &EventQuery, page: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let p = store.list_events(q, cursor.as_deref(), page).unwrap();
+            out.extend(p.items.iter().map(|e| e.timestamp_ms()));
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn segments_list_newest_first_across_boundaries_with_bounds_and_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, other_ws) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let (a, b, c) = (LinkId::generate(), LinkId::generate(), LinkId::generate());
+        // Three batches (segments): ms 1..=3, 4..=7, 8..=12; link `a` in every batch.
+        let batches: Vec<Vec<ScanEvent>> = vec![
+            vec![
+                event(1, ws, a, false),
+                event(2, ws, b, false),
+                event(3, other_ws, c, false),
+            ],
+            vec![
+                event(4, ws, a, false),
+                event(5, ws, a, true),
+                event(6, ws, b, false),
+                event(7, other_ws, c, false),
+            ],
+            vec![
+                event(8, ws, a, false),
+                event(9, ws, b, false),
+                event(10, ws, a, false),
+                event(11, other_ws, c, false),
+                event(12, ws, b, false),
+            ],
+        ];
+        for batch in &batches {
+            store.commit_scans(batch).unwrap();
+        }
+        let all = query(ws, EventIndex::Workspace);
+        assert_eq!(
+            walk(&store, &all, 2),
+            [12, 10, 9, 8, 6, 4, 2, 1],
+            "bots hidden, other workspace excluded"
+        );
+        assert_eq!(walk(&store, &all, 100), walk(&store, &all, 1));
+        let with_bots = EventQuery {
+            include_bots: true,
+            ..all.clone()
+        };
+        assert_eq!(walk(&store, &with_bots, 3), [12, 10, 9, 8, 6, 5, 4, 2, 1]);
+        assert_eq!(
+            walk(&store, &query(ws, EventIndex::Link(a)), 2),
+            [10, 8, 4, 1]
+        );
+        // `from` inclusive and `to` exclusive, both cutting through the middle segment.
+        let bounded = EventQuery {
+            from_ms: Some(5),
+            to_ms: Some(9),
+            include_bots: true,
+            ..all.clone()
+        };
+        assert_eq!(walk(&store, &bounded, 2), [8, 6, 5]);
+        let only_old = EventQuery {
+            to_ms: Some(4),
+            ..all.clone()
+        };
+        assert_eq!(walk(&store, &only_old, 10), [2, 1]);
+        // Another workspace never sees these, even through a link index.
+        assert!(walk(&store, &query(other_ws, EventIndex::Link(a)), 10).is_empty());
+        for e in batches.iter().flatten() {
+            assert_eq!(store.event(&e.id).unwrap().as_ref(), Some(e));
+        }
+        assert_eq!(
+            store
+                .event(&EventId::from_bytes(EventId::lower_bound_bytes(6)))
+                .unwrap(),
+            None,
+            "an ID between events"
+        );
+        assert_eq!(store.event(&EventId::from_bytes([0; 16])).unwrap(), None);
+        assert_eq!(store.last_event_id().unwrap(), Some(batches[2][4].id));
+        assert_eq!(
+            store.link_total_scans(&a).unwrap(),
+            4,
+            "the bot scan is not counted"
+        );
+    }
+}
