@@ -21,7 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 64;
-const UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Mobile/15E148 Safari/604.1";
+/// One request in this many carries a never-seen user agent.
+const MISS_EVERY: u64 = 10;
 const DESTINATION: &str = "https://example.com/menu";
 
 struct Outcome {
@@ -83,16 +84,20 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
     }
 }
 
-/// One keep-alive connection sending requests until `deadline`.
+/// One keep-alive connection sending requests until `deadline`. Every
+/// `MISS_EVERY`-th request carries a user agent never seen before, so caches
+/// keyed by user agent see a realistic share of misses.
 async fn connection(
     addr: SocketAddr,
-    request: Vec<u8>,
+    head: String,
     warmup_until: Instant,
     deadline: Instant,
 ) -> (u64, u64, Vec<u32>) {
     let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(200_000));
     let mut buf = Vec::with_capacity(8192);
     let mut stream = None;
+    let request = format!("{head}\r\n\r\n").into_bytes();
+    let mut n: u64 = 0;
     while Instant::now() < deadline {
         if stream.is_none() {
             stream = TcpStream::connect(addr).await.ok();
@@ -104,8 +109,15 @@ async fn connection(
             }
         }
         let Some(s) = stream.as_mut() else { continue };
+        n += 1;
         let started = Instant::now();
-        let result = match s.write_all(&request).await {
+        let sent = if n % MISS_EVERY == 0 {
+            let fresh = format!("{head} Build/{n}-{:p}\r\n\r\n", &buf);
+            s.write_all(fresh.as_bytes()).await
+        } else {
+            s.write_all(&request).await
+        };
+        let result = match sent {
             Ok(()) => read_response(s, &mut buf).await,
             Err(e) => Err(e),
         };
@@ -124,6 +136,20 @@ async fn connection(
     (ok, errors, lat)
 }
 
+/// Real browser user agents (no bots) from the test corpus.
+fn browser_user_agents() -> Vec<String> {
+    include_str!("../tests/data/user_agents.tsv")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            let kind = parts.next()?;
+            let ua = parts.nth(1)?;
+            matches!(kind, "mobile" | "tablet" | "desktop").then(|| ua.to_owned())
+        })
+        .collect()
+}
+
 /// Drives `addr` from a thread of its own for `warmup + secs`.
 fn drive(addr: SocketAddr, path: &str, secs: u64) -> Outcome {
     let path = path.to_owned();
@@ -132,14 +158,16 @@ fn drive(addr: SocketAddr, path: &str, secs: u64) -> Outcome {
         rt.block_on(async move {
             let warmup_until = Instant::now() + Duration::from_secs(1);
             let deadline = warmup_until + Duration::from_secs(secs);
+            let uas = browser_user_agents();
             let tasks: Vec<_> = (0..CONNECTIONS)
                 .map(|i| {
                     let client = geo_support::address(i as u32 * 37 % geo_support::NETWORKS);
-                    let request = format!(
-                        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {UA}\r\nAccept-Language: de-AT,de;q=0.9\r\nX-Forwarded-For: {client}\r\n\r\n"
-                    )
-                    .into_bytes();
-                    tokio::spawn(connection(addr, request, warmup_until, deadline))
+                    let ua = &uas[i * 7 % uas.len()];
+                    // The user agent goes last, so a miss can extend it.
+                    let head = format!(
+                        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Language: de-AT,de;q=0.9\r\nX-Forwarded-For: {client}\r\nUser-Agent: {ua}"
+                    );
+                    tokio::spawn(connection(addr, head, warmup_until, deadline))
                 })
                 .collect();
             let mut out = Outcome { requests: 0, errors: 0, secs: secs as f64, latencies_us: Vec::new() };

@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use woothee::parser::Parser;
 
 use crate::domain::{DeviceType, Link, ScanEvent, ScanMethod};
 use crate::ids::EventId;
@@ -19,6 +18,8 @@ use geo::GeoDatabases;
 use privacy::DailySalts;
 
 const MAX_REFERER_BYTES: usize = 1024;
+/// Distinct user agents remembered parsed.
+const AGENT_CACHE_ENTRIES: usize = 10_000;
 
 /// The parts of a request that enrichment reads.
 #[derive(Debug, Default, Clone, Copy)]
@@ -32,7 +33,7 @@ pub struct ScanRequest<'a> {
 }
 
 pub struct Enricher {
-    parser: Parser,
+    agents: useragent::AgentCache,
     trusted_proxies: Vec<IpNet>,
     salts: DailySalts,
     geo: Arc<GeoDatabases>,
@@ -46,7 +47,7 @@ impl Enricher {
     ) -> StoreResult<Enricher> {
         let now = jiff::Timestamp::now().as_millisecond();
         Ok(Enricher {
-            parser: Parser::new(),
+            agents: useragent::AgentCache::new(AGENT_CACHE_ENTRIES),
             trusted_proxies,
             salts: DailySalts::load(store, now)?,
             geo,
@@ -69,7 +70,7 @@ impl Enricher {
             req.forwarded,
             &self.trusted_proxies,
         );
-        let agent = useragent::parse(&self.parser, req.user_agent);
+        let agent = self.agents.parse(req.user_agent);
         let geo = self.geo.lookup(ip);
         ScanEvent {
             id: EventId::from_bytes([0; 16]),

@@ -457,3 +457,43 @@ mod tests {
         assert!(parse(&Parser::new(), Some("  ")).bot);
     }
 }
+
+/// Parsed user agents, bounded: real traffic repeats a small set of user
+/// agents, and parsing one costs microseconds. When full, the cache starts
+/// over, so a flood of one-off user agents cannot pin stale entries forever.
+pub struct AgentCache {
+    parser: Parser,
+    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Agent>>,
+    capacity: usize,
+}
+
+impl AgentCache {
+    pub fn new(capacity: usize) -> AgentCache {
+        AgentCache {
+            parser: Parser::new(),
+            entries: Default::default(),
+            capacity,
+        }
+    }
+
+    pub fn parse(&self, ua: Option<&str>) -> Agent {
+        let Some(key) = ua else {
+            return parse(&self.parser, None);
+        };
+        if let Some(hit) = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return hit.clone();
+        }
+        let agent = parse(&self.parser, Some(key));
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(key.into(), agent.clone());
+        agent
+    }
+}
