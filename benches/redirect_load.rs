@@ -111,7 +111,7 @@ async fn connection(
         let Some(s) = stream.as_mut() else { continue };
         n += 1;
         let started = Instant::now();
-        let sent = if n % MISS_EVERY == 0 {
+        let sent = if n.is_multiple_of(MISS_EVERY) {
             let fresh = format!("{head} Build/{n}-{:p}\r\n\r\n", &buf);
             s.write_all(fresh.as_bytes()).await
         } else {

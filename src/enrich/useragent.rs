@@ -402,6 +402,46 @@ fn os_of(flags: u8, w: Option<&WootheeResult>) -> (Option<String>, Option<String
     }
 }
 
+/// Parsed user agents, bounded: real traffic repeats a small set of user
+/// agents, and parsing one costs microseconds. When full, the cache starts
+/// over, so a flood of one-off user agents cannot pin stale entries forever.
+pub struct AgentCache {
+    parser: Parser,
+    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Agent>>,
+    capacity: usize,
+}
+
+impl AgentCache {
+    pub fn new(capacity: usize) -> AgentCache {
+        AgentCache {
+            parser: Parser::new(),
+            entries: Default::default(),
+            capacity,
+        }
+    }
+
+    pub fn parse(&self, ua: Option<&str>) -> Agent {
+        let Some(key) = ua else {
+            return parse(&self.parser, None);
+        };
+        if let Some(hit) = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return hit.clone();
+        }
+        let agent = parse(&self.parser, Some(key));
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(key.into(), agent.clone());
+        agent
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,45 +495,5 @@ mod tests {
     fn no_user_agent_is_a_bot() {
         assert!(parse(&Parser::new(), None).bot);
         assert!(parse(&Parser::new(), Some("  ")).bot);
-    }
-}
-
-/// Parsed user agents, bounded: real traffic repeats a small set of user
-/// agents, and parsing one costs microseconds. When full, the cache starts
-/// over, so a flood of one-off user agents cannot pin stale entries forever.
-pub struct AgentCache {
-    parser: Parser,
-    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Agent>>,
-    capacity: usize,
-}
-
-impl AgentCache {
-    pub fn new(capacity: usize) -> AgentCache {
-        AgentCache {
-            parser: Parser::new(),
-            entries: Default::default(),
-            capacity,
-        }
-    }
-
-    pub fn parse(&self, ua: Option<&str>) -> Agent {
-        let Some(key) = ua else {
-            return parse(&self.parser, None);
-        };
-        if let Some(hit) = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            return hit.clone();
-        }
-        let agent = parse(&self.parser, Some(key));
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity {
-            entries.clear();
-        }
-        entries.insert(key.into(), agent.clone());
-        agent
     }
 }
