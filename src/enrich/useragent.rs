@@ -492,6 +492,23 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_answers_like_the_parser_and_stays_bounded() {
+        let cache = AgentCache::new(3);
+        let uas = [
+            "curl/8.5.0",
+            "Mozilla/5.0 (iPad; CPU OS 17_2 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1",
+            "x",
+            "y",
+            "z",
+        ];
+        for ua in uas.iter().chain(uas.iter()) {
+            assert_eq!(cache.parse(Some(ua)), p(ua), "{ua}");
+            assert!(cache.entries.read().unwrap().len() <= 3);
+        }
+        assert_eq!(cache.parse(None), parse(&Parser::new(), None));
+    }
+
+    #[test]
     fn no_user_agent_is_a_bot() {
         assert!(parse(&Parser::new(), None).bot);
         assert!(parse(&Parser::new(), Some("  ")).bot);
