@@ -50,28 +50,48 @@ fn bench(c: &mut Criterion) {
     c.bench_function("baseline: woothee parse alone", |b| {
         b.iter(|| black_box(parser.parse(black_box(uas[0]))))
     });
+    let enrich = |ua: &str| {
+        let req = ScanRequest {
+            peer: Some("127.0.0.1".parse().expect("ip")),
+            user_agent: Some(ua),
+            forwarded_for: Some(&client),
+            forwarded: None,
+            accept_language: Some("de-AT,de;q=0.9,en;q=0.8"),
+            referer: Some("https://news.example/article"),
+        };
+        let event = enricher.scan_event(
+            black_box(&req),
+            &link,
+            ScanMethod::Get,
+            link.destination.as_str().to_owned(),
+        );
+        assert!(event.country.is_some());
+        black_box(event)
+    };
     let mut i = 0usize;
-    c.bench_function("enrich one scan (UA + city + ASN + ip_hash)", |b| {
-        b.iter(|| {
-            i = i.wrapping_add(1);
-            let req = ScanRequest {
-                peer: Some("127.0.0.1".parse().expect("ip")),
-                user_agent: Some(uas[i % uas.len()]),
-                forwarded_for: Some(&client),
-                forwarded: None,
-                accept_language: Some("de-AT,de;q=0.9,en;q=0.8"),
-                referer: Some("https://news.example/article"),
-            };
-            let event = enricher.scan_event(
-                black_box(&req),
-                &link,
-                ScanMethod::Get,
-                link.destination.as_str().to_owned(),
-            );
-            assert!(event.country.is_some());
-            black_box(event)
-        })
-    });
+    c.bench_function(
+        "enrich one scan, known user agent (UA cache hit) + city + ASN + ip_hash",
+        |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                enrich(uas[i % uas.len()])
+            })
+        },
+    );
+    // A user agent never seen before: the full woothee parse and our rules.
+    let unseen: Vec<String> = (0..200_000)
+        .map(|n| format!("{} Build/{n}", uas[n % uas.len()]))
+        .collect();
+    let mut n = 0usize;
+    c.bench_function(
+        "enrich one scan, new user agent (UA cache miss) + city + ASN + ip_hash",
+        |b| {
+            b.iter(|| {
+                n = (n + 1) % unseen.len();
+                enrich(&unseen[n])
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);
