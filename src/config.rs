@@ -52,6 +52,7 @@ pub struct ServerSettings {
     pub redirect_status: u16,
     pub body_limit_bytes: usize,
     pub shutdown_timeout_secs: u64,
+    pub redirect_limit_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -97,6 +97,7 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     pub rate_limited: Counter,
     pub bot_scans: Counter,
+    pub redirects_rate_limited: Counter,
     pub resolver_messages: Counter,
 }
 
@@ -135,6 +136,12 @@ impl Metrics {
             "scanhop_scans_recorded_total",
             "Scan events committed to the store.",
             self.scans_recorded.get(),
+        );
+        counter(
+            &mut out,
+            "scanhop_redirects_rate_limited_total",
+            "Redirects refused by the optional per-client-IP limit.",
+            self.redirects_rate_limited.get(),
         );
         counter(
             &mut out,

@@ -64,6 +64,17 @@ struct PlanLimiter {
 pub struct RateLimits {
     plans: HashMap<String, PlanLimiter>,
     default_plan: String,
+    /// The optional per-client-IP limit of redirects.
+    redirects: Option<PlanLimiter>,
+}
+
+fn limiter(per_minute: NonZeroU32) -> PlanLimiter {
+    let limiter = RateLimiter::keyed(Quota::per_minute(per_minute))
+        .with_middleware::<StateInformationMiddleware>();
+    PlanLimiter {
+        per_minute: per_minute.get(),
+        limiter,
+    }
 }
 
 impl RateLimits {
@@ -71,25 +82,27 @@ impl RateLimits {
         let plans = settings
             .plans
             .iter()
+            // `Settings::validate` guarantees requests_per_minute > 0.
             .map(|(name, plan)| {
-                // `Settings::validate` guarantees requests_per_minute > 0.
-                let per_minute =
-                    NonZeroU32::new(plan.requests_per_minute).unwrap_or(NonZeroU32::MIN);
-                let limiter = RateLimiter::keyed(Quota::per_minute(per_minute))
-                    .with_middleware::<StateInformationMiddleware>();
                 (
                     name.clone(),
-                    PlanLimiter {
-                        per_minute: per_minute.get(),
-                        limiter,
-                    },
+                    limiter(NonZeroU32::new(plan.requests_per_minute).unwrap_or(NonZeroU32::MIN)),
                 )
             })
             .collect();
+        let redirects = NonZeroU32::new(settings.server.redirect_limit_per_minute).map(limiter);
         RateLimits {
             plans,
             default_plan: settings.default_plan().to_owned(),
+            redirects,
         }
+    }
+
+    /// Counts one redirect from `ip`; `None` when the limit is off.
+    pub fn check_redirect(&self, ip: Option<IpAddr>) -> Option<Decision> {
+        self.redirects
+            .as_ref()
+            .map(|l| decide(l, &LimitKey::Address(ip)))
     }
 
     /// Counts one request for `key` under `plan` (the default plan when unknown).
@@ -97,45 +110,48 @@ impl RateLimits {
         let chosen = plan
             .and_then(|p| self.plans.get(p))
             .or_else(|| self.plans.get(&self.default_plan));
-        let Some(plan) = chosen else {
-            return Decision {
+        match chosen {
+            Some(plan) => decide(plan, key),
+            None => Decision {
                 limit: 0,
                 remaining: 0,
                 reset: now_unix(),
                 retry_after: None,
-            };
-        };
-        let n = plan.per_minute;
-        let now = now_unix();
-        match plan.limiter.check_key(key) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let refill_secs = (u64::from(n - remaining.min(n)) * 60).div_ceil(u64::from(n));
-                Decision {
-                    limit: n,
-                    remaining,
-                    reset: now + refill_secs,
-                    retry_after: None,
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                let secs = secs.max(1);
-                Decision {
-                    limit: n,
-                    remaining: 0,
-                    reset: now + 60,
-                    retry_after: Some(secs),
-                }
-            }
+            },
         }
     }
 
     /// Forgets keys that are back at full allowance (bounded memory).
     pub fn prune(&self) {
-        for plan in self.plans.values() {
+        for plan in self.plans.values().chain(self.redirects.as_ref()) {
             plan.limiter.retain_recent();
+        }
+    }
+}
+
+fn decide(plan: &PlanLimiter, key: &LimitKey) -> Decision {
+    let n = plan.per_minute;
+    let now = now_unix();
+    match plan.limiter.check_key(key) {
+        Ok(snapshot) => {
+            let remaining = snapshot.remaining_burst_capacity();
+            let refill_secs = (u64::from(n - remaining.min(n)) * 60).div_ceil(u64::from(n));
+            Decision {
+                limit: n,
+                remaining,
+                reset: now + refill_secs,
+                retry_after: None,
+            }
+        }
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            Decision {
+                limit: n,
+                remaining: 0,
+                reset: now + 60,
+                retry_after: Some(secs),
+            }
         }
     }
 }

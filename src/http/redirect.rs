@@ -12,6 +12,7 @@ use super::AppState;
 use crate::actors::RecordOutcome;
 use crate::domain::{Link, ScanMethod, Timestamp};
 use crate::enrich::ScanRequest;
+use crate::enrich::client_ip::client_ip;
 use crate::error::{ApiError, ErrorCode};
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -34,6 +35,17 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     let slug = req.match_info().get("slug").unwrap_or_default();
     let is_head = req.method() == Method::HEAD;
+    if let Some(retry_after) = over_client_limit(&req, &state) {
+        state.metrics.redirects_rate_limited.inc();
+        let mut resp = page(
+            &req,
+            ErrorCode::RateLimited,
+            "Too many requests from your address; retry shortly.",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return resp;
+    }
     let Some(link) = state.links.get(slug) else {
         if !is_head {
             state.metrics.orphan_scans.inc();
@@ -58,6 +70,21 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     state.metrics.redirects.inc();
     state.metrics.redirect_seconds.observe(started.elapsed());
     redirect(status, &location)
+}
+
+/// With `server.redirect_limit_per_minute` set: the seconds to wait when this
+/// client IP is over its limit. Off by default, and then free.
+fn over_client_limit(req: &HttpRequest, state: &AppState) -> Option<u64> {
+    if state.settings.server.redirect_limit_per_minute == 0 {
+        return None;
+    }
+    let ip = client_ip(
+        req.peer_addr().map(|a| a.ip()),
+        header(req, header::HeaderName::from_static("x-forwarded-for")),
+        header(req, header::FORWARDED),
+        &state.settings.server.trusted_proxies,
+    );
+    state.limits.check_redirect(ip).and_then(|d| d.retry_after)
 }
 
 /// Records the scan; answers the `Location` to send, or the error response.

@@ -74,3 +74,84 @@ async fn unauthenticated_answers_carry_rate_limit_headers_too() {
     assert!(r.header("x-ratelimit-remaining").is_some());
     assert!(r.header("x-ratelimit-reset").is_some());
 }
+
+#[actix_rt::test]
+async fn the_optional_per_ip_redirect_limit_refuses_one_client_not_others() {
+    let app = spawn_app_with(&[
+        ("SCANHOP__SERVER__REDIRECT_LIMIT_PER_MINUTE", "3"),
+        ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+    ])
+    .await;
+    app.create_link(json!({"destination": "https://example.com/", "slug": "hot"}))
+        .await;
+    let from = |ip: &'static str| {
+        [
+            ("User-Agent", crate::helpers::IPHONE_UA),
+            ("X-Forwarded-For", ip),
+        ]
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            app.scan_with("hot", &from("81.2.69.142"))
+                .await
+                .status
+                .as_u16(),
+            302
+        );
+    }
+    let refused = app.scan_with("hot", &from("81.2.69.142")).await;
+    assert_eq!(refused.status.as_u16(), 429);
+    assert!(
+        refused
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    app.scan_with(
+        "hot",
+        &[
+            ("X-Forwarded-For", "81.2.69.142"),
+            ("Accept", "application/json"),
+        ],
+    )
+    .await
+    .assert_problem(429, "rate_limited");
+    assert_eq!(
+        app.scan_with("hot", &from("89.160.20.1"))
+            .await
+            .status
+            .as_u16(),
+        302,
+        "another client is not limited"
+    );
+    app.eventually("4 scans stored", || async {
+        app.all_events("").await.len() == 4
+    })
+    .await;
+    actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        app.all_events("").await.len(),
+        4,
+        "refused redirects are not recorded"
+    );
+    let metrics = app
+        .raw(app.client.get(app.url("/metrics")), "")
+        .await
+        .text();
+    assert!(
+        metrics.contains("scanhop_redirects_rate_limited_total 2"),
+        "{metrics}"
+    );
+}
+
+#[actix_rt::test]
+async fn redirects_are_unlimited_by_default() {
+    let app = spawn_app_with(&[]).await;
+    app.create_link(json!({"destination": "https://example.com/", "slug": "many"}))
+        .await;
+    for _ in 0..100 {
+        assert_eq!(app.scan("many").await.status.as_u16(), 302);
+    }
+}
