@@ -417,6 +417,25 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let base: Table = DEFAULT_CONFIG.parse().unwrap();
+        for (section, table) in base.iter().filter(|(name, _)| *name != "plans") {
+            for key in table.as_table().unwrap().keys() {
+                let name = format!("`{section}.{key}`");
+                assert!(
+                    readme.contains(&name),
+                    "{name} is missing from the README's configuration table"
+                );
+            }
+        }
+        assert!(
+            readme.contains("`plans.<name>.retention_days`")
+                && readme.contains("`plans.<name>.requests_per_minute`")
+        );
+    }
+
+    #[test]
     fn env_overrides_are_typed_after_the_default() {
         let s = Settings::load_with_env(
             None,
