@@ -37,10 +37,9 @@ fn bench(c: &mut Criterion) {
     let (city, asn) = geo_support::write_databases(dir.path());
     let geo = Arc::new(GeoDatabases::open(&city, &asn).expect("geo"));
     let store = Store::open(&dir.path().join("store"), 16).expect("store");
-    let trusted = vec!["127.0.0.1/32".parse().expect("cidr")];
-    let enricher = Enricher::new(store, trusted, geo).expect("enricher");
+    let enricher = Enricher::new(store, geo).expect("enricher");
     let link = link();
-    let client = geo_support::address(4242).to_string();
+    let client = std::net::IpAddr::V4(geo_support::address(4242));
     let uas = [
         "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Mobile/15E148 Safari/604.1",
         "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36",
@@ -52,12 +51,11 @@ fn bench(c: &mut Criterion) {
     });
     let enrich = |ua: &str| {
         let req = ScanRequest {
-            peer: Some("127.0.0.1".parse().expect("ip")),
+            client_ip: Some(client),
             user_agent: Some(ua),
-            forwarded_for: Some(&client),
-            forwarded: None,
             accept_language: Some("de-AT,de;q=0.9,en;q=0.8"),
             referer: Some("https://news.example/article"),
+            now_ms: jiff::Timestamp::now().as_millisecond(),
         };
         let event = enricher.scan_event(
             black_box(&req),

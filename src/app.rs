@@ -97,11 +97,7 @@ impl Application {
                 move |d| m.flush_seconds.observe(d),
             )
         });
-        let enricher = Arc::new(Enricher::new(
-            store.clone(),
-            settings.server.trusted_proxies.clone(),
-            geo.clone(),
-        )?);
+        let enricher = Arc::new(Enricher::new(store.clone(), geo.clone())?);
         let limits = http::ratelimit::RateLimits::new(&settings);
         let state = web::Data::new(AppState {
             resolver: actix::Actor::start(resolver),

@@ -9,8 +9,6 @@ pub mod useragent;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
-
 use crate::domain::{DeviceType, Link, ScanEvent, ScanMethod};
 use crate::ids::EventId;
 use crate::store::{Store, StoreResult};
@@ -21,34 +19,29 @@ const MAX_REFERER_BYTES: usize = 1024;
 /// Distinct user agents remembered parsed.
 const AGENT_CACHE_ENTRIES: usize = 10_000;
 
-/// The parts of a request that enrichment reads.
+/// The parts of a request that enrichment reads. `client_ip` is already
+/// resolved through the trusted proxies (`http::client_ip_of`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ScanRequest<'a> {
-    pub peer: Option<IpAddr>,
+    pub client_ip: Option<IpAddr>,
     pub user_agent: Option<&'a str>,
-    pub forwarded_for: Option<&'a str>,
-    pub forwarded: Option<&'a str>,
     pub accept_language: Option<&'a str>,
     pub referer: Option<&'a str>,
+    /// When the scan happened, in ms since the epoch (picks the day's salt).
+    pub now_ms: i64,
 }
 
 pub struct Enricher {
     agents: useragent::AgentCache,
-    trusted_proxies: Vec<IpNet>,
     salts: DailySalts,
     geo: Arc<GeoDatabases>,
 }
 
 impl Enricher {
-    pub fn new(
-        store: Store,
-        trusted_proxies: Vec<IpNet>,
-        geo: Arc<GeoDatabases>,
-    ) -> StoreResult<Enricher> {
+    pub fn new(store: Store, geo: Arc<GeoDatabases>) -> StoreResult<Enricher> {
         let now = jiff::Timestamp::now().as_millisecond();
         Ok(Enricher {
             agents: useragent::AgentCache::new(AGENT_CACHE_ENTRIES),
-            trusted_proxies,
             salts: DailySalts::load(store, now)?,
             geo,
         })
@@ -64,12 +57,7 @@ impl Enricher {
         method: ScanMethod,
         destination: String,
     ) -> ScanEvent {
-        let ip = client_ip::client_ip(
-            req.peer,
-            req.forwarded_for,
-            req.forwarded,
-            &self.trusted_proxies,
-        );
+        let ip = req.client_ip;
         let agent = self.agents.parse(req.user_agent);
         let geo = self.geo.lookup(ip);
         ScanEvent {
@@ -91,9 +79,7 @@ impl Enricher {
             language: req.accept_language.and_then(primary_language),
             referer: req.referer.and_then(truncate_referer),
             destination,
-            ip_hash: self
-                .salts
-                .ip_hash(ip, jiff::Timestamp::now().as_millisecond()),
+            ip_hash: self.salts.ip_hash(ip, req.now_ms),
             bot: agent.bot,
         }
     }

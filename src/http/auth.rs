@@ -12,11 +12,10 @@ use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
-use super::AppState;
 use super::ratelimit::LimitKey;
+use super::{AppState, client_ip_of};
 use crate::domain::TokenType;
 use crate::domain::token::token_digest;
-use crate::enrich::client_ip::client_ip;
 use crate::error::ApiError;
 use crate::ids::{TokenId, WorkspaceId};
 
@@ -119,12 +118,7 @@ pub async fn middleware(
             (plan, LimitKey::Workspace(caller.workspace_id))
         }
         Err(_) => {
-            let ip = client_ip(
-                req.peer_addr().map(|a| a.ip()),
-                forwarded_for(&req),
-                None,
-                &state.settings.server.trusted_proxies,
-            );
+            let ip = client_ip_of(req.request(), &state.settings.server.trusted_proxies);
             (None, LimitKey::Address(ip))
         }
     };
@@ -139,12 +133,6 @@ pub async fn middleware(
     let mut res = next.call(req).await?.map_into_boxed_body();
     decision.apply(res.headers_mut());
     Ok(res)
-}
-
-fn forwarded_for(req: &ServiceRequest) -> Option<&str> {
-    req.headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
 }
 
 fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {

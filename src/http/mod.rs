@@ -47,6 +47,27 @@ impl AppState {
     }
 }
 
+/// A request header as text; absent or not visible ASCII gives `None`.
+pub fn header_str(req: &HttpRequest, name: actix_web::http::header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The client's IP: the socket peer, or behind a trusted proxy the address
+/// `X-Forwarded-For` / `Forwarded` names (see `enrich::client_ip`). Every
+/// caller that needs the client (enrichment, rate limits) asks here.
+pub fn client_ip_of(
+    req: &HttpRequest,
+    trusted_proxies: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    use actix_web::http::header::{FORWARDED, HeaderName};
+    crate::enrich::client_ip::client_ip(
+        req.peer_addr().map(|a| a.ip()),
+        header_str(req, HeaderName::from_static("x-forwarded-for")),
+        header_str(req, FORWARDED),
+        trusted_proxies,
+    )
+}
+
 /// The documented part of the route table: `/v1`. The server and the
 /// OpenAPI document are both built from this one function.
 pub fn documented<T>(app: UtoipaApp<T>) -> UtoipaApp<T>

@@ -8,11 +8,12 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
-use super::AppState;
+use std::net::IpAddr;
+
+use super::{AppState, client_ip_of, header_str};
 use crate::actors::RecordOutcome;
 use crate::domain::{Link, ScanMethod, Timestamp};
 use crate::enrich::ScanRequest;
-use crate::enrich::client_ip::client_ip;
 use crate::error::{ApiError, ErrorCode};
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -27,15 +28,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn header(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
 async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     let slug = req.match_info().get("slug").unwrap_or_default();
     let is_head = req.method() == Method::HEAD;
-    if let Some(retry_after) = over_client_limit(&req, &state) {
+    // Resolved once per redirect: the limit and the enrichment both use it.
+    let ip = client_ip_of(&req, &state.settings.server.trusted_proxies);
+    if let Some(retry_after) = over_client_limit(&state, ip) {
         state.metrics.redirects_rate_limited.inc();
         let mut resp = page(
             &req,
@@ -52,7 +51,8 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         }
         return page(&req, ErrorCode::NotFound, "No link with this address.");
     };
-    if !link.is_live_at(Timestamp::now()) {
+    let now = Timestamp::now();
+    if !link.is_live_at(now) {
         return match &link.fallback_destination {
             Some(fallback) => redirect(StatusCode::FOUND, fallback.as_str()),
             None => page(&req, ErrorCode::Gone, "This link is no longer available."),
@@ -63,7 +63,7 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if is_head {
         return redirect(status, link.destination.as_str());
     }
-    let location = match record(&req, &state, &link).await {
+    let location = match record(&req, &state, &link, ip, now).await {
         Ok(location) => location,
         Err(resp) => return resp,
     };
@@ -74,28 +74,27 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 
 /// With `server.redirect_limit_per_minute` set: the seconds to wait when this
 /// client IP is over its limit. Off by default, and then free.
-fn over_client_limit(req: &HttpRequest, state: &AppState) -> Option<u64> {
+fn over_client_limit(state: &AppState, ip: Option<IpAddr>) -> Option<u64> {
     if state.settings.server.redirect_limit_per_minute == 0 {
         return None;
     }
-    let ip = client_ip(
-        req.peer_addr().map(|a| a.ip()),
-        header(req, header::HeaderName::from_static("x-forwarded-for")),
-        header(req, header::FORWARDED),
-        &state.settings.server.trusted_proxies,
-    );
     state.limits.check_redirect(ip).and_then(|d| d.retry_after)
 }
 
 /// Records the scan; answers the `Location` to send, or the error response.
-async fn record(req: &HttpRequest, state: &AppState, link: &Link) -> Result<String, HttpResponse> {
+async fn record(
+    req: &HttpRequest,
+    state: &AppState,
+    link: &Link,
+    client_ip: Option<IpAddr>,
+    now: Timestamp,
+) -> Result<String, HttpResponse> {
     let scan = ScanRequest {
-        peer: req.peer_addr().map(|a| a.ip()),
-        user_agent: header(req, header::USER_AGENT),
-        forwarded_for: header(req, header::HeaderName::from_static("x-forwarded-for")),
-        forwarded: header(req, header::FORWARDED),
-        accept_language: header(req, header::ACCEPT_LANGUAGE),
-        referer: header(req, header::REFERER),
+        client_ip,
+        user_agent: header_str(req, header::USER_AGENT),
+        accept_language: header_str(req, header::ACCEPT_LANGUAGE),
+        referer: header_str(req, header::REFERER),
+        now_ms: now.as_millis(),
     };
     let event = state.enricher.scan_event(
         &scan,
@@ -134,7 +133,7 @@ fn redirect(status: StatusCode, location: &str) -> HttpResponse {
 
 /// A small HTML page, or problem+json when the client asks for JSON.
 fn page(req: &HttpRequest, code: ErrorCode, message: &str) -> HttpResponse {
-    let wants_json = header(req, header::ACCEPT).is_some_and(|a| a.contains("json"));
+    let wants_json = header_str(req, header::ACCEPT).is_some_and(|a| a.contains("json"));
     if wants_json {
         let mut resp = ApiError::new(code, message).error_response();
         resp.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);

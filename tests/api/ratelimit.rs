@@ -155,3 +155,45 @@ async fn redirects_are_unlimited_by_default() {
         assert_eq!(app.scan("many").await.status.as_u16(), 302);
     }
 }
+
+#[actix_rt::test]
+async fn callers_behind_a_trusted_proxy_are_limited_by_their_own_address() {
+    let app = spawn_app_with(&[
+        ("SCANHOP__PLANS__FREE__REQUESTS_PER_MINUTE", "2"),
+        ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+    ])
+    .await;
+    let anonymous = |header: (&'static str, &'static str)| {
+        app.raw(
+            app.client.get(app.url("/v1/links")).insert_header(header),
+            "",
+        )
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            anonymous(("Forwarded", "for=81.2.69.142"))
+                .await
+                .status
+                .as_u16(),
+            401
+        );
+    }
+    anonymous(("Forwarded", "for=81.2.69.142"))
+        .await
+        .assert_problem(429, "rate_limited");
+    // Another client behind the same proxy, named by either header, has its own allowance.
+    assert_eq!(
+        anonymous(("Forwarded", "for=89.160.20.1"))
+            .await
+            .status
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        anonymous(("X-Forwarded-For", "89.160.20.2"))
+            .await
+            .status
+            .as_u16(),
+        401
+    );
+}
