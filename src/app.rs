@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use utoipa_actix_web::AppExt;
@@ -161,10 +161,6 @@ impl Application {
 
     pub fn settings(&self) -> &Settings {
         &self.state.settings
-    }
-
-    pub fn server_handle(&self) -> ServerHandle {
-        self.server.handle()
     }
 
     /// Serves until `shutdown` resolves, then shuts down in order.

@@ -170,10 +170,6 @@ impl ApiError {
         tracing::error!(request_id = %request_id::current(), error = %chain, "internal error");
         Self::new(ErrorCode::Internal, "An internal error occurred.")
     }
-
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -121,9 +121,4 @@ impl Store {
     pub fn flush(&self) -> StoreResult<usize> {
         Ok(self.inner.db.flush()?)
     }
-
-    /// Bytes the store occupies on disk.
-    pub fn size_on_disk(&self) -> StoreResult<u64> {
-        Ok(self.inner.db.size_on_disk()?)
-    }
 }
