@@ -105,109 +105,151 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self, resolver_links: usize) -> String {
         let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        counter(
-            &mut out,
+        let o = &mut out;
+        let counter = Kind::Counter;
+        family(
+            o,
             "scanhop_redirects_total",
             "Redirects answered for known links.",
-            self.redirects.get(),
+            counter,
+            &[("", self.redirects.get())],
         );
         self.redirect_seconds.render(
-            &mut out,
+            o,
             "scanhop_redirect_duration_seconds",
             "Server time of redirects to known links.",
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_orphan_scans_total",
             "Scans of unknown slugs (not stored).",
-            self.orphan_scans.get(),
+            counter,
+            &[("", self.orphan_scans.get())],
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_scans_recorded_total",
             "Scan events committed to the store.",
-            self.scans_recorded.get(),
+            counter,
+            &[("", self.scans_recorded.get())],
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_redirects_rate_limited_total",
             "Redirects refused by the optional per-client-IP limit.",
-            self.redirects_rate_limited.get(),
+            counter,
+            &[("", self.redirects_rate_limited.get())],
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_bot_scans_total",
             "Redirects of bots and link previewers (recorded with bot: true).",
-            self.bot_scans.get(),
+            counter,
+            &[("", self.bot_scans.get())],
         );
-        let _ = writeln!(
-            out,
-            "# HELP scanhop_scans_dropped_total Scans answered but not recorded, by reason.\n# TYPE scanhop_scans_dropped_total counter\nscanhop_scans_dropped_total{{reason=\"queue_full\"}} {}\nscanhop_scans_dropped_total{{reason=\"unavailable\"}} {}",
-            self.scans_dropped_queue_full.get(),
-            self.scans_dropped_unavailable.get()
+        family(
+            o,
+            "scanhop_scans_dropped_total",
+            "Scans answered but not recorded, by reason.",
+            counter,
+            &[
+                ("reason=\"queue_full\"", self.scans_dropped_queue_full.get()),
+                (
+                    "reason=\"unavailable\"",
+                    self.scans_dropped_unavailable.get(),
+                ),
+            ],
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_recorder_backpressure_waits_total",
             "Redirects that waited for room in the Recorder's queue.",
-            self.recorder_backpressure_waits.get(),
+            counter,
+            &[("", self.recorder_backpressure_waits.get())],
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_recorder_batches_total",
             "Scan batches committed by the Recorder.",
-            self.recorder_batches.get(),
+            counter,
+            &[("", self.recorder_batches.get())],
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_recorder_write_failures_total",
             "Failed attempts to write or flush a scan batch.",
-            self.recorder_write_failures.get(),
+            counter,
+            &[("", self.recorder_write_failures.get())],
         );
-        let _ = writeln!(
-            out,
-            "# HELP scanhop_actor_mailbox_depth Messages or events waiting for an actor.\n# TYPE scanhop_actor_mailbox_depth gauge\nscanhop_actor_mailbox_depth{{actor=\"recorder\"}} {}",
-            self.recorder_queue_depth.get()
+        family(
+            o,
+            "scanhop_actor_mailbox_depth",
+            "Messages or events waiting for an actor.",
+            Kind::Gauge,
+            &[("actor=\"recorder\"", self.recorder_queue_depth.get())],
         );
-        let _ = writeln!(
-            out,
-            "# HELP scanhop_actor_messages_total Messages processed by an actor.\n# TYPE scanhop_actor_messages_total counter\nscanhop_actor_messages_total{{actor=\"recorder\"}} {}\nscanhop_actor_messages_total{{actor=\"resolver\"}} {}",
-            self.recorder_messages.get() + self.recorder_batches.get(),
-            self.resolver_messages.get()
+        family(
+            o,
+            "scanhop_actor_messages_total",
+            "Messages processed by an actor.",
+            counter,
+            &[
+                (
+                    "actor=\"recorder\"",
+                    self.recorder_messages.get() + self.recorder_batches.get(),
+                ),
+                ("actor=\"resolver\"", self.resolver_messages.get()),
+            ],
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_downstream_full_total",
             "Committed batches a downstream actor could not take.",
-            self.downstream_full.get(),
+            counter,
+            &[("", self.downstream_full.get())],
         );
         self.flush_seconds.render(
-            &mut out,
+            o,
             "scanhop_store_flush_duration_seconds",
             "Duration of sled flushes (fsync).",
         );
-        counter(
-            &mut out,
+        family(
+            o,
             "scanhop_rate_limited_requests_total",
             "API requests refused with 429.",
-            self.rate_limited.get(),
+            counter,
+            &[("", self.rate_limited.get())],
         );
-        gauge(
-            &mut out,
+        family(
+            o,
             "scanhop_links_cached",
             "Links in the Resolver's slug cache.",
-            resolver_links as u64,
+            Kind::Gauge,
+            &[("", resolver_links as u64)],
         );
         out
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family: HELP, TYPE, then a sample per label set ("" for none).
+fn family(out: &mut String, name: &str, help: &str, kind: Kind, samples: &[(&str, u64)]) {
+    let kind = match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
     }
 }
 
