@@ -1,4 +1,5 @@
-//! Newest-first range scans with a cursor: the one pagination primitive. A
+//! Newest-first range scans with a cursor, for indexes with one key per item
+//! (links; events walk their segments in `events.rs` the same way). A
 //! cursor is the last key handed out; the next page starts strictly below it,
 //! so rows inserted meanwhile (always newer, larger keys) never shift a page.
 
