@@ -10,9 +10,9 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use scanhop::domain::{Destination, Link, LinkStatus, ScanMethod, Slug, Timestamp};
 use scanhop::enrich::geo::GeoDatabases;
+use scanhop::enrich::privacy::{self, SaltBook};
 use scanhop::enrich::{Enricher, ScanRequest};
 use scanhop::ids::{LinkId, WorkspaceId};
-use scanhop::store::Store;
 
 fn link() -> Link {
     Link {
@@ -36,8 +36,12 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (city, asn) = geo_support::write_databases(dir.path());
     let geo = Arc::new(GeoDatabases::open(&city, &asn).expect("geo"));
-    let store = Store::open(&dir.path().join("store"), 16).expect("store");
-    let enricher = Enricher::new(store, geo).expect("enricher");
+    let enricher = Enricher::new(geo);
+    // As on the redirect path: the day's salt read from the book the salt
+    // rotation worker fills.
+    let salts = SaltBook::default();
+    let today = privacy::utc_day(jiff::Timestamp::now().as_millisecond());
+    salts.publish(today, [7; 32], today - 1);
     let link = link();
     let client = std::net::IpAddr::V4(geo_support::address(4242));
     let uas = [
@@ -55,7 +59,7 @@ fn bench(c: &mut Criterion) {
             user_agent: Some(ua),
             accept_language: Some("de-AT,de;q=0.9,en;q=0.8"),
             referer: Some("https://news.example/article"),
-            now_ms: jiff::Timestamp::now().as_millisecond(),
+            ip_salt: salts.salt_at(jiff::Timestamp::now().as_millisecond()),
         };
         let event = enricher.scan_event(
             black_box(&req),

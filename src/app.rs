@@ -1,6 +1,7 @@
-//! Builds the actors and the HTTP server in one place, runs it, and shuts it
-//! down in order: stop accepting, finish requests in flight, drain the
-//! Recorder, flush sled. Tests build the same `Application` on port 0.
+//! Builds the workers and the HTTP server in one place, runs it, and shuts it
+//! down in order: `/readyz` turns 503, stop accepting, finish requests in
+//! flight, drain the workers stage by stage (docs/DESIGN.md, "One worker
+//! shape"), flush sled. Tests build the same `Application` on port 0.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -8,22 +9,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use actix::Arbiter;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use utoipa_actix_web::AppExt;
 
 use crate::accounts;
-use crate::actors::{Drain, Recorder, Resolver};
+use crate::actors::flusher::Flusher;
+use crate::actors::geo_reloader::GeoReloader;
+use crate::actors::limit_pruner::LimitPruner;
+use crate::actors::periodic::Periodic;
+use crate::actors::salts::SaltRotation;
+use crate::actors::{ConsumerStarter, Recorder, Resolver, Workers};
 use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
 use crate::enrich::geo::{GeoDatabases, GeoError};
+use crate::enrich::privacy::SaltBook;
 use crate::http::{self, AppState, request_id};
 use crate::metrics::Metrics;
-use crate::store::{Flusher, Store, StoreError};
-
-/// How long the Recorder gets to commit what is queued at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -44,26 +49,22 @@ pub struct Application {
     server: Server,
     port: u16,
     state: web::Data<AppState>,
-    flusher: Option<Flusher>,
     first_token: Option<String>,
-    geo: Arc<GeoDatabases>,
 }
 
 impl Application {
-    /// Opens the store, starts the actors and binds the server (not yet running).
+    /// Opens the store, starts the workers and binds the server (not yet running).
     pub fn build(settings: Settings) -> Result<Application, StartupError> {
-        let listener =
-            TcpListener::bind(settings.server.bind).map_err(|source| StartupError::Bind {
-                addr: settings.server.bind.to_string(),
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind {
-                addr: settings.server.bind.to_string(),
-                source,
-            })?
-            .port();
+        Self::build_with(settings, Vec::new())
+    }
+
+    /// Like `build`, with extra consumers of committed scan events (see
+    /// `actors::consumer`) woken by the Recorder alongside the built-in ones.
+    pub fn build_with(
+        settings: Settings,
+        consumers: Vec<ConsumerStarter>,
+    ) -> Result<Application, StartupError> {
+        let (listener, port) = bind(&settings)?;
         let geo = Arc::new(GeoDatabases::open(
             &settings.geoip.city_db,
             &settings.geoip.asn_db,
@@ -76,37 +77,48 @@ impl Application {
             Some(token.expose().to_owned())
         };
         let metrics = Arc::new(Metrics::default());
-        let (resolver, links) = Resolver::new(
+        let mut workers = Workers::default();
+        let (resolver, links, handle) = Resolver::start(
             store.clone(),
             settings.resolver.mailbox_capacity,
             metrics.clone(),
         )?;
-        let recorder = Recorder::start(
-            store.last_event_id()?,
+        workers.add(handle);
+        let mut downstream = Vec::with_capacity(consumers.len());
+        for start in consumers {
+            let started = start(&store)?;
+            downstream.push(started.wake);
+            workers.add(started.handle);
+        }
+        let (recorder, handle) = Recorder::start(
             store.clone(),
             &settings.recorder,
             settings.storage.durability,
-            Vec::new(),
+            downstream,
             metrics.clone(),
+        )?;
+        workers.add(handle);
+        let salts = Arc::new(SaltBook::default());
+        let limits = Arc::new(http::ratelimit::RateLimits::new(&settings));
+        start_maintenance(
+            &mut workers,
+            &settings,
+            &store,
+            &geo,
+            &salts,
+            &limits,
+            &metrics,
         );
-        let flusher = (settings.storage.durability == Durability::Batched).then(|| {
-            let m = metrics.clone();
-            Flusher::start(
-                store.clone(),
-                Duration::from_millis(settings.storage.flush_interval_ms),
-                move |d| m.flush_seconds.observe(d),
-            )
-        });
-        let enricher = Arc::new(Enricher::new(store.clone(), geo.clone())?);
-        let limits = http::ratelimit::RateLimits::new(&settings);
         let state = web::Data::new(AppState {
-            resolver: actix::Actor::start(resolver),
+            resolver,
             settings: Arc::new(settings),
             store,
             links,
             recorder,
-            enricher,
+            enricher: Arc::new(Enricher::new(geo)),
+            salts,
             metrics,
+            workers: Arc::new(workers),
             draining: Arc::new(AtomicBool::new(false)),
             limits,
             openapi_json: serde_json::to_string(&http::openapi::document()).unwrap_or_default(),
@@ -116,9 +128,7 @@ impl Application {
             server,
             port,
             state,
-            flusher,
             first_token,
-            geo,
         })
     }
 
@@ -166,45 +176,28 @@ impl Application {
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
-        let draining = self.state.draining.clone();
         let server = actix_rt::spawn(self.server);
-        let pruner = {
-            let state = self.state.clone();
-            actix_rt::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tick.tick().await;
-                    state.limits.prune();
-                }
-            })
-        };
-        let reloader = actix_rt::spawn(watch_geoip(
-            self.geo.clone(),
-            self.state.settings.geoip.reload_interval_ms,
-        ));
         shutdown.await;
+        let state = self.state;
+        state.draining.store(true, Ordering::Release);
+        let grace = state.settings.server.drain_grace_ms;
+        if grace > 0 {
+            tracing::info!(
+                grace_ms = grace,
+                "shutting down: /readyz answers 503, still serving"
+            );
+            tokio::time::sleep(Duration::from_millis(grace)).await;
+        }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
-        draining.store(true, Ordering::Release);
-        reloader.abort();
-        pruner.abort();
         handle.stop(true).await;
         let served = server.await;
-        let left = self
-            .state
-            .recorder
-            .addr()
-            .send(Drain {
-                timeout: DRAIN_TIMEOUT,
-            })
-            .await
-            .unwrap_or(usize::MAX);
-        if let Some(f) = self.flusher {
-            f.stop();
-        }
-        if let Err(e) = self.state.store.flush() {
+        let per_stage = Duration::from_secs(state.settings.server.drain_timeout_secs);
+        let report = state.workers.drain(per_stage).await;
+        let left: u64 = report.iter().map(|(_, n)| *n).fold(0, u64::saturating_add);
+        if let Err(e) = state.store.flush() {
             tracing::error!(error = %e, "final flush failed");
         }
-        tracing::info!(uncommitted = left, "stopped");
+        tracing::info!(left, "stopped");
         match served {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
@@ -212,33 +205,53 @@ impl Application {
     }
 }
 
-/// Reloads the GeoIP databases on SIGHUP (all of them) and, every
-/// `interval_ms`, those whose file changed. Reads run off the arbiter.
-async fn watch_geoip(geo: Arc<GeoDatabases>, interval_ms: u64) {
-    use tokio::signal::unix::{SignalKind, signal};
-    if !geo.is_configured() {
-        return;
+fn bind(settings: &Settings) -> Result<(TcpListener, u16), StartupError> {
+    let err = |source| StartupError::Bind {
+        addr: settings.server.bind.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(settings.server.bind).map_err(err)?;
+    let port = listener.local_addr().map_err(err)?.port();
+    Ok((listener, port))
+}
+
+/// The timers: each a `Periodic` worker with its interval from config. The
+/// flusher gets a thread of its own (an fsync may take a while); the others
+/// share one.
+fn start_maintenance(
+    workers: &mut Workers,
+    settings: &Settings,
+    store: &Store,
+    geo: &Arc<GeoDatabases>,
+    salts: &Arc<SaltBook>,
+    limits: &Arc<http::ratelimit::RateLimits>,
+    metrics: &Arc<Metrics>,
+) {
+    let ms = Duration::from_millis;
+    let arbiter = Arbiter::new().handle();
+    workers.add(Periodic::start(
+        SaltRotation::new(store.clone(), salts.clone()),
+        ms(settings.privacy.salt_rotation_interval_ms),
+        &arbiter,
+    ));
+    workers.add(Periodic::start(
+        LimitPruner::new(limits.clone()),
+        ms(settings.server.rate_limit_prune_interval_ms),
+        &arbiter,
+    ));
+    if geo.is_configured() {
+        workers.add(Periodic::start(
+            GeoReloader::new(geo.clone()),
+            ms(settings.geoip.reload_interval_ms),
+            &arbiter,
+        ));
     }
-    let mut hangup = signal(SignalKind::hangup()).ok();
-    let mut tick =
-        (interval_ms > 0).then(|| tokio::time::interval(Duration::from_millis(interval_ms)));
-    loop {
-        let force = tokio::select! {
-            Some(_) = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => true,
-            _ = async {
-                match tick.as_mut() {
-                    Some(t) => t.tick().await,
-                    None => std::future::pending().await,
-                }
-            } => false,
-        };
-        let geo = geo.clone();
-        let _ = actix_web::rt::task::spawn_blocking(move || geo.reload(force)).await;
+    if settings.storage.durability == Durability::Batched {
+        workers.add(Periodic::start(
+            Flusher::new(store.clone(), metrics.clone()),
+            ms(settings.storage.flush_interval_ms),
+            &Arbiter::new().handle(),
+        ));
     }
 }
 

@@ -52,7 +52,10 @@ pub struct ServerSettings {
     pub redirect_status: u16,
     pub body_limit_bytes: usize,
     pub shutdown_timeout_secs: u64,
+    pub drain_grace_ms: u64,
+    pub drain_timeout_secs: u64,
     pub redirect_limit_per_minute: u32,
+    pub rate_limit_prune_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,6 +117,21 @@ pub enum FingerprintScope {
 #[serde(deny_unknown_fields)]
 pub struct PrivacySettings {
     pub fingerprint_scope: FingerprintScope,
+    pub salt_rotation_interval_ms: u64,
+}
+
+/// The settings every consumer of committed events takes (`actors::consumer`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Wake-ups (committed batches) waiting in its mailbox; more are dropped
+    /// and read back from the store.
+    pub mailbox_capacity: usize,
+    /// Events read from the store per page when catching up.
+    pub read_batch_size: usize,
+    /// Milliseconds between checkpoints of position and state (and checks
+    /// for events it was not woken for).
+    pub checkpoint_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +255,15 @@ impl Settings {
         }
         let positive = [
             ("storage.flush_interval_ms", self.storage.flush_interval_ms),
+            ("server.drain_timeout_secs", self.server.drain_timeout_secs),
+            (
+                "server.rate_limit_prune_interval_ms",
+                self.server.rate_limit_prune_interval_ms,
+            ),
+            (
+                "privacy.salt_rotation_interval_ms",
+                self.privacy.salt_rotation_interval_ms,
+            ),
             ("storage.cache_capacity_mb", self.storage.cache_capacity_mb),
             (
                 "resolver.mailbox_capacity",

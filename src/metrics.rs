@@ -92,7 +92,6 @@ pub struct Metrics {
     pub recorder_batches: Counter,
     pub recorder_messages: Counter,
     pub recorder_write_failures: Counter,
-    pub recorder_queue_depth: Gauge,
     pub downstream_full: Counter,
     pub flush_seconds: Histogram,
     pub rate_limited: Counter,
@@ -183,13 +182,6 @@ impl Metrics {
         );
         family(
             o,
-            "scanhop_actor_mailbox_depth",
-            "Messages or events waiting for an actor.",
-            Kind::Gauge,
-            &[("actor=\"recorder\"", self.recorder_queue_depth.get())],
-        );
-        family(
-            o,
             "scanhop_actor_messages_total",
             "Messages processed by an actor.",
             counter,
@@ -204,7 +196,7 @@ impl Metrics {
         family(
             o,
             "scanhop_downstream_full_total",
-            "Committed batches a downstream actor could not take.",
+            "Wake-ups of consumers dropped because their mailbox was full (they catch up from the store).",
             counter,
             &[("", self.downstream_full.get())],
         );
@@ -232,13 +224,19 @@ impl Metrics {
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
 }
 
 /// One metric family: HELP, TYPE, then a sample per label set ("" for none).
-fn family(out: &mut String, name: &str, help: &str, kind: Kind, samples: &[(&str, u64)]) {
+pub(crate) fn family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: Kind,
+    samples: &[(&str, u64)],
+) {
     let kind = match kind {
         Kind::Counter => "counter",
         Kind::Gauge => "gauge",

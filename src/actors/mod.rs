@@ -1,7 +1,19 @@
-//! The actors of DESIGN.md, one file each, with the messages they handle.
+//! The actors of docs/DESIGN.md, one file each, with the messages they
+//! handle. Every background worker has the one shape of `worker.rs`: timers
+//! are `periodic.rs` tasks, readers of committed events are `consumer.rs`
+//! consumers.
 
+pub mod consumer;
+pub mod flusher;
+pub mod geo_reloader;
+pub mod limit_pruner;
+pub mod periodic;
 pub mod recorder;
 pub mod resolver;
+pub mod salts;
+pub mod worker;
 
-pub use recorder::{Drain, RecordError, RecordOutcome, Recorder, RecorderHandle, ScansCommitted};
+pub use consumer::{Consumer, ConsumerStarter, ConsumerWorker, StartedConsumer};
+pub use recorder::{RecordError, RecordOutcome, Recorder, RecorderHandle, ScansCommitted};
 pub use resolver::{CreateLink, DeleteLink, LinkCache, LinkWriteError, Resolver, UpdateLink};
+pub use worker::{Drain, DrainReport, Stage, WorkerHandle, Workers};

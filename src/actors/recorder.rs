@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::{Notify, watch};
 
+use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
 use crate::ids::EventId;
@@ -35,10 +36,16 @@ use crate::store::Store;
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// A batch of events that is in the store, for the actors downstream.
+/// A batch of events that is in the store: a wake-up for the consumers
+/// downstream, with the batch as a shortcut (see `consumer.rs`).
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct ScansCommitted(pub Arc<[ScanEvent]>);
+pub struct ScansCommitted {
+    /// The last event committed before this batch (`None`: the store had none).
+    pub after: Option<EventId>,
+    /// The batch, ascending IDs.
+    pub events: Arc<[ScanEvent]>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordOutcome {
@@ -199,10 +206,6 @@ impl RecorderHandle {
     pub fn queue_depth(&self) -> usize {
         self.intake.depth()
     }
-
-    pub fn addr(&self) -> &Addr<Recorder> {
-        &self.addr
-    }
 }
 
 /// A batch taken from the queue but not yet fully committed.
@@ -218,7 +221,10 @@ pub struct Recorder {
     interval: Duration,
     mailbox_capacity: usize,
     downstream: Vec<Recipient<ScansCommitted>>,
+    /// The last event committed; the next batch is handed on as coming after it.
+    last_committed: Option<EventId>,
     metrics: Arc<Metrics>,
+    status: Arc<WorkerStatus>,
     pending: Option<Pending>,
     retry_at: Option<Instant>,
     retry_delay: Duration,
@@ -226,15 +232,16 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the Recorder on its own arbiter (thread), so its blocking sled
-    /// writes and fsyncs never run on an HTTP worker.
+    /// writes and fsyncs never run on an HTTP worker. IDs continue after the
+    /// newest stored event; committed batches wake `downstream`.
     pub fn start(
-        last_event_id: Option<EventId>,
         store: Store,
         settings: &RecorderSettings,
         durability: Durability,
         downstream: Vec<Recipient<ScansCommitted>>,
         metrics: Arc<Metrics>,
-    ) -> RecorderHandle {
+    ) -> Result<(RecorderHandle, WorkerHandle), crate::store::StoreError> {
+        let last_event_id = store.last_event_id()?;
         let intake = Arc::new(Intake {
             queue: Mutex::new(Queue {
                 events: VecDeque::with_capacity(settings.batch_size),
@@ -257,18 +264,25 @@ impl Recorder {
             interval: Duration::from_millis(settings.batch_interval_ms),
             mailbox_capacity: settings.mailbox_capacity,
             downstream,
+            last_committed: last_event_id,
             metrics: metrics.clone(),
+            status: WorkerStatus::new(),
             pending: None,
             retry_at: None,
             retry_delay: Duration::from_millis(10),
         };
+        let status = recorder.status.clone();
         let arbiter = Arbiter::new();
         let addr = Recorder::start_in_arbiter(&arbiter.handle(), move |_| recorder);
-        RecorderHandle {
-            intake,
-            addr,
-            metrics,
-        }
+        let worker = WorkerHandle::new("recorder", Stage::Intake, &addr, status);
+        Ok((
+            RecorderHandle {
+                intake,
+                addr,
+                metrics,
+            },
+            worker,
+        ))
     }
 
     /// Commits every batch that is ready; stops at the first failure and
@@ -320,12 +334,19 @@ impl Recorder {
         false
     }
 
-    fn hand_on(&self, events: Vec<ScanEvent>) {
+    fn hand_on(&mut self, events: Vec<ScanEvent>) {
+        let after = self.last_committed;
+        self.last_committed = events.last().map(|e| e.id).or(after);
         if self.downstream.is_empty() {
             return;
         }
-        let batch = ScansCommitted(events.into());
+        let batch = ScansCommitted {
+            after,
+            events: events.into(),
+        };
         for recipient in &self.downstream {
+            // A full mailbox drops the wake-up only: the consumer reads what it
+            // missed from the store, after its own position.
             if recipient.try_send(batch.clone()).is_err() {
                 self.metrics.downstream_full.inc();
             }
@@ -337,10 +358,9 @@ impl Recorder {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
-        self.commit_ready();
-        self.metrics
-            .recorder_queue_depth
-            .set(self.intake.depth() as u64);
+        let ok = self.commit_ready();
+        self.status.ran(ok);
+        self.status.set_depth(self.intake.depth() as u64);
     }
 }
 
@@ -350,6 +370,7 @@ impl Actor for Recorder {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         ctx.run_interval(self.interval, |act, _| act.tick());
+        self.status.set_ready(true);
     }
 }
 
@@ -367,22 +388,16 @@ impl Handler<Wake> for Recorder {
     }
 }
 
-/// Shutdown: refuse new scans, commit everything queued, flush. Answers the
-/// number of events still uncommitted (0 unless the store keeps failing).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct Drain {
-    pub timeout: Duration,
-}
-
+/// Shutdown: refuse new scans, commit everything queued, flush. Leaves
+/// events uncommitted only if the store keeps failing until the deadline.
 impl Handler<Drain> for Recorder {
-    type Result = usize;
+    type Result = DrainReport;
 
-    fn handle(&mut self, msg: Drain, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> DrainReport {
         self.metrics.recorder_messages.inc();
         self.intake.closed.store(true, Ordering::Release);
         self.intake.space.notify_waiters();
-        let deadline = Instant::now() + msg.timeout;
+        let deadline = msg.deadline;
         while !self.commit_ready() && Instant::now() < deadline {
             std::thread::sleep(self.retry_delay);
         }
@@ -393,7 +408,8 @@ impl Handler<Drain> for Recorder {
         if left > 0 {
             tracing::error!(events = left, "shutdown left scan events uncommitted");
         }
-        left
+        ctx.stop();
+        DrainReport { left: left as u64 }
     }
 }
 

@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
 
+use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::domain::{Link, LinkPatch, NewLink, Slug, Timestamp};
 use crate::ids::{LinkId, WorkspaceId};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{LinkWrite, Store, StoreError};
 
 /// Attempts at a free generated slug before giving up.
 const SLUG_ATTEMPTS: usize = 16;
@@ -61,10 +62,15 @@ pub enum LinkWriteError {
 
 impl From<StoreError> for LinkWriteError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::SlugTaken => LinkWriteError::SlugTaken,
-            other => LinkWriteError::Store(other),
-        }
+        LinkWriteError::Store(e)
+    }
+}
+
+/// A refused write as the Resolver's error.
+fn written(w: LinkWrite) -> Result<(), LinkWriteError> {
+    match w {
+        LinkWrite::Written => Ok(()),
+        LinkWrite::SlugTaken => Err(LinkWriteError::SlugTaken),
     }
 }
 
@@ -73,35 +79,39 @@ pub struct Resolver {
     cache: Arc<LinkCache>,
     mailbox_capacity: usize,
     metrics: Arc<Metrics>,
+    status: Arc<WorkerStatus>,
 }
 
 impl Resolver {
-    /// Builds the Resolver with its cache warmed from the store.
-    pub fn new(
+    /// Warms the cache from the store and starts the Resolver on the current
+    /// arbiter; answers its address, the cache the redirect reads, and its
+    /// worker handle.
+    pub fn start(
         store: Store,
         mailbox_capacity: usize,
         metrics: Arc<Metrics>,
-    ) -> Result<(Resolver, Arc<LinkCache>), StoreError> {
+    ) -> Result<(Addr<Resolver>, Arc<LinkCache>, WorkerHandle), StoreError> {
         let cache = Arc::new(LinkCache::default());
         for link in store.all_links()? {
             cache.put(link);
         }
-        Ok((
-            Resolver {
-                store,
-                cache: cache.clone(),
-                mailbox_capacity,
-                metrics,
-            },
-            cache,
-        ))
+        let status = WorkerStatus::new();
+        let addr = Resolver {
+            store,
+            cache: cache.clone(),
+            mailbox_capacity,
+            metrics,
+            status: status.clone(),
+        }
+        .start();
+        let worker = WorkerHandle::new("resolver", Stage::Intake, &addr, status);
+        Ok((addr, cache, worker))
     }
 
     fn owned_link(&self, ws: &WorkspaceId, id: &LinkId) -> Result<Link, LinkWriteError> {
-        match self.store.link(id)? {
-            Some(link) if link.workspace_id == *ws => Ok(link),
-            _ => Err(LinkWriteError::NotFound),
-        }
+        self.store
+            .owned_link(ws, id)?
+            .ok_or(LinkWriteError::NotFound)
     }
 }
 
@@ -110,6 +120,16 @@ impl Actor for Resolver {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
+        self.status.set_ready(true);
+    }
+}
+
+/// Link writes answer as they come; there is nothing queued to finish.
+impl Handler<Drain> for Resolver {
+    type Result = DrainReport;
+
+    fn handle(&mut self, _: Drain, _: &mut Self::Context) -> DrainReport {
+        DrainReport::default()
     }
 }
 
@@ -130,13 +150,13 @@ impl Handler<CreateLink> for Resolver {
         for _ in 0..SLUG_ATTEMPTS {
             let slug = chosen.clone().unwrap_or_else(Slug::generate);
             let link = msg.link.clone().into_link(msg.workspace_id, slug, now);
-            match self.store.insert_link(&link) {
-                Ok(()) => {
+            match self.store.insert_link(&link)? {
+                LinkWrite::Written => {
                     self.cache.put(link.clone());
                     return Ok(link);
                 }
-                Err(StoreError::SlugTaken) if chosen.is_none() => continue,
-                Err(e) => return Err(e.into()),
+                LinkWrite::SlugTaken if chosen.is_none() => continue,
+                LinkWrite::SlugTaken => break,
             }
         }
         Err(LinkWriteError::SlugTaken)
@@ -159,7 +179,7 @@ impl Handler<UpdateLink> for Resolver {
         let old = self.owned_link(&msg.workspace_id, &msg.id)?;
         let mut new = old.clone();
         msg.patch.apply(&mut new, Timestamp::now());
-        self.store.replace_link(&old, &new)?;
+        written(self.store.replace_link(&old, &new)?)?;
         if old.slug != new.slug {
             self.cache.remove(&old.slug);
         }

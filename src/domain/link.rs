@@ -63,18 +63,7 @@ impl Slug {
 
     /// A random slug of 7 base62 characters.
     pub fn generate() -> Slug {
-        const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let mut out = String::with_capacity(GENERATED_SLUG_LEN);
-        while out.len() < GENERATED_SLUG_LEN {
-            let mut buf = [0u8; 16];
-            crate::domain::token::fill_random(&mut buf);
-            // 248 = 4 × 62: rejecting larger bytes keeps the choice uniform.
-            for b in buf.into_iter().filter(|b| *b < 248) {
-                if out.len() < GENERATED_SLUG_LEN {
-                    out.push(BASE62[(b % 62) as usize] as char);
-                }
-            }
-        }
+        let out = crate::random::string_from(crate::random::BASE62, GENERATED_SLUG_LEN);
         match Slug::parse(&out) {
             Ok(slug) => slug,
             Err(_) => Slug::generate(), // a reserved word: astronomically rare

@@ -40,18 +40,8 @@ pub struct TokenSecret(String);
 
 impl TokenSecret {
     pub fn generate(kind: TokenType) -> TokenSecret {
-        const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let mut s = String::from(kind.prefix());
-        while s.len() < kind.prefix().len() + SECRET_LEN {
-            let mut buf = [0u8; 48];
-            fill_random(&mut buf);
-            for b in buf.into_iter().filter(|b| *b < 248) {
-                if s.len() < kind.prefix().len() + SECRET_LEN {
-                    s.push(BASE62[(b % 62) as usize] as char);
-                }
-            }
-        }
-        TokenSecret(s)
+        let secret = crate::random::string_from(crate::random::BASE62, SECRET_LEN);
+        TokenSecret(format!("{}{secret}", kind.prefix()))
     }
 
     pub fn expose(&self) -> &str {
@@ -67,13 +57,6 @@ impl TokenSecret {
 /// SHA-256 of a presented token: the key it is stored under.
 pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-/// Fills `buf` from the operating system's random source.
-pub fn fill_random(buf: &mut [u8]) {
-    // The OS RNG failing means the system cannot make secrets at all; there is
-    // no safe way to go on.
-    getrandom::fill(buf).expect("operating system random source failed");
 }
 
 /// A stored token (its digest is the key).

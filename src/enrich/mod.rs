@@ -1,5 +1,7 @@
 //! Enrichment of a scan on the redirect path: plain functions on the worker
-//! thread, no I/O (the salt read is in memory; geo lookups are memory-mapped).
+//! thread, no I/O. What changes over time comes in as values: the day's IP
+//! salt in the request (rotated by `actors::salts`), the GeoIP databases as
+//! memory-mapped readers (reloaded by `actors::geo_reloader`).
 
 pub mod client_ip;
 pub mod geo;
@@ -11,9 +13,8 @@ use std::sync::Arc;
 
 use crate::domain::{DeviceType, Link, ScanEvent, ScanMethod};
 use crate::ids::EventId;
-use crate::store::{Store, StoreResult};
 use geo::GeoDatabases;
-use privacy::DailySalts;
+use privacy::Salt;
 
 const MAX_REFERER_BYTES: usize = 1024;
 /// Distinct user agents remembered parsed.
@@ -27,24 +28,21 @@ pub struct ScanRequest<'a> {
     pub user_agent: Option<&'a str>,
     pub accept_language: Option<&'a str>,
     pub referer: Option<&'a str>,
-    /// When the scan happened, in ms since the epoch (picks the day's salt).
-    pub now_ms: i64,
+    /// The salt of the scan's day, for `ip_hash`.
+    pub ip_salt: Salt,
 }
 
 pub struct Enricher {
     agents: useragent::AgentCache,
-    salts: DailySalts,
     geo: Arc<GeoDatabases>,
 }
 
 impl Enricher {
-    pub fn new(store: Store, geo: Arc<GeoDatabases>) -> StoreResult<Enricher> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        Ok(Enricher {
+    pub fn new(geo: Arc<GeoDatabases>) -> Enricher {
+        Enricher {
             agents: useragent::AgentCache::new(AGENT_CACHE_ENTRIES),
-            salts: DailySalts::load(store, now)?,
             geo,
-        })
+        }
     }
 
     /// Builds the scan event for `link` from `req`; the Recorder assigns its
@@ -79,7 +77,7 @@ impl Enricher {
             language: req.accept_language.and_then(primary_language),
             referer: req.referer.and_then(truncate_referer),
             destination,
-            ip_hash: self.salts.ip_hash(ip, req.now_ms),
+            ip_hash: privacy::ip_hash(&req.ip_salt, ip),
             bot: agent.bot,
         }
     }

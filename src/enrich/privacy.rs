@@ -1,81 +1,76 @@
-//! IP hashing with a salt that changes every UTC day. Salts are random, kept
-//! in the store so a restart on the same day hashes alike, and every salt
-//! older than yesterday is deleted, so a stored hash cannot be tied back to
-//! an IP once its day has passed.
+//! IP hashing with a salt that changes every UTC day. The salts themselves
+//! are made, stored and deleted by the salt rotation worker
+//! (`actors/salts.rs`), which publishes them into a `SaltBook`; the redirect
+//! path only reads the book, so hashing never touches the store.
 
 use std::net::IpAddr;
 use std::sync::RwLock;
 
 use sha2::{Digest, Sha256};
 
-use crate::domain::token::fill_random;
-use crate::store::{Store, StoreResult};
-
 const MS_PER_DAY: i64 = 86_400_000;
 
-pub struct DailySalts {
-    store: Store,
-    current: RwLock<(i64, [u8; 32])>,
+pub type Salt = [u8; 32];
+
+/// The UTC day (days since the epoch) of `ms`.
+pub fn utc_day(ms: i64) -> i64 {
+    ms.div_euclid(MS_PER_DAY)
 }
 
-impl DailySalts {
-    pub fn load(store: Store, now_ms: i64) -> StoreResult<DailySalts> {
-        let day = now_ms.div_euclid(MS_PER_DAY);
-        let salt = Self::salt_for(&store, day)?;
-        Ok(DailySalts {
-            store,
-            current: RwLock::new((day, salt)),
-        })
-    }
+/// The salts of the days around today, in memory.
+pub struct SaltBook {
+    days: RwLock<Vec<(i64, Salt)>>,
+    /// Used only if the rotation worker has not published a day's salt (it
+    /// makes tomorrow's a day ahead): a random salt of this process, never
+    /// stored, so such hashes are still unlinkable.
+    stand_in: Salt,
+}
 
-    /// The day's salt, made (and older ones deleted) on first use.
-    fn salt_for(store: &Store, day: i64) -> StoreResult<[u8; 32]> {
-        let salt = store.daily_salt(day, || {
-            let mut s = [0u8; 32];
-            fill_random(&mut s);
-            s
-        })?;
-        store.delete_salts_before(day - 1)?;
-        Ok(salt)
-    }
-
-    /// SHA-256(salt ‖ IP) for the UTC day of `now_ms`.
-    pub fn ip_hash(&self, ip: Option<IpAddr>, now_ms: i64) -> [u8; 32] {
-        let day = now_ms.div_euclid(MS_PER_DAY);
-        let salt = {
-            let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
-            (cur.0 == day).then_some(cur.1)
-        };
-        let salt = match salt {
-            Some(s) => s,
-            None => self.rotate(day),
-        };
-        let mut h = Sha256::new();
-        h.update(salt);
-        match ip {
-            Some(IpAddr::V4(v4)) => h.update(v4.octets()),
-            Some(IpAddr::V6(v6)) => h.update(v6.octets()),
-            None => h.update(b"unknown"),
+impl Default for SaltBook {
+    fn default() -> Self {
+        SaltBook {
+            days: RwLock::new(Vec::new()),
+            stand_in: crate::random::bytes(),
         }
-        h.finalize().into()
+    }
+}
+
+impl SaltBook {
+    /// The salt of the UTC day of `now_ms`.
+    pub fn salt_at(&self, now_ms: i64) -> Salt {
+        let day = utc_day(now_ms);
+        let days = self.days.read().unwrap_or_else(|p| p.into_inner());
+        days.iter()
+            .find(|(d, _)| *d == day)
+            .map_or(self.stand_in, |(_, s)| *s)
     }
 
-    fn rotate(&self, day: i64) -> [u8; 32] {
-        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if cur.0 != day {
-            match Self::salt_for(&self.store, day) {
-                Ok(salt) => *cur = (day, salt),
-                Err(e) => {
-                    // Keep hashing with a fresh in-memory salt rather than yesterday's.
-                    tracing::error!(error = %e, "storing the daily salt failed");
-                    let mut s = [0u8; 32];
-                    fill_random(&mut s);
-                    *cur = (day, s);
-                }
-            }
-        }
-        cur.1
+    /// Makes `salt` the salt of `day` and forgets days before `keep_from`.
+    pub fn publish(&self, day: i64, salt: Salt, keep_from: i64) {
+        let mut days = self.days.write().unwrap_or_else(|p| p.into_inner());
+        days.retain(|(d, _)| *d != day && *d >= keep_from);
+        days.push((day, salt));
     }
+
+    /// The days it holds a salt for, ascending.
+    pub fn days(&self) -> Vec<i64> {
+        let days = self.days.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<i64> = days.iter().map(|(d, _)| *d).collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+/// SHA-256(salt ‖ IP); an unknown client hashes as the word "unknown".
+pub fn ip_hash(salt: &Salt, ip: Option<IpAddr>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    match ip {
+        Some(IpAddr::V4(v4)) => h.update(v4.octets()),
+        Some(IpAddr::V6(v6)) => h.update(v6.octets()),
+        None => h.update(b"unknown"),
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]
@@ -83,31 +78,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn salts_rotate_daily_and_old_ones_are_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8).unwrap();
-        let day0 = 20_000 * MS_PER_DAY;
-        let salts = DailySalts::load(store.clone(), day0).unwrap();
+    fn the_book_answers_the_day_of_the_time_asked() {
+        let book = SaltBook::default();
+        let day0 = 20_000;
+        book.publish(day0, [1; 32], day0 - 1);
+        book.publish(day0 + 1, [2; 32], day0 - 1);
+        assert_eq!(book.salt_at(day0 * MS_PER_DAY + 5), [1; 32]);
+        assert_eq!(book.salt_at((day0 + 1) * MS_PER_DAY), [2; 32]);
+        let unknown = book.salt_at((day0 + 9) * MS_PER_DAY);
+        assert!(unknown != [1; 32] && unknown != [2; 32]);
+        book.publish(day0 + 2, [3; 32], day0 + 1);
+        assert_eq!(
+            book.days(),
+            vec![day0 + 1, day0 + 2],
+            "older days forgotten"
+        );
+    }
+
+    #[test]
+    fn hashes_depend_on_salt_and_address() {
         let ip: Option<IpAddr> = Some("81.2.69.142".parse().unwrap());
-        let a = salts.ip_hash(ip, day0 + 5);
-        assert_eq!(a, salts.ip_hash(ip, day0 + 60_000), "same day, same hash");
-        assert_ne!(a, salts.ip_hash(Some("81.2.69.143".parse().unwrap()), day0));
-        let next = salts.ip_hash(ip, day0 + MS_PER_DAY);
-        assert_ne!(a, next, "a new day, a new salt");
-        assert_eq!(
-            store.salt_days().unwrap(),
-            vec![20_000, 20_001],
-            "yesterday's salt is kept for late scans"
-        );
-        let before_restart = salts.ip_hash(ip, day0 + 2 * MS_PER_DAY);
-        assert_eq!(
-            store.salt_days().unwrap(),
-            vec![20_001, 20_002],
-            "older salts are deleted"
-        );
-        // A restart on the same day reads the stored salt: the same hash.
-        drop(salts);
-        let again = DailySalts::load(store, day0 + 2 * MS_PER_DAY).unwrap();
-        assert_eq!(again.ip_hash(ip, day0 + 2 * MS_PER_DAY + 1), before_restart);
+        let a = ip_hash(&[1; 32], ip);
+        assert_eq!(a, ip_hash(&[1; 32], ip));
+        assert_ne!(a, ip_hash(&[2; 32], ip));
+        assert_ne!(a, ip_hash(&[1; 32], Some("81.2.69.143".parse().unwrap())));
+        assert_ne!(a, ip_hash(&[1; 32], None));
     }
 }

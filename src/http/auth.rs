@@ -16,7 +16,7 @@ use super::ratelimit::LimitKey;
 use super::{AppState, client_ip_of};
 use crate::domain::TokenType;
 use crate::domain::token::token_digest;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::ids::{TokenId, WorkspaceId};
 
 /// Who is calling: the token's workspace and kind.

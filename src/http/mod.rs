@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod error;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;
@@ -19,10 +20,11 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa_actix_web::UtoipaApp;
 
-use crate::actors::{LinkCache, RecorderHandle, Resolver};
+use crate::actors::{LinkCache, RecorderHandle, Resolver, Workers};
 use crate::config::Settings;
 use crate::enrich::Enricher;
-use crate::error::ApiError;
+use crate::enrich::privacy::SaltBook;
+use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -34,11 +36,15 @@ pub struct AppState {
     pub resolver: Addr<Resolver>,
     pub recorder: RecorderHandle,
     pub enricher: Arc<Enricher>,
+    /// The daily IP salts, kept current by the salt rotation worker.
+    pub salts: Arc<SaltBook>,
     pub metrics: Arc<Metrics>,
+    /// Every background worker, for `/readyz`, `/metrics` and shutdown.
+    pub workers: Arc<Workers>,
     pub draining: Arc<AtomicBool>,
     /// `/openapi.json`, rendered once at start.
     pub openapi_json: String,
-    pub limits: ratelimit::RateLimits,
+    pub limits: Arc<ratelimit::RateLimits>,
 }
 
 impl AppState {
@@ -103,7 +109,7 @@ fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     let api = match &err {
         JsonPayloadError::Overflow { limit }
         | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
-            crate::error::ErrorCode::PayloadTooLarge,
+            crate::http::error::ErrorCode::PayloadTooLarge,
             format!("The request body exceeds {limit} bytes."),
         ),
         JsonPayloadError::ContentType => {
@@ -136,7 +142,7 @@ async fn api_not_found(req: HttpRequest) -> HttpResponse {
 /// The answer for a known path with a method it does not take.
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     let err = ApiError::new(
-        crate::error::ErrorCode::MethodNotAllowed,
+        crate::http::error::ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}.", req.method(), req.path()),
     );
     actix_web::ResponseError::error_response(&err)

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use utoipa_actix_web::AppExt;
 
 use crate::domain::FieldError;
-use crate::error::{PROBLEM_JSON, Problem};
+use crate::http::error::{PROBLEM_JSON, Problem};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -17,30 +17,32 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// Ready: the store is open (it is for as long as the process runs) and
+/// every background worker is running; 503 from SIGTERM on.
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let actors = state.recorder.addr().connected() && state.resolver.connected();
-    if state.is_draining() || !actors {
-        let reason = if state.is_draining() {
-            "draining"
-        } else {
-            "actors_stopped"
-        };
+    if state.is_draining() {
         return HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "reason": reason}));
+            .json(json!({"status": "unavailable", "reason": "draining"}));
+    }
+    let not_ready = state.workers.not_ready();
+    if !not_ready.is_empty() {
+        return HttpResponse::ServiceUnavailable().json(
+            json!({"status": "unavailable", "reason": "workers_not_ready", "workers": not_ready}),
+        );
     }
     HttpResponse::Ok().json(json!({"status": "ready"}))
 }
 
 #[get("/metrics")]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut text = state.metrics.render(state.links.len());
     state
-        .metrics
-        .recorder_queue_depth
-        .set(state.recorder.queue_depth() as u64);
+        .workers
+        .render_metrics(&mut text, state.metrics.scans_recorded.get());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(state.links.len()))
+        .body(text)
 }
 
 #[get("/openapi.json")]

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::ids::WorkspaceId;
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;

@@ -120,9 +120,12 @@ impl RateLimits {
             },
         }
     }
+}
 
+/// Run by the rate-limit pruner worker.
+impl crate::actors::limit_pruner::Prune for RateLimits {
     /// Forgets keys that are back at full allowance (bounded memory).
-    pub fn prune(&self) {
+    fn prune(&self) {
         for plan in self.plans.values().chain(self.redirects.as_ref()) {
             plan.limiter.retain_recent();
         }

@@ -10,11 +10,11 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 use std::net::IpAddr;
 
+use super::error::{ApiError, ErrorCode};
 use super::{AppState, client_ip_of, header_str};
 use crate::actors::RecordOutcome;
 use crate::domain::{Link, ScanMethod, Timestamp};
 use crate::enrich::ScanRequest;
-use crate::error::{ApiError, ErrorCode};
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-downgrade");
@@ -94,7 +94,7 @@ async fn record(
         user_agent: header_str(req, header::USER_AGENT),
         accept_language: header_str(req, header::ACCEPT_LANGUAGE),
         referer: header_str(req, header::REFERER),
-        now_ms: now.as_millis(),
+        ip_salt: state.salts.salt_at(now.as_millis()),
     };
     let event = state.enricher.scan_event(
         &scan,

@@ -50,11 +50,7 @@ impl RequestId {
     fn generate() -> RequestId {
         static PREFIX: OnceLock<u32> = OnceLock::new();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let prefix = *PREFIX.get_or_init(|| {
-            let mut b = [0u8; 4];
-            crate::domain::token::fill_random(&mut b);
-            u32::from_le_bytes(b)
-        });
+        let prefix = *PREFIX.get_or_init(|| u32::from_le_bytes(crate::random::bytes()));
         let n = (u64::from(prefix) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed));
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut buf = [0u8; MAX_LEN];

@@ -2,7 +2,7 @@
 //! transaction each.
 
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::codec::{self, Record};
 use super::scan::{self, KeyRange, Page};
@@ -14,7 +14,26 @@ impl Record for Link {
     const VERSION: u8 = 1;
 }
 
-type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
+/// The one way a link write can be refused: another link holds the slug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlugTaken;
+
+/// What a link write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkWrite {
+    Written,
+    SlugTaken,
+}
+
+type TxResult = Result<(), ConflictableTransactionError<SlugTaken>>;
+
+fn link_write(result: Result<(), TransactionError<SlugTaken>>) -> StoreResult<LinkWrite> {
+    match result {
+        Ok(()) => Ok(LinkWrite::Written),
+        Err(TransactionError::Abort(SlugTaken)) => Ok(LinkWrite::SlugTaken),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+    }
+}
 
 /// Filters of `GET /v1/links`.
 #[derive(Debug, Clone, Default)]
@@ -31,53 +50,54 @@ impl LinkQuery {
 }
 
 impl Store {
-    /// Stores a new link; fails with `SlugTaken` when its slug is in use.
-    pub fn insert_link(&self, link: &Link) -> StoreResult<()> {
+    /// Stores a new link, unless its slug is in use.
+    pub fn insert_link(&self, link: &Link) -> StoreResult<LinkWrite> {
         let t = &self.inner;
         let bytes = codec::encode(link)?;
-        (&t.links, &t.slugs, &t.links_by_workspace).transaction(
+        link_write((&t.links, &t.slugs, &t.links_by_workspace).transaction(
             |(links, slugs, by_ws)| -> TxResult {
                 if slugs.get(link.slug.as_str())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::SlugTaken));
+                    return Err(ConflictableTransactionError::Abort(SlugTaken));
                 }
                 slugs.insert(link.slug.as_str(), link.id.as_bytes())?;
                 links.insert(link.id.as_bytes(), bytes.as_slice())?;
                 by_ws.insert(&keys::pair(&link.workspace_id, &link.id), &[])?;
                 Ok(())
             },
-        )?;
-        Ok(())
+        ))
     }
 
-    /// Replaces `old` with `new` (same ID), moving the slug when it changed.
-    pub fn replace_link(&self, old: &Link, new: &Link) -> StoreResult<()> {
+    /// Replaces `old` with `new` (same ID), moving the slug when it changed,
+    /// unless the new slug is in use.
+    pub fn replace_link(&self, old: &Link, new: &Link) -> StoreResult<LinkWrite> {
         let t = &self.inner;
         let bytes = codec::encode(new)?;
-        (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
-            if old.slug != new.slug {
-                if slugs.get(new.slug.as_str())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::SlugTaken));
+        link_write(
+            (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
+                if old.slug != new.slug {
+                    if slugs.get(new.slug.as_str())?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(SlugTaken));
+                    }
+                    slugs.remove(old.slug.as_str())?;
+                    slugs.insert(new.slug.as_str(), new.id.as_bytes())?;
                 }
-                slugs.remove(old.slug.as_str())?;
-                slugs.insert(new.slug.as_str(), new.id.as_bytes())?;
-            }
-            links.insert(new.id.as_bytes(), bytes.as_slice())?;
-            Ok(())
-        })?;
-        Ok(())
+                links.insert(new.id.as_bytes(), bytes.as_slice())?;
+                Ok(())
+            }),
+        )
     }
 
     /// Deletes a link and frees its slug; its events stay.
     pub fn delete_link(&self, link: &Link) -> StoreResult<()> {
         let t = &self.inner;
-        (&t.links, &t.slugs, &t.links_by_workspace).transaction(
+        link_write((&t.links, &t.slugs, &t.links_by_workspace).transaction(
             |(links, slugs, by_ws)| -> TxResult {
                 links.remove(link.id.as_bytes())?;
                 slugs.remove(link.slug.as_str())?;
                 by_ws.remove(&keys::pair(&link.workspace_id, &link.id))?;
                 Ok(())
             },
-        )?;
+        ))?;
         Ok(())
     }
 
@@ -87,6 +107,12 @@ impl Store {
             .get(id.as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
+    }
+
+    /// The link `id` if it belongs to workspace `ws`: another workspace's link
+    /// is as absent as one that does not exist.
+    pub fn owned_link(&self, ws: &WorkspaceId, id: &LinkId) -> StoreResult<Option<Link>> {
+        Ok(self.link(id)?.filter(|l| l.workspace_id == *ws))
     }
 
     /// Every link, for warming the Resolver's cache.

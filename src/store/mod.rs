@@ -3,8 +3,8 @@
 //! operations of one record family each.
 
 mod codec;
+mod consumers;
 mod events;
-mod flusher;
 pub mod keys;
 mod links;
 mod scan;
@@ -15,9 +15,9 @@ mod workspaces;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use consumers::ConsumerRecord;
 pub use events::{EventIndex, EventQuery};
-pub use flusher::Flusher;
-pub use links::LinkQuery;
+pub use links::{LinkQuery, LinkWrite};
 pub use scan::{KeyRange, Page};
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
@@ -31,8 +31,6 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record is unreadable: {0}")]
     Codec(String),
-    #[error("slug is already taken")]
-    SlugTaken,
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -76,6 +74,8 @@ struct Trees {
     events_by_visitor: sled::Tree,
     /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
     counters: sled::Tree,
+    /// key = consumer name bytes → value = ConsumerRecord (position and state)
+    consumers: sled::Tree,
     /// key = name bytes → value = metadata (schema version, salts)
     meta: sled::Tree,
 }
@@ -108,6 +108,7 @@ impl Store {
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
+            consumers: open("consumers")?,
             meta: open("meta")?,
             db,
         };

@@ -71,7 +71,6 @@ impl<'a> Segment<'a> {
         Ok(seg)
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }

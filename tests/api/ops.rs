@@ -16,7 +16,6 @@ async fn health_readiness_and_metrics_answer_without_auth() {
     let text = r.text();
     for name in [
         "scanhop_actor_messages_total{actor=\"resolver\"}",
-        "scanhop_actor_mailbox_depth{actor=\"recorder\"}",
         "scanhop_store_flush_duration_seconds_count",
         "scanhop_rate_limited_requests_total",
         "scanhop_bot_scans_total",
@@ -26,6 +25,19 @@ async fn health_readiness_and_metrics_answer_without_auth() {
         "scanhop_redirect_duration_seconds_bucket",
     ] {
         assert!(text.contains(name), "{name} missing");
+    }
+    // Every background worker reports readiness and its queue.
+    for worker in [
+        "resolver",
+        "recorder",
+        "salts",
+        "rate_limit_pruner",
+        "flusher",
+    ] {
+        let ready = format!("scanhop_worker_ready{{worker=\"{worker}\"}} 1");
+        assert!(text.contains(&ready), "{ready} missing:\n{text}");
+        let depth = format!("scanhop_worker_queue_depth{{worker=\"{worker}\"}}");
+        assert!(text.contains(&depth), "{depth} missing");
     }
 }
 

@@ -6,9 +6,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::parse_id;
 use crate::domain::{DeviceType, ScanEvent, ScanMethod, Timestamp};
-use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::error::ApiError;
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
 use crate::ids::{EventId, EventKind, LinkId, LinkKind, VisitorId, VisitorKind};
 use crate::store::{EventIndex, EventQuery};

@@ -8,9 +8,9 @@ use super::{parse_id, present};
 use crate::actors::{CreateLink, DeleteLink, UpdateLink};
 use crate::domain::link::rules;
 use crate::domain::{FieldError, Form, Link, LinkPatch, LinkStatus, NewLink, Timestamp};
-use crate::error::{ApiError, Problem};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::error::{ApiError, Problem};
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
 use crate::ids::{LinkId, LinkKind, WorkspaceId};
 use crate::store::LinkQuery;
@@ -208,12 +208,12 @@ async fn list_links(
     }))
 }
 
-fn owned_link(state: &AppState, caller: &SecretCaller, raw_id: &str) -> Result<Link, ApiError> {
+fn find_link(state: &AppState, caller: &SecretCaller, raw_id: &str) -> Result<Link, ApiError> {
     let id = parse_id::<LinkKind>("id", raw_id)?;
-    match state.store.link(&id)? {
-        Some(link) if link.workspace_id == caller.0.workspace_id => Ok(link),
-        _ => Err(ApiError::not_found("No link with this ID.")),
-    }
+    state
+        .store
+        .owned_link(&caller.0.workspace_id, &id)?
+        .ok_or_else(|| ApiError::not_found("No link with this ID."))
 }
 
 #[utoipa::path(tag = "links", params(("id" = LinkId, Path, description = "Link ID (lnk_...)")),
@@ -224,7 +224,7 @@ async fn get_link(
     caller: SecretCaller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let link = owned_link(&state, &caller, &id)?;
+    let link = find_link(&state, &caller, &id)?;
     Ok(HttpResponse::Ok().json(LinkView::build(&state, link)?))
 }
 

@@ -7,7 +7,7 @@ pub mod workspace;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::ids::{Id, IdKind};
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {

@@ -8,9 +8,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::parse_id;
 use crate::accounts::issue_token;
 use crate::domain::{Timestamp, Token, TokenType};
-use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::error::ApiError;
 use crate::http::pagination::ListResponse;
 use crate::ids::{TokenId, TokenKind};
 

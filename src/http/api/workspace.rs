@@ -6,9 +6,9 @@ use utoipa::ToSchema;
 
 use crate::domain::workspace::{validate_name, validate_timezone};
 use crate::domain::{Workspace, WorkspacePatch};
-use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::error::ApiError;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(get_workspace).service(update_workspace);

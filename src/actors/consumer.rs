@@ -1,0 +1,288 @@
+//! Workers downstream of the Recorder, in one shape: a `Consumer` folds
+//! committed events into its state; `ConsumerWorker` feeds it from a durable
+//! position. The position (the last event folded) is stored with the state in
+//! one record at every checkpoint, so after any crash the worker resumes
+//! exactly where its stored state ends: nothing is counted twice or missed.
+//!
+//! The Recorder's `ScansCommitted` is only a wake-up carrying the batch as a
+//! shortcut: when the batch follows the position it is folded directly;
+//! otherwise (a wake-up was dropped because the mailbox was full, or the
+//! worker restarted) the worker reads the committed events after its position
+//! from the store. A lost message costs latency, never correctness.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::recorder::ScansCommitted;
+use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
+use crate::config::ConsumerSettings;
+use crate::domain::{ScanEvent, Timestamp};
+use crate::ids::EventId;
+use crate::store::{ConsumerRecord, Store, StoreError, StoreResult};
+
+/// Pages of events read per step when catching up, so one step stays short
+/// and wake-ups are handled in between.
+const PAGES_PER_STEP: usize = 8;
+
+pub trait Consumer: Unpin + Send + 'static {
+    /// Names the worker in logs and metrics, and its stored record.
+    const NAME: &'static str;
+    /// What the consumer derives from events; stored with the position.
+    type State: Serialize + DeserializeOwned + Default + Unpin + Send + 'static;
+
+    /// Folds `events` (ascending IDs, each after the previous position) into `state`.
+    fn apply(&mut self, state: &mut Self::State, events: &[ScanEvent]);
+}
+
+/// Progress shared with `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConsumerProgress {
+    /// Events folded since the consumer first ran (durable with its position).
+    pub events: AtomicU64,
+    folded_since_start: AtomicU64,
+    behind_at_start: AtomicU64,
+}
+
+impl ConsumerProgress {
+    /// Committed events not yet folded, given the events the Recorder has
+    /// committed since start.
+    pub fn lag(&self, committed_since_start: u64) -> u64 {
+        (self.behind_at_start.load(Ordering::Relaxed) + committed_since_start)
+            .saturating_sub(self.folded_since_start.load(Ordering::Relaxed))
+    }
+}
+
+/// A started consumer: where the Recorder sends wake-ups, and its handle.
+pub struct StartedConsumer {
+    pub wake: Recipient<ScansCommitted>,
+    pub handle: WorkerHandle,
+}
+
+/// Starts one consumer; the app calls it with the store once it is open.
+pub type ConsumerStarter = Box<dyn FnOnce(&Store) -> StoreResult<StartedConsumer>>;
+
+pub struct ConsumerWorker<C: Consumer> {
+    consumer: C,
+    state: C::State,
+    position: Option<EventId>,
+    store: Store,
+    settings: ConsumerSettings,
+    status: Arc<WorkerStatus>,
+    progress: Arc<ConsumerProgress>,
+    dirty: bool,
+    last_checkpoint: Timestamp,
+}
+
+fn codec_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Codec(e.to_string())
+}
+
+impl<C: Consumer> ConsumerWorker<C> {
+    /// Loads the consumer's stored position and state.
+    pub fn load(consumer: C, store: Store, settings: ConsumerSettings) -> StoreResult<Self> {
+        let record = store.consumer(C::NAME)?.unwrap_or_default();
+        let state = if record.state.is_empty() {
+            C::State::default()
+        } else {
+            bincode::serde::decode_from_slice(&record.state, bincode::config::standard())
+                .map_err(codec_error)?
+                .0
+        };
+        let progress = Arc::new(ConsumerProgress::default());
+        progress.events.store(record.events, Ordering::Relaxed);
+        let behind = store.count_events_after(record.position)?;
+        progress.behind_at_start.store(behind, Ordering::Relaxed);
+        Ok(ConsumerWorker {
+            consumer,
+            state,
+            position: record.position,
+            store,
+            settings,
+            status: WorkerStatus::new(),
+            progress,
+            dirty: false,
+            last_checkpoint: Timestamp::now(),
+        })
+    }
+
+    /// A starter for the app: loads, then runs the worker on its own thread
+    /// (its store reads and writes never block an HTTP worker).
+    pub fn starter(consumer: C, settings: ConsumerSettings) -> ConsumerStarter {
+        Box::new(move |store: &Store| {
+            let worker = ConsumerWorker::load(consumer, store.clone(), settings)?;
+            Ok(worker.start())
+        })
+    }
+
+    fn start(self) -> StartedConsumer {
+        let (status, progress) = (self.status.clone(), self.progress.clone());
+        let arbiter = Arbiter::new();
+        let addr = ConsumerWorker::start_in_arbiter(&arbiter.handle(), move |_| self);
+        StartedConsumer {
+            wake: addr.clone().recipient(),
+            handle: WorkerHandle::new(C::NAME, Stage::Consumers, &addr, status)
+                .with_progress(progress),
+        }
+    }
+
+    pub fn state(&self) -> &C::State {
+        &self.state
+    }
+
+    pub fn position(&self) -> Option<EventId> {
+        self.position
+    }
+
+    fn fold(&mut self, events: &[ScanEvent]) {
+        let Some(last) = events.last() else {
+            return;
+        };
+        self.consumer.apply(&mut self.state, events);
+        self.position = Some(last.id);
+        self.dirty = true;
+        let n = events.len() as u64;
+        self.progress.events.fetch_add(n, Ordering::Relaxed);
+        self.progress
+            .folded_since_start
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A committed batch; `after` is the event committed just before it.
+    pub fn on_batch(&mut self, after: Option<EventId>, events: &[ScanEvent]) -> StoreResult<()> {
+        match events.last() {
+            // Already read from the store.
+            Some(last) if self.position >= Some(last.id) => Ok(()),
+            Some(_) if self.position == after => {
+                self.fold(events);
+                Ok(())
+            }
+            // A gap: something before this batch was not seen yet.
+            Some(_) => self.catch_up(PAGES_PER_STEP).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads and folds up to `pages` pages after the position; true when it
+    /// reached the newest committed event.
+    fn catch_up(&mut self, pages: usize) -> StoreResult<bool> {
+        let size = self.settings.read_batch_size;
+        for _ in 0..pages {
+            let events = self.store.events_after(self.position, size)?;
+            self.fold(&events);
+            if events.len() < size {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stores position and state together, when anything changed.
+    pub fn checkpoint(&mut self, now: Timestamp) -> StoreResult<()> {
+        self.last_checkpoint = now;
+        if !self.dirty {
+            return Ok(());
+        }
+        let state = bincode::serde::encode_to_vec(&self.state, bincode::config::standard())
+            .map_err(codec_error)?;
+        let record = ConsumerRecord {
+            position: self.position,
+            events: self.progress.events.load(Ordering::Relaxed),
+            state,
+        };
+        self.store.save_consumer(C::NAME, &record)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// One step at `now`: catch up a bounded amount, checkpoint when due.
+    /// Answers whether it is caught up.
+    pub fn run_once(&mut self, now: Timestamp) -> StoreResult<bool> {
+        let caught_up = self.catch_up(PAGES_PER_STEP)?;
+        let due = now.as_millis() - self.last_checkpoint.as_millis()
+            >= self.settings.checkpoint_interval_ms as i64;
+        if due || !caught_up {
+            self.checkpoint(now)?;
+        }
+        Ok(caught_up)
+    }
+
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        match self.run_once(Timestamp::now()) {
+            Ok(caught_up) => {
+                self.status.ran(true);
+                if !caught_up {
+                    ctx.notify(Step);
+                }
+            }
+            Err(e) => {
+                self.status.ran(false);
+                tracing::error!(worker = C::NAME, error = %e, "consumer step failed; retrying");
+            }
+        }
+    }
+}
+
+impl<C: Consumer> Actor for ConsumerWorker<C> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
+        let tick = Duration::from_millis(self.settings.checkpoint_interval_ms);
+        ctx.run_interval(tick, |act, ctx| act.step(ctx));
+        ctx.notify(Step);
+        self.status.set_ready(true);
+    }
+}
+
+/// Go on catching up (sent to itself between bounded steps).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Step;
+
+impl<C: Consumer> Handler<Step> for ConsumerWorker<C> {
+    type Result = ();
+
+    fn handle(&mut self, _: Step, ctx: &mut Self::Context) {
+        self.step(ctx);
+    }
+}
+
+impl<C: Consumer> Handler<ScansCommitted> for ConsumerWorker<C> {
+    type Result = ();
+
+    fn handle(&mut self, msg: ScansCommitted, _: &mut Self::Context) {
+        if let Err(e) = self.on_batch(msg.after, &msg.events) {
+            self.status.ran(false);
+            tracing::error!(worker = C::NAME, error = %e, "consumer failed to read events; retrying at the next tick");
+        }
+    }
+}
+
+impl<C: Consumer> Handler<Drain> for ConsumerWorker<C> {
+    type Result = DrainReport;
+
+    /// Folds everything committed (the Recorder drained before), then checkpoints.
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> DrainReport {
+        let mut result = Ok(false);
+        while matches!(result, Ok(false)) && std::time::Instant::now() < msg.deadline {
+            result = self.catch_up(PAGES_PER_STEP);
+        }
+        let saved = result.and_then(|_| self.checkpoint(Timestamp::now()));
+        if let Err(e) = &saved {
+            tracing::error!(worker = C::NAME, error = %e, "consumer could not checkpoint at shutdown");
+        }
+        ctx.stop();
+        let left = self
+            .store
+            .count_events_after(self.position)
+            .unwrap_or(u64::MAX);
+        DrainReport {
+            left: if saved.is_ok() { left } else { left.max(1) },
+        }
+    }
+}
