@@ -6,6 +6,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa::openapi::{Array, ArrayBuilder, Ref};
 
 use crate::http::error::ApiError;
 use crate::ids::WorkspaceId;
@@ -16,12 +18,31 @@ const TOKEN_VERSION: u8 = 1;
 const DIGEST_LEN: usize = 8;
 const MAX_TOKEN_LEN: usize = 256;
 
-/// `{"data": [...], "next_page_token": ...}`
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// One page of a list: its items, in the order the operation states, and the
+/// token for the next page.
+// Each use is its own component in the document, named by utoipa after the
+// item (`ListResponse_LinkView`, ...): generated clients rely on those names.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse<T: Serialize> {
+    // utoipa writes a generic argument's whole schema in place, which gave
+    // generated clients a second model per item type; a `$ref` keeps one.
+    #[schema(schema_with = items_of::<T>)]
     pub data: Vec<T>,
     /// Pass as `page_token` for the next page; `null` on the last page.
+    // Always serialized (no `skip_serializing_if`), so required though nullable.
+    #[schema(required = true)]
     pub next_page_token: Option<String>,
+}
+
+/// `data` of a `ListResponse<T>`: an array of references to `T`'s component.
+/// `T` must be a named component (a derived `ToSchema` struct or enum), which
+/// every list item is. The operation answering with the list registers `T`;
+/// tests/api/openapi.rs fails on any `$ref` that points nowhere.
+fn items_of<T: ToSchema>() -> Array {
+    ArrayBuilder::new()
+        .items(Ref::from_schema_name(T::name()))
+        .description(Some("The items of this page."))
+        .build()
 }
 
 /// The identity of one listing: what a token is only valid for.

@@ -114,3 +114,143 @@ async fn the_document_declares_bearer_auth_and_problem_errors() {
         assert!(event.get(field).is_some(), "EventView.{field}");
     }
 }
+
+/// Every node of `v` with its JSON pointer, depth first.
+fn walk<'a>(v: &'a Value, at: &str, out: &mut Vec<(String, &'a Value)>) {
+    out.push((at.to_owned(), v));
+    match v {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let key = key.replace('~', "~0").replace('/', "~1");
+                walk(child, &format!("{at}/{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                walk(child, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `type` of a schema as a list (3.1 allows `"object"` or `["object", "null"]`).
+fn types_of(schema: &Value) -> Vec<&str> {
+    match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    }
+}
+
+/// Follows a `#/components/schemas/...` reference, or gives the schema itself.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> Option<&'a Value> {
+    match schema["$ref"].as_str() {
+        Some(r) => doc.pointer(r.strip_prefix('#')?),
+        None => Some(schema),
+    }
+}
+
+fn is_list(schema: &Value) -> bool {
+    types_of(&schema["properties"]["data"]).contains(&"array")
+}
+
+// Code generators turn every inline object into a model of its own, so an
+// inline copy of an item schema gives clients a second, incompatible class
+// for the same object; and a description pointing at a file of this
+// repository means nothing to a reader of the document.
+#[actix_rt::test]
+async fn the_document_names_every_object_and_every_list_is_a_page_of_refs() {
+    let app = spawn_app().await;
+    let doc = app
+        .raw(app.client.get(app.url("/openapi.json")), "")
+        .await
+        .json();
+    let mut nodes = Vec::new();
+    walk(&doc, "", &mut nodes);
+
+    let mut problems = Vec::new();
+    for (at, node) in &nodes {
+        if let Some(items) = node
+            .get("items")
+            .filter(|_| types_of(node).contains(&"array"))
+        {
+            let inline_object = items.get("$ref").is_none()
+                && (types_of(items).contains(&"object") || items.get("properties").is_some());
+            if inline_object {
+                problems.push(format!("{at}/items is an inline object, not a $ref"));
+            }
+        }
+        if let Some(r) = node.get("$ref").and_then(Value::as_str)
+            && resolve(&doc, node).is_none()
+        {
+            problems.push(format!("{at}: $ref {r} points nowhere"));
+        }
+        if let Value::String(text) = node {
+            for outside in ["API.md", "DESIGN.md", "shared/"] {
+                if text.contains(outside) {
+                    problems.push(format!("{at} points outside the document: {text:?}"));
+                }
+            }
+        }
+    }
+
+    // A list is whatever an operation answers with a `data` array: it must be
+    // a named component, with both keys always present.
+    let mut lists = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
+            match (schema["$ref"].as_str(), resolve(&doc, schema)) {
+                (None, Some(s)) if is_list(s) => {
+                    problems.push(format!(
+                        "{method} {path}: the list is not a named component"
+                    ));
+                }
+                (Some(r), Some(s)) if is_list(s) => {
+                    lists.insert(r.to_owned());
+                }
+                _ => {}
+            }
+        }
+    }
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        if is_list(schema) {
+            lists.insert(format!("#/components/schemas/{name}"));
+        }
+    }
+    assert!(
+        lists.len() >= 3,
+        "events, links and tokens are lists: {lists:?}"
+    );
+    for r in &lists {
+        let schema = resolve(&doc, &serde_json::json!({ "$ref": r }))
+            .unwrap()
+            .clone();
+        let required = schema["required"].as_array().cloned().unwrap_or_default();
+        for key in ["data", "next_page_token"] {
+            if !required.contains(&Value::from(key)) {
+                problems.push(format!("{r}: `{key}` is not required"));
+            }
+        }
+        let mut token = types_of(&schema["properties"]["next_page_token"]);
+        token.sort_unstable();
+        if token != ["null", "string"] {
+            problems.push(format!(
+                "{r}: next_page_token is not string-or-null: {token:?}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[actix_rt::test]
+async fn a_last_page_says_so_with_an_explicit_null() {
+    let app = spawn_app().await;
+    for path in ["/v1/links", "/v1/events", "/v1/tokens"] {
+        let page = app.get(path).await.json();
+        assert!(page["data"].is_array(), "{path}: {page}");
+        let token = page.as_object().unwrap().get("next_page_token");
+        assert_eq!(token, Some(&Value::Null), "{path}: {page}");
+    }
+}

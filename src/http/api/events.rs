@@ -17,7 +17,10 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(list_events).service(get_event);
 }
 
-/// The event object of API.md.
+/// One scan of a link: when and how it was opened, by what device and
+/// software, from roughly where, and where the visitor was sent. Location
+/// fields are `null` when no configured GeoIP database knows the address; the
+/// IP itself is never stored, only `ip_hash`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub id: EventId,

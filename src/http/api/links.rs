@@ -23,7 +23,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(delete_link);
 }
 
-/// The link object of API.md.
+/// A short link (a QR code encodes its `short_url`): the slug, where it
+/// redirects, its optional form step, fallback and expiry, and its scan count.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LinkView {
     pub id: LinkId,
