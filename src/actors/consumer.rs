@@ -106,7 +106,8 @@ impl<C: Consumer> ConsumerWorker<C> {
             status: WorkerStatus::new(),
             progress,
             dirty: false,
-            last_checkpoint: Timestamp::now(),
+            // The first step checkpoints whatever it caught up on.
+            last_checkpoint: Timestamp::from_millis(0),
         })
     }
 
@@ -284,5 +285,133 @@ impl<C: Consumer> Handler<Drain> for ConsumerWorker<C> {
         DrainReport {
             left: if saved.is_ok() { left } else { left.max(1) },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{DeviceType, ScanMethod};
+    use crate::ids::{LinkId, WorkspaceId};
+
+    /// Counts events and remembers the IDs it saw, to catch doubles.
+    struct Tally;
+
+    impl Consumer for Tally {
+        const NAME: &'static str = "tally";
+        type State = Vec<EventId>;
+        fn apply(&mut self, state: &mut Vec<EventId>, events: &[ScanEvent]) {
+            state.extend(events.iter().map(|e| e.id));
+        }
+    }
+
+    fn batch(n: usize) -> Vec<ScanEvent> {
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let mut ids: Vec<EventId> = (0..n).map(|_| EventId::generate()).collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| ScanEvent {
+                id,
+                workspace_id: ws,
+                link_id: link,
+                visitor_id: None,
+                method: ScanMethod::Get,
+                device_type: DeviceType::Mobile,
+                os: None,
+                os_version: None,
+                browser: None,
+                browser_version: None,
+                country: None,
+                region: None,
+                city: None,
+                isp: None,
+                asn: None,
+                language: None,
+                referer: None,
+                destination: "https://e.com/".into(),
+                ip_hash: [0; 32],
+                bot: false,
+            })
+            .collect()
+    }
+
+    fn settings() -> ConsumerSettings {
+        ConsumerSettings {
+            mailbox_capacity: 1,
+            read_batch_size: 7,
+            checkpoint_interval_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_consumer_folds_every_committed_event_once_across_gaps_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let batches: Vec<Vec<ScanEvent>> = (0..6).map(|i| batch(3 + i * 5)).collect();
+        let mut committed: Vec<EventId> = Vec::new();
+        for b in &batches[..3] {
+            store.commit_scans(b).unwrap();
+            committed.extend(b.iter().map(|e| e.id));
+        }
+        let mut w = ConsumerWorker::load(Tally, store.clone(), settings()).unwrap();
+        assert_eq!(
+            store.count_events_after(None).unwrap(),
+            committed.len() as u64
+        );
+        // Started behind: reads the store in pages of 7 until caught up.
+        let t0 = Timestamp::from_millis(1_000_000);
+        while !w.run_once(t0).unwrap() {}
+        assert_eq!(w.state(), &committed);
+        assert_eq!(
+            store.consumer("tally").unwrap().unwrap().position,
+            committed.last().copied(),
+            "the first step checkpoints"
+        );
+        // A wake-up that follows the position is folded from the message.
+        let after = committed.last().copied();
+        store.commit_scans(&batches[3]).unwrap();
+        committed.extend(batches[3].iter().map(|e| e.id));
+        w.on_batch(after, &batches[3]).unwrap();
+        assert_eq!(w.state(), &committed);
+        // The same wake-up again changes nothing.
+        w.on_batch(after, &batches[3]).unwrap();
+        assert_eq!(w.state(), &committed);
+        // A dropped wake-up leaves a gap: the next one makes it read the store.
+        let before_gap = committed.last().copied();
+        store.commit_scans(&batches[4]).unwrap();
+        committed.extend(batches[4].iter().map(|e| e.id));
+        let after_dropped = committed.last().copied();
+        store.commit_scans(&batches[5]).unwrap();
+        committed.extend(batches[5].iter().map(|e| e.id));
+        assert_ne!(before_gap, after_dropped);
+        w.on_batch(after_dropped, &batches[5]).unwrap();
+        assert_eq!(w.state(), &committed);
+        // Not yet checkpointed: a restart now resumes from the stored record.
+        let stored = store.consumer("tally").unwrap().unwrap();
+        assert!(stored.position < w.position());
+        w.checkpoint(t0).unwrap();
+        let again = ConsumerWorker::load(Tally, store.clone(), settings()).unwrap();
+        assert_eq!(again.state(), &committed);
+        assert_eq!(again.position(), committed.last().copied());
+        assert_eq!(
+            store.consumer("tally").unwrap().unwrap().events,
+            committed.len() as u64
+        );
+        assert_eq!(store.count_events_after(again.position()).unwrap(), 0);
+    }
+
+    #[test]
+    fn checkpoints_follow_the_injected_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let mut w = ConsumerWorker::load(Tally, store.clone(), settings()).unwrap();
+        let t0 = Timestamp::from_millis(5_000_000);
+        w.checkpoint(t0).unwrap();
+        store.commit_scans(&batch(3)).unwrap();
+        assert!(w.run_once(Timestamp::from_millis(5_000_500)).unwrap());
+        assert_eq!(w.state().len(), 3);
+        assert!(store.consumer("tally").unwrap().is_none(), "not due yet");
+        w.run_once(Timestamp::from_millis(5_001_000)).unwrap();
+        assert_eq!(store.consumer("tally").unwrap().unwrap().events, 3, "due");
     }
 }

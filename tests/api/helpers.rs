@@ -93,9 +93,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_consumers(overrides, Vec::new()).await
+}
+
+/// An app with extra consumers of committed scans beside the built-in ones.
+pub async fn spawn_app_with_consumers(
+    overrides: &[(&str, &str)],
+    consumers: Vec<scanhop::actors::ConsumerStarter>,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&dir, overrides);
-    let app = Application::build(settings.clone()).expect("app builds");
+    let app = Application::build_with(settings.clone(), consumers).expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let token = app
         .first_token()
@@ -271,8 +279,19 @@ impl BinaryServer {
         stderr: Stdio,
     ) -> BinaryServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_scanhop"));
-        cmd.arg("serve")
-            .env("SCANHOP__SERVER__BIND", "127.0.0.1:0")
+        cmd.arg("serve");
+        Self::launch(cmd, data_dir, env, stderr)
+    }
+
+    /// Runs `cmd` as a server on `data_dir` and waits until it prints its
+    /// address (and, on a first start, its token) like `scanhop serve` does.
+    pub fn launch(
+        mut cmd: Command,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> BinaryServer {
+        cmd.env("SCANHOP__SERVER__BIND", "127.0.0.1:0")
             .env("SCANHOP__STORAGE__PATH", data_dir)
             .env("SCANHOP__LOG__LEVEL", "warn")
             .stdout(Stdio::piped())
@@ -280,20 +299,24 @@ impl BinaryServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start scanhop");
+        let mut child = cmd.spawn().expect("start the server");
         let stdout = child.stdout.take().unwrap();
         let mut token = None;
         let mut base = None;
-        for line in BufReader::new(stdout).lines() {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
             let line = line.expect("stdout");
             if let Some(t) = line.split_whitespace().find(|w| w.starts_with("sk_")) {
                 token = Some(t.to_owned());
             }
-            if let Some(url) = line.strip_prefix("scanhop listening on ") {
+            // Anywhere in the line: a test harness may print before it.
+            if let Some((_, url)) = line.split_once("scanhop listening on ") {
                 base = Some(url.trim().to_owned());
                 break;
             }
         }
+        // Keep reading, so a later line never meets a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         BinaryServer {
             child,
             base: base.expect("server printed its address"),

@@ -16,4 +16,5 @@ mod openapi;
 mod ops;
 mod ratelimit;
 mod redirect;
+mod workers;
 mod workspace;
