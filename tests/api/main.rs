@@ -2,6 +2,7 @@
 //! client's story through real HTTP.
 
 mod helpers;
+mod powercut;
 
 mod auth;
 mod cli;
