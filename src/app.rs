@@ -99,6 +99,7 @@ impl Application {
         });
         let enricher = Arc::new(Enricher::new(store.clone(), geo.clone())?);
         let limits = http::ratelimit::RateLimits::new(&settings);
+        let openapi = http::openapi::document();
         let state = web::Data::new(AppState {
             resolver: actix::Actor::start(resolver),
             settings: Arc::new(settings),
@@ -109,7 +110,8 @@ impl Application {
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
             limits,
-            openapi_json: serde_json::to_string(&http::openapi::document()).unwrap_or_default(),
+            openapi_json: serde_json::to_string(&openapi).unwrap_or_default(),
+            docs_html: http::docs_page::render(&serde_json::to_value(&openapi).unwrap_or_default()),
         });
         let server = Self::http_server(state.clone(), listener)?;
         Ok(Application {
