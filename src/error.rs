@@ -13,7 +13,7 @@ use crate::http::request_id;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 const TYPE_BASE: &str = "https://scanhop.dev/errors/";
 
-/// The catalogue of error codes (API.md, Conventions).
+/// The catalogue of error codes (docs/API.md, "Errors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BadRequest,

@@ -1,5 +1,5 @@
 //! scanhop: self-hosted dynamic QR codes and short links with
-//! privacy-preserving scan analytics. See DESIGN.md for the architecture.
+//! privacy-preserving scan analytics. See docs/DESIGN.md for the architecture.
 
 pub mod accounts;
 pub mod actors;

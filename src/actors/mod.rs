@@ -1,4 +1,4 @@
-//! The actors of DESIGN.md, one file each, with the messages they handle.
+//! The actors of docs/DESIGN.md, one file each, with the messages they handle.
 
 pub mod recorder;
 pub mod resolver;
