@@ -109,6 +109,7 @@ impl Application {
             &limits,
             &metrics,
         );
+        let openapi = http::openapi::document();
         let state = web::Data::new(AppState {
             resolver,
             settings: Arc::new(settings),
@@ -121,7 +122,8 @@ impl Application {
             workers: Arc::new(workers),
             draining: Arc::new(AtomicBool::new(false)),
             limits,
-            openapi_json: serde_json::to_string(&http::openapi::document()).unwrap_or_default(),
+            openapi_json: serde_json::to_string(&openapi).unwrap_or_default(),
+            docs_html: http::docs_page::render(&serde_json::to_value(&openapi).unwrap_or_default()),
         });
         let server = Self::http_server(state.clone(), listener)?;
         Ok(Application {

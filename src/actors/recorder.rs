@@ -4,7 +4,8 @@
 //! queue the Recorder owns, instead of sending one actor message per scan:
 //! a push is a short mutex hold on the worker thread, and the Recorder thread
 //! is woken once per batch (or by its own tick), not once per scan. That keeps
-//! the cross-thread wake off the per-request cost (DESIGN.md, "The hot path").
+//! the cross-thread wake off the per-request cost (docs/DESIGN.md, "The hot
+//! path").
 //!
 //! The Recorder gives each event its ID as it enters the queue (under the
 //! queue's lock), so IDs follow queue order and every committed batch covers a

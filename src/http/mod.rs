@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod docs_page;
 pub mod error;
 pub mod openapi;
 pub mod ops;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// `/openapi.json`, rendered once at start.
     pub openapi_json: String,
+    /// `/docs`: the same document as one HTML page, rendered once at start.
+    pub docs_html: String,
     pub limits: Arc<ratelimit::RateLimits>,
 }
 

@@ -1,4 +1,5 @@
-//! Operations endpoints (no auth): liveness, readiness, Prometheus metrics.
+//! Operations endpoints (no auth): liveness, readiness, Prometheus metrics,
+//! the OpenAPI document and its rendering for people.
 
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
@@ -9,7 +10,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(healthz)
         .service(readyz)
         .service(metrics)
-        .service(openapi_json);
+        .service(openapi_json)
+        .service(docs);
 }
 
 #[get("/healthz")]
@@ -50,4 +52,16 @@ async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(state.openapi_json.clone())
+}
+
+/// The page allows its inline style and nothing else: no script, no fetch,
+/// no external asset, even if a document string slipped through unescaped.
+const DOCS_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'";
+
+#[get("/docs")]
+async fn docs(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", DOCS_POLICY))
+        .body(state.docs_html.clone())
 }

@@ -6,6 +6,7 @@ mod powercut;
 
 mod auth;
 mod cli;
+mod docs_page;
 mod durability;
 mod enrichment;
 mod events;
