@@ -205,7 +205,13 @@ impl ResponseError for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::internal(&e)
+        use crate::store::StoreError as E;
+        match e {
+            E::InvalidCursor => ApiError::bad_request(
+                "page_token is invalid, expired, or belongs to another query.",
+            ),
+            E::Locked(_) | E::Sled(_) | E::Codec(_) => ApiError::internal(&e),
+        }
     }
 }
 

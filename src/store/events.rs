@@ -9,17 +9,16 @@
 //! at or before its ID.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
 
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 use super::links::decode_count;
-use super::scan::Page;
+use super::scan::{self, Candidate, Page};
 use super::segment::{self, Segment};
 use super::{Store, StoreError, StoreResult, keys};
 use crate::domain::{DeviceType, ScanEvent};
-use crate::ids::{EventId, Id, IdKind, LinkId, VisitorId, WorkspaceId};
+use crate::ids::{EventId, EventKind, Id, IdKind, LinkId, VisitorId, WorkspaceId};
 
 /// Events examined at most to fill one page of a filtered event list.
 const SCAN_BUDGET: usize = 20_000;
@@ -64,6 +63,13 @@ fn group<K: IdKind>(
 }
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
+
+/// The time bounds of a listing as ID bytes: `lower` inclusive, `upper` exclusive.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    lower: Option<[u8; 16]>,
+    upper: Option<[u8; 16]>,
+}
 
 impl Store {
     /// Writes one batch (ascending IDs) as a segment with its index entries
@@ -142,71 +148,79 @@ impl Store {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Page<ScanEvent>> {
-        let (tree, prefix): (&sled::Tree, &[u8; 16]) = match &q.index {
+        let (tree, owner): (&sled::Tree, &[u8; 16]) = match &q.index {
             EventIndex::Workspace => (&self.inner.events_by_workspace, q.workspace_id.as_bytes()),
             EventIndex::Link(id) => (&self.inner.events_by_link, id.as_bytes()),
             EventIndex::Visitor(id) => (&self.inner.events_by_visitor, id.as_bytes()),
         };
-        let lower: Option<[u8; 16]> = q.from_ms.map(EventId::lower_bound_bytes);
-        let mut upper: Option<[u8; 16]> = q.to_ms.map(EventId::lower_bound_bytes);
-        if let Some(c) = cursor {
-            let c: [u8; 16] = c
-                .try_into()
-                .map_err(|_| StoreError::Codec("malformed cursor".into()))?;
+        let lower = q.from_ms.map(EventId::lower_bound_bytes);
+        let mut upper = q.to_ms.map(EventId::lower_bound_bytes);
+        if let Some(c) = scan::cursor_id(cursor)? {
             upper = Some(upper.map_or(c, |u| u.min(c)));
         }
-        let mut start = prefix.to_vec();
+        let bounds = Bounds { lower, upper };
+        // A segment's index key is its first ID, which is below every event it
+        // holds: the range ends at the upper bound, and events at or above it
+        // inside the last segment are skipped one by one.
+        let mut start = owner.to_vec();
         start.extend_from_slice(&[0; 16]);
-        let mut end = prefix.to_vec();
+        let mut end = owner.to_vec();
         end.extend_from_slice(&upper.unwrap_or([0xff; 16]));
-        let range = (Bound::Included(start), Bound::Excluded(end));
-
-        let mut items = Vec::with_capacity(limit.min(512));
-        let mut examined = 0usize;
         let mut tagged: HashMap<LinkId, bool> = HashMap::new();
-        for entry in tree.range(range).rev() {
-            let (key, positions) = entry?;
-            let Some(segment_id) = keys::pair_suffix::<crate::ids::EventKind>(&key) else {
-                continue;
+        let candidates = tree
+            .range(start..end)
+            .rev()
+            .flat_map(move |entry| self.segment_candidates(entry, bounds))
+            // `None`: below the lower bound, where the walk ends.
+            .map_while(|c| c)
+            .map(|c| {
+                let (cursor, event) = c?;
+                let keep = match event {
+                    Some(e) if self.event_matches(q, &e, &mut tagged)? => Some(e),
+                    _ => None,
+                };
+                Ok((cursor, keep))
+            });
+        scan::paginate(candidates, limit, SCAN_BUDGET)
+    }
+
+    /// The events of one index entry (a segment), newest first, within
+    /// `bounds`; `None` once past the lower bound.
+    fn segment_candidates(
+        &self,
+        entry: sled::Result<(sled::IVec, sled::IVec)>,
+        bounds: Bounds,
+    ) -> Box<dyn Iterator<Item = Option<Candidate<ScanEvent>>> + '_> {
+        let found = entry
+            .map_err(StoreError::from)
+            .and_then(|(key, positions)| {
+                let Some(segment_id) = keys::pair_suffix::<EventKind>(&key) else {
+                    return Ok(None);
+                };
+                let value = self.inner.events.get(segment_id.as_bytes())?;
+                Ok(value.map(|v| (v, segment::decode_positions(&positions).collect::<Vec<_>>())))
+            });
+        let (value, positions) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return Box::new(std::iter::empty()),
+            Err(e) => return Box::new(std::iter::once(Some(Err(e)))),
+        };
+        Box::new(positions.into_iter().rev().filter_map(move |pos| {
+            let seg = match Segment::parse(&value) {
+                Ok(seg) => seg,
+                Err(e) => return Some(Some(Err(e))),
             };
-            let Some(value) = self.inner.events.get(segment_id.as_bytes())? else {
-                continue;
-            };
-            let seg = Segment::parse(&value)?;
-            for pos in segment::decode_positions(&positions).rev() {
-                let id = seg.id(pos);
-                if upper.is_some_and(|u| id.as_bytes() >= &u) {
-                    continue;
-                }
-                if lower.is_some_and(|l| id.as_bytes() < &l) {
-                    return Ok(Page {
-                        items,
-                        next_cursor: None,
-                    });
-                }
-                let event = seg.event(pos)?;
-                examined += 1;
-                if self.event_matches(q, &event, &mut tagged)? {
-                    if items.len() == limit {
-                        let last = items.last().map(|e: &ScanEvent| e.id.as_bytes().to_vec());
-                        return Ok(Page {
-                            items,
-                            next_cursor: last,
-                        });
-                    }
-                    items.push(event);
-                } else if examined >= SCAN_BUDGET {
-                    return Ok(Page {
-                        items,
-                        next_cursor: Some(id.as_bytes().to_vec()),
-                    });
-                }
+            let id = seg.id(pos);
+            if bounds.upper.is_some_and(|u| id.as_bytes() >= &u) {
+                return None;
             }
-        }
-        Ok(Page {
-            items,
-            next_cursor: None,
-        })
+            if bounds.lower.is_some_and(|l| id.as_bytes() < &l) {
+                return Some(None);
+            }
+            Some(Some(
+                seg.event(pos).map(|e| (id.as_bytes().to_vec(), Some(e))),
+            ))
+        }))
     }
 
     fn event_matches(

@@ -15,9 +15,14 @@ pub enum CounterKind {
 
 /// `a (16) ++ b (16)`: an index entry of `b` under owner `a`.
 pub fn pair<A: IdKind, B: IdKind>(a: &Id<A>, b: &Id<B>) -> [u8; 32] {
+    pair_raw(a, b.as_bytes())
+}
+
+/// `a (16) ++ raw (16)`: a bound of the index entries under owner `a`.
+pub fn pair_raw<A: IdKind>(a: &Id<A>, raw: &[u8; 16]) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(a.as_bytes());
-    key[16..].copy_from_slice(b.as_bytes());
+    key[16..].copy_from_slice(raw);
     key
 }
 

@@ -5,10 +5,13 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::codec::{self, Record};
-use super::scan::{self, KeyRange, Page};
+use super::scan::{self, Page};
 use super::{Store, StoreError, StoreResult, keys};
 use crate::domain::{Link, LinkStatus};
-use crate::ids::{LinkId, WorkspaceId};
+use crate::ids::{LinkId, LinkKind, WorkspaceId};
+
+/// Links examined at most to fill one page of a filtered link list.
+const LINK_SCAN_BUDGET: usize = 10_000;
 
 impl Record for Link {
     const VERSION: u8 = 1;
@@ -125,7 +128,7 @@ impl Store {
             .collect()
     }
 
-    /// A workspace's links, newest first.
+    /// A workspace's links, newest first, below `cursor` (a link ID).
     pub fn list_links(
         &self,
         ws: &WorkspaceId,
@@ -133,20 +136,22 @@ impl Store {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Page<Link>> {
-        let range = KeyRange::time_prefixed(ws.as_bytes(), None, None);
-        scan::scan_desc(
-            &self.inner.links_by_workspace,
-            &range,
-            cursor,
-            limit,
-            10_000,
-            |key, _| {
-                let Some(id) = keys::pair_suffix::<crate::ids::LinkKind>(key) else {
-                    return Ok(None);
+        let below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
+        let (start, end) = (keys::pair_raw(ws, &[0; 16]), keys::pair_raw(ws, &below));
+        let candidates = self
+            .inner
+            .links_by_workspace
+            .range(start..end)
+            .rev()
+            .map(|entry| {
+                let (key, _) = entry?;
+                let link = match keys::pair_suffix::<LinkKind>(&key) {
+                    Some(id) => self.link(&id)?.filter(|l| query.matches(l)),
+                    None => None,
                 };
-                Ok(self.link(&id)?.filter(|l| query.matches(l)))
-            },
-        )
+                Ok((key[16..].to_vec(), link))
+            });
+        scan::paginate(candidates, limit, LINK_SCAN_BUDGET)
     }
 
     /// Lifetime non-bot scans of a link.

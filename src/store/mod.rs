@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub use consumers::ConsumerRecord;
 pub use events::{EventIndex, EventQuery};
 pub use links::{LinkQuery, LinkWrite};
-pub use scan::{KeyRange, Page};
+pub use scan::Page;
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
 const FORMAT_DIR: &str = "sled-v1";
@@ -31,6 +31,9 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record is unreadable: {0}")]
     Codec(String),
+    /// A listing's cursor is not one the store handed out.
+    #[error("the page cursor is malformed")]
+    InvalidCursor,
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
