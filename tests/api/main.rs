@@ -4,6 +4,7 @@
 mod helpers;
 mod powercut;
 
+mod architecture;
 mod auth;
 mod cli;
 mod docs_page;

@@ -16,6 +16,7 @@ use scanhop::store::Store;
 use serde_json::json;
 
 use crate::helpers::{BinaryServer, IPHONE_UA, spawn_app_with_consumers};
+use crate::powercut::PowerCutFs;
 
 /// Remembers every event ID it folds; slow on purpose, so wake-ups pile up
 /// and a mailbox of one drops most of them.
@@ -232,10 +233,23 @@ async fn exit_status(mut server: BinaryServer) -> std::process::ExitStatus {
         .unwrap()
 }
 
+/// Where the crash test keeps its data: on the power-cut filesystem when it
+/// can be mounted (so the crash also loses every write not fsynced), else in
+/// a plain directory (a kill -9 only).
+fn crash_disk(test: &str) -> (Option<PowerCutFs>, tempfile::TempDir) {
+    let fs = PowerCutFs::mount_or_skip(test);
+    (fs, tempfile::tempdir().unwrap())
+}
+
 #[actix_rt::test]
 async fn after_kill_9_between_commit_and_counting_the_consumer_resumes_from_its_position() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let (mut disk, plain) = crash_disk(
+        "workers::after_kill_9_between_commit_and_counting_the_consumer_resumes_from_its_position",
+    );
+    let data = disk
+        .as_ref()
+        .map_or(plain.path(), |d| d.path())
+        .join("data");
     let log = tempfile::tempfile().unwrap();
     let server = start_tally_server(&data, &[], &log);
     let token = server.token.clone().expect("first start prints a token");
@@ -252,6 +266,10 @@ async fn after_kill_9_between_commit_and_counting_the_consumer_resumes_from_its_
         .map(|r| r.unwrap_or(0))
         .sum();
     assert!(answered > 100, "the burst got going ({answered} scans)");
+    if let Some(disk) = disk.as_mut() {
+        // The machine goes down with the process: what was not fsynced is gone.
+        disk.power_cut_and_remount();
+    }
     {
         let store = Store::open(&data, 16).unwrap();
         let behind = store
