@@ -16,8 +16,9 @@
 //! The Recorder drains the queue in batches of `recorder.batch_size`, writes
 //! each batch in one sled transaction, and in `strict` mode flushes it to disk
 //! before publishing the batch's sequence number, which is what strict
-//! redirects wait for (group commit). Committed batches are handed on to the
-//! downstream recipients (counters, visitors, webhooks plug in there).
+//! redirects wait for (group commit). Each committed batch wakes the
+//! consumers downstream (`consumer.rs`), which read from their own durable
+//! positions: the wake-up is a non-blocking send that may be dropped.
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -201,11 +202,6 @@ impl RecorderHandle {
             }
         }
         Ok(RecordOutcome::Recorded(id))
-    }
-
-    /// Events waiting in the intake queue.
-    pub fn queue_depth(&self) -> usize {
-        self.intake.depth()
     }
 }
 
