@@ -284,7 +284,7 @@ impl Recorder {
 
     /// Commits every batch that is ready; stops at the first failure and
     /// keeps that batch for a retry with backoff. Returns false on failure.
-    fn commit_ready(&mut self) -> bool {
+    fn commit_ready(&mut self, now: Instant) -> bool {
         loop {
             if self.pending.is_none() {
                 self.pending = self.intake.take_batch().map(|(events, last_seq)| Pending {
@@ -300,7 +300,7 @@ impl Recorder {
             if !pending.written {
                 if let Err(e) = self.store.commit_scans(&pending.events) {
                     tracing::error!(error = %e, events = pending.events.len(), "writing a scan batch failed; will retry");
-                    return self.schedule_retry();
+                    return self.schedule_retry(now);
                 }
                 pending.written = true;
             }
@@ -308,7 +308,7 @@ impl Recorder {
                 let started = Instant::now();
                 if let Err(e) = self.store.flush() {
                     tracing::error!(error = %e, "flushing a scan batch failed; will retry");
-                    return self.schedule_retry();
+                    return self.schedule_retry(now);
                 }
                 self.metrics.flush_seconds.observe(started.elapsed());
             }
@@ -324,9 +324,9 @@ impl Recorder {
         }
     }
 
-    fn schedule_retry(&mut self) -> bool {
+    fn schedule_retry(&mut self, now: Instant) -> bool {
         self.metrics.recorder_write_failures.inc();
-        self.retry_at = Some(Instant::now() + self.retry_delay);
+        self.retry_at = Some(now + self.retry_delay);
         self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
         false
     }
@@ -350,12 +350,14 @@ impl Recorder {
         }
     }
 
-    fn tick(&mut self) {
+    /// One step at `now`: commits what is ready unless a failed write is
+    /// waiting for its retry time.
+    fn run_once(&mut self, now: Instant) {
         self.intake.wake_pending.store(false, Ordering::Release);
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+        if self.retry_at.is_some_and(|at| now < at) {
             return;
         }
-        let ok = self.commit_ready();
+        let ok = self.commit_ready(now);
         self.status.ran(ok);
         self.status.set_depth(self.intake.depth() as u64);
     }
@@ -366,7 +368,7 @@ impl Actor for Recorder {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
-        ctx.run_interval(self.interval, |act, _| act.tick());
+        ctx.run_interval(self.interval, |act, _| act.run_once(Instant::now()));
         self.status.set_ready(true);
     }
 }
@@ -381,7 +383,7 @@ impl Handler<Wake> for Recorder {
 
     fn handle(&mut self, _: Wake, _: &mut Self::Context) {
         self.metrics.recorder_messages.inc();
-        self.tick();
+        self.run_once(Instant::now());
     }
 }
 
@@ -395,7 +397,7 @@ impl Handler<Drain> for Recorder {
         self.intake.closed.store(true, Ordering::Release);
         self.intake.space.notify_waiters();
         let deadline = msg.deadline;
-        while !self.commit_ready() && Instant::now() < deadline {
+        while !self.commit_ready(Instant::now()) && Instant::now() < deadline {
             std::thread::sleep(self.retry_delay);
         }
         if let Err(e) = self.store.flush() {
