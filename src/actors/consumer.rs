@@ -37,6 +37,13 @@ pub trait Consumer: Unpin + Send + 'static {
 
     /// Folds `events` (ascending IDs, each after the previous position) into `state`.
     fn apply(&mut self, state: &mut Self::State, events: &[ScanEvent]);
+
+    /// Stores `record` (position, count and encoded `State`) at a checkpoint.
+    /// A consumer whose derived data lives in trees of its own overrides this
+    /// to write that data and the record in one store transaction.
+    fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
+        store.save_consumer(Self::NAME, record)
+    }
 }
 
 /// Progress shared with `/metrics`.
@@ -195,7 +202,7 @@ impl<C: Consumer> ConsumerWorker<C> {
             events: self.progress.events.load(Ordering::Relaxed),
             state,
         };
-        self.store.save_consumer(C::NAME, &record)?;
+        self.consumer.persist(&self.store, &record)?;
         self.dirty = false;
         Ok(())
     }
