@@ -298,7 +298,6 @@ impl<C: Consumer> Handler<Drain> for ConsumerWorker<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{DeviceType, ScanMethod};
     use crate::ids::{LinkId, WorkspaceId};
 
     /// Counts events and remembers the IDs it saw, to catch doubles.
@@ -317,28 +316,7 @@ mod tests {
         let mut ids: Vec<EventId> = (0..n).map(|_| EventId::generate()).collect();
         ids.sort();
         ids.into_iter()
-            .map(|id| ScanEvent {
-                id,
-                workspace_id: ws,
-                link_id: link,
-                visitor_id: None,
-                method: ScanMethod::Get,
-                device_type: DeviceType::Mobile,
-                os: None,
-                os_version: None,
-                browser: None,
-                browser_version: None,
-                country: None,
-                region: None,
-                city: None,
-                isp: None,
-                asn: None,
-                language: None,
-                referer: None,
-                destination: "https://e.com/".into(),
-                ip_hash: [0; 32],
-                bot: false,
-            })
+            .map(|id| ScanEvent::sample(id, ws, link))
             .collect()
     }
 

@@ -77,3 +77,32 @@ impl ScanEvent {
         self.id.timestamp_ms()
     }
 }
+
+#[cfg(test)]
+impl ScanEvent {
+    /// A plain human scan from a phone with no enrichment, for tests.
+    pub fn sample(id: EventId, workspace_id: WorkspaceId, link_id: LinkId) -> ScanEvent {
+        ScanEvent {
+            id,
+            workspace_id,
+            link_id,
+            visitor_id: None,
+            method: ScanMethod::Get,
+            device_type: DeviceType::Mobile,
+            os: None,
+            os_version: None,
+            browser: None,
+            browser_version: None,
+            country: None,
+            region: None,
+            city: None,
+            isp: None,
+            asn: None,
+            language: None,
+            referer: None,
+            destination: "https://e.com/".into(),
+            ip_hash: [0; 32],
+            bot: false,
+        }
+    }
+}

@@ -253,37 +253,20 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ScanMethod;
 
     /// An event whose ID carries millisecond `ms` (IDs ascend with `ms`).
     fn event(ms: i64, ws: WorkspaceId, link: LinkId, bot: bool) -> ScanEvent {
         let mut id = EventId::lower_bound_bytes(ms);
         id[15] = 1;
         ScanEvent {
-            id: EventId::from_bytes(id),
-            workspace_id: ws,
-            link_id: link,
-            visitor_id: None,
-            method: ScanMethod::Get,
             device_type: if bot {
                 DeviceType::Bot
             } else {
                 DeviceType::Mobile
             },
-            os: None,
-            os_version: None,
-            browser: None,
-            browser_version: None,
-            country: None,
-            region: None,
-            city: None,
-            isp: None,
-            asn: None,
-            language: None,
-            referer: None,
             destination: format!("https://e.com/{ms}"),
-            ip_hash: [0; 32],
             bot,
+            ..ScanEvent::sample(EventId::from_bytes(id), ws, link)
         }
     }
 
