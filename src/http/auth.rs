@@ -118,8 +118,8 @@ pub async fn middleware(
             (plan, LimitKey::Workspace(caller.workspace_id))
         }
         Err(_) => {
-            let ip = client_ip_of(req.request(), &state.settings.server.trusted_proxies);
-            (None, LimitKey::Address(ip))
+            let client = client_ip_of(req.request(), &state.settings.server.trusted_proxies);
+            (None, LimitKey::Address(client))
         }
     };
     let decision = state.limits.check(plan.as_deref(), &key);

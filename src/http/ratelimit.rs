@@ -3,7 +3,6 @@
 //! Every `/v1` answer carries the `X-RateLimit-*` headers.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -13,6 +12,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::Settings;
+use crate::enrich::client_ip::Client;
 use crate::ids::WorkspaceId;
 
 type Limiter = RateLimiter<
@@ -30,7 +30,9 @@ const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LimitKey {
     Workspace(WorkspaceId),
-    Address(Option<IpAddr>),
+    /// A caller without a valid token, or a scanner: by address, and hidden
+    /// clients per proxy.
+    Address(Client),
 }
 
 /// The outcome of one check, with what the headers say.
@@ -98,11 +100,11 @@ impl RateLimits {
         }
     }
 
-    /// Counts one redirect from `ip`; `None` when the limit is off.
-    pub fn check_redirect(&self, ip: Option<IpAddr>) -> Option<Decision> {
+    /// Counts one redirect from `client`; `None` when the limit is off.
+    pub fn check_redirect(&self, client: Client) -> Option<Decision> {
         self.redirects
             .as_ref()
-            .map(|l| decide(l, &LimitKey::Address(ip)))
+            .map(|l| decide(l, &LimitKey::Address(client)))
     }
 
     /// Counts one request for `key` under `plan` (the default plan when unknown).

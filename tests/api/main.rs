@@ -16,6 +16,7 @@ mod malformed;
 mod mmdb;
 mod openapi;
 mod ops;
+mod proxies;
 mod ratelimit;
 mod redirect;
 mod workers;
