@@ -205,7 +205,12 @@ impl ResponseError for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            crate::store::StoreError::BadCursor => ApiError::bad_request(
+                "page_token is invalid, expired, or belongs to another query.",
+            ),
+            other => ApiError::internal(&other),
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct AppState {
     /// `/docs`: the same document as one HTML page, rendered once at start.
     pub docs_html: String,
     pub limits: Arc<ratelimit::RateLimits>,
+    /// Signs and checks page tokens.
+    pub page_tokens: pagination::PageTokenKey,
 }
 
 impl AppState {

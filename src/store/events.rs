@@ -150,9 +150,7 @@ impl Store {
         let lower: Option<[u8; 16]> = q.from_ms.map(EventId::lower_bound_bytes);
         let mut upper: Option<[u8; 16]> = q.to_ms.map(EventId::lower_bound_bytes);
         if let Some(c) = cursor {
-            let c: [u8; 16] = c
-                .try_into()
-                .map_err(|_| StoreError::Codec("malformed cursor".into()))?;
+            let c: [u8; 16] = c.try_into().map_err(|_| StoreError::BadCursor)?;
             upper = Some(upper.map_or(c, |u| u.min(c)));
         }
         let mut start = prefix.to_vec();
@@ -377,5 +375,9 @@ mod tests {
             4,
             "the bot scan is not counted"
         );
+        for bad in [&[][..], &[1; 15], &[1; 17]] {
+            let got = store.list_events(&all, Some(bad), 2);
+            assert!(matches!(got, Err(StoreError::BadCursor)), "{bad:?}");
+        }
     }
 }

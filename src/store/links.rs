@@ -133,6 +133,10 @@ impl Store {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Page<Link>> {
+        // A cursor is a key of this workspace's index (workspace ++ link ID).
+        if cursor.is_some_and(|c| c.len() != 32 || !c.starts_with(ws.as_bytes())) {
+            return Err(StoreError::BadCursor);
+        }
         let range = KeyRange::time_prefixed(ws.as_bytes(), None, None);
         scan::scan_desc(
             &self.inner.links_by_workspace,
@@ -163,4 +167,27 @@ impl Store {
 
 pub(super) fn decode_count(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_outside_the_workspace_index_is_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let (ws, other) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let link = LinkId::generate();
+        let list = |cursor: &[u8]| store.list_links(&ws, &LinkQuery::default(), Some(cursor), 5);
+        assert!(list(&keys::pair(&ws, &link)).is_ok());
+        for bad in [
+            keys::pair(&other, &link).to_vec(),
+            ws.as_bytes().to_vec(),
+            vec![],
+            [&keys::pair(&ws, &link)[..], &[0]].concat(),
+        ] {
+            assert!(matches!(list(&bad), Err(StoreError::BadCursor)), "{bad:?}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod events;
 pub mod keys;
 mod links;
 mod scan;
+mod secrets;
 mod segment;
 mod tokens;
 mod workspaces;
@@ -31,6 +32,10 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record is unreadable: {0}")]
     Codec(String),
+    /// A page cursor that is not one the store hands out: the caller's
+    /// fault, not the store's.
+    #[error("the page cursor is malformed")]
+    BadCursor,
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -79,7 +84,7 @@ struct Trees {
     counters: sled::Tree,
     /// key = consumer name bytes → value = ConsumerRecord (position and state)
     consumers: sled::Tree,
-    /// key = name bytes → value = metadata (schema version, salts)
+    /// key = name bytes → value = metadata (schema version, salts, secrets)
     meta: sled::Tree,
 }
 

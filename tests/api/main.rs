@@ -16,6 +16,7 @@ mod malformed;
 mod mmdb;
 mod openapi;
 mod ops;
+mod page_tokens;
 mod proxies;
 mod ratelimit;
 mod redirect;
