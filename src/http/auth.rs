@@ -1,8 +1,9 @@
 //! Bearer-token authentication and rate limiting for `/v1`. The middleware
 //! authenticates once, counts the request against the workspace's plan (or
 //! the caller's address when there is no valid token), refuses with 429 when
-//! over, and adds the `X-RateLimit-*` headers to every answer. `Caller`
-//! accepts any valid token; `SecretCaller` refuses publishable ones with 403.
+//! over, and adds the rate-limit headers (`X-RateLimit-*`, `RateLimit-Policy`,
+//! `RateLimit`) to every answer. `Caller` accepts any valid token;
+//! `SecretCaller` refuses publishable ones with 403.
 
 use std::future::{Ready, ready};
 
