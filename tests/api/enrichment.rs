@@ -243,7 +243,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     // A chain ending in trusted addresses skips them.
     let through = scan_from(&app, "p", "89.160.20.1, 127.0.0.1").await;
     assert_eq!(through["ip_hash"], b["ip_hash"]);
-    // Malformed headers fall back to the peer.
+    // A malformed header where the client should be hides it (see proxies.rs).
     let bad = scan_from(&app, "p", "not an ip").await;
     assert_eq!(bad["city"], json!(null));
     assert_ne!(bad["ip_hash"], a["ip_hash"]);
