@@ -26,6 +26,7 @@ use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
 use crate::enrich::geo::{GeoDatabases, GeoError};
 use crate::enrich::privacy::SaltBook;
+use crate::http::pagination::PageTokenKey;
 use crate::http::{self, AppState, request_id};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -109,6 +110,7 @@ impl Application {
             &limits,
             &metrics,
         );
+        let page_tokens = PageTokenKey::new(&store.secret(PageTokenKey::SECRET_NAME)?);
         let openapi = http::openapi::document();
         let state = web::Data::new(AppState {
             resolver,
@@ -122,6 +124,7 @@ impl Application {
             workers: Arc::new(workers),
             draining: Arc::new(AtomicBool::new(false)),
             limits,
+            page_tokens,
             openapi_json: serde_json::to_string(&openapi).unwrap_or_default(),
             docs_html: http::docs_page::render(&serde_json::to_value(&openapi).unwrap_or_default()),
         });

@@ -4,6 +4,7 @@
 //! memory-mapped readers (reloaded by `actors::geo_reloader`).
 
 pub mod client_ip;
+mod forwarding;
 pub mod geo;
 pub mod privacy;
 pub mod useragent;

@@ -1,8 +1,9 @@
 //! Bearer-token authentication and rate limiting for `/v1`. The middleware
 //! authenticates once, counts the request against the workspace's plan (or
 //! the caller's address when there is no valid token), refuses with 429 when
-//! over, and adds the `X-RateLimit-*` headers to every answer. `Caller`
-//! accepts any valid token; `SecretCaller` refuses publishable ones with 403.
+//! over, and adds the rate-limit headers (`X-RateLimit-*`, `RateLimit-Policy`,
+//! `RateLimit`) to every answer. `Caller` accepts any valid token;
+//! `SecretCaller` refuses publishable ones with 403.
 
 use std::future::{Ready, ready};
 
@@ -118,8 +119,8 @@ pub async fn middleware(
             (plan, LimitKey::Workspace(caller.workspace_id))
         }
         Err(_) => {
-            let ip = client_ip_of(req.request(), &state.settings.server.trusted_proxies);
-            (None, LimitKey::Address(ip))
+            let client = client_ip_of(req.request(), &state.settings.server.trusted_proxies);
+            (None, LimitKey::Address(client))
         }
     };
     let decision = state.limits.check(plan.as_deref(), &key);

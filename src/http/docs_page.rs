@@ -2,8 +2,10 @@
 //! as one self-contained HTML page: inline CSS, no script, no external asset,
 //! so it works offline and behind any firewall. Every string taken from the
 //! document is HTML-escaped; `$ref`s become links to in-page anchors.
-//! Operations are rendered by `operation.rs`, component schemas by `schema.rs`.
+//! Operations are rendered by `operation.rs`, component schemas by `schema.rs`,
+//! response headers by `headers.rs`.
 
+mod headers;
 mod operation;
 mod schema;
 
@@ -47,7 +49,7 @@ pub fn render(doc: &Value) -> String {
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <title>{t} {v}</title><style>{STYLE}</style></head><body>\
          <header><h1>{t} <small>version {v}</small></h1>{desc}</header>\
-         {nav}<main>{auth}{sections}{schemas}</main>\
+         {nav}<main>{auth}{sections}{headers}{schemas}</main>\
          <footer>Rendered from the OpenAPI {oas} document at \
          <a href=\"/openapi.json\">/openapi.json</a>.</footer></body></html>",
         t = esc(title),
@@ -55,6 +57,7 @@ pub fn render(doc: &Value) -> String {
         desc = paragraphs(str_at(doc, &["info", "description"])),
         nav = contents(doc, &groups),
         auth = auth_section(doc),
+        headers = headers::section(doc),
         schemas = schema::section(doc),
         oas = esc(str_at(doc, &["openapi"]).unwrap_or("")),
     )
@@ -114,7 +117,8 @@ fn contents(doc: &Value, groups: &[(String, Vec<Operation<'_>>)]) -> String {
         .collect();
     format!(
         "<nav><h2>Contents</h2><ul><li><a href=\"#authentication\">Authentication</a></li>\
-         {tags}<li><a href=\"#schemas\">Schemas</a><ul>{}</ul></li></ul></nav>",
+         {tags}{}<li><a href=\"#schemas\">Schemas</a><ul>{}</ul></li></ul></nav>",
+        headers::contents(doc),
         schema::contents(doc)
     )
 }
@@ -283,9 +287,11 @@ mod tests {
                 "requestBody": {"content": {EVIL: {"schema": {"type": "object",
                     "properties": {EVIL: {"type": ["string", "null"], "description": EVIL}}}}}},
                 "responses": {EVIL: {"description": EVIL,
+                    "headers": {EVIL: {"$ref": format!("#/components/headers/{EVIL}")}},
                     "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{EVIL}")}}}}}
             }}},
             "components": {
+                "headers": {EVIL: {"schema": {"type": "string"}, "description": EVIL, "example": EVIL}},
                 "securitySchemes": {EVIL: {"type": "http", "scheme": EVIL, "description": EVIL}},
                 "schemas": {EVIL: {"type": "object", "description": EVIL, "required": [EVIL],
                     "properties": {EVIL: {"oneOf": [{"$ref": "#/components/schemas/Other"}, {"type": "null"}],
@@ -318,6 +324,9 @@ mod tests {
         );
         assert!(page.contains(&format!("id=\"{anchor_id}\"")));
         assert!(page.contains(&format!("href=\"#{anchor_id}\"")));
+        let header_id = anchor("header", EVIL);
+        assert!(page.contains(&format!("id=\"{header_id}\"")));
+        assert!(page.contains(&format!("href=\"#{header_id}\"")));
         assert!(page.contains("<a href=\"#schema-Other\">Other</a></td><td>yes</td><td>yes</td>"));
     }
 

@@ -207,7 +207,7 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError as E;
         match e {
-            E::InvalidCursor => ApiError::bad_request(
+            E::BadCursor => ApiError::bad_request(
                 "page_token is invalid, expired, or belongs to another query.",
             ),
             E::Locked(_) | E::Sled(_) | E::Codec(_) => ApiError::internal(&e),

@@ -24,6 +24,7 @@ use utoipa_actix_web::UtoipaApp;
 use crate::actors::{LinkCache, RecorderHandle, Resolver, Workers};
 use crate::config::Settings;
 use crate::enrich::Enricher;
+use crate::enrich::client_ip::Client;
 use crate::enrich::privacy::SaltBook;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
@@ -48,6 +49,8 @@ pub struct AppState {
     /// `/docs`: the same document as one HTML page, rendered once at start.
     pub docs_html: String,
     pub limits: Arc<ratelimit::RateLimits>,
+    /// Signs and checks page tokens.
+    pub page_tokens: pagination::PageTokenKey,
 }
 
 impl AppState {
@@ -61,18 +64,23 @@ pub fn header_str(req: &HttpRequest, name: actix_web::http::header::HeaderName) 
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The client's IP: the socket peer, or behind a trusted proxy the address
-/// `X-Forwarded-For` / `Forwarded` names (see `enrich::client_ip`). Every
-/// caller that needs the client (enrichment, rate limits) asks here.
-pub fn client_ip_of(
-    req: &HttpRequest,
-    trusted_proxies: &[ipnet::IpNet],
-) -> Option<std::net::IpAddr> {
-    use actix_web::http::header::{FORWARDED, HeaderName};
+/// The client: the socket peer, or behind a trusted proxy the client that
+/// every line of `X-Forwarded-For` / `Forwarded` names (see
+/// `enrich::client_ip`). Every caller that needs the client (enrichment,
+/// rate limits) asks here.
+pub fn client_ip_of(req: &HttpRequest, trusted_proxies: &[ipnet::IpNet]) -> Client {
+    use actix_web::http::header::{FORWARDED, HeaderName, X_FORWARDED_FOR};
+    // All lines of a field, in order: a proxy may append its own line after
+    // the client's (RFC 9110, section 5.3 makes them one list).
+    let lines = |name: HeaderName| {
+        req.headers()
+            .get_all(name)
+            .map(actix_web::http::header::HeaderValue::as_bytes)
+    };
     crate::enrich::client_ip::client_ip(
         req.peer_addr().map(|a| a.ip()),
-        header_str(req, HeaderName::from_static("x-forwarded-for")),
-        header_str(req, FORWARDED),
+        lines(X_FORWARDED_FOR),
+        lines(FORWARDED),
         trusted_proxies,
     )
 }

@@ -1,11 +1,15 @@
 //! The OpenAPI 3.1 document, generated from the handlers that the router
 //! itself registers (`http::documented`), plus the conventions every `/v1`
-//! operation shares: bearer auth and problem+json error responses.
+//! operation shares: bearer auth, problem+json error responses, and the
+//! rate-limit headers on every answer.
 
 use actix_web::App;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa::openapi::{
+    Components, ContentBuilder, Object, OpenApi as Document, Ref, RefOr, ResponseBuilder, Type,
+};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use utoipa_actix_web::AppExt;
 
@@ -49,6 +53,51 @@ const ERRORS: &[(&str, &str)] = &[
     ("503", "Unavailable (shutting down or overloaded)"),
 ];
 
+/// The headers every `/v1` answer carries: name, type, description, example.
+const RATE_LIMIT_HEADERS: &[(&str, Type, &str, &str)] = &[
+    (
+        "X-RateLimit-Limit",
+        Type::Integer,
+        "Requests per minute of the plan.",
+        "600",
+    ),
+    (
+        "X-RateLimit-Remaining",
+        Type::Integer,
+        "Requests left right now.",
+        "599",
+    ),
+    (
+        "X-RateLimit-Reset",
+        Type::Integer,
+        "Unix time (seconds) when the allowance is full again.",
+        "1780000000",
+    ),
+    (
+        "RateLimit-Policy",
+        Type::String,
+        "The quota policy (draft-ietf-httpapi-ratelimit-headers): `q` requests per \
+         `w` seconds, a Structured Field list of one item named `\"default\"`.",
+        "\"default\";q=600;w=60",
+    ),
+    (
+        "RateLimit",
+        Type::String,
+        "The current service limit (draft-ietf-httpapi-ratelimit-headers): `r` requests \
+         left, and `t` seconds until the allowance is full again (on a 429, until \
+         `Retry-After`).",
+        "\"default\";r=599;t=1",
+    ),
+];
+
+/// Only on 429 answers.
+const RETRY_AFTER: (&str, Type, &str, &str) = (
+    "Retry-After",
+    Type::Integer,
+    "Seconds to wait before the next request is allowed.",
+    "7",
+);
+
 struct Conventions;
 
 impl Modify for Conventions {
@@ -69,6 +118,7 @@ impl Modify for Conventions {
         components
             .schemas
             .insert(FieldError::name().into_owned(), FieldError::schema());
+        add_header_components(components);
         for item in doc.paths.paths.values_mut() {
             let ops = [
                 &mut item.get,
@@ -79,6 +129,7 @@ impl Modify for Conventions {
             ];
             for op in ops.into_iter().flatten() {
                 add_error_responses(op);
+                add_response_headers(op);
             }
         }
     }
@@ -99,6 +150,42 @@ fn add_error_responses(op: &mut Operation) {
         op.responses
             .responses
             .insert((*status).to_owned(), response.into());
+    }
+}
+
+fn add_header_components(components: &mut Components) {
+    for (name, kind, description, example) in RATE_LIMIT_HEADERS.iter().chain([&RETRY_AFTER]) {
+        let header = HeaderBuilder::new()
+            .schema(Some(Object::with_type(kind.clone())))
+            .description(Some(*description))
+            .example(Some(example_value(kind, example)))
+            .build();
+        components.headers.insert((*name).to_owned(), header.into());
+    }
+}
+
+/// An example as a JSON value of the header's type.
+fn example_value(kind: &Type, example: &str) -> serde_json::Value {
+    match (kind, example.parse::<u64>()) {
+        (Type::Integer, Ok(n)) => n.into(),
+        _ => example.into(),
+    }
+}
+
+/// Every answer of `op`, successful or not, refers to the rate-limit headers;
+/// a 429 also to `Retry-After`.
+fn add_response_headers(op: &mut Operation) {
+    for (status, response) in op.responses.responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        let extra = (status == "429").then_some(&RETRY_AFTER);
+        for (name, ..) in RATE_LIMIT_HEADERS.iter().chain(extra) {
+            let target = Ref::new(format!("#/components/headers/{name}"));
+            response
+                .headers
+                .insert((*name).to_owned(), RefOr::Ref(target));
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! API rate limits per workspace, by plan (GCRA, `governor`). Callers without
 //! a valid token are limited per client address at the default plan's rate.
-//! Every `/v1` answer carries the `X-RateLimit-*` headers.
+//! Every `/v1` answer carries the `X-RateLimit-*` headers and the IETF
+//! `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers:
+//! Structured Field lists of one item, the policy named by a String).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -13,6 +14,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::Settings;
+use crate::enrich::client_ip::Client;
 use crate::ids::WorkspaceId;
 
 type Limiter = RateLimiter<
@@ -25,12 +27,20 @@ type Limiter = RateLimiter<
 const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The one policy's identifier in `RateLimit-Policy` and `RateLimit`.
+pub const POLICY_NAME: &str = "default";
+/// The window of every plan's quota: requests per minute.
+const WINDOW_SECS: u32 = 60;
 
 /// Who a limit is counted for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LimitKey {
     Workspace(WorkspaceId),
-    Address(Option<IpAddr>),
+    /// A caller without a valid token, or a scanner: by address, and hidden
+    /// clients per proxy.
+    Address(Client),
 }
 
 /// The outcome of one check, with what the headers say.
@@ -40,6 +50,9 @@ pub struct Decision {
     pub remaining: u32,
     /// Unix seconds when the allowance is full again.
     pub reset: u64,
+    /// Seconds until the allowance is full again; when refused, until the
+    /// next request is allowed (`t` of the IETF `RateLimit` field).
+    pub reset_after: u64,
     /// Seconds to wait, when refused.
     pub retry_after: Option<u64>,
 }
@@ -53,6 +66,27 @@ impl Decision {
         headers.insert(LIMIT, HeaderValue::from(self.limit));
         headers.insert(REMAINING, HeaderValue::from(self.remaining));
         headers.insert(RESET, HeaderValue::from(self.reset));
+        let (policy, current) = self.ietf_fields();
+        // Both are plain ASCII built here, so they are always valid values.
+        if let (Ok(policy), Ok(current)) = (
+            HeaderValue::try_from(policy),
+            HeaderValue::try_from(current),
+        ) {
+            headers.insert(POLICY, policy);
+            headers.insert(RATELIMIT, current);
+        }
+    }
+
+    /// `RateLimit-Policy` (quota `q` per window `w` seconds) and `RateLimit`
+    /// (`r` requests left, `t` seconds of `reset_after`).
+    pub fn ietf_fields(&self) -> (String, String) {
+        (
+            format!("\"{POLICY_NAME}\";q={};w={WINDOW_SECS}", self.limit),
+            format!(
+                "\"{POLICY_NAME}\";r={};t={}",
+                self.remaining, self.reset_after
+            ),
+        )
     }
 }
 
@@ -98,11 +132,11 @@ impl RateLimits {
         }
     }
 
-    /// Counts one redirect from `ip`; `None` when the limit is off.
-    pub fn check_redirect(&self, ip: Option<IpAddr>) -> Option<Decision> {
+    /// Counts one redirect from `client`; `None` when the limit is off.
+    pub fn check_redirect(&self, client: Client) -> Option<Decision> {
         self.redirects
             .as_ref()
-            .map(|l| decide(l, &LimitKey::Address(ip)))
+            .map(|l| decide(l, &LimitKey::Address(client)))
     }
 
     /// Counts one request for `key` under `plan` (the default plan when unknown).
@@ -116,6 +150,7 @@ impl RateLimits {
                 limit: 0,
                 remaining: 0,
                 reset: now_unix(),
+                reset_after: 0,
                 retry_after: None,
             },
         }
@@ -138,11 +173,13 @@ fn decide(plan: &PlanLimiter, key: &LimitKey) -> Decision {
     match plan.limiter.check_key(key) {
         Ok(snapshot) => {
             let remaining = snapshot.remaining_burst_capacity();
-            let refill_secs = (u64::from(n - remaining.min(n)) * 60).div_ceil(u64::from(n));
+            let refill_secs =
+                (u64::from(n - remaining.min(n)) * u64::from(WINDOW_SECS)).div_ceil(u64::from(n));
             Decision {
                 limit: n,
                 remaining,
                 reset: now + refill_secs,
+                reset_after: refill_secs,
                 retry_after: None,
             }
         }
@@ -152,7 +189,9 @@ fn decide(plan: &PlanLimiter, key: &LimitKey) -> Decision {
             Decision {
                 limit: n,
                 remaining: 0,
-                reset: now + 60,
+                reset: now + u64::from(WINDOW_SECS),
+                // Retry-After must not point before the end of this window.
+                reset_after: secs,
                 retry_after: Some(secs),
             }
         }
@@ -179,13 +218,25 @@ mod tests {
         .unwrap();
         let limits = RateLimits::new(&settings);
         let ws = LimitKey::Workspace(WorkspaceId::generate());
-        let got: Vec<u32> = (0..3)
-            .map(|_| limits.check(Some("free"), &ws).remaining)
-            .collect();
-        assert_eq!(got, [2, 1, 0]);
+        let got: Vec<Decision> = (0..3).map(|_| limits.check(Some("free"), &ws)).collect();
+        let remaining: Vec<u32> = got.iter().map(|d| d.remaining).collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        // One request of 3 per minute takes 20 s to refill; all three, 60 s.
+        let windows: Vec<u64> = got.iter().map(|d| d.reset_after).collect();
+        assert_eq!(windows, [20, 40, 60]);
+        assert_eq!(got[0].ietf_fields().1, "\"default\";r=2;t=20");
         let refused = limits.check(Some("free"), &ws);
         assert!(!refused.allowed());
-        assert!((1..=20).contains(&refused.retry_after.unwrap()));
+        let retry = refused.retry_after.unwrap();
+        assert!((1..=20).contains(&retry));
+        assert_eq!(
+            refused.ietf_fields(),
+            (
+                "\"default\";q=3;w=60".to_owned(),
+                format!("\"default\";r=0;t={retry}")
+            ),
+            "a refusal's window ends when Retry-After does"
+        );
         let other = LimitKey::Workspace(WorkspaceId::generate());
         assert!(
             limits.check(Some("free"), &other).allowed(),

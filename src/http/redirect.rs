@@ -15,6 +15,7 @@ use super::{AppState, client_ip_of, header_str};
 use crate::actors::RecordOutcome;
 use crate::domain::{Link, ScanMethod, Timestamp};
 use crate::enrich::ScanRequest;
+use crate::enrich::client_ip::Client;
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-downgrade");
@@ -33,8 +34,8 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let slug = req.match_info().get("slug").unwrap_or_default();
     let is_head = req.method() == Method::HEAD;
     // Resolved once per redirect: the limit and the enrichment both use it.
-    let ip = client_ip_of(&req, &state.settings.server.trusted_proxies);
-    if let Some(retry_after) = over_client_limit(&state, ip) {
+    let client = client_ip_of(&req, &state.settings.server.trusted_proxies);
+    if let Some(retry_after) = over_client_limit(&state, client) {
         state.metrics.redirects_rate_limited.inc();
         let mut resp = page(
             &req,
@@ -63,7 +64,7 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if is_head {
         return redirect(status, link.destination.as_str());
     }
-    let location = match record(&req, &state, &link, ip, now).await {
+    let location = match record(&req, &state, &link, client.address(), now).await {
         Ok(location) => location,
         Err(resp) => return resp,
     };
@@ -73,12 +74,15 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// With `server.redirect_limit_per_minute` set: the seconds to wait when this
-/// client IP is over its limit. Off by default, and then free.
-fn over_client_limit(state: &AppState, ip: Option<IpAddr>) -> Option<u64> {
+/// client is over its limit. Off by default, and then free.
+fn over_client_limit(state: &AppState, client: Client) -> Option<u64> {
     if state.settings.server.redirect_limit_per_minute == 0 {
         return None;
     }
-    state.limits.check_redirect(ip).and_then(|d| d.retry_after)
+    state
+        .limits
+        .check_redirect(client)
+        .and_then(|d| d.retry_after)
 }
 
 /// Records the scan; answers the `Location` to send, or the error response.

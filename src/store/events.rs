@@ -374,5 +374,9 @@ mod tests {
             4,
             "the bot scan is not counted"
         );
+        for bad in [&[][..], &[1; 15], &[1; 17]] {
+            let got = store.list_events(&all, Some(bad), 2);
+            assert!(matches!(got, Err(StoreError::BadCursor)), "{bad:?}");
+        }
     }
 }

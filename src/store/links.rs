@@ -169,3 +169,25 @@ impl Store {
 pub(super) fn decode_count(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_that_is_not_a_link_id_is_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let link = LinkId::generate();
+        let list = |cursor: &[u8]| store.list_links(&ws, &LinkQuery::default(), Some(cursor), 5);
+        assert!(list(link.as_bytes()).is_ok());
+        for bad in [
+            keys::pair(&ws, &link).to_vec(),
+            vec![],
+            [&link.as_bytes()[..], &[0]].concat(),
+        ] {
+            assert!(matches!(list(&bad), Err(StoreError::BadCursor)), "{bad:?}");
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod events;
 pub mod keys;
 mod links;
 mod scan;
+mod secrets;
 mod segment;
 mod tokens;
 mod workspaces;
@@ -33,7 +34,7 @@ pub enum StoreError {
     Codec(String),
     /// A listing's cursor is not one the store handed out.
     #[error("the page cursor is malformed")]
-    InvalidCursor,
+    BadCursor,
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -82,7 +83,7 @@ struct Trees {
     counters: sled::Tree,
     /// key = consumer name bytes → value = ConsumerRecord (position and state)
     consumers: sled::Tree,
-    /// key = name bytes → value = metadata (schema version, salts)
+    /// key = name bytes → value = metadata (schema version, salts, secrets)
     meta: sled::Tree,
 }
 

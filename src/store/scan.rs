@@ -10,7 +10,7 @@ use super::{StoreError, StoreResult};
 /// A cursor that is an ID (16 bytes); anything else is refused, never read.
 pub fn cursor_id(cursor: Option<&[u8]>) -> StoreResult<Option<[u8; 16]>> {
     cursor
-        .map(|c| c.try_into().map_err(|_| StoreError::InvalidCursor))
+        .map(|c| c.try_into().map_err(|_| StoreError::BadCursor))
         .transpose()
 }
 

@@ -1,5 +1,6 @@
 //! Authentication and isolation: missing, bad and revoked tokens, publishable
-//! tokens, and another workspace's IDs.
+//! tokens, and another workspace's IDs and tokens (listed nowhere but in
+//! their own workspace, revocable only there).
 
 use serde_json::json;
 
@@ -145,4 +146,64 @@ async fn another_workspaces_ids_are_404_like_missing_ones() {
         app.get(&format!("/v1/links/{id}")).await.json()["name"],
         json!(null)
     );
+}
+
+#[actix_rt::test]
+async fn a_workspace_cannot_list_or_revoke_another_workspaces_tokens() {
+    let app = spawn_app().await;
+    let created = app.post("/v1/tokens", json!({"name": "a-ci"})).await.json();
+    let a_second = created["token"].as_str().unwrap().to_owned();
+    let ids_of = |list: &serde_json::Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let a_ids = ids_of(&app.get("/v1/tokens").await.json());
+    assert_eq!(a_ids.len(), 2);
+
+    let other = app.other_workspace();
+    let c = &app.client;
+    let b_list = app
+        .send_as(&other, c.get(app.url("/v1/tokens")), None)
+        .await
+        .json();
+    let b_ids = ids_of(&b_list);
+    assert_eq!(b_ids.len(), 1, "only its own first token: {b_list}");
+    assert!(a_ids.iter().all(|id| !b_ids.contains(id)), "{b_list}");
+
+    for id in &a_ids {
+        app.send_as(&other, c.delete(app.url(&format!("/v1/tokens/{id}"))), None)
+            .await
+            .assert_problem(404, "not_found");
+    }
+    // Both of A's tokens keep working, and none is marked revoked.
+    for token in [app.token.as_str(), a_second.as_str()] {
+        let r = app.send_as(token, c.get(app.url("/v1/tokens")), None).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+        let list = r.json();
+        assert!(
+            list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["revoked_at"].is_null()),
+            "{list}"
+        );
+    }
+    // B's own revocation works: the 404s above were about ownership.
+    let b_id = &b_ids[0];
+    let r = app
+        .send_as(
+            &other,
+            c.delete(app.url(&format!("/v1/tokens/{b_id}"))),
+            None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.text());
+    app.send_as(&other, c.get(app.url("/v1/tokens")), None)
+        .await
+        .assert_problem(401, "unauthorized");
 }

@@ -147,6 +147,15 @@ async fn the_docs_page_shows_every_path_and_schema_of_the_document_without_auth(
             "{schema}"
         );
     }
+    for header in doc["components"]["headers"].as_object().unwrap().keys() {
+        assert!(
+            ids.contains(format!("header-{header}").as_str()),
+            "{header}"
+        );
+    }
+    assert!(
+        page.contains("<a href=\"#header-RateLimit-Policy\"><code>RateLimit-Policy</code></a>")
+    );
     // Every in-page link ($refs included) lands on an element of the page.
     for (_, href) in tags.iter().flat_map(|t| &t.attributes) {
         if let Some(target) = href.strip_prefix('#') {

@@ -20,7 +20,7 @@ const ASN_ROWS: &[(&str, u32, &str)] = &[
     ("2a02:c7f::/32", 8447, "A1 Telekom Austria AG"),
 ];
 
-fn geo_env(dir: &Path) -> Vec<(String, String)> {
+pub(crate) fn geo_env(dir: &Path) -> Vec<(String, String)> {
     let city = dir.join("city.mmdb");
     let asn = dir.join("asn.mmdb");
     write_city_db(&city, CITY_ROWS);
@@ -36,8 +36,15 @@ fn geo_env(dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
-async fn geo_app(dir: &Path) -> TestApp {
-    let env = geo_env(dir);
+pub(crate) async fn geo_app(dir: &Path) -> TestApp {
+    geo_app_with(dir, &[]).await
+}
+
+/// An app with the test GeoIP databases, 127.0.0.1 as its trusted proxy, and
+/// `extra` settings.
+pub(crate) async fn geo_app_with(dir: &Path, extra: &[(&str, &str)]) -> TestApp {
+    let mut env = geo_env(dir);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     spawn_app_with(&pairs).await
 }
@@ -48,13 +55,12 @@ async fn scan_from(app: &TestApp, slug: &str, ip: &str) -> Value {
     let r = app
         .scan_with(slug, &[("User-Agent", IPHONE_UA), ("X-Forwarded-For", ip)])
         .await;
-    let scan_id = r
-        .header("location")
-        .unwrap()
-        .split("scan_id=")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    stored_event(app, r.header("location").unwrap()).await
+}
+
+/// The stored event of a redirect to `location` (which carries `scan_id`).
+pub(crate) async fn stored_event(app: &TestApp, location: &str) -> Value {
+    let scan_id = location.split("scan_id=").nth(1).unwrap().to_owned();
     let path = format!("/v1/events/{scan_id}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -237,7 +243,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     // A chain ending in trusted addresses skips them.
     let through = scan_from(&app, "p", "89.160.20.1, 127.0.0.1").await;
     assert_eq!(through["ip_hash"], b["ip_hash"]);
-    // Malformed headers fall back to the peer.
+    // A malformed header where the client should be hides it (see proxies.rs).
     let bad = scan_from(&app, "p", "not an ip").await;
     assert_eq!(bad["city"], json!(null));
     assert_ne!(bad["ip_hash"], a["ip_hash"]);

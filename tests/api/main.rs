@@ -17,6 +17,8 @@ mod malformed;
 mod mmdb;
 mod openapi;
 mod ops;
+mod page_tokens;
+mod proxies;
 mod ratelimit;
 mod redirect;
 mod workers;

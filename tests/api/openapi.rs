@@ -254,3 +254,50 @@ async fn a_last_page_says_so_with_an_explicit_null() {
         assert_eq!(token, Some(&Value::Null), "{path}: {page}");
     }
 }
+
+#[actix_rt::test]
+async fn every_answer_declares_the_rate_limit_headers() {
+    let app = spawn_app().await;
+    let doc = app
+        .raw(app.client.get(app.url("/openapi.json")), "")
+        .await
+        .json();
+    let declared = &doc["components"]["headers"];
+    let all = [
+        ("X-RateLimit-Limit", "integer"),
+        ("X-RateLimit-Remaining", "integer"),
+        ("X-RateLimit-Reset", "integer"),
+        ("RateLimit-Policy", "string"),
+        ("RateLimit", "string"),
+    ];
+    for (name, kind) in all.iter().chain(&[("Retry-After", "integer")]) {
+        assert_eq!(declared[name]["schema"]["type"], *kind, "{name}");
+        assert!(declared[name]["description"].is_string(), "{name}");
+    }
+    assert_eq!(
+        declared["RateLimit-Policy"]["example"],
+        "\"default\";q=600;w=60"
+    );
+    let mut answers = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let headers = &response["headers"];
+                for (name, _) in &all {
+                    assert_eq!(
+                        headers[name]["$ref"],
+                        format!("#/components/headers/{name}"),
+                        "{method} {path} {status}"
+                    );
+                }
+                assert_eq!(
+                    headers.get("Retry-After").is_some(),
+                    status == "429",
+                    "{method} {path} {status}"
+                );
+                answers += 1;
+            }
+        }
+    }
+    assert!(answers > 50, "{answers}");
+}

@@ -1,8 +1,55 @@
-//! Rate limits per workspace by plan, with headers on every /v1 answer.
+//! Rate limits per workspace by plan, with headers on every /v1 answer: the
+//! `X-RateLimit-*` ones and the IETF `RateLimit-Policy` and `RateLimit`.
 
 use serde_json::json;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{Reply, spawn_app_with};
+
+/// A Structured Field item as the IETF fields use it: a String naming the
+/// policy, then `;key=integer` parameters. Panics on anything else.
+fn sf_item(field: &str) -> (String, Vec<(String, u64)>) {
+    let rest = field
+        .strip_prefix('"')
+        .unwrap_or_else(|| panic!("no string: {field}"));
+    let (name, params) = rest.split_once('"').unwrap();
+    assert!(
+        name.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+    );
+    let params = params
+        .strip_prefix(';')
+        .unwrap_or_else(|| panic!("no parameters: {field}"))
+        .split(';')
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or_else(|| panic!("{field}"));
+            assert!(k.bytes().all(|b| b.is_ascii_lowercase()), "{field}");
+            assert!(v.bytes().all(|b| b.is_ascii_digit()), "{field}");
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect();
+    (name.to_owned(), params)
+}
+
+/// The IETF fields of `r`, checked against its `X-RateLimit-*` headers:
+/// the policy is `"default";q=<limit>;w=60`; returns `(r, t)` of `RateLimit`.
+fn ietf(r: &Reply, limit: u32) -> (u64, u64) {
+    let policy = r.header("ratelimit-policy").expect("RateLimit-Policy");
+    assert_eq!(policy, format!("\"default\";q={limit};w=60"));
+    assert_eq!(
+        sf_item(policy),
+        (
+            "default".into(),
+            vec![("q".into(), u64::from(limit)), ("w".into(), 60)]
+        )
+    );
+    let (name, params) = sf_item(r.header("ratelimit").expect("RateLimit"));
+    assert_eq!(name, "default");
+    let keys: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["r", "t"]);
+    let remaining: u64 = r.header("x-ratelimit-remaining").unwrap().parse().unwrap();
+    assert_eq!(params[0].1, remaining, "r is X-RateLimit-Remaining");
+    (params[0].1, params[1].1)
+}
 
 #[actix_rt::test]
 async fn the_plan_limit_answers_429_with_headers_and_spares_redirects() {
@@ -21,12 +68,25 @@ async fn the_plan_limit_answers_429_with_headers_and_spares_redirects() {
         );
         let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
         assert!(reset >= now && reset <= now + 61, "{reset} vs {now}");
+        // `t`: seconds until the allowance is full again, as X-RateLimit-Reset says.
+        let (_, t) = ietf(&r, 5);
+        let later = jiff::Timestamp::now().as_second() as u64;
+        assert!(
+            reset.abs_diff(later + t) <= 1,
+            "t={t}, reset={reset}, now={later}"
+        );
+        assert!((1..=60).contains(&t), "{t}");
     }
     assert_eq!(remaining, [4, 3, 2, 1, 0]);
     let refused = app.get("/v1/links").await;
     refused.assert_problem(429, "rate_limited");
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=13).contains(&retry), "{retry}");
+    assert_eq!(
+        ietf(&refused, 5),
+        (0, retry),
+        "a 429: nothing left until Retry-After"
+    );
     assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(refused.header("x-ratelimit-limit"), Some("5"));
     // Refused requests change nothing.
@@ -54,6 +114,7 @@ async fn the_plan_limit_answers_429_with_headers_and_spares_redirects() {
         let r = app.scan("free").await;
         assert_eq!(r.status.as_u16(), 302);
         assert!(r.header("x-ratelimit-limit").is_none());
+        assert!(r.header("ratelimit").is_none());
     }
     let metrics = app
         .raw(app.client.get(app.url("/metrics")), "")
@@ -73,6 +134,22 @@ async fn unauthenticated_answers_carry_rate_limit_headers_too() {
     assert_eq!(r.header("x-ratelimit-limit"), Some("600"));
     assert!(r.header("x-ratelimit-remaining").is_some());
     assert!(r.header("x-ratelimit-reset").is_some());
+    assert_eq!(ietf(&r, 600), (599, 1));
+    // Every other kind of /v1 answer carries them too.
+    let answers = [
+        app.get("/v1/nowhere").await,
+        app.get("/v1/links/lnk_nope").await,
+        app.post("/v1/links", json!({"destination": "ftp://x"}))
+            .await,
+        app.get("/v1/workspace").await,
+    ];
+    for (r, status) in answers.iter().zip([404, 400, 422, 200]) {
+        assert_eq!(r.status.as_u16(), status, "{}", r.text());
+        ietf(r, 600);
+    }
+    // Redirects carry none.
+    let scan = app.scan("nothing-here").await;
+    assert!(scan.header("ratelimit").is_none() && scan.header("ratelimit-policy").is_none());
 }
 
 #[actix_rt::test]

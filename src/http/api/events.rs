@@ -196,6 +196,7 @@ async fn list_events(
         _ => None,
     };
     let scope = QueryScope::new(
+        &state.page_tokens,
         &caller.0.workspace_id,
         "events",
         &canonical(&query, link_filter),

@@ -190,7 +190,12 @@ async fn list_links(
         status,
     };
     let filters = format!("tag={:?}&status={:?}", query.tag, query.status);
-    let scope = QueryScope::new(&caller.0.workspace_id, "links", &filters);
+    let scope = QueryScope::new(
+        &state.page_tokens,
+        &caller.0.workspace_id,
+        "links",
+        &filters,
+    );
     let page = PageParams::parse(q.page_size.as_deref(), q.page_token.as_deref(), &scope)?;
     let found = state.store.list_links(
         &caller.0.workspace_id,

@@ -1,9 +1,9 @@
 //! One operation on the `/docs` page: method and path, summary and
-//! description, parameters, request body and responses.
+//! description, parameters, request body and responses with their headers.
 
 use serde_json::Value;
 
-use super::{anchor, array_at, esc, paragraphs, requirement, schema, yes_no};
+use super::{anchor, array_at, esc, headers, paragraphs, requirement, schema, yes_no};
 
 /// One operation of the document: a method on a path.
 pub(super) struct Operation<'a> {
@@ -99,20 +99,39 @@ fn responses(op: &Value) -> String {
     let Some(responses) = op.get("responses").and_then(Value::as_object) else {
         return String::new();
     };
+    // Headers every response carries are named once, below the table.
+    let mut common: Vec<&str> = responses
+        .values()
+        .next()
+        .map(headers::names)
+        .unwrap_or_default();
+    common.retain(|name| responses.values().all(|r| headers::names(r).contains(name)));
     let rows: String = responses
         .iter()
         .map(|(status, r)| {
             format!(
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(status),
                 paragraphs(r.get("description").and_then(Value::as_str)),
-                content(r, false)
+                content(r, false),
+                headers::links(r, &common),
             )
         })
         .collect();
+    let every = match responses.values().next() {
+        Some(first) if !common.is_empty() => format!(
+            "<p class=\"meta\">Every response carries {}.</p>",
+            common
+                .iter()
+                .map(|name| headers::link(name, &first["headers"][*name]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => String::new(),
+    };
     format!(
         "<h4>Responses</h4><table><tr><th>Status</th><th>Description</th>\
-         <th>Body</th></tr>{rows}</table>"
+         <th>Body</th><th>Headers</th></tr>{rows}</table>{every}"
     )
 }
 
