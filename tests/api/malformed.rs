@@ -3,7 +3,8 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use serde_json::json;
+use awc::http::Method;
+use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
 
@@ -156,4 +157,83 @@ async fn huge_headers_and_garbage_requests_get_4xx_not_500() {
     );
     // The server is still fine.
     assert_eq!(app.get("/healthz").await.status.as_u16(), 200);
+}
+
+/// The methods of each documented path, from the document itself.
+fn declared_methods(doc: &Value) -> Vec<(String, Vec<String>)> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(path, item)| {
+            let methods = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|m| m.to_uppercase())
+                .collect();
+            (path.clone(), methods)
+        })
+        .collect()
+}
+
+fn allow_set(reply: &crate::helpers::Reply) -> Vec<String> {
+    let mut methods: Vec<String> = reply
+        .header("allow")
+        .unwrap_or_else(|| panic!("no Allow header: {}", reply.text()))
+        .split(',')
+        .map(|m| m.trim().to_owned())
+        .collect();
+    methods.sort();
+    methods
+}
+
+// RFC 9110: a known path with a method it does not take is a 405 whose
+// `Allow` lists the methods it does take; under /v1 exactly the document's.
+#[actix_rt::test]
+async fn other_methods_on_known_paths_are_405_with_allow() {
+    let app = spawn_app().await;
+    let doc = app
+        .raw(app.client.get(app.url("/openapi.json")), "")
+        .await
+        .json();
+    let undeclared = [
+        "GET", "PUT", "POST", "PATCH", "DELETE", "TRACE", "OPTIONS", "QUERY",
+    ];
+    for (template, mut declared) in declared_methods(&doc) {
+        declared.sort();
+        let path = template.replace("{id}", "lnk_01h455vb4pex5vsknk084sn02q");
+        for method in undeclared
+            .iter()
+            .filter(|m| !declared.contains(&m.to_string()))
+        {
+            let req = app.client.request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                app.url(&path),
+            );
+            let reply = app.send(req, None).await;
+            reply.assert_problem(405, "method_not_allowed");
+            assert_eq!(allow_set(&reply), declared, "{method} {template}");
+        }
+    }
+    app.create_link(json!({"destination": "https://example.com/", "slug": "m"}))
+        .await;
+    let others = [
+        (Method::PUT, "/healthz", "GET"),
+        (Method::TRACE, "/metrics", "GET"),
+        (Method::POST, "/openapi.json", "GET"),
+        (Method::DELETE, "/docs", "GET"),
+        (Method::PUT, "/m", "GET, HEAD"),
+        (Method::TRACE, "/m", "GET, HEAD"),
+    ];
+    for (method, path, allow) in others {
+        let reply = app
+            .raw(app.client.request(method.clone(), app.url(path)), "")
+            .await;
+        reply.assert_problem(405, "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some(allow), "{method} {path}");
+    }
+    // A path nothing serves is still a 404, whatever the method.
+    let req = app.client.request(Method::TRACE, app.url("/v1/nothing"));
+    app.send(req, None).await.assert_problem(404, "not_found");
 }
