@@ -4,6 +4,7 @@
 pub mod allow;
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod docs_page;
 pub mod error;
 pub mod openapi;

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use awc::http::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
 
 #[actix_rt::test]
 async fn bodies_that_are_too_large_bad_or_mistyped_are_rejected() {
@@ -157,6 +157,95 @@ async fn huge_headers_and_garbage_requests_get_4xx_not_500() {
     );
     // The server is still fine.
     assert_eq!(app.get("/healthz").await.status.as_u16(), 200);
+}
+
+/// Every operation that takes a JSON body, with a valid body for it.
+async fn json_body_operations(app: &TestApp) -> Vec<(Method, String, Value)> {
+    let link = app
+        .create_link(json!({"destination": "https://example.com/", "slug": "kept"}))
+        .await;
+    let link_path = format!("/v1/links/{}", link["id"].as_str().unwrap());
+    vec![
+        (
+            Method::POST,
+            "/v1/links".to_owned(),
+            json!({"destination": "https://example.com/other"}),
+        ),
+        (Method::PATCH, link_path, json!({"name": "Menu"})),
+        (
+            Method::PATCH,
+            "/v1/workspace".to_owned(),
+            json!({"name": "Acme"}),
+        ),
+        (Method::POST, "/v1/tokens".to_owned(), json!({"name": "ci"})),
+    ]
+}
+
+// serde reads a struct from a JSON array field by field, so before bodies
+// had to be objects, `[null, null]` was a valid workspace update and a
+// 9-element array created a link.
+#[actix_rt::test]
+async fn only_a_json_object_is_a_body() {
+    let app = spawn_app().await;
+    let positional_link = json!([
+        "https://example.com/",
+        "positional",
+        null,
+        null,
+        null,
+        null,
+        null,
+        null,
+        null
+    ]);
+    let not_objects = [
+        "[]".to_owned(),
+        "[null, null]".to_owned(),
+        positional_link.to_string(),
+        "\"https://example.com/\"".to_owned(),
+        "42".to_owned(),
+        "true".to_owned(),
+        "null".to_owned(),
+    ];
+    let workspace_before = app.get("/v1/workspace").await.json();
+    let tokens_before = app.get("/v1/tokens").await.json()["data"].clone();
+    let operations = json_body_operations(&app).await;
+    for (method, path, _) in &operations {
+        for body in &not_objects {
+            let req = app
+                .client
+                .request(method.clone(), app.url(path))
+                .insert_header(("Authorization", format!("Bearer {}", app.token)))
+                .content_type("application/json");
+            let problem = app
+                .raw(req, body.clone())
+                .await
+                .assert_problem(422, "validation_failed");
+            assert_eq!(
+                problem["errors"][0]["field"], "body",
+                "{method} {path} {body}"
+            );
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("a JSON object"),
+                "{method} {path} {body}: {problem}"
+            );
+        }
+    }
+    let links = app.get("/v1/links").await.json()["data"].clone();
+    assert_eq!(links.as_array().unwrap().len(), 1, "{links}");
+    assert_eq!(links[0]["slug"], "kept");
+    assert_eq!(links[0]["name"], Value::Null);
+    assert_eq!(app.get("/v1/workspace").await.json(), workspace_before);
+    assert_eq!(app.get("/v1/tokens").await.json()["data"], tokens_before);
+    // Each operation takes the object.
+    for (method, path, valid) in operations {
+        let req = app.client.request(method.clone(), app.url(&path));
+        let ok = app.send(req, Some(valid)).await;
+        assert!(ok.status.is_success(), "{method} {path}: {}", ok.text());
+    }
 }
 
 /// The methods of each documented path, from the document itself.

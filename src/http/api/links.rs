@@ -10,6 +10,7 @@ use crate::domain::link::rules;
 use crate::domain::{FieldError, Form, Link, LinkPatch, LinkStatus, NewLink, Timestamp};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::body::JsonObject;
 use crate::http::error::{ApiError, Problem};
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
 use crate::ids::{LinkId, LinkKind, WorkspaceId};
@@ -139,7 +140,7 @@ impl CreateLinkBody {
 async fn create_link(
     state: web::Data<AppState>,
     caller: SecretCaller,
-    body: web::Json<CreateLinkBody>,
+    body: JsonObject<CreateLinkBody>,
 ) -> Result<HttpResponse, ApiError> {
     let link = body.into_inner().parse()?;
     let created = state
@@ -300,7 +301,7 @@ async fn update_link(
     state: web::Data<AppState>,
     caller: SecretCaller,
     id: web::Path<String>,
-    body: web::Json<UpdateLinkBody>,
+    body: JsonObject<UpdateLinkBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id::<LinkKind>("id", &id)?;
     let patch = body.into_inner().parse()?;

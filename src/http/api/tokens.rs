@@ -10,6 +10,7 @@ use crate::accounts::issue_token;
 use crate::domain::{Timestamp, Token, TokenType};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::body::JsonObject;
 use crate::http::error::ApiError;
 use crate::http::pagination::ListResponse;
 use crate::ids::{TokenId, TokenKind};
@@ -50,7 +51,7 @@ pub struct CreatedToken {
 async fn create_token(
     state: web::Data<AppState>,
     caller: SecretCaller,
-    body: web::Json<CreateTokenBody>,
+    body: JsonObject<CreateTokenBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let kind = match body.kind.as_deref() {

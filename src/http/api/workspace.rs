@@ -8,6 +8,7 @@ use crate::domain::workspace::{validate_name, validate_timezone};
 use crate::domain::{Workspace, WorkspacePatch};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::body::JsonObject;
 use crate::http::error::ApiError;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
@@ -69,7 +70,7 @@ impl UpdateWorkspaceBody {
 async fn update_workspace(
     state: web::Data<AppState>,
     caller: SecretCaller,
-    body: web::Json<UpdateWorkspaceBody>,
+    body: JsonObject<UpdateWorkspaceBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.into_inner().parse()?;
     let mut ws = load(&state, &caller)?;
