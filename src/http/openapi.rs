@@ -21,6 +21,8 @@ use crate::http::error::{PROBLEM_JSON, Problem};
             Authenticate with `Authorization: Bearer <token>`. Errors are RFC 9457 problem+json."
     ),
     security(("bearer" = [])),
+    // Reached only through a `schema_with` field, which utoipa cannot follow.
+    components(schemas(crate::domain::FormField, crate::domain::link::FormFieldType)),
     tags(
         (name = "links", description = "Links (a QR code is a link)"),
         (name = "events", description = "Scan events"),

@@ -104,6 +104,32 @@ async fn malformed_ids_and_queries_are_400_and_unknown_routes_404() {
     app.get("/v1/events?from=%ZZ")
         .await
         .assert_problem(400, "bad_request");
+    // A parameter sent empty is refused, as its schema says, rather than
+    // read as absent; only an empty `page_token` means the first page.
+    for query in [
+        "/v1/events?to=",
+        "/v1/events?from=",
+        "/v1/events?country=",
+        "/v1/events?link_id=",
+        "/v1/events?device_type=",
+        "/v1/events?include_bots=",
+        "/v1/events?tag=",
+        "/v1/links?tag=",
+        "/v1/links?status=",
+    ] {
+        let body = app.get(query).await.assert_problem(400, "bad_request");
+        assert!(
+            body["detail"].as_str().unwrap().contains("empty"),
+            "{query}: {body}"
+        );
+    }
+    for first_page in ["/v1/links?page_token=", "/v1/events?page_token="] {
+        assert_eq!(
+            app.get(first_page).await.status.as_u16(),
+            200,
+            "{first_page}"
+        );
+    }
     app.get("/v1/nothing")
         .await
         .assert_problem(404, "not_found");
