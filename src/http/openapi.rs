@@ -3,9 +3,10 @@
 //! operation shares: bearer auth and problem+json error responses.
 
 use actix_web::App;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use utoipa_actix_web::AppExt;
 
@@ -51,6 +52,24 @@ const ERRORS: &[(&str, &str)] = &[
     ("503", "Unavailable (shutting down or overloaded)"),
 ];
 
+/// OpenAPI links: an answer's value that another operation takes, so
+/// clients (and stateful fuzzers) can chain calls: (from operation, status,
+/// link name, to operation, its parameter, the value's runtime expression).
+// One row per link reads as a table; rustfmt would spread each over 8 lines.
+#[rustfmt::skip]
+const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
+    ("create_link", "201", "GetLink", "get_link", "id", ID),
+    ("create_link", "201", "UpdateLink", "update_link", "id", ID),
+    ("create_link", "201", "DeleteLink", "delete_link", "id", ID),
+    ("create_link", "201", "ListEventsOfLink", "list_events", "link_id", ID),
+    ("update_link", "200", "GetUpdatedLink", "get_link", "id", ID),
+    ("list_links", "200", "GetFirstLink", "get_link", "id", FIRST_ID),
+    ("list_events", "200", "GetFirstEvent", "get_event", "id", FIRST_ID),
+    ("create_token", "201", "RevokeToken", "revoke_token", "id", ID),
+];
+const ID: &str = "$response.body#/id";
+const FIRST_ID: &str = "$response.body#/data/0/id";
+
 struct Conventions;
 
 impl Modify for Conventions {
@@ -81,7 +100,23 @@ impl Modify for Conventions {
             ];
             for op in ops.into_iter().flatten() {
                 add_error_responses(op);
+                add_links(op);
             }
+        }
+    }
+}
+
+fn add_links(op: &mut Operation) {
+    let Some(from) = op.operation_id.clone() else {
+        return;
+    };
+    for (_, status, name, to, param, value) in LINKS.iter().filter(|l| l.0 == from) {
+        if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
+            let link = LinkBuilder::new()
+                .operation_id(*to)
+                .parameter(*param, *value)
+                .build();
+            response.links.insert((*name).to_owned(), link.into());
         }
     }
 }

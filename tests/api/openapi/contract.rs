@@ -1,5 +1,6 @@
 //! The document and the server agree: what the document says is required,
-//! nullable or refused is what the server requires, takes or refuses.
+//! nullable or refused is what the server requires, takes or refuses, and
+//! its links chain the operations that feed each other.
 
 use awc::http::Method;
 use serde_json::{Value, json};
@@ -70,6 +71,95 @@ async fn the_document_states_what_the_server_requires() {
             refuses_empty || name == "page_token",
             "`{name}=` is refused: {schema}"
         );
+    }
+}
+
+// Links let clients, and schemathesis's stateful phase, chain calls: the ID
+// a create or list answers with feeds the operations on that object.
+#[actix_rt::test]
+async fn the_document_links_each_answer_to_the_operations_it_feeds() {
+    let app = spawn_app().await;
+    let doc = app
+        .raw(app.client.get(app.url("/openapi.json")), "")
+        .await
+        .json();
+    let expected = [
+        ("create_link", "201", "get_link", "id", "$response.body#/id"),
+        (
+            "create_link",
+            "201",
+            "update_link",
+            "id",
+            "$response.body#/id",
+        ),
+        (
+            "create_link",
+            "201",
+            "delete_link",
+            "id",
+            "$response.body#/id",
+        ),
+        (
+            "create_link",
+            "201",
+            "list_events",
+            "link_id",
+            "$response.body#/id",
+        ),
+        (
+            "list_links",
+            "200",
+            "get_link",
+            "id",
+            "$response.body#/data/0/id",
+        ),
+        ("update_link", "200", "get_link", "id", "$response.body#/id"),
+        (
+            "list_events",
+            "200",
+            "get_event",
+            "id",
+            "$response.body#/data/0/id",
+        ),
+        (
+            "create_token",
+            "201",
+            "revoke_token",
+            "id",
+            "$response.body#/id",
+        ),
+    ];
+    for (from, status, to, param, value) in expected {
+        let (_, _, op) = operation(&doc, from);
+        let links = op["responses"][status]["links"].as_object().unwrap();
+        let found = links
+            .values()
+            .any(|l| l["operationId"] == to && l["parameters"][param] == value);
+        assert!(
+            found,
+            "{from} {status} -> {to}({param} = {value}): {links:?}"
+        );
+    }
+    // Every link names an operation of the document and one of its parameters.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for op in item.as_object().unwrap().values() {
+            for response in op["responses"].as_object().unwrap().values() {
+                let Some(links) = response["links"].as_object() else {
+                    continue;
+                };
+                for link in links.values() {
+                    let (_, _, target) = operation(&doc, link["operationId"].as_str().unwrap());
+                    for param in link["parameters"].as_object().unwrap().keys() {
+                        let declared = target["parameters"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|p| p["name"] == *param);
+                        assert!(declared, "{path}: link parameter {param}");
+                    }
+                }
+            }
+        }
     }
 }
 
