@@ -127,6 +127,7 @@ impl Application {
             page_tokens,
             openapi_json: serde_json::to_string(&openapi).unwrap_or_default(),
             docs_html: http::docs_page::render(&serde_json::to_value(&openapi).unwrap_or_default()),
+            allow: http::allow::AllowTable::from_document(&openapi),
         });
         let server = Self::http_server(state.clone(), listener)?;
         Ok(Application {

@@ -3,16 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::schemas::is_visible_text;
 use super::{FieldError, Timestamp};
 use crate::ids::{LinkId, WorkspaceId};
 
 pub const MAX_URL_BYTES: usize = 2048;
 pub const MAX_SLUG_LEN: usize = 64;
 pub const GENERATED_SLUG_LEN: usize = 7;
-const MAX_NAME_LEN: usize = 256;
-const MAX_TAGS: usize = 20;
-const MAX_TAG_LEN: usize = 64;
-const MAX_FORM_FIELDS: usize = 20;
+/// Names, form titles and labels, in characters.
+pub const MAX_NAME_LEN: usize = 256;
+pub const MAX_TAGS: usize = 20;
+/// In characters, as sent (before trimming).
+pub const MAX_TAG_LEN: usize = 64;
+pub const MAX_FORM_FIELDS: usize = 20;
 
 /// Paths the server answers itself; a slug may never shadow them.
 pub const RESERVED_SLUGS: &[&str] = &[
@@ -148,7 +151,9 @@ pub enum FormFieldType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FormField {
+    #[schema(schema_with = super::schemas::form_field_name)]
     pub name: String,
+    #[schema(schema_with = super::schemas::form_text)]
     pub label: String,
     #[serde(rename = "type")]
     pub field_type: FormFieldType,
@@ -160,14 +165,18 @@ pub struct FormField {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Form {
+    #[schema(schema_with = super::schemas::form_text)]
     pub title: String,
+    #[schema(schema_with = super::schemas::form_fields)]
     pub fields: Vec<FormField>,
 }
 
 impl Form {
     pub fn validate(&self) -> Result<(), String> {
-        if self.title.trim().is_empty() || self.title.len() > MAX_NAME_LEN {
-            return Err(format!("title must be 1 to {MAX_NAME_LEN} characters"));
+        if !is_visible_text(&self.title, MAX_NAME_LEN) {
+            return Err(format!(
+                "title must be 1 to {MAX_NAME_LEN} characters without control characters"
+            ));
         }
         if self.fields.is_empty() || self.fields.len() > MAX_FORM_FIELDS {
             return Err(format!("must have 1 to {MAX_FORM_FIELDS} fields"));
@@ -186,9 +195,9 @@ impl Form {
             if !seen.insert(f.name.as_str()) {
                 return Err(format!("field name `{}` is used twice", f.name));
             }
-            if f.label.trim().is_empty() || f.label.len() > MAX_NAME_LEN {
+            if !is_visible_text(&f.label, MAX_NAME_LEN) {
                 return Err(format!(
-                    "field labels must be 1 to {MAX_NAME_LEN} characters"
+                    "field labels must be 1 to {MAX_NAME_LEN} characters without control characters"
                 ));
             }
         }
@@ -292,65 +301,7 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 }
 
 /// Field validators shared by create and update; each pushes onto `errors`.
-pub mod rules {
-    use super::*;
-
-    pub fn slug(raw: &str, errors: &mut Vec<FieldError>) -> Option<Slug> {
-        Slug::parse(raw)
-            .map_err(|m| errors.push(FieldError::new("slug", m)))
-            .ok()
-    }
-
-    pub fn destination(
-        field: &str,
-        raw: &str,
-        errors: &mut Vec<FieldError>,
-    ) -> Option<Destination> {
-        Destination::parse(raw)
-            .map_err(|m| errors.push(FieldError::new(field, m)))
-            .ok()
-    }
-
-    pub fn name(raw: Option<String>, errors: &mut Vec<FieldError>) -> Option<String> {
-        let name = raw?;
-        if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-            errors.push(FieldError::new(
-                "name",
-                format!("must be at most {MAX_NAME_LEN} bytes without control characters"),
-            ));
-        }
-        Some(name)
-    }
-
-    pub fn tags(raw: Vec<String>, errors: &mut Vec<FieldError>) -> Vec<String> {
-        let mut tags: Vec<String> = Vec::with_capacity(raw.len());
-        for tag in raw {
-            let tag = tag.trim().to_owned();
-            if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(char::is_control) {
-                errors.push(FieldError::new(
-                    "tags",
-                    format!("each tag must be 1 to {MAX_TAG_LEN} bytes without control characters"),
-                ));
-                return tags;
-            }
-            if !tags.contains(&tag) {
-                tags.push(tag);
-            }
-        }
-        if tags.len() > MAX_TAGS {
-            errors.push(FieldError::new("tags", format!("at most {MAX_TAGS} tags")));
-        }
-        tags
-    }
-
-    pub fn form(raw: Option<Form>, errors: &mut Vec<FieldError>) -> Option<Form> {
-        let form = raw?;
-        if let Err(m) = form.validate() {
-            errors.push(FieldError::new("form", m));
-        }
-        Some(form)
-    }
-}
+pub mod rules;
 
 #[cfg(test)]
 mod tests {

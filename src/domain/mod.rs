@@ -4,6 +4,7 @@
 
 pub mod event;
 pub mod link;
+pub mod schemas;
 pub mod time;
 pub mod token;
 pub mod workspace;

@@ -42,9 +42,21 @@ impl FromStr for Timestamp {
 
     /// Accepts RFC 3339 with any offset (`Z`, `+02:00`); normalises to UTC.
     fn from_str(s: &str) -> Result<Self, TimestampError> {
-        let ts: jiff::Timestamp = s.parse().map_err(|_| TimestampError)?;
-        Ok(Timestamp(ts.as_millisecond()))
+        match s.parse::<jiff::Timestamp>() {
+            Ok(ts) => Ok(Timestamp(ts.as_millisecond())),
+            Err(_) => past_the_end(s).ok_or(TimestampError),
+        }
     }
+}
+
+/// RFC 3339 reaches up to 9999-12-31 in any offset, a day past the latest
+/// instant jiff keeps (9999-12-30T22:00Z); such a timestamp is read as that
+/// instant, which no link or event will ever reach, rather than refused.
+fn past_the_end(s: &str) -> Option<Timestamp> {
+    let pieces = jiff::fmt::temporal::Pieces::parse(s).ok()?;
+    pieces.offset()?;
+    (pieces.time().is_some() && pieces.date().year() == 9999)
+        .then(|| Timestamp(jiff::Timestamp::MAX.as_second() * 1000))
 }
 
 impl Serialize for Timestamp {
@@ -98,6 +110,10 @@ mod tests {
             "2026-06-05T14:32:18.000Z"
         );
         assert!("yesterday".parse::<Timestamp>().is_err());
+        let last = "9999-12-31T23:59:59-23:59".parse::<Timestamp>().unwrap();
+        assert_eq!(last.to_string(), "9999-12-30T22:00:00.000Z");
+        assert!("9999-12-31".parse::<Timestamp>().is_err());
+        assert!("9999-12-31T23:59:59".parse::<Timestamp>().is_err());
         assert!("2026-06-05".parse::<Timestamp>().is_err());
     }
 }

@@ -8,6 +8,13 @@ use super::Timestamp;
 use crate::ids::{TokenId, WorkspaceId};
 
 const SECRET_LEN: usize = 32;
+/// A token's name, in characters.
+pub const MAX_NAME_LEN: usize = 100;
+
+/// A token's optional name: at most 100 characters, no control character.
+pub fn name_is_valid(name: &str) -> bool {
+    super::schemas::is_plain_text(name, MAX_NAME_LEN)
+}
 
 /// Secret tokens (`sk_`) call the whole API; publishable ones (`pk_`) may
 /// only identify visitors.

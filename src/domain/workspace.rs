@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::{FieldError, Timestamp};
 use crate::ids::WorkspaceId;
 
-const MAX_NAME_LEN: usize = 100;
+/// In characters, as sent (before trimming).
+pub const MAX_NAME_LEN: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Workspace {
@@ -24,15 +25,16 @@ pub struct WorkspacePatch {
     pub timezone: Option<String>,
 }
 
+/// 1 to 100 characters as sent, no control character, not only spaces;
+/// stored trimmed.
 pub fn validate_name(name: &str) -> Result<String, FieldError> {
-    let trimmed = name.trim();
-    if trimmed.is_empty() || trimmed.len() > MAX_NAME_LEN || trimmed.chars().any(char::is_control) {
+    if !super::schemas::is_visible_text(name, MAX_NAME_LEN) {
         return Err(FieldError::new(
             "name",
-            format!("must be 1 to {MAX_NAME_LEN} bytes without control characters"),
+            format!("must be 1 to {MAX_NAME_LEN} characters without control characters"),
         ));
     }
-    Ok(trimmed.to_owned())
+    Ok(name.trim().to_owned())
 }
 
 /// An IANA time zone name such as `Europe/Vienna`, or `UTC`.

@@ -1,8 +1,10 @@
 //! The HTTP surface: shared state, route table, extractor error mapping.
 //! Routes of the server itself come before `/{slug}`, so no slug can shadow them.
 
+pub mod allow;
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod docs_page;
 pub mod error;
 pub mod openapi;
@@ -51,6 +53,8 @@ pub struct AppState {
     pub limits: Arc<ratelimit::RateLimits>,
     /// Signs and checks page tokens.
     pub page_tokens: pagination::PageTokenKey,
+    /// The methods of each documented path, for `405` answers under `/v1`.
+    pub allow: allow::AllowTable,
 }
 
 impl AppState {
@@ -95,7 +99,7 @@ where
         utoipa_actix_web::scope("/v1")
             .wrap(actix_web::middleware::from_fn(auth::middleware))
             .configure(api::configure)
-            .default_service(web::to(api_not_found)),
+            .default_service(web::to(api_fallback)),
     )
 }
 
@@ -145,16 +149,13 @@ fn path_error(err: PathError, _: &HttpRequest) -> actix_web::Error {
     ApiError::bad_request(format!("The path is malformed: {err}")).into()
 }
 
-async fn api_not_found(req: HttpRequest) -> HttpResponse {
+/// No handler took the request: a documented path with another method is a
+/// 405 naming the methods it takes; anything else under `/v1` is a 404.
+async fn api_fallback(req: HttpRequest) -> HttpResponse {
+    let state = req.app_data::<web::Data<AppState>>();
+    if let Some(allow) = state.and_then(|s| s.allow.allow_for(req.path())) {
+        return allow::method_not_allowed(&req, allow);
+    }
     let err = ApiError::not_found(format!("No route for {} {}.", req.method(), req.path()));
-    actix_web::ResponseError::error_response(&err)
-}
-
-/// The answer for a known path with a method it does not take.
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let err = ApiError::new(
-        crate::http::error::ErrorCode::MethodNotAllowed,
-        format!("{} is not allowed on {}.", req.method(), req.path()),
-    );
     actix_web::ResponseError::error_response(&err)
 }

@@ -5,6 +5,7 @@
 
 use actix_web::App;
 use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
@@ -25,6 +26,8 @@ use crate::http::error::{PROBLEM_JSON, Problem};
             Authenticate with `Authorization: Bearer <token>`. Errors are RFC 9457 problem+json."
     ),
     security(("bearer" = [])),
+    // Reached only through a `schema_with` field, which utoipa cannot follow.
+    components(schemas(crate::domain::FormField, crate::domain::link::FormFieldType)),
     tags(
         (name = "links", description = "Links (a QR code is a link)"),
         (name = "events", description = "Scan events"),
@@ -98,6 +101,24 @@ const RETRY_AFTER: (&str, Type, &str, &str) = (
     "7",
 );
 
+/// OpenAPI links: an answer's value that another operation takes, so
+/// clients (and stateful fuzzers) can chain calls: (from operation, status,
+/// link name, to operation, its parameter, the value's runtime expression).
+// One row per link reads as a table; rustfmt would spread each over 8 lines.
+#[rustfmt::skip]
+const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
+    ("create_link", "201", "GetLink", "get_link", "id", ID),
+    ("create_link", "201", "UpdateLink", "update_link", "id", ID),
+    ("create_link", "201", "DeleteLink", "delete_link", "id", ID),
+    ("create_link", "201", "ListEventsOfLink", "list_events", "link_id", ID),
+    ("update_link", "200", "GetUpdatedLink", "get_link", "id", ID),
+    ("list_links", "200", "GetFirstLink", "get_link", "id", FIRST_ID),
+    ("list_events", "200", "GetFirstEvent", "get_event", "id", FIRST_ID),
+    ("create_token", "201", "RevokeToken", "revoke_token", "id", ID),
+];
+const ID: &str = "$response.body#/id";
+const FIRST_ID: &str = "$response.body#/data/0/id";
+
 struct Conventions;
 
 impl Modify for Conventions {
@@ -130,7 +151,23 @@ impl Modify for Conventions {
             for op in ops.into_iter().flatten() {
                 add_error_responses(op);
                 add_response_headers(op);
+                add_links(op);
             }
+        }
+    }
+}
+
+fn add_links(op: &mut Operation) {
+    let Some(from) = op.operation_id.clone() else {
+        return;
+    };
+    for (_, status, name, to, param, value) in LINKS.iter().filter(|l| l.0 == from) {
+        if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
+            let link = LinkBuilder::new()
+                .operation_id(*to)
+                .parameter(*param, *value)
+                .build();
+            response.links.insert((*name).to_owned(), link.into());
         }
     }
 }

@@ -1,27 +1,36 @@
 //! Operations endpoints (no auth): liveness, readiness, Prometheus metrics,
 //! the OpenAPI document and its rendering for people.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, Route, web};
 use serde_json::json;
 
 use super::AppState;
+use super::allow::{OPERATIONS, method_not_allowed};
 
+/// Each endpoint is a resource of its own, so another method on its path is
+/// a 405 with `Allow: GET` rather than a trip to `/{slug}`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(healthz)
-        .service(readyz)
-        .service(metrics)
-        .service(openapi_json)
-        .service(docs);
+    cfg.service(endpoint("/healthz", web::get().to(healthz)))
+        .service(endpoint("/readyz", web::get().to(readyz)))
+        .service(endpoint("/metrics", web::get().to(metrics)))
+        .service(endpoint("/openapi.json", web::get().to(openapi_json)))
+        .service(endpoint("/docs", web::get().to(docs)));
 }
 
-#[get("/healthz")]
+fn endpoint(path: &str, get: Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(get)
+        .default_service(web::to(|req: HttpRequest| async move {
+            method_not_allowed(&req, OPERATIONS)
+        }))
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 /// Ready: the store is open (it is for as long as the process runs) and
 /// every background worker is running; 503 from SIGTERM on.
-#[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.is_draining() {
         return HttpResponse::ServiceUnavailable()
@@ -36,7 +45,6 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ready"}))
 }
 
-#[get("/metrics")]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut text = state.metrics.render(state.links.len());
     state
@@ -47,7 +55,6 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(text)
 }
 
-#[get("/openapi.json")]
 async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -58,7 +65,6 @@ async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
 /// no external asset, even if a document string slipped through unescaped.
 const DOCS_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'";
 
-#[get("/docs")]
 async fn docs(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")

@@ -25,7 +25,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/{slug}")
             .route(web::get().to(scan))
             .route(web::head().to(scan))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(|req: HttpRequest| async move {
+                super::allow::method_not_allowed(&req, super::allow::SLUG)
+            })),
     );
 }
 

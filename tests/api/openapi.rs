@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use crate::helpers::spawn_app;
 
+mod contract;
+
 /// (METHOD, path) of every actix route macro under `src/http/api/`.
 fn routes_in_source() -> BTreeSet<(String, String)> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/api");

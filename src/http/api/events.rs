@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, get, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::parse_id;
+use super::{parse_id, query_value};
 use crate::domain::{DeviceType, ScanEvent, ScanMethod, Timestamp};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
@@ -76,11 +76,14 @@ impl From<ScanEvent> for EventView {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListEventsQuery {
-    /// Only events of this link (lnk_...).
+    /// Only events of this link (also of a deleted one).
+    #[param(value_type = Option<LinkId>)]
     link_id: Option<String>,
     /// Only events of links with this tag.
+    #[param(min_length = 1)]
     tag: Option<String>,
-    /// Only events of this visitor (vis_...).
+    /// Only events of this visitor.
+    #[param(value_type = Option<VisitorId>)]
     visitor_id: Option<String>,
     /// Inclusive lower bound, RFC 3339.
     #[param(value_type = Option<String>, format = DateTime)]
@@ -88,7 +91,8 @@ pub struct ListEventsQuery {
     /// Exclusive upper bound, RFC 3339.
     #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
-    /// Two-letter ISO 3166 country code.
+    /// Two-letter ISO 3166 country code, any case.
+    #[param(pattern = "^[A-Za-z]{2}$")]
     country: Option<String>,
     #[param(value_type = Option<DeviceType>)]
     device_type: Option<String>,
@@ -98,12 +102,8 @@ pub struct ListEventsQuery {
     /// 1 to 500, default 50.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     page_size: Option<String>,
-    /// `next_page_token` of the previous page.
+    /// `next_page_token` of the previous page; empty means the first page.
     page_token: Option<String>,
-}
-
-fn non_empty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.is_empty())
 }
 
 fn parse_time(param: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -117,12 +117,31 @@ fn parse_time(param: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
+fn parse_country(raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    raw.map(
+        |c| match c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
+            true => Ok(c.to_ascii_uppercase()),
+            false => Err(ApiError::bad_request(
+                "`country` must be a two-letter ISO 3166 code.",
+            )),
+        },
+    )
+    .transpose()
+}
+
+fn parse_device_type(raw: Option<&str>) -> Result<Option<DeviceType>, ApiError> {
+    raw.map(|d| {
+        DeviceType::parse(d).ok_or_else(|| {
+            ApiError::bad_request("`device_type` must be mobile, tablet, desktop, bot or other.")
+        })
+    })
+    .transpose()
+}
+
 impl ListEventsQuery {
     fn parse(&self, caller: &SecretCaller) -> Result<EventQuery, ApiError> {
-        let link = non_empty(&self.link_id)
-            .map(|s| parse_id::<LinkKind>("link_id", s))
-            .transpose()?;
-        let visitor = non_empty(&self.visitor_id)
+        let link = self.link_filter()?;
+        let visitor = query_value("visitor_id", &self.visitor_id)?
             .map(|s| parse_id::<VisitorKind>("visitor_id", s))
             .transpose()?;
         let index = match (visitor, link) {
@@ -130,28 +149,7 @@ impl ListEventsQuery {
             (None, Some(l)) => EventIndex::Link(l),
             (None, None) => EventIndex::Workspace,
         };
-        let from_ms = parse_time("from", non_empty(&self.from))?;
-        let to_ms = parse_time("to", non_empty(&self.to))?;
-        let country = non_empty(&self.country)
-            .map(
-                |c| match c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    true => Ok(c.to_ascii_uppercase()),
-                    false => Err(ApiError::bad_request(
-                        "`country` must be a two-letter ISO 3166 code.",
-                    )),
-                },
-            )
-            .transpose()?;
-        let device_type = non_empty(&self.device_type)
-            .map(|d| {
-                DeviceType::parse(d).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "`device_type` must be mobile, tablet, desktop, bot or other.",
-                    )
-                })
-            })
-            .transpose()?;
-        let include_bots = match non_empty(&self.include_bots) {
+        let include_bots = match query_value("include_bots", &self.include_bots)? {
             None | Some("false") => false,
             Some("true") => true,
             Some(_) => {
@@ -163,13 +161,19 @@ impl ListEventsQuery {
         Ok(EventQuery {
             workspace_id: caller.0.workspace_id,
             index,
-            from_ms,
-            to_ms,
-            tag: non_empty(&self.tag).map(str::to_owned),
-            country,
-            device_type,
+            from_ms: parse_time("from", query_value("from", &self.from)?)?,
+            to_ms: parse_time("to", query_value("to", &self.to)?)?,
+            tag: query_value("tag", &self.tag)?.map(str::to_owned),
+            country: parse_country(query_value("country", &self.country)?)?,
+            device_type: parse_device_type(query_value("device_type", &self.device_type)?)?,
             include_bots,
         })
+    }
+
+    fn link_filter(&self) -> Result<Option<LinkId>, ApiError> {
+        query_value("link_id", &self.link_id)?
+            .map(|s| parse_id::<LinkKind>("link_id", s))
+            .transpose()
     }
 }
 
@@ -191,8 +195,8 @@ async fn list_events(
 ) -> Result<HttpResponse, ApiError> {
     let query = q.parse(&caller)?;
     // With both visitor_id and link_id, the visitor index is walked and the link is a filter.
-    let link_filter = match (query.index, non_empty(&q.link_id)) {
-        (EventIndex::Visitor(_), Some(s)) => Some(parse_id::<LinkKind>("link_id", s)?),
+    let link_filter = match query.index {
+        EventIndex::Visitor(_) => q.link_filter()?,
         _ => None,
     };
     let scope = QueryScope::new(

@@ -4,12 +4,13 @@ use actix_web::{HttpResponse, delete, get, patch, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{parse_id, present};
+pub use super::link_bodies::{CreateLinkBody, UpdateLinkBody};
+use super::{parse_id, query_value};
 use crate::actors::{CreateLink, DeleteLink, UpdateLink};
-use crate::domain::link::rules;
-use crate::domain::{FieldError, Form, Link, LinkPatch, LinkStatus, NewLink, Timestamp};
+use crate::domain::{Form, Link, LinkStatus, Timestamp};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::body::JsonObject;
 use crate::http::error::{ApiError, Problem};
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
 use crate::ids::{LinkId, LinkKind, WorkspaceId};
@@ -67,71 +68,6 @@ impl LinkView {
     }
 }
 
-/// `POST /v1/links`: only `destination` is required.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateLinkBody {
-    destination: Option<String>,
-    slug: Option<String>,
-    name: Option<String>,
-    tags: Option<Vec<String>>,
-    conversion_tracking: Option<bool>,
-    fallback_destination: Option<String>,
-    expires_at: Option<String>,
-    form: Option<Form>,
-    status: Option<LinkStatus>,
-}
-
-fn parse_expiry(raw: &str, errors: &mut Vec<FieldError>) -> Option<Timestamp> {
-    raw.parse()
-        .map_err(|e: crate::domain::time::TimestampError| {
-            errors.push(FieldError::new("expires_at", e.to_string()))
-        })
-        .ok()
-}
-
-impl CreateLinkBody {
-    fn parse(self) -> Result<NewLink, ApiError> {
-        let mut errors = Vec::new();
-        let destination = match self.destination.as_deref() {
-            Some(d) => rules::destination("destination", d, &mut errors),
-            None => {
-                errors.push(FieldError::new("destination", "is required"));
-                None
-            }
-        };
-        let slug = self
-            .slug
-            .as_deref()
-            .and_then(|s| rules::slug(s, &mut errors));
-        let name = rules::name(self.name, &mut errors);
-        let tags = rules::tags(self.tags.unwrap_or_default(), &mut errors);
-        let fallback = self
-            .fallback_destination
-            .as_deref()
-            .and_then(|d| rules::destination("fallback_destination", d, &mut errors));
-        let expires_at = self
-            .expires_at
-            .as_deref()
-            .and_then(|t| parse_expiry(t, &mut errors));
-        let form = rules::form(self.form, &mut errors);
-        match destination {
-            Some(destination) if errors.is_empty() => Ok(NewLink {
-                slug,
-                destination,
-                name,
-                tags,
-                conversion_tracking: self.conversion_tracking.unwrap_or(false),
-                fallback_destination: fallback,
-                expires_at,
-                form,
-                status: self.status.unwrap_or(LinkStatus::Active),
-            }),
-            _ => Err(ApiError::validation(errors)),
-        }
-    }
-}
-
 #[utoipa::path(tag = "links", request_body = CreateLinkBody,
     responses((status = 201, description = "The created link", body = LinkView),
         (status = 409, description = "The slug is taken", body = Problem, content_type = "application/problem+json")))]
@@ -139,7 +75,7 @@ impl CreateLinkBody {
 async fn create_link(
     state: web::Data<AppState>,
     caller: SecretCaller,
-    body: web::Json<CreateLinkBody>,
+    body: JsonObject<CreateLinkBody>,
 ) -> Result<HttpResponse, ApiError> {
     let link = body.into_inner().parse()?;
     let created = state
@@ -156,6 +92,7 @@ async fn create_link(
 #[into_params(parameter_in = Query)]
 pub struct ListLinksQuery {
     /// Only links with this tag.
+    #[param(min_length = 1)]
     tag: Option<String>,
     /// `active` or `disabled`.
     #[param(value_type = Option<LinkStatus>)]
@@ -163,8 +100,25 @@ pub struct ListLinksQuery {
     /// 1 to 500, default 50.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     page_size: Option<String>,
-    /// `next_page_token` of the previous page.
+    /// `next_page_token` of the previous page; empty means the first page.
     page_token: Option<String>,
+}
+
+impl ListLinksQuery {
+    fn parse(&self) -> Result<LinkQuery, ApiError> {
+        let status = match query_value("status", &self.status)? {
+            None => None,
+            Some("active") => Some(LinkStatus::Active),
+            Some("disabled") => Some(LinkStatus::Disabled),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "status must be `active` or `disabled`.",
+                ));
+            }
+        };
+        let tag = query_value("tag", &self.tag)?.map(str::to_owned);
+        Ok(LinkQuery { tag, status })
+    }
 }
 
 #[utoipa::path(tag = "links", params(ListLinksQuery),
@@ -175,20 +129,7 @@ async fn list_links(
     caller: SecretCaller,
     q: web::Query<ListLinksQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some("active") => Some(LinkStatus::Active),
-        Some("disabled") => Some(LinkStatus::Disabled),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "status must be `active` or `disabled`.",
-            ));
-        }
-    };
-    let query = LinkQuery {
-        tag: q.tag.clone().filter(|t| !t.is_empty()),
-        status,
-    };
+    let query = q.parse()?;
     let filters = format!("tag={:?}&status={:?}", query.tag, query.status);
     let scope = QueryScope::new(
         &state.page_tokens,
@@ -234,69 +175,6 @@ async fn get_link(
     Ok(HttpResponse::Ok().json(LinkView::build(&state, link)?))
 }
 
-/// `PATCH /v1/links/{id}`: keys present are set; `null` clears a nullable field.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateLinkBody {
-    #[serde(default, deserialize_with = "present")]
-    destination: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    slug: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    tags: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "present")]
-    conversion_tracking: Option<Option<bool>>,
-    #[serde(default, deserialize_with = "present")]
-    fallback_destination: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    expires_at: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    form: Option<Option<Form>>,
-    #[serde(default, deserialize_with = "present")]
-    status: Option<Option<LinkStatus>>,
-}
-
-/// A key that may be omitted but not set to null.
-fn required<T>(field: &str, v: Option<Option<T>>, errors: &mut Vec<FieldError>) -> Option<T> {
-    match v {
-        Some(None) => {
-            errors.push(FieldError::new(field, "cannot be null"));
-            None
-        }
-        Some(Some(v)) => Some(v),
-        None => None,
-    }
-}
-
-impl UpdateLinkBody {
-    fn parse(self) -> Result<LinkPatch, ApiError> {
-        let mut e = Vec::new();
-        let patch = LinkPatch {
-            destination: required("destination", self.destination, &mut e)
-                .and_then(|d| rules::destination("destination", &d, &mut e)),
-            slug: required("slug", self.slug, &mut e).and_then(|s| rules::slug(&s, &mut e)),
-            name: self.name.map(|n| rules::name(n, &mut e)),
-            tags: required("tags", self.tags, &mut e).map(|t| rules::tags(t, &mut e)),
-            conversion_tracking: required("conversion_tracking", self.conversion_tracking, &mut e),
-            fallback_destination: self
-                .fallback_destination
-                .map(|f| f.and_then(|d| rules::destination("fallback_destination", &d, &mut e))),
-            expires_at: self
-                .expires_at
-                .map(|t| t.and_then(|t| parse_expiry(&t, &mut e))),
-            form: self.form.map(|f| rules::form(f, &mut e)),
-            status: required("status", self.status, &mut e),
-        };
-        if e.is_empty() {
-            Ok(patch)
-        } else {
-            Err(ApiError::validation(e))
-        }
-    }
-}
-
 #[utoipa::path(tag = "links", params(("id" = LinkId, Path, description = "Link ID (lnk_...)")), request_body = UpdateLinkBody,
     responses((status = 200, description = "The updated link", body = LinkView),
         (status = 409, description = "The new slug is taken", body = Problem, content_type = "application/problem+json")))]
@@ -305,7 +183,7 @@ async fn update_link(
     state: web::Data<AppState>,
     caller: SecretCaller,
     id: web::Path<String>,
-    body: web::Json<UpdateLinkBody>,
+    body: JsonObject<UpdateLinkBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id::<LinkKind>("id", &id)?;
     let patch = body.into_inner().parse()?;

@@ -1,12 +1,14 @@
 //! `/v1`: the REST API, one file per resource family.
 
 pub mod events;
+mod link_bodies;
 pub mod links;
 pub mod tokens;
 pub mod workspace;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::domain::FieldError;
 use crate::http::error::ApiError;
 use crate::ids::{Id, IdKind};
 
@@ -30,4 +32,28 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A key that may be omitted but not set to `null` (read with `present`):
+/// `null` is accepted only where the document says "or null".
+pub fn not_null<T>(field: &str, v: Option<Option<T>>, errors: &mut Vec<FieldError>) -> Option<T> {
+    match v {
+        Some(None) => {
+            errors.push(FieldError::new(field, "cannot be null"));
+            None
+        }
+        Some(Some(v)) => Some(v),
+        None => None,
+    }
+}
+
+/// A query parameter that was sent must have a value: an empty one (`?tag=`)
+/// is refused rather than read as absent, as its schema says.
+pub fn query_value<'a>(param: &str, raw: &'a Option<String>) -> Result<Option<&'a str>, ApiError> {
+    match raw.as_deref() {
+        Some("") => Err(ApiError::bad_request(format!(
+            "`{param}` is empty; leave it out instead."
+        ))),
+        other => Ok(other),
+    }
 }

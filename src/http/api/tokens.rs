@@ -5,11 +5,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::parse_id;
+use super::{not_null, parse_id, present};
 use crate::accounts::issue_token;
-use crate::domain::{Timestamp, Token, TokenType};
+use crate::domain::schemas;
+use crate::domain::token::{MAX_NAME_LEN, name_is_valid};
+use crate::domain::{FieldError, Timestamp, Token, TokenType};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::body::JsonObject;
 use crate::http::error::ApiError;
 use crate::http::pagination::ListResponse;
 use crate::ids::{TokenId, TokenKind};
@@ -23,11 +26,35 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenBody {
+    #[schema(schema_with = schemas::token_name)]
     name: Option<String>,
     /// `secret` (default) or `publishable`.
-    #[serde(rename = "type")]
-    #[schema(value_type = Option<TokenType>)]
-    kind: Option<String>,
+    #[serde(rename = "type", default, deserialize_with = "present")]
+    #[schema(value_type = TokenType)]
+    kind: Option<Option<String>>,
+}
+
+impl CreateTokenBody {
+    fn parse(self) -> Result<(TokenType, Option<String>), ApiError> {
+        let mut errors = Vec::new();
+        let kind = match not_null("type", self.kind, &mut errors).as_deref() {
+            None => TokenType::Secret,
+            Some(k) => TokenType::parse(k).unwrap_or_else(|| {
+                errors.push(FieldError::new("type", "must be `secret` or `publishable`"));
+                TokenType::Secret
+            }),
+        };
+        if self.name.as_deref().is_some_and(|n| !name_is_valid(n)) {
+            errors.push(FieldError::new(
+                "name",
+                format!("must be at most {MAX_NAME_LEN} characters without control characters"),
+            ));
+        }
+        match errors.is_empty() {
+            true => Ok((kind, self.name)),
+            false => Err(ApiError::validation(errors)),
+        }
+    }
 }
 
 /// A new token: the only answer that ever carries the token itself.
@@ -50,23 +77,10 @@ pub struct CreatedToken {
 async fn create_token(
     state: web::Data<AppState>,
     caller: SecretCaller,
-    body: web::Json<CreateTokenBody>,
+    body: JsonObject<CreateTokenBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let kind = match body.kind.as_deref() {
-        None => TokenType::Secret,
-        Some(k) => TokenType::parse(k)
-            .ok_or_else(|| ApiError::field("type", "must be `secret` or `publishable`"))?,
-    };
-    if let Some(name) = &body.name
-        && (name.len() > 100 || name.chars().any(char::is_control))
-    {
-        return Err(ApiError::field(
-            "name",
-            "must be at most 100 bytes without control characters",
-        ));
-    }
-    let (token, secret) = issue_token(&state.store, caller.0.workspace_id, kind, body.name)?;
+    let (kind, name) = body.into_inner().parse()?;
+    let (token, secret) = issue_token(&state.store, caller.0.workspace_id, kind, name)?;
     Ok(HttpResponse::Created().json(CreatedToken {
         id: token.id,
         kind: token.kind,

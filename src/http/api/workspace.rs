@@ -4,10 +4,13 @@ use actix_web::{HttpResponse, get, patch, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::{not_null, present};
+use crate::domain::schemas;
 use crate::domain::workspace::{validate_name, validate_timezone};
 use crate::domain::{Workspace, WorkspacePatch};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
+use crate::http::body::JsonObject;
 use crate::http::error::ApiError;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
@@ -30,26 +33,31 @@ async fn get_workspace(
     Ok(HttpResponse::Ok().json(load(&state, &caller)?))
 }
 
+/// Keys present are set; neither may be `null`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWorkspaceBody {
-    name: Option<String>,
-    /// IANA time zone, e.g. `Europe/Vienna`.
-    timezone: Option<String>,
+    /// Stored without leading and trailing spaces.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = schemas::workspace_name)]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = schemas::TimeZone)]
+    timezone: Option<Option<String>>,
 }
 
 impl UpdateWorkspaceBody {
     fn parse(self) -> Result<WorkspacePatch, ApiError> {
         let mut errors = Vec::new();
-        let name = self
-            .name
+        let name = not_null("name", self.name, &mut errors);
+        let timezone = not_null("timezone", self.timezone, &mut errors);
+        let name = name
             .map(|n| validate_name(&n))
             .transpose()
             .map_err(|e| errors.push(e))
             .ok()
             .flatten();
-        let timezone = self
-            .timezone
+        let timezone = timezone
             .map(|t| validate_timezone(&t))
             .transpose()
             .map_err(|e| errors.push(e))
@@ -69,7 +77,7 @@ impl UpdateWorkspaceBody {
 async fn update_workspace(
     state: web::Data<AppState>,
     caller: SecretCaller,
-    body: web::Json<UpdateWorkspaceBody>,
+    body: JsonObject<UpdateWorkspaceBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.into_inner().parse()?;
     let mut ws = load(&state, &caller)?;
