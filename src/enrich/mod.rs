@@ -45,6 +45,11 @@ impl Enricher {
         }
     }
 
+    /// User-agent cache lookups so far: (hits, misses).
+    pub fn agent_cache_stats(&self) -> (u64, u64) {
+        self.agents.stats()
+    }
+
     /// Builds the scan event for `link` from `req`; the Recorder assigns its
     /// ID when it takes the event (IDs follow the Recorder's queue order). The client IP is used for
     /// the hash (and geo) here and never leaves this function.

@@ -409,6 +409,8 @@ pub struct AgentCache {
     parser: Parser,
     entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Agent>>,
     capacity: usize,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl AgentCache {
@@ -417,7 +419,15 @@ impl AgentCache {
             parser: Parser::new(),
             entries: Default::default(),
             capacity,
+            hits: Default::default(),
+            misses: Default::default(),
         }
+    }
+
+    /// Lookups answered from the cache and lookups that parsed, since start.
+    pub fn stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
     pub fn parse(&self, ua: Option<&str>) -> Agent {
@@ -430,8 +440,11 @@ impl AgentCache {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
         {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return hit.clone();
         }
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let agent = parse(&self.parser, Some(key));
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity {
