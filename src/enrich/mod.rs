@@ -3,6 +3,7 @@
 //! salt in the request (rotated by `actors::salts`), the GeoIP databases as
 //! memory-mapped readers (reloaded by `actors::geo_reloader`).
 
+pub mod bots;
 pub mod client_ip;
 pub mod geo;
 pub mod privacy;

@@ -5,6 +5,7 @@ mod helpers;
 mod powercut;
 
 mod auth;
+mod bot_corpus;
 mod cli;
 mod docs_page;
 mod durability;
