@@ -256,59 +256,6 @@ fn os_of(flags: u8, w: Option<&WootheeResult>) -> (Option<String>, Option<String
     }
 }
 
-/// Parsed user agents, bounded: real traffic repeats a small set of user
-/// agents, and parsing one costs microseconds. When full, the cache starts
-/// over, so a flood of one-off user agents cannot pin stale entries forever.
-pub struct AgentCache {
-    parser: Parser,
-    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Agent>>,
-    capacity: usize,
-    hits: std::sync::atomic::AtomicU64,
-    misses: std::sync::atomic::AtomicU64,
-}
-
-impl AgentCache {
-    pub fn new(capacity: usize) -> AgentCache {
-        AgentCache {
-            parser: Parser::new(),
-            entries: Default::default(),
-            capacity,
-            hits: Default::default(),
-            misses: Default::default(),
-        }
-    }
-
-    /// Lookups answered from the cache and lookups that parsed, since start.
-    pub fn stats(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.hits.load(Relaxed), self.misses.load(Relaxed))
-    }
-
-    pub fn parse(&self, ua: Option<&str>) -> Agent {
-        let Some(key) = ua else {
-            return parse(&self.parser, None);
-        };
-        if let Some(hit) = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return hit.clone();
-        }
-        self.misses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let agent = parse(&self.parser, Some(key));
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity {
-            entries.clear();
-        }
-        entries.insert(key.into(), agent.clone());
-        agent
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,23 +303,6 @@ mod tests {
         assert_eq!(phone.device_type, Some(DeviceType::Mobile));
         assert!(p("Mozilla/5.0 (Linux; Android 10; CUBOT X30) MyCrawler/1.0").bot);
         assert!(p("NODE").bot);
-    }
-
-    #[test]
-    fn the_cache_answers_like_the_parser_and_stays_bounded() {
-        let cache = AgentCache::new(3);
-        let uas = [
-            "curl/8.5.0",
-            "Mozilla/5.0 (iPad; CPU OS 17_2 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1",
-            "x",
-            "y",
-            "z",
-        ];
-        for ua in uas.iter().chain(uas.iter()) {
-            assert_eq!(cache.parse(Some(ua)), p(ua), "{ua}");
-            assert!(cache.entries.read().unwrap().len() <= 3);
-        }
-        assert_eq!(cache.parse(None), parse(&Parser::new(), None));
     }
 
     #[test]
