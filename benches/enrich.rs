@@ -92,6 +92,11 @@ fn bench(c: &mut Criterion) {
     c.bench_function("baseline: woothee parse alone", |b| {
         b.iter(|| black_box(parser.parse(black_box(UAS[0]))))
     });
+    // The bot check of a cache miss on its own: a browser matches nothing, so
+    // every rule runs to the end.
+    c.bench_function("baseline: bot check alone (isbot list + our rules)", |b| {
+        b.iter(|| black_box(scanhop::enrich::bots::is_bot(black_box(UAS[1]))))
+    });
     let scanner = Scanner::new(&geo);
     let mut i = 0usize;
     c.bench_function(
