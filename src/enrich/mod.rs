@@ -3,6 +3,8 @@
 //! salt in the request (rotated by `actors::salts`), the GeoIP databases as
 //! memory-mapped readers (reloaded by `actors::geo_reloader`).
 
+pub mod agent_cache;
+pub mod bots;
 pub mod client_ip;
 mod forwarding;
 pub mod geo;
@@ -18,7 +20,7 @@ use geo::GeoDatabases;
 use privacy::Salt;
 
 const MAX_REFERER_BYTES: usize = 1024;
-/// Distinct user agents remembered parsed.
+/// Distinct user agents remembered parsed (see `agent_cache` for the policy).
 const AGENT_CACHE_ENTRIES: usize = 10_000;
 
 /// The parts of a request that enrichment reads. `client_ip` is already
@@ -34,16 +36,21 @@ pub struct ScanRequest<'a> {
 }
 
 pub struct Enricher {
-    agents: useragent::AgentCache,
+    agents: agent_cache::AgentCache,
     geo: Arc<GeoDatabases>,
 }
 
 impl Enricher {
     pub fn new(geo: Arc<GeoDatabases>) -> Enricher {
         Enricher {
-            agents: useragent::AgentCache::new(AGENT_CACHE_ENTRIES),
+            agents: agent_cache::AgentCache::new(AGENT_CACHE_ENTRIES),
             geo,
         }
+    }
+
+    /// User-agent cache lookups so far: (hits, misses).
+    pub fn agent_cache_stats(&self) -> (u64, u64) {
+        self.agents.stats()
     }
 
     /// Builds the scan event for `link` from `req`; the Recorder assigns its

@@ -6,9 +6,9 @@
 //! - Desktop-mode iPadOS sends a macOS Safari UA; nothing in it tells an iPad
 //!   from a Mac, so it stays `desktop` (we do not guess from screen size, which
 //!   a redirect never sees).
-//! - Bots: woothee's crawler and misc categories, plus link previewers,
-//!   monitors, HTTP libraries and headless browsers it misses. A request with
-//!   no user agent at all is treated as a bot: every real browser sends one.
+//! - Bots: woothee's crawler and misc categories, then `super::bots` (the
+//!   isbot pattern list and our rules around it). A request with no user
+//!   agent at all is treated as a bot: every real browser sends one.
 //! - TVs and consoles are `other`.
 
 use std::sync::LazyLock;
@@ -28,130 +28,6 @@ pub struct Agent {
     pub browser_version: Option<String>,
     pub bot: bool,
 }
-
-/// Lower-case substrings that mark automated clients woothee does not know.
-const BOT_MARKERS: &[&str] = &[
-    "bot/",
-    "bot;",
-    "bot ",
-    "bot)",
-    "-bot",
-    "_bot",
-    "bot-",
-    "crawler",
-    "spider",
-    "slurp",
-    "facebookexternalhit",
-    "facebot",
-    "whatsapp",
-    "telegrambot",
-    "skypeuripreview",
-    "microsoftpreview",
-    "embedly",
-    "iframely",
-    "preview",
-    "http.rb",
-    "mastodon",
-    "viber/",
-    "google-read-aloud",
-    "google-inspectiontool",
-    "gptbot",
-    "chatgpt-user",
-    "claudebot",
-    "claude-web",
-    "perplexity",
-    "ccbot",
-    "ahrefs",
-    "semrush",
-    "mj12bot",
-    "dotbot",
-    "petalbot",
-    "bytespider",
-    "uptimerobot",
-    "pingdom",
-    "statuscake",
-    "betteruptime",
-    "better uptime",
-    "betterstack",
-    "site24x7",
-    "datadog",
-    "newrelicpinger",
-    "checkly",
-    "monitor",
-    "curl/",
-    "wget/",
-    "python-requests",
-    "python-urllib",
-    "python/",
-    "aiohttp",
-    "httpx",
-    "go-http-client",
-    "java/",
-    "java-http-client",
-    "apache-httpclient",
-    "okhttp",
-    "node-fetch",
-    "axios/",
-    "undici",
-    "postmanruntime",
-    "insomnia",
-    "libwww-perl",
-    "lwp::",
-    "ruby",
-    "faraday",
-    "guzzlehttp",
-    "headlesschrome",
-    "phantomjs",
-    "scrapy",
-    "puppeteer",
-    "playwright",
-    "selenium",
-    "lighthouse",
-    "pagespeed",
-    "zgrab",
-    "masscan",
-    "nmap",
-    "httpclient",
-    "feedfetcher",
-    "validator",
-    "archive.org",
-    "ia_archiver",
-    "yandex",
-    "baidu",
-    "bingpreview",
-    "applebot",
-    "duckduckbot",
-    "pinterestbot",
-    "redditbot",
-    "discordbot",
-    "slackbot",
-    "slack-imgproxy",
-    "linkedinbot",
-    "twitterbot",
-    "snap url preview",
-    "zoominfobot",
-    "qwantify",
-    "sogou",
-    "exabot",
-    "seznambot",
-    "adsbot",
-    "mediapartners",
-    "apis-google",
-    "feedly",
-    "nutch",
-    "heritrix",
-    "wappalyzer",
-    "googleother",
-    "google favicon",
-    "yeti/",
-    "facebookcatalog",
-    "existence discovery",
-    "cardyb",
-    "vkshare",
-    "deno/",
-    "bun/",
-    "windowspowershell",
-];
 
 /// Lower-case substrings of TVs, consoles and set-top boxes.
 const TV_MARKERS: &[&str] = &[
@@ -216,8 +92,6 @@ const IPHONE: u8 = 1 << 6;
 /// The marker lists compiled once into case-insensitive automata: one pass
 /// over the user agent per list instead of one substring search per marker.
 struct Markers {
-    /// BOT_MARKERS, then "cubot" (a phone brand) as the last pattern.
-    bot: AhoCorasick,
     tv: AhoCorasick,
     tablet: AhoCorasick,
     flags: AhoCorasick,
@@ -232,15 +106,10 @@ fn automaton(patterns: &[&str], kind: MatchKind) -> AhoCorasick {
         .expect("marker automaton")
 }
 
-static MARKERS: LazyLock<Markers> = LazyLock::new(|| {
-    let mut bot: Vec<&str> = BOT_MARKERS.to_vec();
-    bot.push("cubot");
-    Markers {
-        bot: automaton(&bot, MatchKind::LeftmostLongest),
-        tv: automaton(TV_MARKERS, MatchKind::LeftmostFirst),
-        tablet: automaton(TABLET_MARKERS, MatchKind::LeftmostFirst),
-        flags: automaton(&FLAG_TOKENS, MatchKind::Standard),
-    }
+static MARKERS: LazyLock<Markers> = LazyLock::new(|| Markers {
+    tv: automaton(TV_MARKERS, MatchKind::LeftmostFirst),
+    tablet: automaton(TABLET_MARKERS, MatchKind::LeftmostFirst),
+    flags: automaton(&FLAG_TOKENS, MatchKind::Standard),
 });
 
 fn flags_of(ua: &str) -> u8 {
@@ -264,7 +133,7 @@ pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
     let (browser, browser_version) = browser_of(ua, w.as_ref());
     let (os, os_version) = os_of(flags, w.as_ref());
     let category = w.as_ref().map_or("UNKNOWN", |w| w.category);
-    let bot = matches!(category, "crawler" | "misc") || is_bot(ua);
+    let bot = matches!(category, "crawler" | "misc") || super::bots::is_bot(ua);
     let device_type = if bot {
         DeviceType::Bot
     } else {
@@ -278,21 +147,6 @@ pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
         browser_version,
         bot,
     }
-}
-
-/// Whole user agents of HTTP runtimes that send only their name.
-const BOT_NAMES: &[&str] = &["node", "deno", "bun", "go", "python", "java", "dart"];
-
-fn is_bot(ua: &str) -> bool {
-    if BOT_NAMES.iter().any(|n| n.eq_ignore_ascii_case(ua)) {
-        return true;
-    }
-    // Leftmost-longest: "cubot" wins over the "bot" markers inside it.
-    let cubot = BOT_MARKERS.len();
-    MARKERS
-        .bot
-        .find_iter(ua)
-        .any(|m| m.pattern().as_usize() != cubot)
 }
 
 fn device_of(ua: &str, flags: u8, category: &str) -> DeviceType {
@@ -402,46 +256,6 @@ fn os_of(flags: u8, w: Option<&WootheeResult>) -> (Option<String>, Option<String
     }
 }
 
-/// Parsed user agents, bounded: real traffic repeats a small set of user
-/// agents, and parsing one costs microseconds. When full, the cache starts
-/// over, so a flood of one-off user agents cannot pin stale entries forever.
-pub struct AgentCache {
-    parser: Parser,
-    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Agent>>,
-    capacity: usize,
-}
-
-impl AgentCache {
-    pub fn new(capacity: usize) -> AgentCache {
-        AgentCache {
-            parser: Parser::new(),
-            entries: Default::default(),
-            capacity,
-        }
-    }
-
-    pub fn parse(&self, ua: Option<&str>) -> Agent {
-        let Some(key) = ua else {
-            return parse(&self.parser, None);
-        };
-        if let Some(hit) = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            return hit.clone();
-        }
-        let agent = parse(&self.parser, Some(key));
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity {
-            entries.clear();
-        }
-        entries.insert(key.into(), agent.clone());
-        agent
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,23 +303,6 @@ mod tests {
         assert_eq!(phone.device_type, Some(DeviceType::Mobile));
         assert!(p("Mozilla/5.0 (Linux; Android 10; CUBOT X30) MyCrawler/1.0").bot);
         assert!(p("NODE").bot);
-    }
-
-    #[test]
-    fn the_cache_answers_like_the_parser_and_stays_bounded() {
-        let cache = AgentCache::new(3);
-        let uas = [
-            "curl/8.5.0",
-            "Mozilla/5.0 (iPad; CPU OS 17_2 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1",
-            "x",
-            "y",
-            "z",
-        ];
-        for ua in uas.iter().chain(uas.iter()) {
-            assert_eq!(cache.parse(Some(ua)), p(ua), "{ua}");
-            assert!(cache.entries.read().unwrap().len() <= 3);
-        }
-        assert_eq!(cache.parse(None), parse(&Parser::new(), None));
     }
 
     #[test]

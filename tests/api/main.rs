@@ -6,6 +6,7 @@ mod powercut;
 
 mod architecture;
 mod auth;
+mod bot_corpus;
 mod cli;
 mod docs_page;
 mod durability;
