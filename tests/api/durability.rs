@@ -99,12 +99,18 @@ async fn stored_event_ids(base: &str, token: &str) -> std::collections::HashSet<
 /// answered.
 async fn burst_then_signal(
     mut server: BinaryServer,
+    min_acked: usize,
     until: impl std::future::Future<Output = ()>,
     signal: i32,
 ) -> (std::process::ExitStatus, Vec<String>) {
     let acked = Rc::new(RefCell::new(Vec::new()));
     let stop = Rc::new(RefCell::new(false));
     let tasks = start_burst(&server.base, acked.clone(), stop.clone());
+    // Enough scans answered first, however busy the machine is; then `until`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acked.borrow().len() < min_acked && std::time::Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
     until.await;
     server.signal(signal);
     let status = actix_web::rt::task::spawn_blocking(move || server.wait())
@@ -139,8 +145,8 @@ async fn batched_mode_loses_nothing_on_sigterm_during_a_burst() {
     let server = BinaryServer::start(dir.path(), &env);
     let token = server.token.clone().expect("first start prints a token");
     create_tracked_link(&server.base, &token).await;
-    let burst = actix_rt::time::sleep(Duration::from_millis(1500));
-    let (status, acked) = burst_then_signal(server, burst, libc::SIGTERM).await;
+    let burst = actix_rt::time::sleep(Duration::from_millis(500));
+    let (status, acked) = burst_then_signal(server, 300, burst, libc::SIGTERM).await;
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
     assert!(
         acked.len() > 50,
@@ -174,7 +180,6 @@ async fn strict_mode_loses_no_answered_scan_on_power_cut() {
     // the power fails; the question here is only the scans answered meanwhile.
     disk.sync();
     let burst = async {
-        actix_rt::time::sleep(Duration::from_millis(1500)).await;
         // sled also fsyncs its log on its own every 500 ms (`flush_every_ms`),
         // which could save the last answered scans by luck. The kill comes
         // mid-way between two of those, 250 ms after an fsync, so the scans
@@ -189,7 +194,7 @@ async fn strict_mode_loses_no_answered_scan_on_power_cut() {
         assert_ne!(disk.fsyncs(), seen, "nothing fsynced for a second");
         actix_rt::time::sleep(Duration::from_millis(250)).await;
     };
-    let (_, acked) = burst_then_signal(server, burst, libc::SIGKILL).await;
+    let (_, acked) = burst_then_signal(server, 1000, burst, libc::SIGKILL).await;
     assert!(
         acked.len() >= 300,
         "the burst got going ({} scans)",

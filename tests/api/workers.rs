@@ -5,7 +5,9 @@
 //! see each committed event exactly once, however many wake-ups it misses and
 //! however the process dies.
 
+use std::cell::Cell;
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use scanhop::actors::{Consumer, ConsumerWorker};
@@ -176,13 +178,14 @@ async fn get_text(url: String) -> (u16, String) {
 /// redirects received.
 fn burst(
     base: &str,
-    stop: std::rc::Rc<std::cell::Cell<bool>>,
-) -> Vec<actix_rt::task::JoinHandle<u64>> {
+    stop: Rc<Cell<bool>>,
+    answered: Rc<Cell<u64>>,
+) -> Vec<actix_rt::task::JoinHandle<()>> {
     (0..16)
         .map(|_| {
-            let (url, stop) = (format!("{base}/burst"), stop.clone());
+            let (url, stop, answered) = (format!("{base}/burst"), stop.clone(), answered.clone());
             actix_rt::spawn(async move {
-                let (c, mut ok) = (client(), 0);
+                let c = client();
                 while !stop.get() {
                     match c
                         .get(&url)
@@ -190,15 +193,22 @@ fn burst(
                         .send()
                         .await
                     {
-                        Ok(r) if r.status().as_u16() == 302 => ok += 1,
+                        Ok(r) if r.status().as_u16() == 302 => answered.set(answered.get() + 1),
                         Ok(_) => {}
-                        Err(_) => return ok,
+                        Err(_) => return,
                     }
                 }
-                ok
             })
         })
         .collect()
+}
+
+/// Waits until `answered` reaches `n` (at most 30 s: the machine may be busy).
+async fn until_answered(answered: &Cell<u64>, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.get() < n && Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn create_burst_link(base: &str, token: &str) {
@@ -254,18 +264,18 @@ async fn after_kill_9_between_commit_and_counting_the_consumer_resumes_from_its_
     let server = start_tally_server(&data, &[], &log);
     let token = server.token.clone().expect("first start prints a token");
     create_burst_link(&server.base, &token).await;
-    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
-    let tasks = burst(&server.base, stop.clone());
-    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    let (stop, answered): (Rc<Cell<bool>>, Rc<Cell<u64>>) = Default::default();
+    let tasks = burst(&server.base, Rc::clone(&stop), Rc::clone(&answered));
+    until_answered(&answered, 1000).await;
     server.signal(libc::SIGKILL);
     let _ = exit_status(server).await;
     stop.set(true);
-    let answered: u64 = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap_or(0))
-        .sum();
-    assert!(answered > 100, "the burst got going ({answered} scans)");
+    futures_util::future::join_all(tasks).await;
+    assert!(
+        answered.get() >= 1000,
+        "the burst got going ({} scans)",
+        answered.get()
+    );
     if let Some(disk) = disk.as_mut() {
         // The machine goes down with the process: what was not fsynced is gone.
         disk.power_cut_and_remount();
@@ -318,9 +328,9 @@ async fn sigterm_during_a_burst_turns_readyz_503_then_drains_every_worker_in_ord
     let token = server.token.clone().expect("first start prints a token");
     create_burst_link(&server.base, &token).await;
     assert_eq!(get_text(format!("{}/readyz", server.base)).await.0, 200);
-    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
-    let tasks = burst(&server.base, stop.clone());
-    actix_rt::time::sleep(Duration::from_millis(700)).await;
+    let (stop, answered): (Rc<Cell<bool>>, Rc<Cell<u64>>) = Default::default();
+    let tasks = burst(&server.base, Rc::clone(&stop), Rc::clone(&answered));
+    until_answered(&answered, 300).await;
     server.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
