@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::allow::{OPERATIONS, method_not_allowed};
+use crate::metrics::{Kind, family};
 
 /// Each endpoint is a resource of its own, so another method on its path is
 /// a 405 with `Allow: GET` rather than a trip to `/{slug}`.
@@ -50,6 +51,14 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state
         .workers
         .render_metrics(&mut text, state.metrics.scans_recorded.get());
+    let (hits, misses) = state.enricher.agent_cache_stats();
+    family(
+        &mut text,
+        "scanhop_useragent_cache_lookups_total",
+        "User agents of scans answered from the parsed-agent cache (hit) or parsed (miss).",
+        Kind::Counter,
+        &[("result=\"hit\"", hits), ("result=\"miss\"", misses)],
+    );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)

@@ -23,6 +23,8 @@ async fn health_readiness_and_metrics_answer_without_auth() {
         "scanhop_scans_recorded_total",
         "scanhop_orphan_scans_total",
         "scanhop_redirect_duration_seconds_bucket",
+        "scanhop_useragent_cache_lookups_total{result=\"hit\"}",
+        "scanhop_useragent_cache_lookups_total{result=\"miss\"}",
     ] {
         assert!(text.contains(name), "{name} missing");
     }
