@@ -147,6 +147,7 @@ async fn unscannable_or_invalid_options_are_refused_naming_the_fix() {
         ("fg=%23000000", "`fg`"),
         ("bg=fffff", "`bg`"),
         ("bg=gggggg", "`bg`"),
+        ("size=", "`size` is empty"),
     ];
     for (query, says) in cases {
         let r = app.get(&format!("/v1/links/{id}/qr?{query}")).await;

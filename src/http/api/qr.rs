@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::links::find_link;
+use super::query_value;
 use crate::http::auth::SecretCaller;
 use crate::http::error::ApiError;
 use crate::http::{AppState, header_str};
@@ -69,15 +70,17 @@ pub struct QrQuery {
 }
 
 impl QrQuery {
-    fn options(&self) -> Result<QrOptions, QrError> {
-        QrOptions::parse(RawOptions {
-            format: self.format.as_deref(),
-            size: self.size.as_deref(),
-            margin: self.margin.as_deref(),
-            ecc: self.ecc.as_deref(),
-            fg: self.fg.as_deref(),
-            bg: self.bg.as_deref(),
-        })
+    /// An empty value (`?size=`) is refused like in every other query, rather
+    /// than read as the default.
+    fn options(&self) -> Result<QrOptions, ApiError> {
+        Ok(QrOptions::parse(RawOptions {
+            format: query_value("format", &self.format)?,
+            size: query_value("size", &self.size)?,
+            margin: query_value("margin", &self.margin)?,
+            ecc: query_value("ecc", &self.ecc)?,
+            fg: query_value("fg", &self.fg)?,
+            bg: query_value("bg", &self.bg)?,
+        })?)
     }
 }
 
