@@ -360,4 +360,39 @@ mod tests {
             Err(QrError::Colour { option: "bg", .. })
         ));
     }
+
+    #[test]
+    fn equal_colours_are_low_contrast_and_a_light_fg_is_inverted() {
+        let with = |fg, bg| {
+            QrOptions::parse(RawOptions {
+                fg: Some(fg),
+                bg: Some(bg),
+                ..RawOptions::default()
+            })
+        };
+        assert!(matches!(
+            with("777777", "777777"),
+            Err(QrError::LowContrast { .. })
+        ));
+        assert!(matches!(
+            with("777777", "888888"),
+            Err(QrError::LowContrast { ratio }) if ratio < 1.5
+        ));
+        assert_eq!(with("ffffff", "000000"), Err(QrError::Inverted));
+        assert!(with("1a237e", "fff8e1").is_ok());
+    }
+
+    #[test]
+    fn the_etag_is_quoted_and_follows_text_and_options() {
+        let o = QrOptions::parse(RawOptions::default()).unwrap();
+        let png = QrOptions {
+            format: Format::Png,
+            ..o
+        };
+        let tag = etag("https://scan.example/a", &o);
+        assert!(tag.starts_with('"') && tag.ends_with('"') && tag.len() == 34);
+        assert_eq!(tag, etag("https://scan.example/a", &o));
+        assert_ne!(tag, etag("https://scan.example/b", &o));
+        assert_ne!(tag, etag("https://scan.example/a", &png));
+    }
 }

@@ -247,3 +247,80 @@ fn run_cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run scanhop")
 }
+
+#[actix_rt::test]
+async fn a_new_slug_gives_a_new_code_and_etag() {
+    let app = spawn_app().await;
+    let (id, _) = link(&app).await;
+    let path = format!("/v1/links/{id}/qr?format=png");
+    let before = app.get(&path).await;
+    let patched = app
+        .patch(&format!("/v1/links/{id}"), json!({"slug": "menu-2027"}))
+        .await;
+    assert_eq!(patched.status.as_u16(), 200, "{}", patched.text());
+    let req = app
+        .client
+        .get(app.url(&path))
+        .insert_header(("If-None-Match", before.header("etag").unwrap()));
+    let after = app.send(req, None).await;
+    assert_eq!(after.status.as_u16(), 200, "the old ETag is stale");
+    assert_eq!(decode_png(&after.body).0, "https://scan.example/menu-2027");
+}
+
+#[actix_rt::test]
+async fn a_code_wider_than_size_is_refused_with_the_size_that_fits() {
+    let app = spawn_app().await;
+    let slug = "a".repeat(64);
+    let link = app
+        .create_link(json!({"destination": "https://example.com/", "slug": slug}))
+        .await;
+    let id = link["id"].as_str().unwrap();
+    let r = app
+        .get(&format!("/v1/links/{id}/qr?size=64&margin=16&ecc=H"))
+        .await;
+    let body = r.assert_problem(400, "bad_request");
+    assert!(
+        body["detail"].as_str().unwrap().contains("raise `size`"),
+        "{body}"
+    );
+    let fits = app
+        .get(&format!(
+            "/v1/links/{id}/qr?size=256&margin=16&ecc=H&format=png"
+        ))
+        .await;
+    assert_eq!(decode_png(&fits.body).0, link["short_url"]);
+}
+
+#[actix_rt::test]
+async fn the_document_describes_the_options_and_both_image_types() {
+    let app = spawn_app().await;
+    let doc = app
+        .raw(app.client.get(app.url("/openapi.json")), "")
+        .await
+        .json();
+    let op = &doc["paths"]["/v1/links/{id}/qr"]["get"];
+    let content = op["responses"]["200"]["content"].as_object().unwrap();
+    assert!(content.contains_key("image/png") && content.contains_key("image/svg+xml"));
+    assert!(op["responses"]["304"].is_object());
+    let params = op["parameters"].as_array().unwrap();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("size")["minimum"], 64);
+    assert_eq!(param("size")["maximum"], 4096);
+    assert_eq!(param("margin")["minimum"], 2);
+    assert_eq!(param("margin")["maximum"], 16);
+    assert!(param("fg")["pattern"].is_string());
+    for (name, schema, values) in [
+        ("format", "QrFormat", json!(["svg", "png"])),
+        ("ecc", "QrEcc", json!(["L", "M", "Q", "H"])),
+    ] {
+        let reference = param(name).to_string();
+        assert!(reference.contains(schema), "{name}: {reference}");
+        assert_eq!(doc["components"]["schemas"][schema]["enum"], values);
+    }
+}

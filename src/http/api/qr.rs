@@ -53,9 +53,9 @@ pub struct QrQuery {
     /// are whole pixels (PNG); what is left over widens the quiet zone.
     #[param(value_type = Option<u32>, minimum = 64, maximum = 4096)]
     size: Option<String>,
-    /// Quiet zone around the code in modules, 2 to 16 (0 and 1 are refused as
-    /// unscannable), default 4.
-    #[param(value_type = Option<u32>, minimum = 0, maximum = 16)]
+    /// Quiet zone around the code in modules, 2 to 16, default 4. (0 and 1
+    /// parse, but are refused as unscannable, so the schema starts at 2.)
+    #[param(value_type = Option<u32>, minimum = 2, maximum = 16)]
     margin: Option<String>,
     /// Error correction level, default `M`.
     #[param(value_type = Option<QrEcc>)]
