@@ -122,7 +122,11 @@ async fn link_qr(
     if not_modified {
         return Ok(resp.finish());
     }
-    let (bytes, content_type) = qr::render(&text, &options)?;
+    // A 4096-pixel PNG takes tens of milliseconds: off the worker thread, so
+    // redirects served by the same worker do not wait for it.
+    let (bytes, content_type) = web::block(move || qr::render(&text, &options))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
     Ok(resp.content_type(content_type).body(bytes))
 }
 
