@@ -302,6 +302,11 @@ async fn the_document_describes_the_options_and_both_image_types() {
     let content = op["responses"]["200"]["content"].as_object().unwrap();
     assert!(content.contains_key("image/png") && content.contains_key("image/svg+xml"));
     assert!(op["responses"]["304"].is_object());
+    assert_eq!(
+        content["image/png"]["schema"]["$ref"],
+        "#/components/schemas/PngImage"
+    );
+    assert_eq!(doc["components"]["schemas"]["PngImage"]["format"], "binary");
     let params = op["parameters"].as_array().unwrap();
     let param = |name: &str| {
         params

@@ -43,6 +43,12 @@ pub enum QrEcc {
     H,
 }
 
+/// A PNG image: bytes, not the array of integers `Vec<u8>` would document.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary, content_media_type = "image/png")]
+#[allow(dead_code)] // Only describes the answer in the OpenAPI document.
+pub struct PngImage(Vec<u8>);
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct QrQuery {
@@ -95,7 +101,7 @@ impl From<QrError> for ApiError {
     responses(
         (status = 200, description = "The QR code of the link's `short_url`, with `ETag` and \
             `Cache-Control: private, max-age=3600`",
-            content((String = "image/svg+xml"), (Vec<u8> = "image/png"))),
+            content((String = "image/svg+xml"), (PngImage = "image/png"))),
         (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
 #[get("/links/{id}/qr")]
 async fn link_qr(
