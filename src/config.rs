@@ -315,6 +315,11 @@ impl Settings {
         self.server.public_base_url.trim_end_matches('/')
     }
 
+    /// The `short_url` of a slug: what its QR code encodes.
+    pub fn short_url(&self, slug: &str) -> String {
+        format!("{}/{slug}", self.short_url_base())
+    }
+
     /// The plan new workspaces get when none is named.
     pub fn default_plan(&self) -> &str {
         if self.plans.contains_key("free") {

@@ -10,5 +10,6 @@ pub mod enrich;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod qr;
 pub mod random;
 pub mod store;

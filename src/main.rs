@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use scanhop::app::{Application, termination_signal};
 use scanhop::config::{LogFormat, Settings};
 use scanhop::domain::TokenType;
-use scanhop::ids::{TokenId, WorkspaceId};
+use scanhop::ids::{LinkId, TokenId, WorkspaceId};
 use scanhop::store::Store;
 use scanhop::{accounts, domain};
 
@@ -38,6 +38,33 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write a link's QR code (SVG or PNG) to stdout, e.g. `> code.png`.
+    Qr(QrArgs),
+}
+
+/// The options of `GET /v1/links/{id}/qr`, with the same defaults and checks.
+#[derive(clap::Args)]
+struct QrArgs {
+    /// The link's ID (lnk_...) or its slug.
+    link: String,
+    /// svg (default) or png.
+    #[arg(long)]
+    format: Option<String>,
+    /// Width and height in pixels, 64 to 4096 (default 512).
+    #[arg(long)]
+    size: Option<String>,
+    /// Quiet zone in modules, 2 to 16 (default 4).
+    #[arg(long)]
+    margin: Option<String>,
+    /// Error correction: L, M (default), Q or H.
+    #[arg(long)]
+    ecc: Option<String>,
+    /// Dark module colour, 6 hex digits (default 000000).
+    #[arg(long)]
+    fg: Option<String>,
+    /// Background colour, 6 hex digits (default ffffff).
+    #[arg(long)]
+    bg: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +122,7 @@ fn main() -> ExitCode {
         }
         Command::Workspace(cmd) => workspace(&settings, cmd),
         Command::Token(cmd) => token(&settings, cmd),
+        Command::Qr(args) => qr(&settings, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,5 +237,36 @@ fn token(settings: &Settings, cmd: TokenCommand) -> CliResult {
         }
     }
     store.flush()?;
+    Ok(())
+}
+
+fn qr(settings: &Settings, args: &QrArgs) -> CliResult {
+    use std::io::Write as _;
+    let options = scanhop::qr::QrOptions::parse(scanhop::qr::RawOptions {
+        format: args.format.as_deref(),
+        size: args.size.as_deref(),
+        margin: args.margin.as_deref(),
+        ecc: args.ecc.as_deref(),
+        fg: args.fg.as_deref(),
+        bg: args.bg.as_deref(),
+    })?;
+    let store = open_store(settings)?;
+    // An ID is tried first: a slug may only spell a link ID on purpose, and
+    // then the ID is the likelier meaning.
+    let by_id = match args.link.parse::<LinkId>() {
+        Ok(id) => store.link(&id)?,
+        Err(_) => None,
+    };
+    let link = match by_id {
+        Some(link) => link,
+        None => store
+            .link_by_slug(&args.link)?
+            .ok_or_else(|| format!("no link with the ID or slug `{}`", args.link))?,
+    };
+    let text = settings.short_url(link.slug.as_str());
+    let (bytes, _) = scanhop::qr::render(&text, &options)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    out.flush()?;
     Ok(())
 }

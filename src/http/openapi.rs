@@ -26,8 +26,14 @@ use crate::http::error::{PROBLEM_JSON, Problem};
             Authenticate with `Authorization: Bearer <token>`. Errors are RFC 9457 problem+json."
     ),
     security(("bearer" = [])),
-    // Reached only through a `schema_with` field, which utoipa cannot follow.
-    components(schemas(crate::domain::FormField, crate::domain::link::FormFieldType)),
+    // Reached only through a `schema_with` field or a query parameter's
+    // `value_type`, which utoipa does not collect.
+    components(schemas(
+        crate::domain::FormField,
+        crate::domain::link::FormFieldType,
+        crate::http::api::qr::QrFormat,
+        crate::http::api::qr::QrEcc
+    )),
     tags(
         (name = "links", description = "Links (a QR code is a link)"),
         (name = "events", description = "Scan events"),

@@ -112,6 +112,16 @@ impl Store {
             .transpose()
     }
 
+    /// The link that holds `slug` now, if any (for the command line; the
+    /// redirect answers from the Resolver's cache instead).
+    pub fn link_by_slug(&self, slug: &str) -> StoreResult<Option<Link>> {
+        let id = self.inner.slugs.get(slug)?;
+        match id.as_deref().and_then(LinkId::from_slice) {
+            Some(id) => self.link(&id),
+            None => Ok(None),
+        }
+    }
+
     /// The link `id` if it belongs to workspace `ws`: another workspace's link
     /// is as absent as one that does not exist.
     pub fn owned_link(&self, ws: &WorkspaceId, id: &LinkId) -> StoreResult<Option<Link>> {

@@ -20,6 +20,7 @@ mod openapi;
 mod ops;
 mod page_tokens;
 mod proxies;
+mod qr;
 mod ratelimit;
 mod redirect;
 mod workers;

@@ -51,7 +51,7 @@ impl LinkView {
         Ok(LinkView {
             id: link.id,
             workspace_id: link.workspace_id,
-            short_url: format!("{}/{}", state.settings.short_url_base(), link.slug.as_str()),
+            short_url: state.settings.short_url(link.slug.as_str()),
             slug: link.slug.as_str().to_owned(),
             destination: link.destination.as_str().to_owned(),
             name: link.name,
@@ -155,7 +155,11 @@ async fn list_links(
     }))
 }
 
-fn find_link(state: &AppState, caller: &SecretCaller, raw_id: &str) -> Result<Link, ApiError> {
+pub(super) fn find_link(
+    state: &AppState,
+    caller: &SecretCaller,
+    raw_id: &str,
+) -> Result<Link, ApiError> {
     let id = parse_id::<LinkKind>("id", raw_id)?;
     state
         .store

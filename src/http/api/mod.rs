@@ -3,6 +3,7 @@
 pub mod events;
 mod link_bodies;
 pub mod links;
+pub mod qr;
 pub mod tokens;
 pub mod workspace;
 
@@ -14,6 +15,7 @@ use crate::ids::{Id, IdKind};
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(links::configure)
+        .configure(qr::configure)
         .configure(events::configure)
         .configure(workspace::configure)
         .configure(tokens::configure);
