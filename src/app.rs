@@ -16,6 +16,7 @@ use actix_web::{App, HttpServer, web};
 use utoipa_actix_web::AppExt;
 
 use crate::accounts;
+use crate::actors::counters::{CounterView, Counters};
 use crate::actors::flusher::Flusher;
 use crate::actors::geo_reloader::GeoReloader;
 use crate::actors::limit_pruner::LimitPruner;
@@ -85,8 +86,10 @@ impl Application {
             metrics.clone(),
         )?;
         workers.add(handle);
-        let mut downstream = Vec::with_capacity(consumers.len());
-        for start in consumers {
+        let counters = CounterView::new(store.clone());
+        let mut downstream = Vec::with_capacity(consumers.len() + 1);
+        let builtin = Counters::starter(counters.clone(), settings.counters.clone());
+        for start in std::iter::once(builtin).chain(consumers) {
             let started = start(&store)?;
             downstream.push(started.wake);
             workers.add(started.handle);
@@ -118,6 +121,7 @@ impl Application {
             store,
             links,
             recorder,
+            counters,
             enricher: Arc::new(Enricher::new(geo)),
             salts,
             metrics,

@@ -35,6 +35,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub resolver: ResolverSettings,
     pub recorder: RecorderSettings,
+    pub counters: ConsumerSettings,
     pub geoip: GeoipSettings,
     pub privacy: PrivacySettings,
     pub webhooks: WebhookSettings,
@@ -282,6 +283,18 @@ impl Settings {
             (
                 "recorder.mailbox_capacity",
                 self.recorder.mailbox_capacity as u64,
+            ),
+            (
+                "counters.mailbox_capacity",
+                self.counters.mailbox_capacity as u64,
+            ),
+            (
+                "counters.read_batch_size",
+                self.counters.read_batch_size as u64,
+            ),
+            (
+                "counters.checkpoint_interval_ms",
+                self.counters.checkpoint_interval_ms,
             ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {

@@ -44,6 +44,23 @@ pub trait Consumer: Unpin + Send + 'static {
     fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
         store.save_consumer(Self::NAME, record)
     }
+
+    /// Whether `maintain` has work (checked at every step).
+    fn needs_maintenance(&self, _state: &Self::State) -> bool {
+        false
+    }
+
+    /// Work on what is already folded (a rebuild, say), run after a
+    /// checkpoint, so the store holds everything up to `position`. Answers
+    /// whether it changed `state`, which is then checkpointed.
+    fn maintain(
+        &mut self,
+        _state: &mut Self::State,
+        _store: &Store,
+        _position: Option<EventId>,
+    ) -> StoreResult<bool> {
+        Ok(false)
+    }
 }
 
 /// Progress shared with `/metrics`.
@@ -67,6 +84,8 @@ impl ConsumerProgress {
 /// A started consumer: where the Recorder sends wake-ups, and its handle.
 pub struct StartedConsumer {
     pub wake: Recipient<ScansCommitted>,
+    /// Runs a step now (after a change the consumer must act on).
+    pub poke: Recipient<Poke>,
     pub handle: WorkerHandle,
 }
 
@@ -133,6 +152,7 @@ impl<C: Consumer> ConsumerWorker<C> {
         let addr = ConsumerWorker::start_in_arbiter(&arbiter.handle(), move |_| self);
         StartedConsumer {
             wake: addr.clone().recipient(),
+            poke: addr.clone().recipient(),
             handle: WorkerHandle::new(C::NAME, Stage::Consumers, &addr, status)
                 .with_progress(progress),
         }
@@ -207,13 +227,23 @@ impl<C: Consumer> ConsumerWorker<C> {
         Ok(())
     }
 
-    /// One step at `now`: catch up a bounded amount, checkpoint when due.
-    /// Answers whether it is caught up.
+    /// One step at `now`: catch up a bounded amount, checkpoint when due,
+    /// then let the consumer maintain what it folded. Answers whether it is
+    /// caught up.
     pub fn run_once(&mut self, now: Timestamp) -> StoreResult<bool> {
         let caught_up = self.catch_up(PAGES_PER_STEP)?;
         let due = now.as_millis() - self.last_checkpoint.as_millis()
             >= self.settings.checkpoint_interval_ms as i64;
-        if due || !caught_up {
+        let maintain = self.consumer.needs_maintenance(&self.state);
+        if due || !caught_up || maintain {
+            self.checkpoint(now)?;
+        }
+        if maintain
+            && self
+                .consumer
+                .maintain(&mut self.state, &self.store, self.position)?
+        {
+            self.dirty = true;
             self.checkpoint(now)?;
         }
         Ok(caught_up)
@@ -256,6 +286,19 @@ impl<C: Consumer> Handler<Step> for ConsumerWorker<C> {
     type Result = ();
 
     fn handle(&mut self, _: Step, ctx: &mut Self::Context) {
+        self.step(ctx);
+    }
+}
+
+/// Run a step now rather than at the next tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Poke;
+
+impl<C: Consumer> Handler<Poke> for ConsumerWorker<C> {
+    type Result = ();
+
+    fn handle(&mut self, _: Poke, ctx: &mut Self::Context) {
         self.step(ctx);
     }
 }

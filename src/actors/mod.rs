@@ -4,6 +4,7 @@
 //! consumers.
 
 pub mod consumer;
+pub mod counters;
 pub mod flusher;
 pub mod geo_reloader;
 pub mod limit_pruner;

@@ -5,6 +5,7 @@
 pub mod event;
 pub mod link;
 pub mod schemas;
+pub mod tally;
 pub mod time;
 pub mod token;
 pub mod workspace;

@@ -39,6 +39,8 @@ pub struct AppState {
     pub links: Arc<LinkCache>,
     pub resolver: Addr<Resolver>,
     pub recorder: RecorderHandle,
+    /// Scan tallies per day, for the analytics answers.
+    pub counters: Arc<crate::actors::counters::CounterView>,
     pub enricher: Arc<Enricher>,
     /// The daily IP salts, kept current by the salt rotation worker.
     pub salts: Arc<SaltBook>,

@@ -164,6 +164,21 @@ impl Store {
         scan::paginate(candidates, limit, LINK_SCAN_BUDGET)
     }
 
+    /// How many links workspace `ws` has.
+    pub fn count_links(&self, ws: &WorkspaceId) -> StoreResult<u64> {
+        let mut n = 0;
+        for key in self
+            .inner
+            .links_by_workspace
+            .scan_prefix(ws.as_bytes())
+            .keys()
+        {
+            key?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Lifetime non-bot scans of a link.
     pub fn link_total_scans(&self, id: &LinkId) -> StoreResult<u64> {
         let key = keys::counter(keys::CounterKind::LinkTotal, id);

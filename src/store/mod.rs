@@ -10,6 +10,7 @@ mod links;
 mod scan;
 mod secrets;
 mod segment;
+mod tallies;
 mod tokens;
 mod workspaces;
 
@@ -20,6 +21,7 @@ pub use consumers::ConsumerRecord;
 pub use events::{EventIndex, EventQuery};
 pub use links::{LinkQuery, LinkWrite};
 pub use scan::Page;
+pub use tallies::{TallyKey, TallyScope};
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
 const FORMAT_DIR: &str = "sled-v1";
@@ -81,6 +83,8 @@ struct Trees {
     events_by_visitor: sled::Tree,
     /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
     counters: sled::Tree,
+    /// key = scope (1) ++ owner id (16) ++ day (u32 BE) → value = Tally
+    tallies: sled::Tree,
     /// key = consumer name bytes → value = ConsumerRecord (position and state)
     consumers: sled::Tree,
     /// key = name bytes → value = metadata (schema version, salts, secrets)
@@ -117,6 +121,7 @@ impl Store {
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
+            tallies: open("tallies")?,
             consumers: open("consumers")?,
             meta: open("meta")?,
             db,

@@ -1,5 +1,6 @@
 //! `/v1`: the REST API, one file per resource family.
 
+pub mod analytics;
 pub mod events;
 mod link_bodies;
 pub mod links;
@@ -15,6 +16,7 @@ use crate::ids::{Id, IdKind};
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(links::configure)
+        .configure(analytics::configure)
         .configure(qr::configure)
         .configure(events::configure)
         .configure(workspace::configure)

@@ -81,7 +81,12 @@ async fn update_workspace(
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.into_inner().parse()?;
     let mut ws = load(&state, &caller)?;
+    let zone_before = ws.timezone.clone();
     patch.apply(&mut ws);
     state.store.put_workspace(&ws)?;
+    if ws.timezone != zone_before {
+        // The Counters worker re-buckets the days it still holds events for.
+        state.counters.zone_changed(ws.id);
+    }
     Ok(HttpResponse::Ok().json(ws))
 }
