@@ -4,6 +4,7 @@
 mod helpers;
 mod powercut;
 
+mod analytics;
 mod architecture;
 mod auth;
 mod bot_corpus;
