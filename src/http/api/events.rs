@@ -1,11 +1,12 @@
 //! `/v1/events`: list with filters, get one.
 
 use actix_web::{HttpResponse, get, web};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{parse_id, query_value};
-use crate::domain::{DeviceType, ScanEvent, ScanMethod, Timestamp};
+pub use crate::domain::EventView;
+use crate::domain::{DeviceType, Timestamp};
 use crate::http::AppState;
 use crate::http::auth::SecretCaller;
 use crate::http::error::ApiError;
@@ -15,62 +16,6 @@ use crate::store::{EventIndex, EventQuery};
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(list_events).service(get_event);
-}
-
-/// One scan of a link: when and how it was opened, by what device and
-/// software, from roughly where, and where the visitor was sent. Location
-/// fields are `null` when no configured GeoIP database knows the address; the
-/// IP itself is never stored, only `ip_hash`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    pub id: EventId,
-    pub link_id: LinkId,
-    pub visitor_id: Option<VisitorId>,
-    pub timestamp: Timestamp,
-    pub method: ScanMethod,
-    pub device_type: DeviceType,
-    pub os: Option<String>,
-    pub os_version: Option<String>,
-    pub browser: Option<String>,
-    pub browser_version: Option<String>,
-    pub country: Option<String>,
-    pub region: Option<String>,
-    pub city: Option<String>,
-    pub isp: Option<String>,
-    pub asn: Option<u32>,
-    pub language: Option<String>,
-    pub referer: Option<String>,
-    pub destination: String,
-    /// Hex SHA-256 of a daily salt and the client IP.
-    pub ip_hash: String,
-    pub bot: bool,
-}
-
-impl From<ScanEvent> for EventView {
-    fn from(e: ScanEvent) -> Self {
-        EventView {
-            timestamp: Timestamp::from_millis(e.timestamp_ms()),
-            id: e.id,
-            link_id: e.link_id,
-            visitor_id: e.visitor_id,
-            method: e.method,
-            device_type: e.device_type,
-            os: e.os,
-            os_version: e.os_version,
-            browser: e.browser,
-            browser_version: e.browser_version,
-            country: e.country,
-            region: e.region,
-            city: e.city,
-            isp: e.isp,
-            asn: e.asn,
-            language: e.language,
-            referer: e.referer,
-            destination: e.destination,
-            ip_hash: hex::encode(e.ip_hash),
-            bot: e.bot,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
