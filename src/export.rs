@@ -44,7 +44,9 @@ pub const CSV_COLUMNS: [&str; 20] = [
     "bot",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Format of an export: `ndjson` (newline-delimited JSON) or `csv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum ExportFormat {
     /// One JSON object per line.
     #[default]
