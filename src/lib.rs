@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod enrich;
+pub mod export;
 pub mod http;
 pub mod ids;
 pub mod metrics;

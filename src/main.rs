@@ -40,6 +40,32 @@ enum Command {
     Token(TokenCommand),
     /// Write a link's QR code (SVG or PNG) to stdout, e.g. `> code.png`.
     Qr(QrArgs),
+    /// Write a workspace's scan events to stdout, oldest first, as NDJSON or
+    /// CSV: the bytes `GET /v1/events/export` answers for the same filters.
+    Export(ExportArgs),
+}
+
+/// The filters of `GET /v1/events/export`, with the same checks.
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The workspace's ID (ws_...) or name.
+    #[arg(long)]
+    workspace: String,
+    /// ndjson (default) or csv.
+    #[arg(long)]
+    format: Option<String>,
+    /// Only events at or after this time, RFC 3339.
+    #[arg(long)]
+    from: Option<String>,
+    /// Only events before this time, RFC 3339.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only events of this link (lnk_...).
+    #[arg(long)]
+    link: Option<String>,
+    /// Include bots and link previewers.
+    #[arg(long)]
+    include_bots: bool,
 }
 
 /// The options of `GET /v1/links/{id}/qr`, with the same defaults and checks.
@@ -123,6 +149,7 @@ fn main() -> ExitCode {
         Command::Workspace(cmd) => workspace(&settings, cmd),
         Command::Token(cmd) => token(&settings, cmd),
         Command::Qr(args) => qr(&settings, &args),
+        Command::Export(args) => export(&settings, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -269,4 +296,92 @@ fn qr(settings: &Settings, args: &QrArgs) -> CliResult {
     out.write_all(&bytes)?;
     out.flush()?;
     Ok(())
+}
+
+/// `--workspace`: an ID, or the name of exactly one workspace.
+fn find_workspace(
+    store: &Store,
+    wanted: &str,
+) -> Result<domain::Workspace, Box<dyn std::error::Error>> {
+    if let Ok(id) = wanted.parse::<WorkspaceId>()
+        && let Some(ws) = store.workspace(&id)?
+    {
+        return Ok(ws);
+    }
+    let mut named: Vec<domain::Workspace> = store
+        .workspaces()?
+        .into_iter()
+        .filter(|w| w.name == wanted)
+        .collect();
+    match named.len() {
+        0 => Err(format!("--workspace: no workspace with the ID or name `{wanted}`").into()),
+        1 => Ok(named.remove(0)),
+        n => Err(format!("--workspace: {n} workspaces are named `{wanted}`; give its ID").into()),
+    }
+}
+
+fn export(settings: &Settings, args: ExportArgs) -> CliResult {
+    use std::io::{IsTerminal as _, Write as _};
+
+    use scanhop::export::{ExportFormat, ExportWalk};
+    use scanhop::http::api::events::EventFilters;
+
+    let format = match args.format.as_deref() {
+        None => ExportFormat::default(),
+        Some(f) => ExportFormat::parse(f).ok_or("--format must be ndjson or csv")?,
+    };
+    let store = open_store(settings)?;
+    let ws = find_workspace(&store, &args.workspace)?;
+    let filters = EventFilters {
+        link_id: args.link,
+        from: args.from,
+        to: args.to,
+        include_bots: args.include_bots.then(|| "true".to_owned()),
+        ..EventFilters::default()
+    };
+    // The API's own checks, so both refuse the same filters; the messages
+    // name the query parameters, which are options here.
+    let parsed = filters.parse(ws.id).map_err(|e| {
+        [("link_id", "--link"), ("from", "--from"), ("to", "--to")]
+            .iter()
+            .fold(e.detail().to_owned(), |msg, (param, option)| {
+                msg.replace(&format!("`{param}`"), option)
+            })
+    })?;
+    let mut walk = ExportWalk::start(store, parsed.query, parsed.link_filter, format)?;
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(walk.candidates()?);
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events examined, {msg}",
+        )?;
+        bar.set_style(style);
+        bar.set_message("0 exported");
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut exported = 0usize;
+    let written = (|| -> std::io::Result<()> {
+        out.write_all(&format.header())?;
+        while let Some(chunk) = walk.next_chunk().map_err(std::io::Error::other)? {
+            out.write_all(&chunk.bytes)?;
+            exported += chunk.events;
+            progress.inc(chunk.examined);
+            progress.set_message(format!("{exported} exported"));
+        }
+        out.flush()
+    })();
+    progress.finish_and_clear();
+    match written {
+        // The reader went away (`| head`): what it wanted it has.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(()) => {
+            if !progress.is_hidden() {
+                eprintln!("Exported {exported} events of workspace {}.", ws.id);
+            }
+            Ok(())
+        }
+    }
 }

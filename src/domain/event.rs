@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Timestamp;
 use crate::ids::{EventId, LinkId, VisitorId, WorkspaceId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -75,6 +76,65 @@ impl ScanEvent {
     /// Workspace-local "tag" filters need the link; everything else is on the event.
     pub fn timestamp_ms(&self) -> i64 {
         self.id.timestamp_ms()
+    }
+}
+
+// The event as the API shows it: what `GET /v1/events` lists and the export
+// writes, one serializer for both. (The doc comment below is the schema's
+// description in the OpenAPI document.)
+/// One scan of a link: when and how it was opened, by what device and
+/// software, from roughly where, and where the visitor was sent. Location
+/// fields are `null` when no configured GeoIP database knows the address; the
+/// IP itself is never stored, only `ip_hash`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub id: EventId,
+    pub link_id: LinkId,
+    pub visitor_id: Option<VisitorId>,
+    pub timestamp: Timestamp,
+    pub method: ScanMethod,
+    pub device_type: DeviceType,
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub browser: Option<String>,
+    pub browser_version: Option<String>,
+    pub country: Option<String>,
+    pub region: Option<String>,
+    pub city: Option<String>,
+    pub isp: Option<String>,
+    pub asn: Option<u32>,
+    pub language: Option<String>,
+    pub referer: Option<String>,
+    pub destination: String,
+    /// Hex SHA-256 of a daily salt and the client IP.
+    pub ip_hash: String,
+    pub bot: bool,
+}
+
+impl From<ScanEvent> for EventView {
+    fn from(e: ScanEvent) -> Self {
+        EventView {
+            timestamp: Timestamp::from_millis(e.timestamp_ms()),
+            id: e.id,
+            link_id: e.link_id,
+            visitor_id: e.visitor_id,
+            method: e.method,
+            device_type: e.device_type,
+            os: e.os,
+            os_version: e.os_version,
+            browser: e.browser,
+            browser_version: e.browser_version,
+            country: e.country,
+            region: e.region,
+            city: e.city,
+            isp: e.isp,
+            asn: e.asn,
+            language: e.language,
+            referer: e.referer,
+            destination: e.destination,
+            ip_hash: hex::encode(e.ip_hash),
+            bot: e.bot,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ pub mod time;
 pub mod token;
 pub mod workspace;
 
-pub use event::{DeviceType, ScanEvent, ScanMethod};
+pub use event::{DeviceType, EventView, ScanEvent, ScanMethod};
 pub use link::{Destination, Form, FormField, Link, LinkPatch, LinkStatus, NewLink, Slug};
 pub use time::Timestamp;
 pub use token::{Token, TokenSecret, TokenType};

@@ -158,6 +158,10 @@ impl ApiError {
             ..Self::new(ErrorCode::RateLimited, "Too many requests; retry later.")
         }
     }
+    /// What this occurrence means, for a person (the problem's `detail`).
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
     /// Logs `cause` with its chain; the client sees only an opaque message.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         let mut chain = cause.to_string();

@@ -32,7 +32,8 @@ use crate::http::error::{PROBLEM_JSON, Problem};
         crate::domain::FormField,
         crate::domain::link::FormFieldType,
         crate::http::api::qr::QrFormat,
-        crate::http::api::qr::QrEcc
+        crate::http::api::qr::QrEcc,
+        crate::export::ExportFormat
     )),
     tags(
         (name = "links", description = "Links (a QR code is a link)"),

@@ -71,6 +71,45 @@ struct Bounds {
     upper: Option<[u8; 16]>,
 }
 
+/// Index entries (key, positions) in walking order.
+type IndexEntries<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+
+/// The order of a walk through an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// `GET /v1/events`.
+    NewestFirst,
+    /// The export.
+    OldestFirst,
+}
+
+/// The ID right after `id`; `None` after the largest one.
+fn successor(id: [u8; 16]) -> Option<[u8; 16]> {
+    u128::from_be_bytes(id)
+        .checked_add(1)
+        .map(u128::to_be_bytes)
+}
+
+/// The bounds of an oldest-first walk: `q`'s time range, strictly after
+/// `after` and at or before `until`. `None` when nothing can be in them.
+fn ascending_bounds(
+    q: &EventQuery,
+    after: Option<[u8; 16]>,
+    until: Option<&EventId>,
+) -> Option<Bounds> {
+    let mut lower = q.from_ms.map(EventId::lower_bound_bytes);
+    if let Some(a) = after {
+        let next = successor(a)?;
+        lower = Some(lower.map_or(next, |l| l.max(next)));
+    }
+    let mut upper = q.to_ms.map(EventId::lower_bound_bytes);
+    // Nothing follows the largest ID: then `until` bounds nothing.
+    if let Some(next) = until.and_then(|u| successor(*u.as_bytes())) {
+        upper = Some(upper.map_or(next, |x| x.min(next)));
+    }
+    Some(Bounds { lower, upper })
+}
+
 impl Store {
     /// Writes one batch (ascending IDs) as a segment with its index entries
     /// and link totals, atomically.
@@ -148,32 +187,124 @@ impl Store {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Page<ScanEvent>> {
-        let (tree, owner): (&sled::Tree, &[u8; 16]) = match &q.index {
-            EventIndex::Workspace => (&self.inner.events_by_workspace, q.workspace_id.as_bytes()),
-            EventIndex::Link(id) => (&self.inner.events_by_link, id.as_bytes()),
-            EventIndex::Visitor(id) => (&self.inner.events_by_visitor, id.as_bytes()),
-        };
-        let lower = q.from_ms.map(EventId::lower_bound_bytes);
         let mut upper = q.to_ms.map(EventId::lower_bound_bytes);
         if let Some(c) = scan::cursor_id(cursor)? {
             upper = Some(upper.map_or(c, |u| u.min(c)));
         }
-        let bounds = Bounds { lower, upper };
-        // A segment's index key is its first ID, which is below every event it
-        // holds: the range ends at the upper bound, and events at or above it
-        // inside the last segment are skipped one by one.
-        let mut start = owner.to_vec();
-        start.extend_from_slice(&[0; 16]);
-        let mut end = owner.to_vec();
-        end.extend_from_slice(&upper.unwrap_or([0xff; 16]));
+        let bounds = Bounds {
+            lower: q.from_ms.map(EventId::lower_bound_bytes),
+            upper,
+        };
+        Ok(self
+            .walk_events(q, bounds, Direction::NewestFirst, limit)?
+            .0)
+    }
+
+    /// Events matching `q`, oldest first (the export's order), strictly after
+    /// `after` and at or before `until`: the newest event when an export
+    /// began, so a walk ends even while scans keep arriving. The next cursor
+    /// (an event ID, to pass as `after`) is the last event returned, or the
+    /// last one examined when the scan budget ran out first. Also answers
+    /// how many candidates the page examined.
+    pub fn list_events_oldest_first(
+        &self,
+        q: &EventQuery,
+        after: Option<&[u8]>,
+        until: Option<&EventId>,
+        limit: usize,
+    ) -> StoreResult<(Page<ScanEvent>, u64)> {
+        let Some(bounds) = ascending_bounds(q, scan::cursor_id(after)?, until) else {
+            let empty = Page {
+                items: Vec::new(),
+                next_cursor: None,
+            };
+            return Ok((empty, 0));
+        };
+        self.walk_events(q, bounds, Direction::OldestFirst, limit)
+    }
+
+    /// How many events the index that `q` walks holds between `q`'s time
+    /// bounds and `until`, before the other filters: read from the index
+    /// entries alone, counting whole segments at the two edges, so it may be
+    /// a little more than an oldest-first walk examines.
+    pub fn count_event_candidates(
+        &self,
+        q: &EventQuery,
+        until: Option<&EventId>,
+    ) -> StoreResult<u64> {
+        let Some(bounds) = ascending_bounds(q, None, until) else {
+            return Ok(0);
+        };
+        let (tree, owner) = self.event_index(q);
+        let mut n = 0u64;
+        for entry in self.index_range(tree, owner, bounds, Direction::OldestFirst)? {
+            let (_, positions) = entry?;
+            n += segment::decode_positions(&positions).count() as u64;
+        }
+        Ok(n)
+    }
+
+    /// The index tree a query walks, and the owner prefix in it.
+    fn event_index<'a>(&'a self, q: &'a EventQuery) -> (&'a sled::Tree, &'a [u8; 16]) {
+        match &q.index {
+            EventIndex::Workspace => (&self.inner.events_by_workspace, q.workspace_id.as_bytes()),
+            EventIndex::Link(id) => (&self.inner.events_by_link, id.as_bytes()),
+            EventIndex::Visitor(id) => (&self.inner.events_by_visitor, id.as_bytes()),
+        }
+    }
+
+    /// The owner's index entries that may hold events within `bounds`, in
+    /// walking order. A segment's index key is its first ID, which is below
+    /// every event it holds: the range ends at the upper bound (events at or
+    /// above it inside the last segment are met one by one), and an
+    /// oldest-first walk starts at the segment that holds the lower bound.
+    fn index_range<'a>(
+        &self,
+        tree: &'a sled::Tree,
+        owner: &[u8; 16],
+        bounds: Bounds,
+        dir: Direction,
+    ) -> StoreResult<IndexEntries<'a>> {
+        let key = |suffix: &[u8; 16]| -> Vec<u8> { [&owner[..], &suffix[..]].concat() };
+        let end = key(&bounds.upper.unwrap_or([0xff; 16]));
+        Ok(match dir {
+            Direction::NewestFirst => Box::new(tree.range(key(&[0; 16])..end).rev()),
+            Direction::OldestFirst => {
+                let start = match bounds.lower {
+                    None => key(&[0; 16]),
+                    Some(lower) => match tree.range(key(&[0; 16])..=key(&lower)).next_back() {
+                        Some(entry) => entry?.0.to_vec(),
+                        None => key(&lower),
+                    },
+                };
+                if start >= end {
+                    return Ok(Box::new(std::iter::empty()));
+                }
+                Box::new(tree.range(start..end))
+            }
+        })
+    }
+
+    /// The one walk behind both listings: the index entries of `q` in `dir`
+    /// order, the events inside them within `bounds`, filtered, cut into a
+    /// page. Also answers how many candidates were examined.
+    fn walk_events(
+        &self,
+        q: &EventQuery,
+        bounds: Bounds,
+        dir: Direction,
+        limit: usize,
+    ) -> StoreResult<(Page<ScanEvent>, u64)> {
+        let (tree, owner) = self.event_index(q);
+        let examined = std::cell::Cell::new(0u64);
         let mut tagged: HashMap<LinkId, bool> = HashMap::new();
-        let candidates = tree
-            .range(start..end)
-            .rev()
-            .flat_map(move |entry| self.segment_candidates(entry, bounds))
-            // `None`: below the lower bound, where the walk ends.
+        let candidates = self
+            .index_range(tree, owner, bounds, dir)?
+            .flat_map(move |entry| self.segment_candidates(entry, bounds, dir))
+            // `None`: past the end of the bounds, where the walk ends.
             .map_while(|c| c)
             .map(|c| {
+                examined.set(examined.get() + 1);
                 let (cursor, event) = c?;
                 let keep = match event {
                     Some(e) if self.event_matches(q, &e, &mut tagged)? => Some(e),
@@ -181,15 +312,19 @@ impl Store {
                 };
                 Ok((cursor, keep))
             });
-        scan::paginate(candidates, limit, SCAN_BUDGET)
+        let page = scan::paginate(candidates, limit, SCAN_BUDGET)?;
+        Ok((page, examined.get()))
     }
 
-    /// The events of one index entry (a segment), newest first, within
-    /// `bounds`; `None` once past the lower bound.
+    /// The events of one index entry (a segment) in `dir` order within
+    /// `bounds`; `None` once past the end of the bounds (below the lower one
+    /// newest first, at or above the upper one oldest first). Events before
+    /// the start of the bounds are skipped.
     fn segment_candidates(
         &self,
         entry: sled::Result<(sled::IVec, sled::IVec)>,
         bounds: Bounds,
+        dir: Direction,
     ) -> Box<dyn Iterator<Item = Option<Candidate<ScanEvent>>> + '_> {
         let found = entry
             .map_err(StoreError::from)
@@ -205,16 +340,26 @@ impl Store {
             Ok(None) => return Box::new(std::iter::empty()),
             Err(e) => return Box::new(std::iter::once(Some(Err(e)))),
         };
-        Box::new(positions.into_iter().rev().filter_map(move |pos| {
+        let positions: Box<dyn Iterator<Item = usize>> = match dir {
+            Direction::NewestFirst => Box::new(positions.into_iter().rev()),
+            Direction::OldestFirst => Box::new(positions.into_iter()),
+        };
+        Box::new(positions.filter_map(move |pos| {
             let seg = match Segment::parse(&value) {
                 Ok(seg) => seg,
                 Err(e) => return Some(Some(Err(e))),
             };
             let id = seg.id(pos);
-            if bounds.upper.is_some_and(|u| id.as_bytes() >= &u) {
+            let below = bounds.lower.is_some_and(|l| id.as_bytes() < &l);
+            let above = bounds.upper.is_some_and(|u| id.as_bytes() >= &u);
+            let (before_start, past_end) = match dir {
+                Direction::NewestFirst => (above, below),
+                Direction::OldestFirst => (below, above),
+            };
+            if before_start {
                 return None;
             }
-            if bounds.lower.is_some_and(|l| id.as_bytes() < &l) {
+            if past_end {
                 return Some(None);
             }
             Some(Some(
@@ -288,6 +433,23 @@ mod tests {
         let mut cursor: Option<Vec<u8>> = None;
         loop {
             let p = store.list_events(q, cursor.as_deref(), page).unwrap();
+            out.extend(p.items.iter().map(|e| e.timestamp_ms()));
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    /// Every page of the oldest-first walk, and the candidates it examined.
+    fn walk_up(store: &Store, q: &EventQuery, until: Option<&EventId>, page: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let (p, _) = store
+                .list_events_oldest_first(q, cursor.as_deref(), until, page)
+                .unwrap();
+            assert!(p.items.len() <= page);
             out.extend(p.items.iter().map(|e| e.timestamp_ms()));
             match p.next_cursor {
                 Some(c) => cursor = Some(c),
@@ -378,5 +540,94 @@ mod tests {
             let got = store.list_events(&all, Some(bad), 2);
             assert!(matches!(got, Err(StoreError::BadCursor)), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn oldest_first_walks_are_the_newest_first_ones_reversed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, other_ws) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let (a, b) = (LinkId::generate(), LinkId::generate());
+        // Segments of 1 to 7 events; link `a` on every third, bots on every fifth.
+        let mut ms = 0;
+        let mut all_events = Vec::new();
+        for size in [3, 1, 7, 2, 5, 4, 6] {
+            let batch: Vec<ScanEvent> = (0..size)
+                .map(|_| {
+                    ms += 1;
+                    let owner = if ms % 7 == 0 { other_ws } else { ws };
+                    let link = if ms % 3 == 0 { a } else { b };
+                    event(ms, owner, link, ms % 5 == 0)
+                })
+                .collect();
+            store.commit_scans(&batch).unwrap();
+            all_events.extend(batch);
+        }
+        let all = query(ws, EventIndex::Workspace);
+        let queries = [
+            all.clone(),
+            EventQuery {
+                include_bots: true,
+                ..all.clone()
+            },
+            query(ws, EventIndex::Link(a)),
+            EventQuery {
+                from_ms: Some(4),
+                to_ms: Some(20),
+                include_bots: true,
+                ..all.clone()
+            },
+            EventQuery {
+                from_ms: Some(11),
+                ..query(ws, EventIndex::Link(b))
+            },
+            EventQuery {
+                to_ms: Some(2),
+                ..all.clone()
+            },
+            EventQuery {
+                from_ms: Some(1000),
+                ..all.clone()
+            },
+            query(other_ws, EventIndex::Link(a)),
+        ];
+        for q in &queries {
+            let mut down = walk(&store, q, 3);
+            down.reverse();
+            for page in [1, 2, 5, 100] {
+                assert_eq!(
+                    walk_up(&store, q, None, page),
+                    down,
+                    "{q:?}, pages of {page}"
+                );
+            }
+        }
+        assert_eq!(walk_up(&store, &all, None, 4).first(), Some(&1));
+        // `until` is inclusive, and ends the walk inside a segment.
+        let until = all_events[9].id;
+        let upto: Vec<i64> = walk_up(&store, &all, None, 2);
+        let cut: Vec<i64> = upto.iter().copied().filter(|&m| m <= 10).collect();
+        assert_eq!(walk_up(&store, &all, Some(&until), 2), cut);
+        // The candidate count covers what a walk examines, whole segments at the edges.
+        let examined = |q: &EventQuery, until: Option<&EventId>| {
+            store
+                .list_events_oldest_first(q, None, until, 1000)
+                .unwrap()
+                .1
+        };
+        for q in &queries {
+            let count = store.count_event_candidates(q, None).unwrap();
+            assert!(count >= examined(q, None), "{q:?}");
+        }
+        assert_eq!(store.count_event_candidates(&all, None).unwrap(), 24);
+        assert_eq!(examined(&all, None), 24, "bots are examined, then left out");
+        assert_eq!(examined(&all, Some(&until)), 9);
+        let after_last = all_events.last().unwrap().id.as_bytes().to_vec();
+        let (p, n) = store
+            .list_events_oldest_first(&all, Some(&after_last), None, 10)
+            .unwrap();
+        assert!(p.items.is_empty() && p.next_cursor.is_none() && n == 0);
+        let got = store.list_events_oldest_first(&all, Some(&[1; 3]), None, 2);
+        assert!(matches!(got, Err(StoreError::BadCursor)));
     }
 }

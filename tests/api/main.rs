@@ -13,6 +13,7 @@ mod docs_page;
 mod durability;
 mod enrichment;
 mod events;
+mod export;
 mod links;
 mod logs;
 mod malformed;

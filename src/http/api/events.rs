@@ -1,109 +1,77 @@
-//! `/v1/events`: list with filters, get one.
+//! `/v1/events`: list with filters, export (streamed), get one.
 
+use actix_web::http::header;
+use actix_web::web::Bytes;
 use actix_web::{HttpResponse, get, web};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use futures_util::Stream;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{parse_id, query_value};
-use crate::domain::{DeviceType, ScanEvent, ScanMethod, Timestamp};
-use crate::http::AppState;
+pub use crate::domain::EventView;
+use crate::domain::{DeviceType, Timestamp};
+use crate::export::{ExportFormat, ExportWalk};
 use crate::http::auth::SecretCaller;
 use crate::http::error::ApiError;
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
-use crate::ids::{EventId, EventKind, LinkId, LinkKind, VisitorId, VisitorKind};
+use crate::http::{AppState, request_id};
+use crate::ids::{EventId, EventKind, LinkId, LinkKind, VisitorId, VisitorKind, WorkspaceId};
 use crate::store::{EventIndex, EventQuery};
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(list_events).service(get_event);
+    // `export` before `{id}`, which would otherwise take it for an ID.
+    cfg.service(list_events)
+        .service(export_events)
+        .service(get_event);
 }
 
-/// One scan of a link: when and how it was opened, by what device and
-/// software, from roughly where, and where the visitor was sent. Location
-/// fields are `null` when no configured GeoIP database knows the address; the
-/// IP itself is never stored, only `ip_hash`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    pub id: EventId,
-    pub link_id: LinkId,
-    pub visitor_id: Option<VisitorId>,
-    pub timestamp: Timestamp,
-    pub method: ScanMethod,
-    pub device_type: DeviceType,
-    pub os: Option<String>,
-    pub os_version: Option<String>,
-    pub browser: Option<String>,
-    pub browser_version: Option<String>,
-    pub country: Option<String>,
-    pub region: Option<String>,
-    pub city: Option<String>,
-    pub isp: Option<String>,
-    pub asn: Option<u32>,
-    pub language: Option<String>,
-    pub referer: Option<String>,
-    pub destination: String,
-    /// Hex SHA-256 of a daily salt and the client IP.
-    pub ip_hash: String,
-    pub bot: bool,
-}
-
-impl From<ScanEvent> for EventView {
-    fn from(e: ScanEvent) -> Self {
-        EventView {
-            timestamp: Timestamp::from_millis(e.timestamp_ms()),
-            id: e.id,
-            link_id: e.link_id,
-            visitor_id: e.visitor_id,
-            method: e.method,
-            device_type: e.device_type,
-            os: e.os,
-            os_version: e.os_version,
-            browser: e.browser,
-            browser_version: e.browser_version,
-            country: e.country,
-            region: e.region,
-            city: e.city,
-            isp: e.isp,
-            asn: e.asn,
-            language: e.language,
-            referer: e.referer,
-            destination: e.destination,
-            ip_hash: hex::encode(e.ip_hash),
-            bot: e.bot,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
+/// The filters of `GET /v1/events` and its export, as sent. The command line
+/// (`scanhop export`) fills them from its options, so both read them alike.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListEventsQuery {
+pub struct EventFilters {
     /// Only events of this link (also of a deleted one).
     #[param(value_type = Option<LinkId>)]
-    link_id: Option<String>,
+    pub link_id: Option<String>,
     /// Only events of links with this tag.
     #[param(min_length = 1)]
-    tag: Option<String>,
+    pub tag: Option<String>,
     /// Only events of this visitor.
     #[param(value_type = Option<VisitorId>)]
-    visitor_id: Option<String>,
+    pub visitor_id: Option<String>,
     /// Inclusive lower bound, RFC 3339.
     #[param(value_type = Option<String>, format = DateTime)]
-    from: Option<String>,
+    pub from: Option<String>,
     /// Exclusive upper bound, RFC 3339.
     #[param(value_type = Option<String>, format = DateTime)]
-    to: Option<String>,
+    pub to: Option<String>,
     /// Two-letter ISO 3166 country code, any case.
     #[param(pattern = "^[A-Za-z]{2}$")]
-    country: Option<String>,
+    pub country: Option<String>,
     #[param(value_type = Option<DeviceType>)]
-    device_type: Option<String>,
+    pub device_type: Option<String>,
     /// Include bots and link previewers (default false).
     #[param(value_type = Option<bool>)]
-    include_bots: Option<String>,
+    pub include_bots: Option<String>,
+}
+
+/// The paging parameters of `GET /v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventPageQuery {
     /// 1 to 500, default 50.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     page_size: Option<String>,
     /// `next_page_token` of the previous page; empty means the first page.
     page_token: Option<String>,
+}
+
+/// The filters, checked: the store's query, and the link to check on each
+/// event when a visitor's events are walked (the store walks one index).
+#[derive(Debug)]
+pub struct ParsedFilters {
+    pub query: EventQuery,
+    pub link_filter: Option<LinkId>,
 }
 
 fn parse_time(param: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -138,16 +106,21 @@ fn parse_device_type(raw: Option<&str>) -> Result<Option<DeviceType>, ApiError> 
     .transpose()
 }
 
-impl ListEventsQuery {
-    fn parse(&self, caller: &SecretCaller) -> Result<EventQuery, ApiError> {
-        let link = self.link_filter()?;
+impl EventFilters {
+    /// Checks every filter: a bad one is a `400` naming the parameter.
+    pub fn parse(&self, workspace_id: WorkspaceId) -> Result<ParsedFilters, ApiError> {
+        let link = query_value("link_id", &self.link_id)?
+            .map(|s| parse_id::<LinkKind>("link_id", s))
+            .transpose()?;
         let visitor = query_value("visitor_id", &self.visitor_id)?
             .map(|s| parse_id::<VisitorKind>("visitor_id", s))
             .transpose()?;
-        let index = match (visitor, link) {
-            (Some(v), _) => EventIndex::Visitor(v),
-            (None, Some(l)) => EventIndex::Link(l),
-            (None, None) => EventIndex::Workspace,
+        // With both visitor_id and link_id, the visitor index is walked and
+        // the link is a filter.
+        let (index, link_filter) = match (visitor, link) {
+            (Some(v), l) => (EventIndex::Visitor(v), l),
+            (None, Some(l)) => (EventIndex::Link(l), None),
+            (None, None) => (EventIndex::Workspace, None),
         };
         let include_bots = match query_value("include_bots", &self.include_bots)? {
             None | Some("false") => false,
@@ -158,8 +131,8 @@ impl ListEventsQuery {
                 ));
             }
         };
-        Ok(EventQuery {
-            workspace_id: caller.0.workspace_id,
+        let query = EventQuery {
+            workspace_id,
             index,
             from_ms: parse_time("from", query_value("from", &self.from)?)?,
             to_ms: parse_time("to", query_value("to", &self.to)?)?,
@@ -167,13 +140,8 @@ impl ListEventsQuery {
             country: parse_country(query_value("country", &self.country)?)?,
             device_type: parse_device_type(query_value("device_type", &self.device_type)?)?,
             include_bots,
-        })
-    }
-
-    fn link_filter(&self) -> Result<Option<LinkId>, ApiError> {
-        query_value("link_id", &self.link_id)?
-            .map(|s| parse_id::<LinkKind>("link_id", s))
-            .transpose()
+        };
+        Ok(ParsedFilters { query, link_filter })
     }
 }
 
@@ -185,20 +153,16 @@ fn canonical(q: &EventQuery, link: Option<LinkId>) -> String {
     )
 }
 
-#[utoipa::path(tag = "events", params(ListEventsQuery),
+#[utoipa::path(tag = "events", params(EventFilters, EventPageQuery),
     responses((status = 200, description = "Scan events, newest first", body = ListResponse<EventView>)))]
 #[get("/events")]
 async fn list_events(
     state: web::Data<AppState>,
     caller: SecretCaller,
-    q: web::Query<ListEventsQuery>,
+    filters: web::Query<EventFilters>,
+    q: web::Query<EventPageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = q.parse(&caller)?;
-    // With both visitor_id and link_id, the visitor index is walked and the link is a filter.
-    let link_filter = match query.index {
-        EventIndex::Visitor(_) => q.link_filter()?,
-        _ => None,
-    };
+    let ParsedFilters { query, link_filter } = filters.parse(caller.0.workspace_id)?;
     let scope = QueryScope::new(
         &state.page_tokens,
         &caller.0.workspace_id,
@@ -221,6 +185,95 @@ async fn list_events(
         data,
         next_page_token: scope.token(found.next_cursor),
     }))
+}
+
+/// The format of an export.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `ndjson` (default): one event object per line; `csv`: a header row,
+    /// then one row per event.
+    #[param(value_type = Option<ExportFormat>)]
+    format: Option<String>,
+}
+
+#[utoipa::path(tag = "events", params(EventFilters, ExportQuery),
+    responses((status = 200,
+        description = "Every matching event, oldest first, streamed: each as the object \
+            `GET /v1/events` lists. NDJSON has one object per line; CSV has a header row \
+            naming every field of the object in order, then one row per event (RFC 4180 \
+            quoting and CRLF line ends, `null` as an empty cell, booleans as `true` and \
+            `false`). Events recorded after the export began are not part of it.",
+        headers(("Content-Disposition" = String,
+            description = "`attachment; filename=\"scanhop-events-<UTC time>.ndjson\"` (or `.csv`)")),
+        content((String = "application/x-ndjson"), (String = "text/csv")))))]
+#[get("/events/export")]
+async fn export_events(
+    state: web::Data<AppState>,
+    caller: SecretCaller,
+    filters: web::Query<EventFilters>,
+    q: web::Query<ExportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let format = match query_value("format", &q.format)? {
+        None => ExportFormat::default(),
+        Some(f) => ExportFormat::parse(f)
+            .ok_or_else(|| ApiError::bad_request("`format` must be ndjson or csv."))?,
+    };
+    let ParsedFilters { query, link_filter } = filters.parse(caller.0.workspace_id)?;
+    let walk = ExportWalk::start(state.store.clone(), query, link_filter, format)
+        .map_err(|e| ApiError::internal(&e))?;
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        format.filename(Timestamp::now())
+    );
+    let header_row = Bytes::from(format.header());
+    let body = futures_util::stream::iter((!header_row.is_empty()).then_some(Ok(header_row)));
+    Ok(HttpResponse::Ok()
+        .content_type(format.content_type())
+        .insert_header((header::CONTENT_DISPOSITION, disposition))
+        .streaming(futures_util::StreamExt::chain(
+            body,
+            export_pages(walk, request_id::current()),
+        )))
+}
+
+/// The pages of an export, each read and encoded on a blocking thread only
+/// when the connection has taken the previous one: memory stays at about
+/// one page, and a client that goes away drops the stream, which ends the
+/// reading. A failure mid-stream is logged and aborts the response, so the
+/// client sees a cut transfer rather than an export that looks complete.
+fn export_pages(
+    walk: ExportWalk,
+    request_id: String,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(Some(walk), move |walk| {
+        let request_id = request_id.clone();
+        async move {
+            let mut walk = walk?;
+            loop {
+                let step = web::block(move || {
+                    let next = walk.next_chunk();
+                    (walk, next)
+                })
+                .await;
+                let failure = match step {
+                    Ok((back, Ok(Some(chunk)))) if chunk.bytes.is_empty() => {
+                        walk = back;
+                        continue;
+                    }
+                    Ok((back, Ok(Some(chunk)))) => {
+                        return Some((Ok(Bytes::from(chunk.bytes)), Some(back)));
+                    }
+                    Ok((_, Ok(None))) => return None,
+                    Ok((_, Err(e))) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(request_id = %request_id, error = %failure, "export stopped");
+                let abort = std::io::Error::other("the export stopped");
+                return Some((Err(abort), None));
+            }
+        }
+    })
 }
 
 #[utoipa::path(tag = "events", params(("id" = EventId, Path, description = "Event ID (evt_...)")),
