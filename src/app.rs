@@ -18,6 +18,7 @@ use utoipa_actix_web::AppExt;
 use crate::accounts;
 use crate::actors::counters::{CounterView, Counters};
 use crate::actors::flusher::Flusher;
+use crate::actors::registry::VisitorRegistry;
 use crate::actors::geo_reloader::GeoReloader;
 use crate::actors::limit_pruner::LimitPruner;
 use crate::actors::periodic::Periodic;
@@ -94,11 +95,17 @@ impl Application {
             downstream.push(started.wake);
             workers.add(started.handle);
         }
+        let visitors = Arc::new(VisitorRegistry::new(
+            store.clone(),
+            settings.privacy.fingerprint_scope,
+            settings.privacy.visitor_cache_entries,
+        ));
         let (recorder, handle) = Recorder::start(
             store.clone(),
             &settings.recorder,
             settings.storage.durability,
             downstream,
+            visitors.clone(),
             metrics.clone(),
         )?;
         workers.add(handle);
@@ -122,6 +129,7 @@ impl Application {
             links,
             recorder,
             counters,
+            visitors,
             enricher: Arc::new(Enricher::new(geo)),
             salts,
             metrics,

@@ -119,6 +119,8 @@ pub enum FingerprintScope {
 pub struct PrivacySettings {
     pub fingerprint_scope: FingerprintScope,
     pub salt_rotation_interval_ms: u64,
+    /// Devices whose visitor the redirect remembers in memory.
+    pub visitor_cache_entries: usize,
 }
 
 /// The settings every consumer of committed events takes (`actors::consumer`).
@@ -264,6 +266,10 @@ impl Settings {
             (
                 "privacy.salt_rotation_interval_ms",
                 self.privacy.salt_rotation_interval_ms,
+            ),
+            (
+                "privacy.visitor_cache_entries",
+                self.privacy.visitor_cache_entries as u64,
             ),
             ("storage.cache_capacity_mb", self.storage.cache_capacity_mb),
             (

@@ -10,6 +10,7 @@ pub mod geo_reloader;
 pub mod limit_pruner;
 pub mod periodic;
 pub mod recorder;
+pub mod registry;
 pub mod resolver;
 pub mod salts;
 pub mod worker;

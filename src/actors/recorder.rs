@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::{Notify, watch};
 
+use super::registry::VisitorRegistry;
 use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
@@ -218,6 +219,8 @@ pub struct Recorder {
     interval: Duration,
     mailbox_capacity: usize,
     downstream: Vec<Recipient<ScansCommitted>>,
+    /// Registry entries of new visitors are written with their first event.
+    registry: Arc<VisitorRegistry>,
     /// The last event committed; the next batch is handed on as coming after it.
     last_committed: Option<EventId>,
     metrics: Arc<Metrics>,
@@ -236,6 +239,7 @@ impl Recorder {
         settings: &RecorderSettings,
         durability: Durability,
         downstream: Vec<Recipient<ScansCommitted>>,
+        registry: Arc<VisitorRegistry>,
         metrics: Arc<Metrics>,
     ) -> Result<(RecorderHandle, WorkerHandle), crate::store::StoreError> {
         let last_event_id = store.last_event_id()?;
@@ -261,6 +265,7 @@ impl Recorder {
             interval: Duration::from_millis(settings.batch_interval_ms),
             mailbox_capacity: settings.mailbox_capacity,
             downstream,
+            registry,
             last_committed: last_event_id,
             metrics: metrics.clone(),
             status: WorkerStatus::new(),
@@ -298,10 +303,12 @@ impl Recorder {
                 return true;
             };
             if !pending.written {
-                if let Err(e) = self.store.commit_scans(&pending.events) {
+                let new_visitors = self.registry.new_in(&pending.events);
+                if let Err(e) = self.store.commit_scans_with(&pending.events, &new_visitors) {
                     tracing::error!(error = %e, events = pending.events.len(), "writing a scan batch failed; will retry");
                     return self.schedule_retry(now);
                 }
+                self.registry.committed(&new_visitors);
                 pending.written = true;
             }
             if self.intake.durability == Durability::Strict {

@@ -5,6 +5,7 @@
 
 pub mod agent_cache;
 pub mod bots;
+pub mod fingerprint;
 pub mod client_ip;
 mod forwarding;
 pub mod geo;

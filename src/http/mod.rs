@@ -41,6 +41,8 @@ pub struct AppState {
     pub recorder: RecorderHandle,
     /// Scan tallies per day, for the analytics answers.
     pub counters: Arc<crate::actors::counters::CounterView>,
+    /// Fingerprint → visitor, for the redirect.
+    pub visitors: Arc<crate::actors::registry::VisitorRegistry>,
     pub enricher: Arc<Enricher>,
     /// The daily IP salts, kept current by the salt rotation worker.
     pub salts: Arc<SaltBook>,

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use super::error::{ApiError, ErrorCode};
 use super::{AppState, client_ip_of, header_str};
 use crate::actors::RecordOutcome;
+use crate::actors::registry::Device;
 use crate::domain::{Link, ScanMethod, Timestamp};
 use crate::enrich::ScanRequest;
 use crate::enrich::client_ip::Client;
@@ -102,7 +103,7 @@ async fn record(
         referer: header_str(req, header::REFERER),
         ip_salt: state.salts.salt_at(now.as_millis()),
     };
-    let event = state.enricher.scan_event(
+    let mut event = state.enricher.scan_event(
         &scan,
         link,
         ScanMethod::Get,
@@ -110,6 +111,18 @@ async fn record(
     );
     if event.bot {
         state.metrics.bot_scans.inc();
+    } else {
+        let device = Device {
+            user_agent: scan.user_agent,
+            accept_language: scan.accept_language,
+            ip: client_ip,
+            day_salt: &scan.ip_salt,
+        };
+        match state.visitors.visitor_for(&link.workspace_id, &device) {
+            Ok(v) => event.visitor_id = Some(v),
+            // The scan still counts, without a visitor.
+            Err(e) => tracing::warn!(error = %e, "cannot look up the visitor of a scan"),
+        }
     }
     match state.recorder.record(event).await {
         Ok(RecordOutcome::Recorded(id)) if link.conversion_tracking => {

@@ -16,7 +16,7 @@ use sled::transaction::ConflictableTransactionError;
 use super::links::decode_count;
 use super::scan::{self, Candidate, Page};
 use super::segment::{self, Segment};
-use super::{Store, StoreError, StoreResult, keys};
+use super::{NewVisitor, Store, StoreError, StoreResult, keys};
 use crate::domain::{DeviceType, ScanEvent};
 use crate::ids::{EventId, EventKind, Id, IdKind, LinkId, VisitorId, WorkspaceId};
 
@@ -114,6 +114,12 @@ impl Store {
     /// Writes one batch (ascending IDs) as a segment with its index entries
     /// and link totals, atomically.
     pub fn commit_scans(&self, events: &[ScanEvent]) -> StoreResult<()> {
+        self.commit_scans_with(events, &[])
+    }
+
+    /// `commit_scans`, with the registry entries of the visitors first seen
+    /// in this batch in the same transaction.
+    pub fn commit_scans_with(&self, events: &[ScanEvent], new: &[NewVisitor]) -> StoreResult<()> {
         let Some(first) = events.first().map(|e| e.id) else {
             return Ok(());
         };
@@ -132,9 +138,10 @@ impl Store {
             &t.events_by_workspace,
             &t.events_by_visitor,
             &t.counters,
+            &t.visitor_registry,
         );
         trees.transaction(
-            |(ev, link_idx, ws_idx, visitor_idx, counters)| -> TxResult {
+            |(ev, link_idx, ws_idx, visitor_idx, counters, registry)| -> TxResult {
                 ev.insert(first.as_bytes(), value.as_slice())?;
                 for (index, entries) in [
                     (link_idx, &by_link),
@@ -149,6 +156,12 @@ impl Store {
                     let key = keys::counter(keys::CounterKind::LinkTotal, link);
                     let now = counters.get(key)?.map(|v| decode_count(&v)).unwrap_or(0);
                     counters.insert(&key, &(now + add).to_be_bytes())?;
+                }
+                for v in new {
+                    registry.insert(
+                        &super::visitors::registry_key(&v.workspace_id, &v.fingerprint)[..],
+                        &v.visitor_id.as_bytes()[..],
+                    )?;
                 }
                 Ok(())
             },

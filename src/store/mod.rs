@@ -12,6 +12,7 @@ mod secrets;
 mod segment;
 mod tallies;
 mod tokens;
+mod visitors;
 mod workspaces;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use events::{EventIndex, EventQuery};
 pub use links::{LinkQuery, LinkWrite};
 pub use scan::Page;
 pub use tallies::{TallyKey, TallyScope};
+pub use visitors::NewVisitor;
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
 const FORMAT_DIR: &str = "sled-v1";
@@ -83,6 +85,8 @@ struct Trees {
     events_by_visitor: sled::Tree,
     /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
     counters: sled::Tree,
+    /// key = workspace_id (16) ++ fingerprint (16) → value = visitor_id (16)
+    visitor_registry: sled::Tree,
     /// key = scope (1) ++ owner id (16) ++ day (u32 BE) → value = Tally
     tallies: sled::Tree,
     /// key = consumer name bytes → value = ConsumerRecord (position and state)
@@ -122,6 +126,7 @@ impl Store {
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
             tallies: open("tallies")?,
+            visitor_registry: open("visitor_registry")?,
             consumers: open("consumers")?,
             meta: open("meta")?,
             db,

@@ -1,0 +1,167 @@
+//! The visitor registry on the redirect path: fingerprint → visitor ID,
+//! answered without a mailbox round trip, in bounded memory.
+//!
+//! - A bounded cache (quick_cache, S3-FIFO) holds recently seen devices.
+//! - On a miss, the store's registry is read (one sled lookup).
+//! - A device never seen gets a fresh visitor ID, held in `pending` until the
+//!   Recorder commits the first event carrying it: the Recorder writes the
+//!   registry entry in the same transaction as that event (`new_in`), so a
+//!   `kill -9` can never leave a stored event whose device maps to another
+//!   visitor. Two first scans of one device racing each other find the same
+//!   pending entry, so a device never gets two visitors.
+//!
+//! Each workspace has its own fingerprint key, made on first use and kept in
+//! the store; workspaces therefore never share a visitor.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use quick_cache::sync::Cache;
+
+use crate::config::FingerprintScope;
+use crate::domain::ScanEvent;
+use crate::enrich::fingerprint::{Fingerprint, FingerprintKey, fingerprint};
+use crate::enrich::privacy::Salt;
+use crate::ids::{VisitorId, WorkspaceId};
+use crate::store::{NewVisitor, Store, StoreResult};
+
+#[derive(Default)]
+struct Pending {
+    by_fingerprint: HashMap<(WorkspaceId, Fingerprint), VisitorId>,
+    by_visitor: HashMap<VisitorId, (WorkspaceId, Fingerprint)>,
+}
+
+/// What the redirect reads of a scan to find its visitor.
+#[derive(Debug, Clone, Copy)]
+pub struct Device<'a> {
+    pub user_agent: Option<&'a str>,
+    pub accept_language: Option<&'a str>,
+    pub ip: Option<IpAddr>,
+    /// The salt of the scan's UTC day (mixed in with the daily scope).
+    pub day_salt: &'a Salt,
+}
+
+pub struct VisitorRegistry {
+    store: Store,
+    scope: FingerprintScope,
+    keys: RwLock<HashMap<WorkspaceId, FingerprintKey>>,
+    cache: Cache<(WorkspaceId, Fingerprint), VisitorId>,
+    pending: Mutex<Pending>,
+}
+
+impl VisitorRegistry {
+    pub fn new(store: Store, scope: FingerprintScope, cache_entries: usize) -> VisitorRegistry {
+        VisitorRegistry {
+            store,
+            scope,
+            keys: RwLock::default(),
+            cache: Cache::new(cache_entries.max(1)),
+            pending: Mutex::default(),
+        }
+    }
+
+    /// The name of a workspace's fingerprint key in the store.
+    pub fn key_name(ws: &WorkspaceId) -> String {
+        format!("fingerprint:{ws}")
+    }
+
+    fn key(&self, ws: &WorkspaceId) -> StoreResult<FingerprintKey> {
+        if let Some(k) = self
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ws)
+        {
+            return Ok(*k);
+        }
+        let key: FingerprintKey = self.store.secret(&Self::key_name(ws))?;
+        self.keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(*ws, key);
+        Ok(key)
+    }
+
+    /// The fingerprint of `device` in workspace `ws`.
+    pub fn fingerprint(&self, ws: &WorkspaceId, device: &Device) -> StoreResult<Fingerprint> {
+        let daily = (self.scope == FingerprintScope::Daily).then_some(device.day_salt);
+        Ok(fingerprint(
+            &self.key(ws)?,
+            device.user_agent,
+            device.accept_language,
+            device.ip,
+            daily,
+        ))
+    }
+
+    /// The visitor of `device` in `ws`: known, pending, or new.
+    pub fn visitor_for(&self, ws: &WorkspaceId, device: &Device) -> StoreResult<VisitorId> {
+        let fp = self.fingerprint(ws, device)?;
+        let key = (*ws, fp);
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(v);
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = pending.by_fingerprint.get(&key) {
+            return Ok(*v);
+        }
+        // Under the lock: a racing first scan of the same device waits here
+        // and then finds the pending entry.
+        if let Some(v) = self.store.visitor_of(ws, &fp)? {
+            drop(pending);
+            self.cache.insert(key, v);
+            return Ok(v);
+        }
+        let v = VisitorId::generate();
+        pending.by_fingerprint.insert(key, v);
+        pending.by_visitor.insert(v, key);
+        Ok(v)
+    }
+
+    /// The registry entries the Recorder writes with `events`: those of
+    /// visitors not yet committed.
+    pub fn new_in(&self, events: &[ScanEvent]) -> Vec<NewVisitor> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.by_visitor.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<NewVisitor> = Vec::new();
+        for v in events.iter().filter_map(|e| e.visitor_id) {
+            if let Some((ws, fp)) = pending.by_visitor.get(&v)
+                && !out.iter().any(|n| n.visitor_id == v)
+            {
+                out.push(NewVisitor {
+                    workspace_id: *ws,
+                    fingerprint: *fp,
+                    visitor_id: v,
+                });
+            }
+        }
+        out
+    }
+
+    /// The Recorder committed these entries: from now on the store and the
+    /// cache answer for them.
+    pub fn committed(&self, new: &[NewVisitor]) {
+        if new.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for n in new {
+            let key = (n.workspace_id, n.fingerprint);
+            pending.by_fingerprint.remove(&key);
+            pending.by_visitor.remove(&n.visitor_id);
+            self.cache.insert(key, n.visitor_id);
+        }
+    }
+
+    /// Visitors waiting for their first event to be committed.
+    pub fn pending_len(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_visitor
+            .len()
+    }
+}

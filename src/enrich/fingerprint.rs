@@ -1,0 +1,95 @@
+//! Visitor fingerprints: a keyed hash (HMAC-SHA256 with the workspace's own
+//! secret) of the user agent, `Accept-Language` and the network part of the
+//! client's address (/24 for IPv4, /48 for IPv6). The address itself goes
+//! into the hash and nowhere else; without the workspace's secret a
+//! fingerprint cannot be tested against guesses, and two workspaces never
+//! share one. With the daily scope the day's salt is hashed in too, so a
+//! fingerprint (and the visitor it maps to) lasts one UTC day.
+
+use std::net::IpAddr;
+
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+
+use super::privacy::Salt;
+
+pub type Fingerprint = [u8; 16];
+
+/// The key of one workspace's fingerprints.
+pub type FingerprintKey = [u8; 32];
+
+/// The network prefix that goes into the fingerprint.
+fn network(ip: Option<IpAddr>) -> Vec<u8> {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            vec![4, o[0], o[1], o[2]]
+        }
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => network(Some(IpAddr::V4(v4))),
+            None => {
+                let mut out = vec![6];
+                out.extend_from_slice(&v6.octets()[..6]);
+                out
+            }
+        },
+        None => vec![0],
+    }
+}
+
+/// The fingerprint of a scan. Each part is length-prefixed so no two
+/// different inputs hash alike.
+pub fn fingerprint(
+    key: &FingerprintKey,
+    user_agent: Option<&str>,
+    accept_language: Option<&str>,
+    ip: Option<IpAddr>,
+    daily_salt: Option<&Salt>,
+) -> Fingerprint {
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
+        .expect("HMAC takes keys of any length");
+    for part in [
+        user_agent.unwrap_or_default().as_bytes(),
+        accept_language.unwrap_or_default().as_bytes(),
+        &network(ip),
+        daily_salt.map_or(&[][..], |s| &s[..]),
+    ] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    let full = mac.finalize().into_bytes();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UA: &str = "Mozilla/5.0 (iPhone)";
+
+    fn fp(key: u8, ua: &str, lang: &str, ip: &str, salt: Option<u8>) -> Fingerprint {
+        let salt = salt.map(|s| [s; 32]);
+        fingerprint(&[key; 32], Some(ua), Some(lang), Some(ip.parse().unwrap()), salt.as_ref())
+    }
+
+    #[test]
+    fn same_device_same_network_same_fingerprint_anything_else_differs() {
+        let base = fp(1, UA, "de", "81.2.69.10", None);
+        assert_eq!(base, fp(1, UA, "de", "81.2.69.200", None), "same /24");
+        assert_ne!(base, fp(1, UA, "de", "81.2.70.10", None), "another /24");
+        assert_ne!(base, fp(1, "Mozilla/5.0 (Android)", "de", "81.2.69.10", None));
+        assert_ne!(base, fp(1, UA, "en", "81.2.69.10", None));
+        assert_ne!(base, fp(2, UA, "de", "81.2.69.10", None), "another workspace's key");
+        assert_ne!(base, fp(1, UA, "de", "81.2.69.10", Some(7)), "daily salt");
+        assert_ne!(fp(1, UA, "de", "81.2.69.10", Some(7)), fp(1, UA, "de", "81.2.69.10", Some(8)));
+        // IPv6: the /48 counts, the rest does not; mapped IPv4 is IPv4.
+        let v6 = fp(1, UA, "de", "2a02:c7f:1234:1::1", None);
+        assert_eq!(v6, fp(1, UA, "de", "2a02:c7f:1234:ffff::9", None));
+        assert_ne!(v6, fp(1, UA, "de", "2a02:c7f:1235:1::1", None));
+        assert_eq!(base, fp(1, UA, "de", "::ffff:81.2.69.77", None));
+        // Parts cannot slide into each other.
+        assert_ne!(fp(1, "ab", "c", "81.2.69.1", None), fp(1, "a", "bc", "81.2.69.1", None));
+    }
+}
