@@ -76,8 +76,22 @@ enum WorkspaceCommand {
         #[arg(long)]
         plan: Option<String>,
     },
-    /// List workspaces.
+    /// List workspaces: ID, name, plan, retention in days, creation time.
     List,
+    /// Move a workspace to another plan, which sets its API rate limit and
+    /// how long its scan events are kept.
+    SetPlan {
+        /// The workspace's ID (ws_...) or its name.
+        workspace: String,
+        /// One of the plans under [plans] in the config.
+        #[arg(long)]
+        plan: String,
+        /// Days its scan events are kept: required with --plan enterprise
+        /// (whose retention is per workspace), refused with any other plan
+        /// (whose retention is the config's).
+        #[arg(long)]
+        retention_days: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -185,8 +199,26 @@ fn workspace(settings: &Settings, cmd: WorkspaceCommand) -> CliResult {
         }
         WorkspaceCommand::List => {
             for ws in store.workspaces()? {
-                println!("{}\t{}\t{}\t{}", ws.id, ws.name, ws.plan, ws.created_at);
+                let days = settings.retention_days(&ws.plan, ws.retention_days);
+                println!(
+                    "{}\t{}\t{}\t{days} days\t{}",
+                    ws.id, ws.name, ws.plan, ws.created_at
+                );
             }
+        }
+        WorkspaceCommand::SetPlan {
+            workspace,
+            plan,
+            retention_days,
+        } => {
+            let ws = accounts::set_plan(&store, settings, &workspace, &plan, retention_days)?;
+            println!(
+                "Workspace {} ({}) is now on plan {}: scan events are kept {} days.",
+                ws.id,
+                ws.name,
+                ws.plan,
+                settings.retention_days(&ws.plan, ws.retention_days)
+            );
         }
     }
     store.flush()?;
