@@ -7,6 +7,7 @@ mod consumers;
 mod events;
 pub mod keys;
 mod links;
+mod retention;
 mod scan;
 mod secrets;
 mod segment;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 pub use consumers::ConsumerRecord;
 pub use events::{EventIndex, EventQuery};
 pub use links::{LinkQuery, LinkWrite};
+pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
@@ -81,6 +83,9 @@ struct Trees {
     events_by_visitor: sled::Tree,
     /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
     counters: sled::Tree,
+    /// key = purged kind (1) ++ link or workspace id (16) → value = u64
+    /// big-endian: what retention deleted, so totals can still be checked
+    purged: sled::Tree,
     /// key = consumer name bytes → value = ConsumerRecord (position and state)
     consumers: sled::Tree,
     /// key = name bytes → value = metadata (schema version, salts, secrets)
@@ -117,6 +122,7 @@ impl Store {
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
+            purged: open("purged")?,
             consumers: open("consumers")?,
             meta: open("meta")?,
             db,
