@@ -3,6 +3,7 @@
 //! operations of one record family each.
 
 mod codec;
+mod compact;
 mod consumers;
 mod events;
 pub mod keys;
@@ -17,6 +18,7 @@ mod workspaces;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use compact::{CompactReport, compact, store_size};
 pub use consumers::ConsumerRecord;
 pub use events::{EventIndex, EventQuery};
 pub use links::{LinkQuery, LinkWrite};
@@ -94,8 +96,11 @@ struct Trees {
 
 impl Store {
     /// Opens (or creates) the store under `path` with a page cache of `cache_mb`.
+    /// A compaction interrupted by a crash is put right first (see
+    /// `compact.rs`).
     pub fn open(path: &Path, cache_mb: u64) -> StoreResult<Store> {
         let dir = path.join(FORMAT_DIR);
+        compact::recover(path)?;
         let db = sled::Config::new()
             .path(&dir)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
@@ -129,6 +134,7 @@ impl Store {
             log,
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
+        compact::clean_leftovers(path);
         Ok(Store {
             inner: Arc::new(trees),
         })
