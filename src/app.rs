@@ -20,8 +20,9 @@ use crate::actors::flusher::Flusher;
 use crate::actors::geo_reloader::GeoReloader;
 use crate::actors::limit_pruner::LimitPruner;
 use crate::actors::periodic::Periodic;
+use crate::actors::purger::{Bound, Purger};
 use crate::actors::salts::SaltRotation;
-use crate::actors::{ConsumerStarter, Recorder, Resolver, Workers};
+use crate::actors::{ConsumerStarter, Recorder, Resolver, Stage, Workers};
 use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
 use crate::enrich::geo::{GeoDatabases, GeoError};
@@ -222,8 +223,9 @@ fn bind(settings: &Settings) -> Result<(TcpListener, u16), StartupError> {
 }
 
 /// The timers: each a `Periodic` worker with its interval from config. The
-/// flusher gets a thread of its own (an fsync may take a while); the others
-/// share one.
+/// flusher and the Purger get a thread of their own (an fsync, or a pass
+/// rewriting segments, may take a while); the others share one. The Purger
+/// never deletes past the positions of the consumers started before it.
 fn start_maintenance(
     workers: &mut Workers,
     settings: &Settings,
@@ -252,6 +254,21 @@ fn start_maintenance(
             &arbiter,
         ));
     }
+    let consumers = workers
+        .names(Stage::Consumers)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    workers.add(Periodic::start(
+        Purger::new(
+            store.clone(),
+            settings.clone(),
+            Bound::Consumers(consumers),
+            metrics.clone(),
+        ),
+        ms(settings.retention.purge_interval_ms),
+        &Arbiter::new().handle(),
+    ));
     if settings.storage.durability == Durability::Batched {
         workers.add(Periodic::start(
             Flusher::new(store.clone(), metrics.clone()),

@@ -40,6 +40,22 @@ enum Command {
     Token(TokenCommand),
     /// Write a link's QR code (SVG or PNG) to stdout, e.g. `> code.png`.
     Qr(QrArgs),
+    /// Delete the scan events past their workspace's retention now, in every
+    /// workspace, and print what was deleted (the server does this on its
+    /// own every retention.purge_interval_ms). Needs the server stopped.
+    Purge {
+        /// Count what would be deleted, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Purge as if it were this time (RFC 3339), for tests and to preview
+        /// a later cut-off with --dry-run; defaults to now.
+        #[arg(long, hide = true, value_name = "RFC3339")]
+        now: Option<String>,
+    },
+    /// Rewrite the store with its live data only, so deleted events leave no
+    /// byte behind in its files, and print its size before and after. Needs
+    /// the server stopped.
+    Compact,
 }
 
 /// The options of `GET /v1/links/{id}/qr`, with the same defaults and checks.
@@ -137,6 +153,8 @@ fn main() -> ExitCode {
         Command::Workspace(cmd) => workspace(&settings, cmd),
         Command::Token(cmd) => token(&settings, cmd),
         Command::Qr(args) => qr(&settings, &args),
+        Command::Purge { dry_run, now } => purge(settings, dry_run, now.as_deref()),
+        Command::Compact => compact(&settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -300,5 +318,91 @@ fn qr(settings: &Settings, args: &QrArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes)?;
     out.flush()?;
+    Ok(())
+}
+
+fn purge(settings: Settings, dry_run: bool, now: Option<&str>) -> CliResult {
+    use scanhop::actors::purger::{Bound, Purger};
+    let now = match now {
+        Some(t) => t
+            .parse::<domain::Timestamp>()
+            .map_err(|e| format!("--now: {e}"))?,
+        None => domain::Timestamp::now(),
+    };
+    let store = open_store(&settings)?;
+    let metrics = std::sync::Arc::new(scanhop::metrics::Metrics::default());
+    let mut purger = Purger::new(store.clone(), settings, Bound::EveryRecord, metrics);
+    let pass = purger.pass(now, dry_run, None)?;
+    store.flush()?;
+    if let Some(consumer) = &pass.held_by {
+        println!(
+            "Nothing {}: the consumer `{consumer}` has not stored a position yet, so every event may still be waiting for it.",
+            if dry_run {
+                "would be deleted"
+            } else {
+                "deleted"
+            }
+        );
+        return Ok(());
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for w in &pass.workspaces {
+        let r = &w.report;
+        let split = if dry_run {
+            String::new()
+        } else {
+            format!(
+                " ({} rewritten, {} removed)",
+                r.segments_rewritten, r.segments_removed
+            )
+        };
+        println!(
+            "{}\t{}\t{}\t{} days\tbefore {}\t{verb} {} events ({} scans) from {} segments{split}",
+            w.workspace.id,
+            w.workspace.name,
+            w.workspace.plan,
+            w.retention_days,
+            w.cutoff,
+            r.events,
+            r.scans,
+            r.segments()
+        );
+    }
+    let total = pass.total();
+    println!(
+        "total\t{verb} {} events ({} scans) from {} segments",
+        total.events,
+        total.scans,
+        total.segments()
+    );
+    if let Some(up_to) = pass.up_to
+        && pass
+            .workspaces
+            .iter()
+            .any(|w| up_to.timestamp_ms() < w.cutoff.as_millis())
+    {
+        println!(
+            "(only events up to {up_to}, the lowest position of the store's consumers, may go yet)"
+        );
+    }
+    if !dry_run && total.events > 0 {
+        println!(
+            "The deleted events' bytes may remain in the store's files until `scanhop compact`."
+        );
+    }
+    Ok(())
+}
+
+fn compact(settings: &Settings) -> CliResult {
+    let path = &settings.storage.path;
+    let report = scanhop::store::compact(path, settings.storage.cache_capacity_mb)?;
+    println!(
+        "Compacted the store at {}: {} bytes before, {} bytes after ({} entries in {} trees).",
+        path.display(),
+        report.before_bytes,
+        report.after_bytes,
+        report.entries,
+        report.trees
+    );
     Ok(())
 }
