@@ -23,5 +23,6 @@ mod proxies;
 mod qr;
 mod ratelimit;
 mod redirect;
+mod retention;
 mod workers;
 mod workspace;
