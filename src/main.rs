@@ -376,13 +376,15 @@ fn purge(settings: Settings, dry_run: bool, now: Option<&str>) -> CliResult {
         total.segments()
     );
     if let Some(up_to) = pass.up_to
+        && !pass.consumers.is_empty()
         && pass
             .workspaces
             .iter()
             .any(|w| up_to.timestamp_ms() < w.cutoff.as_millis())
     {
         println!(
-            "(only events up to {up_to}, the lowest position of the store's consumers, may go yet)"
+            "Events after {up_to} are kept for now: the consumers ({}) have not processed them yet.",
+            pass.consumers.join(", ")
         );
     }
     if !dry_run && total.events > 0 {

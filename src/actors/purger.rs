@@ -56,8 +56,11 @@ pub struct WorkspacePurge {
 /// What one pass did (or, dry, would do).
 #[derive(Debug, Clone)]
 pub struct PassReport {
-    /// The highest event ID that could go: the lowest consumer position.
+    /// The highest event ID that could go: the lowest position of
+    /// `consumers`, or with none the newest committed event.
     pub up_to: Option<EventId>,
+    /// The consumers whose positions bound the pass.
+    pub consumers: Vec<String>,
     /// The consumer without a position that held everything back.
     pub held_by: Option<String>,
     pub workspaces: Vec<WorkspacePurge>,
@@ -93,10 +96,9 @@ impl Purger {
         }
     }
 
-    /// The highest ID a purge may delete now, and the consumer that holds
-    /// everything back when there is one.
-    fn up_to(&self) -> StoreResult<(Option<EventId>, Option<String>)> {
-        let names: Vec<String> = match &self.bound {
+    /// The consumers whose positions bound a pass now.
+    fn consumers(&self) -> StoreResult<Vec<String>> {
+        Ok(match &self.bound {
             Bound::Consumers(names) => names.clone(),
             Bound::EveryRecord => self
                 .store
@@ -104,14 +106,19 @@ impl Purger {
                 .into_iter()
                 .map(|(name, _)| name)
                 .collect(),
-        };
+        })
+    }
+
+    /// The highest ID a purge may delete now, and the consumer that holds
+    /// everything back when there is one.
+    fn up_to(&self, names: &[String]) -> StoreResult<(Option<EventId>, Option<String>)> {
         if names.is_empty() {
             return Ok((self.store.last_event_id()?, None));
         }
         let mut lowest: Option<EventId> = None;
         for name in names {
-            match self.store.consumer(&name)?.and_then(|r| r.position) {
-                None => return Ok((None, Some(name))),
+            match self.store.consumer(name)?.and_then(|r| r.position) {
+                None => return Ok((None, Some(name.clone()))),
                 Some(p) => lowest = Some(lowest.map_or(p, |l| l.min(p))),
             }
         }
@@ -127,7 +134,8 @@ impl Purger {
         dry_run: bool,
         budget: Option<usize>,
     ) -> StoreResult<PassReport> {
-        let (up_to, held_by) = self.up_to()?;
+        let consumers = self.consumers()?;
+        let (up_to, held_by) = self.up_to(&consumers)?;
         let mut workspaces = self.store.workspaces()?;
         workspaces.sort_by_key(|w| w.id);
         // Begin with the workspace the last pass did not finish.
@@ -187,6 +195,7 @@ impl Purger {
         }
         Ok(PassReport {
             up_to,
+            consumers,
             held_by,
             workspaces: done,
         })
@@ -349,6 +358,7 @@ mod tests {
         // No record yet: nothing may go.
         let pass = purger.pass(now, false, None).unwrap();
         assert_eq!(pass.held_by.as_deref(), Some("counters"));
+        assert_eq!(pass.consumers, ["counters", "visitors"]);
         assert_eq!(stored(&store), 80);
         // The lowest position is the 36-day-old free event: days 36..=40 go.
         let all = store.events_after(None, 1000).unwrap();
