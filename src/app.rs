@@ -180,6 +180,17 @@ impl Application {
         &self.state.settings
     }
 
+    /// A Purger like the server's own: the same store, settings, metrics and
+    /// consumers. Tests run passes with it at a time of their choosing.
+    pub fn purger(&self) -> Purger {
+        new_purger(
+            &self.state.store,
+            &self.state.settings,
+            &self.state.workers,
+            &self.state.metrics,
+        )
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
@@ -254,18 +265,8 @@ fn start_maintenance(
             &arbiter,
         ));
     }
-    let consumers = workers
-        .names(Stage::Consumers)
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
     workers.add(Periodic::start(
-        Purger::new(
-            store.clone(),
-            settings.clone(),
-            Bound::Consumers(consumers),
-            metrics.clone(),
-        ),
+        new_purger(store, settings, workers, metrics),
         ms(settings.retention.purge_interval_ms),
         &Arbiter::new().handle(),
     ));
@@ -276,6 +277,26 @@ fn start_maintenance(
             &Arbiter::new().handle(),
         ));
     }
+}
+
+/// The Purger, bound by the positions of the consumers started so far.
+fn new_purger(
+    store: &Store,
+    settings: &Settings,
+    workers: &Workers,
+    metrics: &Arc<Metrics>,
+) -> Purger {
+    let consumers = workers
+        .names(Stage::Consumers)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Purger::new(
+        store.clone(),
+        settings.clone(),
+        Bound::Consumers(consumers),
+        metrics.clone(),
+    )
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

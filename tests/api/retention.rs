@@ -5,14 +5,12 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{BinaryServer, IPHONE_UA, TestApp, spawn_app};
+use crate::helpers::{BinaryServer, IPHONE_UA, TestApp, spawn_app, spawn_app_with_consumers};
 use scanhop::actors::periodic::{PeriodicTask, Trigger};
-use scanhop::actors::purger::{Bound, Purger};
 use scanhop::domain::Timestamp;
 
 const DAY_MS: i64 = 86_400_000;
@@ -58,13 +56,18 @@ async fn moment() -> Timestamp {
     t
 }
 
-fn purger_of(app: &TestApp) -> Purger {
-    Purger::new(
-        app.store.clone(),
-        app.settings.clone(),
-        Bound::Consumers(vec![]),
-        Arc::new(scanhop::metrics::Metrics::default()),
-    )
+/// A pass of the app's Purger as if it were `now`.
+fn purge_at(app: &TestApp, now: Timestamp) {
+    app.purger
+        .lock()
+        .unwrap()
+        .run_once(now, Trigger::Tick)
+        .unwrap();
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
 #[actix_rt::test]
@@ -119,9 +122,8 @@ async fn a_purge_removes_exactly_the_old_events_and_keeps_lifetime_totals() {
     assert_eq!(app.get(&menu_path).await.json()["total_scans"], 5);
 
     // 30 days after the moment, the free plan's cut-off falls on it.
-    let mut purger = purger_of(&app);
     let now = Timestamp::from_millis(t.as_millis() + 30 * DAY_MS);
-    purger.run_once(now, Trigger::Tick).unwrap();
+    purge_at(&app, now);
 
     assert_eq!(
         ids(&app.all_events("include_bots=true").await),
@@ -167,7 +169,7 @@ async fn a_purge_removes_exactly_the_old_events_and_keeps_lifetime_totals() {
         .await;
     assert_eq!(r.json()["retention_days"], 10);
     assert_eq!(app.get("/v1/workspace").await.json()["retention_days"], 30);
-    purger.run_once(now, Trigger::Tick).unwrap();
+    purge_at(&app, now);
     assert!(events_as(&app, &pro_token, "").await.is_empty());
     let r = app
         .send_as(
@@ -184,19 +186,81 @@ async fn a_purge_removes_exactly_the_old_events_and_keeps_lifetime_totals() {
         "the free workspace's young events stay"
     );
 
-    // The server runs a Purger of its own and reports on it.
-    let metrics = app.get("/metrics").await.text();
-    for name in [
-        "scanhop_worker_ready{worker=\"purger\"} 1",
-        "scanhop_purge_runs_total",
-        "scanhop_purged_events_total",
-        "scanhop_purge_segments_rewritten_total",
-        "scanhop_purge_segments_removed_total",
-        "scanhop_purge_unfinished_workspaces",
-        "scanhop_purge_overdue_seconds",
-    ] {
-        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
-    }
+    // The server's Purger is a worker like the others, and /metrics tells
+    // what the passes did.
+    let text = app.get("/metrics").await.text();
+    assert!(
+        text.contains("scanhop_worker_ready{worker=\"purger\"} 1"),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "scanhop_purge_runs_total"), Some(2));
+    assert_eq!(metric(&text, "scanhop_purged_events_total"), Some(8));
+    let rewritten = metric(&text, "scanhop_purge_segments_rewritten_total").unwrap();
+    let removed = metric(&text, "scanhop_purge_segments_removed_total").unwrap();
+    assert!(rewritten + removed >= 1, "{text}");
+    assert_eq!(
+        metric(&text, "scanhop_purge_unfinished_workspaces"),
+        Some(0)
+    );
+    assert_eq!(metric(&text, "scanhop_purge_overdue_seconds"), Some(0));
+}
+
+/// A consumer that folds nothing of interest and checkpoints once an hour:
+/// it has no stored position during a test unless the test writes one.
+struct Idle;
+
+impl scanhop::actors::Consumer for Idle {
+    const NAME: &'static str = "idle";
+    type State = ();
+
+    fn apply(&mut self, _: &mut (), _: &[scanhop::domain::ScanEvent]) {}
+}
+
+#[actix_rt::test]
+async fn the_purge_waits_for_the_consumers_the_app_runs() {
+    let settings = scanhop::config::ConsumerSettings {
+        mailbox_capacity: 16,
+        read_batch_size: 64,
+        checkpoint_interval_ms: 3_600_000,
+    };
+    let app = spawn_app_with_consumers(
+        &[],
+        vec![scanhop::actors::ConsumerWorker::starter(Idle, settings)],
+    )
+    .await;
+    app.create_link(json!({"destination": "https://example.com/", "slug": "menu"}))
+        .await;
+    scans(&app, "menu", 6, IPHONE_UA, "https://old.example/").await;
+    app.eventually("6 stored", || async { app.all_events("").await.len() == 6 })
+        .await;
+    let t = moment().await;
+    let later = Timestamp::from_millis(t.as_millis() + 31 * DAY_MS);
+    purge_at(&app, later);
+    assert_eq!(
+        app.all_events("").await.len(),
+        6,
+        "the consumer has no position yet: nothing may go"
+    );
+    // Once it has processed the third oldest, the three oldest may go.
+    let mut oldest_first = app.all_events("").await;
+    oldest_first.reverse();
+    let third: scanhop::ids::EventId = oldest_first[2]["id"].as_str().unwrap().parse().unwrap();
+    let record = scanhop::store::ConsumerRecord {
+        position: Some(third),
+        events: 3,
+        state: Vec::new(),
+    };
+    app.store.save_consumer("idle", &record).unwrap();
+    purge_at(&app, later);
+    assert_eq!(
+        ids(&app.all_events("").await),
+        ids(&app.all_events("").await)
+    );
+    let left = app.all_events("").await;
+    assert_eq!(ids(&left).len(), 3);
+    let mut expected = ids(&oldest_first[3..]);
+    expected.reverse();
+    assert_eq!(ids(&left), expected, "the three after the position stay");
 }
 
 fn scanhop(data: &Path, args: &[&str]) -> Output {
