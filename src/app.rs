@@ -22,8 +22,9 @@ use crate::actors::registry::VisitorRegistry;
 use crate::actors::geo_reloader::GeoReloader;
 use crate::actors::limit_pruner::LimitPruner;
 use crate::actors::periodic::Periodic;
+use crate::actors::purger::{Bound, Purger};
 use crate::actors::salts::SaltRotation;
-use crate::actors::{ConsumerStarter, Recorder, Resolver, Workers};
+use crate::actors::{ConsumerStarter, Recorder, Resolver, Stage, Workers};
 use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
 use crate::enrich::geo::{GeoDatabases, GeoError};
@@ -191,6 +192,17 @@ impl Application {
         &self.state.settings
     }
 
+    /// A Purger like the server's own: the same store, settings, metrics and
+    /// consumers. Tests run passes with it at a time of their choosing.
+    pub fn purger(&self) -> Purger {
+        new_purger(
+            &self.state.store,
+            &self.state.settings,
+            &self.state.workers,
+            &self.state.metrics,
+        )
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
@@ -234,8 +246,9 @@ fn bind(settings: &Settings) -> Result<(TcpListener, u16), StartupError> {
 }
 
 /// The timers: each a `Periodic` worker with its interval from config. The
-/// flusher gets a thread of its own (an fsync may take a while); the others
-/// share one.
+/// flusher and the Purger get a thread of their own (an fsync, or a pass
+/// rewriting segments, may take a while); the others share one. The Purger
+/// never deletes past the positions of the consumers started before it.
 fn start_maintenance(
     workers: &mut Workers,
     settings: &Settings,
@@ -264,6 +277,11 @@ fn start_maintenance(
             &arbiter,
         ));
     }
+    workers.add(Periodic::start(
+        new_purger(store, settings, workers, metrics),
+        ms(settings.retention.purge_interval_ms),
+        &Arbiter::new().handle(),
+    ));
     if settings.storage.durability == Durability::Batched {
         workers.add(Periodic::start(
             Flusher::new(store.clone(), metrics.clone()),
@@ -271,6 +289,26 @@ fn start_maintenance(
             &Arbiter::new().handle(),
         ));
     }
+}
+
+/// The Purger, bound by the positions of the consumers started so far.
+fn new_purger(
+    store: &Store,
+    settings: &Settings,
+    workers: &Workers,
+    metrics: &Arc<Metrics>,
+) -> Purger {
+    let consumers = workers
+        .names(Stage::Consumers)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Purger::new(
+        store.clone(),
+        settings.clone(),
+        Bound::Consumers(consumers),
+        metrics.clone(),
+    )
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -39,6 +39,7 @@ pub struct Settings {
     pub geoip: GeoipSettings,
     pub privacy: PrivacySettings,
     pub webhooks: WebhookSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
     pub plans: BTreeMap<String, PlanSettings>,
 }
@@ -143,6 +144,18 @@ pub struct WebhookSettings {
     pub allow_private_targets: bool,
 }
 
+/// The Purger (`actors::purger`): how often it runs and how much one pass does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Milliseconds between passes; 0 turns the background pass off.
+    pub purge_interval_ms: u64,
+    /// Segments rewritten per step (each in its own transaction).
+    pub segments_per_step: usize,
+    /// Most segments one pass rewrites.
+    pub segments_per_run: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -157,6 +170,10 @@ pub struct LogSettings {
     pub level: String,
     pub access: bool,
 }
+
+/// The plan whose retention is set per workspace (`scanhop workspace set-plan
+/// --retention-days`) rather than by the plan's `retention_days`.
+pub const ENTERPRISE_PLAN: &str = "enterprise";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,6 +319,14 @@ impl Settings {
                 "counters.checkpoint_interval_ms",
                 self.counters.checkpoint_interval_ms,
             ),
+            (
+                "retention.segments_per_step",
+                self.retention.segments_per_step as u64,
+            ),
+            (
+                "retention.segments_per_run",
+                self.retention.segments_per_run as u64,
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(key, "must be greater than 0"));
@@ -337,6 +362,18 @@ impl Settings {
     /// The `short_url` of a slug: what its QR code encodes.
     pub fn short_url(&self, slug: &str) -> String {
         format!("{}/{slug}", self.short_url_base())
+    }
+
+    /// Days a workspace on `plan` keeps its scan events: the plan's
+    /// `retention_days` from the current config, so changing the config
+    /// changes every workspace on that plan. An `enterprise` workspace keeps
+    /// its own value (`stored`, set with `scanhop workspace set-plan`), and so
+    /// does one whose plan the config no longer defines.
+    pub fn retention_days(&self, plan: &str, stored: u32) -> u32 {
+        if plan == ENTERPRISE_PLAN {
+            return stored;
+        }
+        self.plans.get(plan).map_or(stored, |p| p.retention_days)
     }
 
     /// The plan new workspaces get when none is named.
@@ -465,6 +502,19 @@ mod tests {
         assert_eq!(s.privacy.fingerprint_scope, FingerprintScope::Persistent);
         assert!(!s.webhooks.allow_private_targets);
         assert_eq!(s.default_plan(), "free");
+        assert_eq!(s.retention.purge_interval_ms, 600_000);
+        assert!(s.plans.contains_key(ENTERPRISE_PLAN));
+    }
+
+    #[test]
+    fn retention_comes_from_the_plan_except_on_enterprise() {
+        let s =
+            Settings::load_with_env(None, env(&[("SCANHOP__PLANS__PRO__RETENTION_DAYS", "400")]))
+                .unwrap();
+        assert_eq!(s.retention_days("free", 9), 30, "the config wins");
+        assert_eq!(s.retention_days("pro", 365), 400, "a changed config too");
+        assert_eq!(s.retention_days(ENTERPRISE_PLAN, 9), 9, "per workspace");
+        assert_eq!(s.retention_days("gone", 12), 12, "a plan no longer defined");
     }
 
     #[test]

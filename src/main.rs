@@ -43,6 +43,22 @@ enum Command {
     /// Write a workspace's scan events to stdout, oldest first, as NDJSON or
     /// CSV: the bytes `GET /v1/events/export` answers for the same filters.
     Export(ExportArgs),
+    /// Delete the scan events past their workspace's retention now, in every
+    /// workspace, and print what was deleted (the server does this on its
+    /// own every retention.purge_interval_ms). Needs the server stopped.
+    Purge {
+        /// Count what would be deleted, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Purge as if it were this time (RFC 3339), for tests and to preview
+        /// a later cut-off with --dry-run; defaults to now.
+        #[arg(long, hide = true, value_name = "RFC3339")]
+        now: Option<String>,
+    },
+    /// Rewrite the store with its live data only, so deleted events leave no
+    /// byte behind in its files, and print its size before and after. Needs
+    /// the server stopped.
+    Compact,
 }
 
 /// The filters of `GET /v1/events/export`, with the same checks.
@@ -102,8 +118,22 @@ enum WorkspaceCommand {
         #[arg(long)]
         plan: Option<String>,
     },
-    /// List workspaces.
+    /// List workspaces: ID, name, plan, retention in days, creation time.
     List,
+    /// Move a workspace to another plan, which sets its API rate limit and
+    /// how long its scan events are kept.
+    SetPlan {
+        /// The workspace's ID (ws_...) or its name.
+        workspace: String,
+        /// One of the plans under [plans] in the config.
+        #[arg(long)]
+        plan: String,
+        /// Days its scan events are kept: required with --plan enterprise
+        /// (whose retention is per workspace), refused with any other plan
+        /// (whose retention is the config's).
+        #[arg(long)]
+        retention_days: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,6 +180,8 @@ fn main() -> ExitCode {
         Command::Token(cmd) => token(&settings, cmd),
         Command::Qr(args) => qr(&settings, &args),
         Command::Export(args) => export(&settings, args),
+        Command::Purge { dry_run, now } => purge(settings, dry_run, now.as_deref()),
+        Command::Compact => compact(&settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,8 +244,26 @@ fn workspace(settings: &Settings, cmd: WorkspaceCommand) -> CliResult {
         }
         WorkspaceCommand::List => {
             for ws in store.workspaces()? {
-                println!("{}\t{}\t{}\t{}", ws.id, ws.name, ws.plan, ws.created_at);
+                let days = settings.retention_days(&ws.plan, ws.retention_days);
+                println!(
+                    "{}\t{}\t{}\t{days} days\t{}",
+                    ws.id, ws.name, ws.plan, ws.created_at
+                );
             }
+        }
+        WorkspaceCommand::SetPlan {
+            workspace,
+            plan,
+            retention_days,
+        } => {
+            let ws = accounts::set_plan(&store, settings, &workspace, &plan, retention_days)?;
+            println!(
+                "Workspace {} ({}) is now on plan {}: scan events are kept {} days.",
+                ws.id,
+                ws.name,
+                ws.plan,
+                settings.retention_days(&ws.plan, ws.retention_days)
+            );
         }
     }
     store.flush()?;
@@ -298,28 +348,6 @@ fn qr(settings: &Settings, args: &QrArgs) -> CliResult {
     Ok(())
 }
 
-/// `--workspace`: an ID, or the name of exactly one workspace.
-fn find_workspace(
-    store: &Store,
-    wanted: &str,
-) -> Result<domain::Workspace, Box<dyn std::error::Error>> {
-    if let Ok(id) = wanted.parse::<WorkspaceId>()
-        && let Some(ws) = store.workspace(&id)?
-    {
-        return Ok(ws);
-    }
-    let mut named: Vec<domain::Workspace> = store
-        .workspaces()?
-        .into_iter()
-        .filter(|w| w.name == wanted)
-        .collect();
-    match named.len() {
-        0 => Err(format!("--workspace: no workspace with the ID or name `{wanted}`").into()),
-        1 => Ok(named.remove(0)),
-        n => Err(format!("--workspace: {n} workspaces are named `{wanted}`; give its ID").into()),
-    }
-}
-
 fn export(settings: &Settings, args: ExportArgs) -> CliResult {
     use std::io::{IsTerminal as _, Write as _};
 
@@ -331,7 +359,8 @@ fn export(settings: &Settings, args: ExportArgs) -> CliResult {
         Some(f) => ExportFormat::parse(f).ok_or("--format must be ndjson or csv")?,
     };
     let store = open_store(settings)?;
-    let ws = find_workspace(&store, &args.workspace)?;
+    let ws = scanhop::accounts::find_workspace(&store, &args.workspace)
+        .map_err(|e| format!("--workspace: {e}"))?;
     let filters = EventFilters {
         link_id: args.link,
         from: args.from,
@@ -384,4 +413,92 @@ fn export(settings: &Settings, args: ExportArgs) -> CliResult {
             Ok(())
         }
     }
+}
+
+fn purge(settings: Settings, dry_run: bool, now: Option<&str>) -> CliResult {
+    use scanhop::actors::purger::{Bound, Purger};
+    let now = match now {
+        Some(t) => t
+            .parse::<domain::Timestamp>()
+            .map_err(|e| format!("--now: {e}"))?,
+        None => domain::Timestamp::now(),
+    };
+    let store = open_store(&settings)?;
+    let metrics = std::sync::Arc::new(scanhop::metrics::Metrics::default());
+    let mut purger = Purger::new(store.clone(), settings, Bound::EveryRecord, metrics);
+    let pass = purger.pass(now, dry_run, None)?;
+    store.flush()?;
+    if let Some(consumer) = &pass.held_by {
+        println!(
+            "Nothing {}: the consumer `{consumer}` has not stored a position yet, so every event may still be waiting for it.",
+            if dry_run {
+                "would be deleted"
+            } else {
+                "deleted"
+            }
+        );
+        return Ok(());
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for w in &pass.workspaces {
+        let r = &w.report;
+        let split = if dry_run {
+            String::new()
+        } else {
+            format!(
+                " ({} rewritten, {} removed)",
+                r.segments_rewritten, r.segments_removed
+            )
+        };
+        println!(
+            "{}\t{}\t{}\t{} days\tbefore {}\t{verb} {} events ({} scans) from {} segments{split}",
+            w.workspace.id,
+            w.workspace.name,
+            w.workspace.plan,
+            w.retention_days,
+            w.cutoff,
+            r.events,
+            r.scans,
+            r.segments()
+        );
+    }
+    let total = pass.total();
+    println!(
+        "total\t{verb} {} events ({} scans) from {} segments",
+        total.events,
+        total.scans,
+        total.segments()
+    );
+    if let Some(up_to) = pass.up_to
+        && !pass.consumers.is_empty()
+        && pass
+            .workspaces
+            .iter()
+            .any(|w| up_to.timestamp_ms() < w.cutoff.as_millis())
+    {
+        println!(
+            "Events after {up_to} are kept for now: the consumers ({}) have not processed them yet.",
+            pass.consumers.join(", ")
+        );
+    }
+    if !dry_run && total.events > 0 {
+        println!(
+            "The deleted events' bytes may remain in the store's files until `scanhop compact`."
+        );
+    }
+    Ok(())
+}
+
+fn compact(settings: &Settings) -> CliResult {
+    let path = &settings.storage.path;
+    let report = scanhop::store::compact(path, settings.storage.cache_capacity_mb)?;
+    println!(
+        "Compacted the store at {}: {} bytes before, {} bytes after ({} entries in {} trees).",
+        path.display(),
+        report.before_bytes,
+        report.after_bytes,
+        report.entries,
+        report.trees
+    );
+    Ok(())
 }

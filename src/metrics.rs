@@ -98,6 +98,21 @@ pub struct Metrics {
     pub bot_scans: Counter,
     pub redirects_rate_limited: Counter,
     pub resolver_messages: Counter,
+    pub purge: PurgeMetrics,
+}
+
+/// The Purger's (`actors::purger`): totals, and how the last pass ended.
+#[derive(Default)]
+pub struct PurgeMetrics {
+    pub runs: Counter,
+    pub events: Counter,
+    pub segments_rewritten: Counter,
+    pub segments_removed: Counter,
+    /// Workspaces the last pass did not get through (its budget ran out).
+    pub unfinished_workspaces: Gauge,
+    /// After the last pass, how long past its workspace's retention the
+    /// oldest stored event is (0: none), in seconds.
+    pub overdue_seconds: Gauge,
 }
 
 impl Metrics {
@@ -211,6 +226,48 @@ impl Metrics {
             "API requests refused with 429.",
             counter,
             &[("", self.rate_limited.get())],
+        );
+        family(
+            o,
+            "scanhop_purge_runs_total",
+            "Passes of the Purger (retention).",
+            counter,
+            &[("", self.purge.runs.get())],
+        );
+        family(
+            o,
+            "scanhop_purged_events_total",
+            "Scan events deleted by retention, bots included.",
+            counter,
+            &[("", self.purge.events.get())],
+        );
+        family(
+            o,
+            "scanhop_purge_segments_rewritten_total",
+            "Event segments the Purger wrote again without their deleted events.",
+            counter,
+            &[("", self.purge.segments_rewritten.get())],
+        );
+        family(
+            o,
+            "scanhop_purge_segments_removed_total",
+            "Event segments the Purger removed because all their events were deleted.",
+            counter,
+            &[("", self.purge.segments_removed.get())],
+        );
+        family(
+            o,
+            "scanhop_purge_unfinished_workspaces",
+            "Workspaces the last Purger pass did not get through (its segment budget ran out first; the next pass goes on).",
+            Kind::Gauge,
+            &[("", self.purge.unfinished_workspaces.get())],
+        );
+        family(
+            o,
+            "scanhop_purge_overdue_seconds",
+            "After the last Purger pass, how long past its workspace's retention the oldest stored event is (0: none; more: held back by the budget or a consumer's position).",
+            Kind::Gauge,
+            &[("", self.purge.overdue_seconds.get())],
         );
         family(
             o,

@@ -9,6 +9,7 @@ pub mod flusher;
 pub mod geo_reloader;
 pub mod limit_pruner;
 pub mod periodic;
+pub mod purger;
 pub mod recorder;
 pub mod registry;
 pub mod resolver;

@@ -130,6 +130,15 @@ impl Workers {
         self.handles.push(handle);
     }
 
+    /// Names of the workers of `stage`, in the order they were started.
+    pub fn names(&self, stage: Stage) -> Vec<&'static str> {
+        self.handles
+            .iter()
+            .filter(|h| h.stage == stage)
+            .map(|h| h.name)
+            .collect()
+    }
+
     /// Names of the workers that are not ready (empty: all are).
     pub fn not_ready(&self) -> Vec<&'static str> {
         self.handles

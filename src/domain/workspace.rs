@@ -13,6 +13,8 @@ pub struct Workspace {
     pub id: WorkspaceId,
     pub name: String,
     pub plan: String,
+    /// Days scan events are kept before the Purger deletes them: the plan's
+    /// retention, or on the `enterprise` plan the workspace's own.
     pub retention_days: u32,
     pub timezone: String,
     pub created_at: Timestamp,

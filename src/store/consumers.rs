@@ -111,3 +111,20 @@ fn first_after(seg: &Segment, position: Option<EventId>) -> usize {
     }
     lo
 }
+
+impl Store {
+    /// Every stored consumer record, by name.
+    pub fn consumers(&self) -> StoreResult<Vec<(String, ConsumerRecord)>> {
+        self.inner
+            .consumers
+            .iter()
+            .map(|entry| {
+                let (name, value) = entry?;
+                Ok((
+                    String::from_utf8_lossy(&name).into_owned(),
+                    codec::decode(&value)?,
+                ))
+            })
+            .collect()
+    }
+}

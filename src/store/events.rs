@@ -183,12 +183,55 @@ impl Store {
         seg.find(id).map(|pos| seg.event(pos)).transpose()
     }
 
-    /// The ID of the newest stored event (the Recorder continues after it).
+    /// The ID of the newest event ever committed (the Recorder continues
+    /// after it): the newest stored one, or the newest the Purger deleted if
+    /// that is newer, so IDs never go back even when retention emptied the
+    /// newest segments.
     pub fn last_event_id(&self) -> StoreResult<Option<EventId>> {
-        let Some((_, value)) = self.inner.events.last()? else {
+        let stored = match self.inner.events.last()? {
+            Some((_, value)) => Segment::parse(&value)?.last_id(),
+            None => None,
+        };
+        let deleted = self
+            .inner
+            .meta
+            .get(keys::META_EVENTS_HIGH_WATER)?
+            .and_then(|v| EventId::from_slice(&v));
+        Ok(stored.max(deleted))
+    }
+
+    /// The segment an index entry (`key`, as read: `positions`) points into,
+    /// with positions that fit it. The Purger rewrites a segment and every
+    /// index entry into it in one transaction, but a reader gets the entry and
+    /// the segment in two reads; positions read before a rewrite would point
+    /// at the wrong events of the new segment. So the entry is read again
+    /// after the segment: if it is unchanged, entry and segment belong
+    /// together (a rewrite changes both at once, and positions only ever
+    /// shrink, so an equal entry is the same entry); if not, the new one is
+    /// tried. `None`: the segment is gone.
+    pub(super) fn entry_segment(
+        &self,
+        index: &sled::Tree,
+        key: &[u8],
+        mut positions: sled::IVec,
+    ) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+        let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
             return Ok(None);
         };
-        Ok(Segment::parse(&value)?.last_id())
+        // A segment is rewritten once per Purger pass at most: a few tries do.
+        for _ in 0..16 {
+            let Some(value) = self.inner.events.get(segment_id.as_bytes())? else {
+                return Ok(None);
+            };
+            match index.get(key)? {
+                Some(now) if now == positions => return Ok(Some((value, positions))),
+                Some(now) => positions = now,
+                None => return Ok(None),
+            }
+        }
+        Err(StoreError::Codec(
+            "an event segment kept changing while it was read".into(),
+        ))
     }
 
     /// Events matching `q`, newest first, strictly older than `cursor` (an
@@ -313,7 +356,7 @@ impl Store {
         let mut tagged: HashMap<LinkId, bool> = HashMap::new();
         let candidates = self
             .index_range(tree, owner, bounds, dir)?
-            .flat_map(move |entry| self.segment_candidates(entry, bounds, dir))
+            .flat_map(move |entry| self.segment_candidates(tree, entry, bounds, dir))
             // `None`: past the end of the bounds, where the walk ends.
             .map_while(|c| c)
             .map(|c| {
@@ -335,6 +378,7 @@ impl Store {
     /// the start of the bounds are skipped.
     fn segment_candidates(
         &self,
+        index: &sled::Tree,
         entry: sled::Result<(sled::IVec, sled::IVec)>,
         bounds: Bounds,
         dir: Direction,
@@ -342,11 +386,10 @@ impl Store {
         let found = entry
             .map_err(StoreError::from)
             .and_then(|(key, positions)| {
-                let Some(segment_id) = keys::pair_suffix::<EventKind>(&key) else {
-                    return Ok(None);
-                };
-                let value = self.inner.events.get(segment_id.as_bytes())?;
-                Ok(value.map(|v| (v, segment::decode_positions(&positions).collect::<Vec<_>>())))
+                let found = self.entry_segment(index, &key, positions)?;
+                Ok(found.map(|(v, positions)| {
+                    (v, segment::decode_positions(&positions).collect::<Vec<_>>())
+                }))
             });
         let (value, positions) = match found {
             Ok(Some(found)) => found,

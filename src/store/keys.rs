@@ -13,6 +13,30 @@ pub enum CounterKind {
     LinkTotal = 1,
 }
 
+/// The highest event ID the Purger ever deleted (`meta`): the Recorder
+/// continues after it even when the newest segments were deleted.
+pub const META_EVENTS_HIGH_WATER: &[u8] = b"events_high_water";
+
+/// Kinds of totals of deleted events, the first byte of a `purged` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PurgedKind {
+    /// Non-bot scans of a link deleted by retention.
+    LinkScans = 1,
+    /// Non-bot scans of a workspace deleted by retention.
+    WorkspaceScans = 2,
+    /// Every event of a workspace deleted by retention, bots included.
+    WorkspaceEvents = 3,
+}
+
+/// `kind (1) ++ owner id (16)`.
+pub fn purged<K: IdKind>(kind: PurgedKind, owner: &Id<K>) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = kind as u8;
+    key[1..].copy_from_slice(owner.as_bytes());
+    key
+}
+
 /// `a (16) ++ b (16)`: an index entry of `b` under owner `a`.
 pub fn pair<A: IdKind, B: IdKind>(a: &Id<A>, b: &Id<B>) -> [u8; 32] {
     pair_raw(a, b.as_bytes())

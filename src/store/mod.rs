@@ -3,10 +3,12 @@
 //! operations of one record family each.
 
 mod codec;
+mod compact;
 mod consumers;
 mod events;
 pub mod keys;
 mod links;
+mod retention;
 mod scan;
 mod secrets;
 mod segment;
@@ -18,9 +20,11 @@ mod workspaces;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use compact::{CompactReport, compact, store_size};
 pub use consumers::ConsumerRecord;
 pub use events::{EventIndex, EventQuery};
 pub use links::{LinkQuery, LinkWrite};
+pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
 pub use tallies::{TallyKey, TallyScope};
 pub use visitors::NewVisitor;
@@ -89,6 +93,9 @@ struct Trees {
     visitor_registry: sled::Tree,
     /// key = scope (1) ++ owner id (16) ++ day (u32 BE) → value = Tally
     tallies: sled::Tree,
+    /// key = purged kind (1) ++ link or workspace id (16) → value = u64
+    /// big-endian: what retention deleted, so totals can still be checked
+    purged: sled::Tree,
     /// key = consumer name bytes → value = ConsumerRecord (position and state)
     consumers: sled::Tree,
     /// key = name bytes → value = metadata (schema version, salts, secrets)
@@ -97,8 +104,11 @@ struct Trees {
 
 impl Store {
     /// Opens (or creates) the store under `path` with a page cache of `cache_mb`.
+    /// A compaction interrupted by a crash is put right first (see
+    /// `compact.rs`).
     pub fn open(path: &Path, cache_mb: u64) -> StoreResult<Store> {
         let dir = path.join(FORMAT_DIR);
+        compact::recover(path)?;
         let db = sled::Config::new()
             .path(&dir)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
@@ -127,12 +137,14 @@ impl Store {
             counters: open("counters")?,
             tallies: open("tallies")?,
             visitor_registry: open("visitor_registry")?,
+            purged: open("purged")?,
             consumers: open("consumers")?,
             meta: open("meta")?,
             db,
             log,
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
+        compact::clean_leftovers(path);
         Ok(Store {
             inner: Arc::new(trees),
         })

@@ -24,24 +24,31 @@ pub fn encode(events: &[ScanEvent]) -> StoreResult<Vec<u8>> {
         .iter()
         .map(codec::encode)
         .collect::<StoreResult<_>>()?;
-    let count = events.len();
-    let body: usize = records.iter().map(Vec::len).sum();
+    let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+    let records: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    Ok(assemble(&ids, &records))
+}
+
+/// The segment value of `ids` (ascending) and their encoded records.
+fn assemble(ids: &[EventId], records: &[&[u8]]) -> Vec<u8> {
+    let count = ids.len();
+    let body: usize = records.iter().map(|r| r.len()).sum();
     let mut out = Vec::with_capacity(HEADER + count * 20 + 4 + body);
     out.push(VERSION);
     out.extend_from_slice(&(count as u32).to_be_bytes());
-    for e in events {
-        out.extend_from_slice(e.id.as_bytes());
+    for id in ids {
+        out.extend_from_slice(id.as_bytes());
     }
     let mut offset = 0u32;
     out.extend_from_slice(&offset.to_be_bytes());
-    for r in &records {
+    for r in records {
         offset += r.len() as u32;
         out.extend_from_slice(&offset.to_be_bytes());
     }
     for r in records {
-        out.extend_from_slice(&r);
+        out.extend_from_slice(r);
     }
-    Ok(out)
+    out
 }
 
 /// A read-only view of an encoded segment.
@@ -89,16 +96,29 @@ impl<'a> Segment<'a> {
     }
 
     pub fn event(&self, pos: usize) -> StoreResult<ScanEvent> {
+        codec::decode(self.record(pos)?)
+    }
+
+    /// The encoded record at `pos`, as stored.
+    fn record(&self, pos: usize) -> StoreResult<&'a [u8]> {
         if pos >= self.count {
             return Err(corrupt());
         }
         let base = HEADER + self.count * 20 + 4;
         let (start, end) = (self.offset(pos)?, self.offset(pos + 1)?);
-        let record = self
-            .bytes
-            .get(base + start..base + end)
-            .ok_or_else(corrupt)?;
-        codec::decode(record)
+        self.bytes.get(base + start..base + end).ok_or_else(corrupt)
+    }
+
+    /// A new segment value holding only the events at `keep` (ascending
+    /// positions), their records copied byte for byte; the others' IDs and
+    /// records are not in it.
+    pub fn keep_only(&self, keep: &[usize]) -> StoreResult<Vec<u8>> {
+        let ids: Vec<EventId> = keep.iter().map(|&p| self.id(p)).collect();
+        let records: Vec<&[u8]> = keep
+            .iter()
+            .map(|&p| self.record(p))
+            .collect::<StoreResult<_>>()?;
+        Ok(assemble(&ids, &records))
     }
 
     /// The position of `id`, if this segment holds it.
@@ -177,6 +197,14 @@ mod tests {
         assert_eq!(seg.last_id(), Some(events[49].id));
         assert_eq!(seg.find(&EventId::generate()), None);
         assert!(seg.event(50).is_err());
+        // Keeping some events gives the segment those events alone would make.
+        let keep = [3, 4, 20, 49];
+        let kept: Vec<ScanEvent> = keep.iter().map(|&p| events[p].clone()).collect();
+        assert_eq!(seg.keep_only(&keep).unwrap(), encode(&kept).unwrap());
+        assert_eq!(
+            Segment::parse(&seg.keep_only(&[]).unwrap()).unwrap().len(),
+            0
+        );
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct TestApp {
     pub _dir: TempDir,
     pub store: scanhop::store::Store,
     pub settings: Settings,
+    /// A Purger like the app's own (`Application::purger`), for passes at a
+    /// time the test chooses.
+    pub purger: std::sync::Mutex<scanhop::actors::purger::Purger>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -110,6 +113,7 @@ pub async fn spawn_app_with_consumers(
         .expect("first start makes a token")
         .to_owned();
     let store = app.store().clone();
+    let purger = std::sync::Mutex::new(app.purger());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     actix_rt::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -125,6 +129,7 @@ pub async fn spawn_app_with_consumers(
         _dir: dir,
         store,
         settings,
+        purger,
         stop: Some(tx),
     }
 }

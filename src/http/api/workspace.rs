@@ -24,13 +24,20 @@ fn load(state: &AppState, caller: &SecretCaller) -> Result<Workspace, ApiError> 
         .ok_or_else(|| ApiError::not_found("The token's workspace no longer exists."))
 }
 
+/// The workspace as answered: `retention_days` is the retention in effect
+/// (the plan's from the current config, or the workspace's own on enterprise).
+fn answer(state: &AppState, mut ws: Workspace) -> HttpResponse {
+    ws.retention_days = state.settings.retention_days(&ws.plan, ws.retention_days);
+    HttpResponse::Ok().json(ws)
+}
+
 #[utoipa::path(tag = "workspace", responses((status = 200, description = "The caller's workspace", body = Workspace)))]
 #[get("/workspace")]
 async fn get_workspace(
     state: web::Data<AppState>,
     caller: SecretCaller,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(load(&state, &caller)?))
+    Ok(answer(&state, load(&state, &caller)?))
 }
 
 /// Keys present are set; neither may be `null`.
@@ -88,5 +95,5 @@ async fn update_workspace(
         // The Counters worker re-buckets the days it still holds events for.
         state.counters.zone_changed(ws.id);
     }
-    Ok(HttpResponse::Ok().json(ws))
+    Ok(answer(&state, ws))
 }
