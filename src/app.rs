@@ -18,12 +18,13 @@ use utoipa_actix_web::AppExt;
 use crate::accounts;
 use crate::actors::counters::{CounterView, Counters};
 use crate::actors::flusher::Flusher;
-use crate::actors::registry::VisitorRegistry;
 use crate::actors::geo_reloader::GeoReloader;
 use crate::actors::limit_pruner::LimitPruner;
 use crate::actors::periodic::Periodic;
 use crate::actors::purger::{Bound, Purger};
+use crate::actors::registry::VisitorRegistry;
 use crate::actors::salts::SaltRotation;
+use crate::actors::visitors::{VisitorView, Visitors};
 use crate::actors::{ConsumerStarter, Recorder, Resolver, Stage, Workers};
 use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
@@ -90,13 +91,17 @@ impl Application {
         workers.add(handle);
         let counters = CounterView::new(store.clone());
         let mut downstream = Vec::with_capacity(consumers.len() + 1);
-        let builtin = Counters::starter(counters.clone(), settings.counters.clone());
-        for start in std::iter::once(builtin).chain(consumers) {
+        let visitors = VisitorView::new(store.clone());
+        let builtin = [
+            Counters::starter(counters.clone(), settings.counters.clone()),
+            Visitors::starter(visitors.clone(), settings.visitors.clone()),
+        ];
+        for start in builtin.into_iter().chain(consumers) {
             let started = start(&store)?;
             downstream.push(started.wake);
             workers.add(started.handle);
         }
-        let visitors = Arc::new(VisitorRegistry::new(
+        let registry = Arc::new(VisitorRegistry::new(
             store.clone(),
             settings.privacy.fingerprint_scope,
             settings.privacy.visitor_cache_entries,
@@ -106,7 +111,7 @@ impl Application {
             &settings.recorder,
             settings.storage.durability,
             downstream,
-            visitors.clone(),
+            registry.clone(),
             metrics.clone(),
         )?;
         workers.add(handle);
@@ -130,6 +135,7 @@ impl Application {
             links,
             recorder,
             counters,
+            registry,
             visitors,
             enricher: Arc::new(Enricher::new(geo)),
             salts,

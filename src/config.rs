@@ -36,6 +36,7 @@ pub struct Settings {
     pub resolver: ResolverSettings,
     pub recorder: RecorderSettings,
     pub counters: ConsumerSettings,
+    pub visitors: ConsumerSettings,
     pub geoip: GeoipSettings,
     pub privacy: PrivacySettings,
     pub webhooks: WebhookSettings,
@@ -318,6 +319,18 @@ impl Settings {
             (
                 "counters.checkpoint_interval_ms",
                 self.counters.checkpoint_interval_ms,
+            ),
+            (
+                "visitors.mailbox_capacity",
+                self.visitors.mailbox_capacity as u64,
+            ),
+            (
+                "visitors.read_batch_size",
+                self.visitors.read_batch_size as u64,
+            ),
+            (
+                "visitors.checkpoint_interval_ms",
+                self.visitors.checkpoint_interval_ms,
             ),
             (
                 "retention.segments_per_step",

@@ -14,6 +14,7 @@ pub mod recorder;
 pub mod registry;
 pub mod resolver;
 pub mod salts;
+pub mod visitors;
 pub mod worker;
 
 pub use consumer::{Consumer, ConsumerStarter, ConsumerWorker, StartedConsumer};

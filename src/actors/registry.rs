@@ -165,3 +165,75 @@ impl VisitorRegistry {
             .len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{EventId, LinkId};
+
+    fn device<'a>(ua: &'a str, ip: &str, salt: &'a Salt) -> Device<'a> {
+        Device {
+            user_agent: Some(ua),
+            accept_language: Some("de"),
+            ip: Some(ip.parse().unwrap()),
+            day_salt: salt,
+        }
+    }
+
+    #[test]
+    fn a_new_visitor_is_pending_until_its_first_event_is_committed_then_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let registry = VisitorRegistry::new(store.clone(), FingerprintScope::Persistent, 10);
+        let ws = WorkspaceId::generate();
+        let salt = [1; 32];
+        let me = device("phone", "81.2.69.1", &salt);
+        let v = registry.visitor_for(&ws, &me).unwrap();
+        assert_eq!(registry.visitor_for(&ws, &me).unwrap(), v, "pending");
+        assert_eq!(registry.pending_len(), 1);
+        let other_ws = WorkspaceId::generate();
+        assert_ne!(registry.visitor_for(&other_ws, &me).unwrap(), v);
+        // The Recorder writes the entry with the event, then reports it.
+        let event = ScanEvent {
+            visitor_id: Some(v),
+            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
+        };
+        let new = registry.new_in(std::slice::from_ref(&event));
+        assert_eq!(new.len(), 1);
+        store.commit_scans_with(&[event], &new).unwrap();
+        registry.committed(&new);
+        assert_eq!(
+            registry.pending_len(),
+            1,
+            "the other workspace's is still pending"
+        );
+        // A restarted registry finds it in the store.
+        let again = VisitorRegistry::new(store, FingerprintScope::Persistent, 10);
+        assert_eq!(again.visitor_for(&ws, &me).unwrap(), v);
+        assert_ne!(again.visitor_for(&other_ws, &me).unwrap(), v);
+    }
+
+    #[test]
+    fn the_daily_scope_splits_a_device_at_the_days_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let ws = WorkspaceId::generate();
+        let (monday, tuesday) = ([1; 32], [2; 32]);
+        let daily = VisitorRegistry::new(store.clone(), FingerprintScope::Daily, 10);
+        let a = daily
+            .visitor_for(&ws, &device("phone", "81.2.69.1", &monday))
+            .unwrap();
+        let b = daily
+            .visitor_for(&ws, &device("phone", "81.2.69.1", &tuesday))
+            .unwrap();
+        assert_ne!(a, b);
+        let persistent = VisitorRegistry::new(store, FingerprintScope::Persistent, 10);
+        let c = persistent
+            .visitor_for(&ws, &device("phone", "81.2.69.1", &monday))
+            .unwrap();
+        let d = persistent
+            .visitor_for(&ws, &device("phone", "81.2.69.1", &tuesday))
+            .unwrap();
+        assert_eq!(c, d);
+    }
+}

@@ -108,7 +108,11 @@ fn fmix64(mut k: u64) -> u64 {
 }
 
 pub fn visitor_hash(id: &VisitorId) -> u64 {
-    let b = id.as_bytes();
+    id_hash(id.as_bytes())
+}
+
+/// A 64-bit hash of a 16-byte ID, for `Uniques`.
+pub fn id_hash(b: &[u8; 16]) -> u64 {
     let hi = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
     let lo = u64::from_be_bytes(b[8..].try_into().unwrap_or_default());
     fmix64(lo ^ fmix64(hi))

@@ -71,7 +71,13 @@ mod tests {
 
     fn fp(key: u8, ua: &str, lang: &str, ip: &str, salt: Option<u8>) -> Fingerprint {
         let salt = salt.map(|s| [s; 32]);
-        fingerprint(&[key; 32], Some(ua), Some(lang), Some(ip.parse().unwrap()), salt.as_ref())
+        fingerprint(
+            &[key; 32],
+            Some(ua),
+            Some(lang),
+            Some(ip.parse().unwrap()),
+            salt.as_ref(),
+        )
     }
 
     #[test]
@@ -79,17 +85,30 @@ mod tests {
         let base = fp(1, UA, "de", "81.2.69.10", None);
         assert_eq!(base, fp(1, UA, "de", "81.2.69.200", None), "same /24");
         assert_ne!(base, fp(1, UA, "de", "81.2.70.10", None), "another /24");
-        assert_ne!(base, fp(1, "Mozilla/5.0 (Android)", "de", "81.2.69.10", None));
+        assert_ne!(
+            base,
+            fp(1, "Mozilla/5.0 (Android)", "de", "81.2.69.10", None)
+        );
         assert_ne!(base, fp(1, UA, "en", "81.2.69.10", None));
-        assert_ne!(base, fp(2, UA, "de", "81.2.69.10", None), "another workspace's key");
+        assert_ne!(
+            base,
+            fp(2, UA, "de", "81.2.69.10", None),
+            "another workspace's key"
+        );
         assert_ne!(base, fp(1, UA, "de", "81.2.69.10", Some(7)), "daily salt");
-        assert_ne!(fp(1, UA, "de", "81.2.69.10", Some(7)), fp(1, UA, "de", "81.2.69.10", Some(8)));
+        assert_ne!(
+            fp(1, UA, "de", "81.2.69.10", Some(7)),
+            fp(1, UA, "de", "81.2.69.10", Some(8))
+        );
         // IPv6: the /48 counts, the rest does not; mapped IPv4 is IPv4.
         let v6 = fp(1, UA, "de", "2a02:c7f:1234:1::1", None);
         assert_eq!(v6, fp(1, UA, "de", "2a02:c7f:1234:ffff::9", None));
         assert_ne!(v6, fp(1, UA, "de", "2a02:c7f:1235:1::1", None));
         assert_eq!(base, fp(1, UA, "de", "::ffff:81.2.69.77", None));
         // Parts cannot slide into each other.
-        assert_ne!(fp(1, "ab", "c", "81.2.69.1", None), fp(1, "a", "bc", "81.2.69.1", None));
+        assert_ne!(
+            fp(1, "ab", "c", "81.2.69.1", None),
+            fp(1, "a", "bc", "81.2.69.1", None)
+        );
     }
 }

@@ -5,8 +5,8 @@
 
 pub mod agent_cache;
 pub mod bots;
-pub mod fingerprint;
 pub mod client_ip;
+pub mod fingerprint;
 mod forwarding;
 pub mod geo;
 pub mod privacy;

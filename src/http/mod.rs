@@ -42,7 +42,9 @@ pub struct AppState {
     /// Scan tallies per day, for the analytics answers.
     pub counters: Arc<crate::actors::counters::CounterView>,
     /// Fingerprint → visitor, for the redirect.
-    pub visitors: Arc<crate::actors::registry::VisitorRegistry>,
+    pub registry: Arc<crate::actors::registry::VisitorRegistry>,
+    /// Visitor profiles, for the visitors API.
+    pub visitors: Arc<crate::actors::visitors::VisitorView>,
     pub enricher: Arc<Enricher>,
     /// The daily IP salts, kept current by the salt rotation worker.
     pub salts: Arc<SaltBook>,

@@ -118,7 +118,7 @@ async fn record(
             ip: client_ip,
             day_salt: &scan.ip_salt,
         };
-        match state.visitors.visitor_for(&link.workspace_id, &device) {
+        match state.registry.visitor_for(&link.workspace_id, &device) {
             Ok(v) => event.visitor_id = Some(v),
             // The scan still counts, without a visitor.
             Err(e) => tracing::warn!(error = %e, "cannot look up the visitor of a scan"),

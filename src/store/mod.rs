@@ -27,7 +27,7 @@ pub use links::{LinkQuery, LinkWrite};
 pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
 pub use tallies::{TallyKey, TallyScope};
-pub use visitors::NewVisitor;
+pub use visitors::{NewVisitor, StoredAttributes};
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
 const FORMAT_DIR: &str = "sled-v1";
@@ -91,6 +91,12 @@ struct Trees {
     counters: sled::Tree,
     /// key = workspace_id (16) ++ fingerprint (16) → value = visitor_id (16)
     visitor_registry: sled::Tree,
+    /// key = visitor_id (16) → value = VisitorProfile (by the Visitors worker)
+    visitors: sled::Tree,
+    /// key = workspace_id (16) ++ visitor_id (16) → value = empty
+    visitors_by_workspace: sled::Tree,
+    /// key = visitor_id (16) → value = attributes (by `identify`)
+    visitor_attributes: sled::Tree,
     /// key = scope (1) ++ owner id (16) ++ day (u32 BE) → value = Tally
     tallies: sled::Tree,
     /// key = purged kind (1) ++ link or workspace id (16) → value = u64
@@ -137,6 +143,9 @@ impl Store {
             counters: open("counters")?,
             tallies: open("tallies")?,
             visitor_registry: open("visitor_registry")?,
+            visitors: open("visitors")?,
+            visitors_by_workspace: open("visitors_by_workspace")?,
+            visitor_attributes: open("visitor_attributes")?,
             purged: open("purged")?,
             consumers: open("consumers")?,
             meta: open("meta")?,

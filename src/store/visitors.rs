@@ -3,10 +3,17 @@
 //! of its visitor (`Store::commit_scans_with`), so after any crash a stored
 //! event's visitor is always the one its device maps to.
 
-use crate::enrich::fingerprint::Fingerprint;
-use crate::ids::{VisitorId, WorkspaceId};
+use std::collections::HashMap;
 
-use super::{Store, StoreResult};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+use super::codec::{self, Record};
+use super::scan::{self, Page};
+use super::{ConsumerRecord, Store, StoreError, StoreResult, keys};
+use crate::domain::visitor::VisitorProfile;
+use crate::enrich::fingerprint::Fingerprint;
+use crate::ids::{VisitorId, VisitorKind, WorkspaceId};
 
 /// A visitor first seen in a batch: its registry entry to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,5 +39,127 @@ impl Store {
             .visitor_registry
             .get(registry_key(ws, fp))?
             .and_then(|v| VisitorId::from_slice(&v)))
+    }
+}
+
+/// A visitor's attributes as stored: a JSON object (bincode cannot carry
+/// arbitrary JSON values, so the object is kept as its text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredAttributes {
+    pub json: String,
+}
+
+impl Record for StoredAttributes {
+    const VERSION: u8 = 1;
+}
+
+impl Record for VisitorProfile {
+    const VERSION: u8 = 1;
+}
+
+/// Visitors examined at most to fill one page of a filtered list.
+const VISITOR_SCAN_BUDGET: usize = 10_000;
+
+type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
+
+impl Store {
+    pub fn visitor(&self, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
+        self.inner
+            .visitors
+            .get(id.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    /// Writes `profiles` (whole) with their workspace index entries and
+    /// consumer `name`'s record, in one transaction.
+    pub fn save_visitors(
+        &self,
+        name: &str,
+        record: &ConsumerRecord,
+        profiles: &HashMap<VisitorId, VisitorProfile>,
+    ) -> StoreResult<()> {
+        let encoded_record = codec::encode(record)?;
+        let encoded: Vec<(VisitorProfile, Vec<u8>)> = profiles
+            .values()
+            .map(|p| Ok((p.clone(), codec::encode(p)?)))
+            .collect::<StoreResult<_>>()?;
+        let t = &self.inner;
+        (&t.visitors, &t.visitors_by_workspace, &t.consumers).transaction(
+            |(visitors, by_ws, consumers)| -> TxResult {
+                for (p, bytes) in &encoded {
+                    visitors.insert(&p.id.as_bytes()[..], bytes.as_slice())?;
+                    by_ws.insert(&keys::pair(&p.workspace_id, &p.id)[..], &[][..])?;
+                }
+                consumers.insert(name.as_bytes(), encoded_record.as_slice())?;
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// A workspace's visitors, newest first, below `cursor` (a visitor ID),
+    /// those for which `keep` is true.
+    pub fn list_visitors(
+        &self,
+        ws: &WorkspaceId,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        mut keep: impl FnMut(&VisitorProfile) -> StoreResult<bool>,
+    ) -> StoreResult<Page<VisitorProfile>> {
+        let below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
+        let (start, end) = (keys::pair_raw(ws, &[0; 16]), keys::pair_raw(ws, &below));
+        let candidates = self
+            .inner
+            .visitors_by_workspace
+            .range(start..end)
+            .rev()
+            .map(|entry| {
+                let (key, _) = entry?;
+                let found = match keys::pair_suffix::<VisitorKind>(&key) {
+                    Some(id) => match self.visitor(&id)? {
+                        Some(p) if keep(&p)? => Some(p),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                Ok((key[16..].to_vec(), found))
+            });
+        scan::paginate(candidates, limit, VISITOR_SCAN_BUDGET)
+    }
+
+    pub fn visitor_attributes(&self, id: &VisitorId) -> StoreResult<Option<StoredAttributes>> {
+        self.inner
+            .visitor_attributes
+            .get(id.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    /// Replaces a visitor's attributes with what `merge` makes of the stored
+    /// ones (`None` when there are none yet), atomically.
+    pub fn update_visitor_attributes(
+        &self,
+        id: &VisitorId,
+        merge: impl Fn(Option<StoredAttributes>) -> StoredAttributes,
+    ) -> StoreResult<StoredAttributes> {
+        let tree = &self.inner.visitor_attributes;
+        loop {
+            let current = tree.get(id.as_bytes())?;
+            let decoded = current
+                .as_ref()
+                .map(|v| codec::decode::<StoredAttributes>(v))
+                .transpose()?;
+            let next = merge(decoded);
+            let bytes = codec::encode(&next)?;
+            let swapped = tree.compare_and_swap(
+                id.as_bytes(),
+                current.as_ref().map(|v| v.as_ref()),
+                Some(bytes),
+            )?;
+            if swapped.is_ok() {
+                return Ok(next);
+            }
+        }
     }
 }

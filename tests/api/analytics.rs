@@ -94,7 +94,10 @@ async fn a_links_scans_by_day_and_dimension_with_caps_and_stable_ties() {
     assert_eq!(s["slug"], "menu");
     assert_eq!(s["period_days"], 30);
     assert_eq!(s["total_scans"], 13, "the bot is not counted");
-    assert_eq!(s["period_visitors"], 0, "no visitor IDs yet");
+    assert_eq!(
+        s["period_visitors"], 3,
+        "three user agents from one address: three visitors"
+    );
     let days = s["scans_by_day"].as_array().unwrap();
     assert_eq!(days.len(), 1, "{s}");
     assert!(
@@ -259,7 +262,7 @@ async fn workspace_metrics_count_scans_links_today_and_this_month() {
     let m = r.json();
     assert_eq!(
         m,
-        json!({"total_scans": 5, "total_visitors": 0, "total_links": 3,
+        json!({"total_scans": 5, "total_visitors": 1, "total_links": 3,
             "scans_today": 5, "scans_this_month": 5, "active_webhooks": 0})
     );
     // Another workspace has none of it.

@@ -26,5 +26,6 @@ mod qr;
 mod ratelimit;
 mod redirect;
 mod retention;
+mod visitors;
 mod workers;
 mod workspace;

@@ -61,9 +61,9 @@ pub struct EventFilters {
 pub struct EventPageQuery {
     /// 1 to 500, default 50.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
-    page_size: Option<String>,
+    pub page_size: Option<String>,
     /// `next_page_token` of the previous page; empty means the first page.
-    page_token: Option<String>,
+    pub page_token: Option<String>,
 }
 
 /// The filters, checked: the store's query, and the link to check on each
@@ -161,6 +161,16 @@ async fn list_events(
     caller: SecretCaller,
     filters: web::Query<EventFilters>,
     q: web::Query<EventPageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    list_page(&state, &caller, &filters, &q).await
+}
+
+/// One page of `GET /v1/events` (also `GET /v1/visitors/{id}/events`).
+pub(super) async fn list_page(
+    state: &AppState,
+    caller: &SecretCaller,
+    filters: &EventFilters,
+    q: &EventPageQuery,
 ) -> Result<HttpResponse, ApiError> {
     let ParsedFilters { query, link_filter } = filters.parse(caller.0.workspace_id)?;
     let scope = QueryScope::new(

@@ -6,6 +6,7 @@ mod link_bodies;
 pub mod links;
 pub mod qr;
 pub mod tokens;
+pub mod visitors;
 pub mod workspace;
 
 use serde::{Deserialize, Deserializer};
@@ -20,7 +21,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .configure(qr::configure)
         .configure(events::configure)
         .configure(workspace::configure)
-        .configure(tokens::configure);
+        .configure(tokens::configure)
+        .configure(visitors::configure);
 }
 
 /// Parses a path or query ID; a malformed one is a 400 naming the parameter.

@@ -1,0 +1,100 @@
+//! The Visitors worker: visitor profiles (first and last scan, scans,
+//! distinct links, countries, devices, days with a scan) derived from
+//! committed events, as a consumer (`actors::consumer`). Like the Counters
+//! worker it folds into pending profiles in memory and, at each checkpoint,
+//! writes them whole with its position in one transaction, so a stored
+//! profile always equals a recount of its events up to that position.
+//!
+//! Which visitor a scan belongs to is decided on the redirect path by the
+//! registry (`actors::registry`); this worker only describes visitors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker};
+use crate::config::ConsumerSettings;
+use crate::domain::ScanEvent;
+use crate::domain::Timestamp;
+use crate::domain::visitor::VisitorProfile;
+use crate::ids::VisitorId;
+use crate::store::{ConsumerRecord, Store, StoreResult};
+
+/// Profiles as readers see them: stored, or pending when newer.
+pub struct VisitorView {
+    store: Store,
+    pending: RwLock<HashMap<VisitorId, VisitorProfile>>,
+}
+
+impl VisitorView {
+    pub fn new(store: Store) -> Arc<VisitorView> {
+        Arc::new(VisitorView {
+            store,
+            pending: RwLock::default(),
+        })
+    }
+
+    pub fn profile(&self, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
+        let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = pending.get(id) {
+            return Ok(Some(p.clone()));
+        }
+        self.store.visitor(id)
+    }
+}
+
+pub struct Visitors {
+    view: Arc<VisitorView>,
+}
+
+impl Visitors {
+    pub fn starter(view: Arc<VisitorView>, settings: ConsumerSettings) -> ConsumerStarter {
+        ConsumerWorker::starter(Visitors { view }, settings)
+    }
+}
+
+impl Consumer for Visitors {
+    const NAME: &'static str = "visitors";
+    type State = ();
+
+    fn apply(&mut self, _: &mut (), events: &[ScanEvent]) {
+        let mut pending = self
+            .view
+            .pending
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for e in events {
+            let Some(v) = e.visitor_id else {
+                continue;
+            };
+            let profile = match pending.entry(v) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let stored = self.view.store.visitor(&v).unwrap_or_else(|err| {
+                        // Unreadable: start over from this event rather than stall.
+                        tracing::error!(error = %err, visitor = %v, "cannot read a visitor profile");
+                        None
+                    });
+                    slot.insert(stored.unwrap_or_else(|| {
+                        VisitorProfile::new(
+                            v,
+                            e.workspace_id,
+                            Timestamp::from_millis(e.timestamp_ms()),
+                        )
+                    }))
+                }
+            };
+            profile.add_event(e);
+        }
+    }
+
+    fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
+        let mut pending = self
+            .view
+            .pending
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        store.save_visitors(Self::NAME, record, &pending)?;
+        pending.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,359 @@
+//! Visitors: one device is one visitor across the links of a workspace, told
+//! apart by user agent, language and network; profiles from the Visitors
+//! worker; and after a kill -9 no device has two visitors and every profile
+//! equals a recount of its events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::enrichment::stored_event;
+use crate::helpers::{BinaryServer, IPHONE_UA, TestApp, spawn_app_with};
+
+const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.113 Mobile Safari/537.36";
+const BOT_UA: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+
+async fn app() -> TestApp {
+    spawn_app_with(&[("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32")]).await
+}
+
+/// Scans `slug` as a device (user agent, language, address) and answers the
+/// stored event's `visitor_id`.
+async fn scan_as(app: &TestApp, slug: &str, ua: &str, lang: &str, ip: &str) -> Value {
+    let r = app
+        .scan_with(
+            slug,
+            &[
+                ("User-Agent", ua),
+                ("Accept-Language", lang),
+                ("X-Forwarded-For", ip),
+            ],
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 302);
+    let location = r.header("location").expect("a redirect").to_owned();
+    stored_event(app, &location).await["visitor_id"].clone()
+}
+
+async fn tracked_link(app: &TestApp, slug: &str) {
+    app.create_link(json!({"destination": "https://example.com/", "slug": slug,
+        "conversion_tracking": true}))
+        .await;
+}
+
+#[actix_rt::test]
+async fn one_device_is_one_visitor_across_links_and_anything_else_is_another() {
+    let app = app().await;
+    for slug in ["v-a", "v-b"] {
+        tracked_link(&app, slug).await;
+    }
+    let me = scan_as(&app, "v-a", IPHONE_UA, "de-AT", "81.2.69.10").await;
+    assert!(me.as_str().unwrap().starts_with("vis_"), "{me}");
+    // Another address in the same /24 is the same device on the same network.
+    assert_eq!(
+        scan_as(&app, "v-b", IPHONE_UA, "de-AT", "81.2.69.77").await,
+        me
+    );
+    let others = [
+        scan_as(&app, "v-a", ANDROID_UA, "de-AT", "81.2.69.10").await,
+        scan_as(&app, "v-a", IPHONE_UA, "en-US", "81.2.69.10").await,
+        scan_as(&app, "v-a", IPHONE_UA, "de-AT", "81.2.70.10").await,
+    ];
+    let distinct: BTreeSet<String> = others
+        .iter()
+        .chain([&me])
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(distinct.len(), 4, "{distinct:?}");
+    // Bots get none.
+    let r = app
+        .scan_with(
+            "v-a",
+            &[("User-Agent", BOT_UA), ("X-Forwarded-For", "81.2.69.10")],
+        )
+        .await;
+    let id = r
+        .header("location")
+        .unwrap()
+        .split("scan_id=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.get(&format!("/v1/events/{id}")).await.json()["visitor_id"],
+        Value::Null
+    );
+
+    // The profile: two scans on two links.
+    let path = format!("/v1/visitors/{}", me.as_str().unwrap());
+    app.eventually("the profile", || async {
+        app.get(&path).await.json()["event_count"] == 2
+    })
+    .await;
+    let v = app.get(&path).await.json();
+    assert_eq!(v["links_scanned"], 2);
+    assert_eq!(v["identified"], false);
+    assert_eq!(v["attributes"], json!({}));
+    assert_eq!(
+        v["devices"],
+        json!([{"device_type": "mobile", "os": "iOS", "browser": "Safari"}])
+    );
+    assert_eq!(v["countries"], json!([]), "no GeoIP database");
+    let score = v["lead_score"].as_u64().unwrap();
+    // 2 scans, 2 links, one day, just now: 6 + 8 + 0 + 15.
+    assert_eq!(score, 29);
+    let recent = v["recent_events"].as_array().unwrap();
+    assert_eq!(recent.len(), 2);
+    assert!(recent.iter().all(|e| e["visitor_id"] == me));
+    // Its events, and the events filter.
+    let events = app.get(&format!("{path}/events?page_size=1")).await.json();
+    assert_eq!(events["data"].as_array().unwrap().len(), 1);
+    assert!(events["next_page_token"].is_string());
+    let filtered = app
+        .all_events(&format!("visitor_id={}", me.as_str().unwrap()))
+        .await;
+    assert_eq!(filtered.len(), 2);
+
+    // Listed, newest first; unknown and malformed IDs.
+    app.eventually("four visitors listed", || async {
+        app.get("/v1/visitors").await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 4
+    })
+    .await;
+    let list = app
+        .get("/v1/visitors?identified=false&page_size=2")
+        .await
+        .json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    let none = app.get("/v1/visitors?identified=true").await.json();
+    assert_eq!(none["data"], json!([]));
+    app.get("/v1/visitors?identified=maybe")
+        .await
+        .assert_problem(400, "bad_request");
+    app.get("/v1/visitors/vis_00000000000000000000000000")
+        .await
+        .assert_problem(404, "not_found");
+    app.get("/v1/visitors/nope")
+        .await
+        .assert_problem(400, "bad_request");
+}
+
+#[actix_rt::test]
+async fn workspaces_never_share_a_visitor() {
+    let app = app().await;
+    tracked_link(&app, "ws-one").await;
+    let other = app.other_workspace();
+    let r = app
+        .send_as(
+            &other,
+            app.client.post(app.url("/v1/links")),
+            Some(
+                json!({"destination": "https://example.com/", "slug": "ws-two",
+                "conversion_tracking": true}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201);
+    let mine = scan_as(&app, "ws-one", IPHONE_UA, "de", "81.2.69.10").await;
+    let r = app
+        .scan_with(
+            "ws-two",
+            &[
+                ("User-Agent", IPHONE_UA),
+                ("Accept-Language", "de"),
+                ("X-Forwarded-For", "81.2.69.10"),
+            ],
+        )
+        .await;
+    let id = r
+        .header("location")
+        .unwrap()
+        .split("scan_id=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let event_path = format!("/v1/events/{id}");
+    app.eventually("their event stored", || async {
+        let req = app.client.get(app.url(&event_path));
+        app.send_as(&other, req, None).await.status.as_u16() == 200
+    })
+    .await;
+    let theirs = app
+        .send_as(&other, app.client.get(app.url(&event_path)), None)
+        .await
+        .json()["visitor_id"]
+        .clone();
+    assert!(theirs.is_string());
+    assert_ne!(mine, theirs);
+    // And neither sees the other's.
+    let path = format!("/v1/visitors/{}", theirs.as_str().unwrap());
+    app.eventually("their profile", || async {
+        app.send_as(&other, app.client.get(app.url(&path)), None)
+            .await
+            .status
+            .as_u16()
+            == 200
+    })
+    .await;
+    app.get(&path).await.assert_problem(404, "not_found");
+}
+
+async fn get_json(client: &awc::Client, url: String, token: &str) -> Value {
+    let mut r = client
+        .get(url)
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .send()
+        .await
+        .unwrap();
+    r.json().limit(64 << 20).await.unwrap()
+}
+
+async fn lag(client: &awc::Client, base: &str, consumer: &str) -> Option<u64> {
+    let mut r = client.get(format!("{base}/metrics")).send().await.ok()?;
+    let text = String::from_utf8(r.body().await.ok()?.to_vec()).ok()?;
+    let prefix = format!("scanhop_consumer_lag_events{{consumer=\"{consumer}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[actix_rt::test]
+async fn after_kill_9_in_a_burst_no_device_has_two_visitors_and_profiles_equal_a_recount() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("SCANHOP__VISITORS__CHECKPOINT_INTERVAL_MS", "200"),
+    ];
+    let server = BinaryServer::start(dir.path(), &env);
+    let (base, token) = (server.base.clone(), server.token.clone().unwrap());
+    let client = awc::Client::builder()
+        .disable_redirects()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let r = client
+        .post(format!("{base}/v1/links"))
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .send_json(&json!({"destination": "https://example.com/", "slug": "crowd"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // 40 devices (each its own /24), 8 connections, each device again and
+    // again: first scans of a device race each other on different connections.
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let (client, base) = (client.clone(), base.clone());
+            actix_rt::spawn(async move {
+                let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+                let mut i = t;
+                while std::time::Instant::now() < deadline {
+                    let device = i % 40;
+                    let _ = client
+                        .get(format!("{base}/crowd"))
+                        .insert_header(("User-Agent", IPHONE_UA))
+                        .insert_header(("X-Forwarded-For", format!("10.{device}.0.1")))
+                        .insert_header(("Referer", format!("https://device-{device}.example/")))
+                        .send()
+                        .await;
+                    i += 3;
+                }
+            })
+        })
+        .collect();
+    // Kill in the middle of the burst.
+    actix_rt::time::sleep(Duration::from_millis(900)).await;
+    let mut server = server;
+    server.signal(libc::SIGKILL);
+    server.wait();
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    let server = BinaryServer::start(dir.path(), &env);
+    let base = server.base.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lag(&client, &base, "visitors").await != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "visitors caught up");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every stored event, by device (its referer).
+    let mut by_device: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_visitor: BTreeMap<String, u64> = BTreeMap::new();
+    let mut page: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/events?page_size=500");
+        if let Some(p) = &page {
+            url.push_str(&format!("&page_token={p}"));
+        }
+        let body = get_json(&client, url, &token).await;
+        for e in body["data"].as_array().unwrap() {
+            let v = e["visitor_id"].as_str().unwrap().to_owned();
+            by_device
+                .entry(e["referer"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(v.clone());
+            *by_visitor.entry(v).or_default() += 1;
+        }
+        match body["next_page_token"].as_str() {
+            Some(p) => page = Some(p.to_owned()),
+            None => break,
+        }
+    }
+    assert!(
+        by_device.len() >= 20,
+        "the burst reached many devices: {}",
+        by_device.len()
+    );
+    for (device, visitors) in &by_device {
+        assert_eq!(visitors.len(), 1, "{device} has {visitors:?}");
+    }
+    for (visitor, count) in &by_visitor {
+        let v = get_json(&client, format!("{base}/v1/visitors/{visitor}"), &token).await;
+        assert_eq!(v["event_count"], *count, "{visitor}: {v}");
+    }
+    // A device seen before the kill keeps its visitor after it.
+    let (device, visitors) = by_device.iter().next().unwrap();
+    let n: u64 = device
+        .trim_start_matches("https://device-")
+        .trim_end_matches(".example/")
+        .parse()
+        .unwrap();
+    let r = client
+        .post(format!("{base}/v1/links"))
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .send_json(
+            &json!({"destination": "https://example.com/", "slug": "again",
+            "conversion_tracking": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = client
+        .get(format!("{base}/again"))
+        .insert_header(("User-Agent", IPHONE_UA))
+        .insert_header(("X-Forwarded-For", format!("10.{n}.0.9")))
+        .send()
+        .await
+        .unwrap();
+    let loc = r
+        .headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = loc.split("scan_id=").nth(1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        let e = get_json(&client, format!("{base}/v1/events/{id}"), &token).await;
+        if e["id"].is_string() {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "the scan is stored");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(visitors.contains(e["visitor_id"].as_str().unwrap()), "{e}");
+}
