@@ -137,12 +137,13 @@ impl Store {
     }
 
     /// Replaces a visitor's attributes with what `merge` makes of the stored
-    /// ones (`None` when there are none yet), atomically.
+    /// ones (`None` when there are none yet), atomically; when `merge`
+    /// answers `None`, nothing is written.
     pub fn update_visitor_attributes(
         &self,
         id: &VisitorId,
-        merge: impl Fn(Option<StoredAttributes>) -> StoredAttributes,
-    ) -> StoreResult<StoredAttributes> {
+        mut merge: impl FnMut(Option<StoredAttributes>) -> Option<StoredAttributes>,
+    ) -> StoreResult<Option<StoredAttributes>> {
         let tree = &self.inner.visitor_attributes;
         loop {
             let current = tree.get(id.as_bytes())?;
@@ -150,7 +151,9 @@ impl Store {
                 .as_ref()
                 .map(|v| codec::decode::<StoredAttributes>(v))
                 .transpose()?;
-            let next = merge(decoded);
+            let Some(next) = merge(decoded) else {
+                return Ok(None);
+            };
             let bytes = codec::encode(&next)?;
             let swapped = tree.compare_and_swap(
                 id.as_bytes(),
@@ -158,7 +161,7 @@ impl Store {
                 Some(bytes),
             )?;
             if swapped.is_ok() {
-                return Ok(next);
+                return Ok(Some(next));
             }
         }
     }

@@ -357,3 +357,228 @@ async fn after_kill_9_in_a_burst_no_device_has_two_visitors_and_profiles_equal_a
     };
     assert!(visitors.contains(e["visitor_id"].as_str().unwrap()), "{e}");
 }
+
+/// A tracked scan by a phone, and its `scan_id` and visitor.
+async fn scanned(app: &TestApp, slug: &str) -> (String, String) {
+    let r = app
+        .scan_with(
+            slug,
+            &[("User-Agent", IPHONE_UA), ("X-Forwarded-For", "81.2.69.10")],
+        )
+        .await;
+    let location = r.header("location").unwrap().to_owned();
+    let event = stored_event(app, &location).await;
+    (
+        event["id"].as_str().unwrap().to_owned(),
+        event["visitor_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn identify_as(app: &TestApp, token: &str, body: Value) -> crate::helpers::Reply {
+    app.send_as(
+        token,
+        app.client.post(app.url("/v1/visitors/identify")),
+        Some(body),
+    )
+    .await
+}
+
+#[actix_rt::test]
+async fn identify_merges_attributes_and_refuses_bad_ones_changing_nothing() {
+    let app = app().await;
+    tracked_link(&app, "lead").await;
+    let (scan, visitor) = scanned(&app, "lead").await;
+    let r = identify_as(
+        &app,
+        &app.token,
+        json!({"scan_id": scan, "attributes": {"email": "a@b.c", "plan": "pro", "n": 1}}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let v = r.json();
+    assert_eq!(v["id"], visitor.as_str());
+    assert_eq!(v["identified"], true);
+    assert_eq!(
+        v["attributes"],
+        json!({"email": "a@b.c", "plan": "pro", "n": 1})
+    );
+    // Merged: new keys added, a key set again replaced, `null` removes one.
+    let r = identify_as(
+        &app,
+        &app.token,
+        json!({"scan_id": scan, "attributes": {"converted": true, "order_value": 42.5,
+            "plan": "business", "n": null}}),
+    )
+    .await;
+    let want =
+        json!({"email": "a@b.c", "plan": "business", "converted": true, "order_value": 42.5});
+    assert_eq!(r.json()["attributes"], want);
+    let path = format!("/v1/visitors/{visitor}");
+    let v = app.get(&path).await.json();
+    assert_eq!(v["attributes"], want);
+    assert_eq!(v["identified"], true);
+    // 3 + 4 + 0 + 15 + 10 identified + 4 attributes.
+    assert_eq!(v["lead_score"], 36);
+    app.eventually("listed as identified", || async {
+        app.get("/v1/visitors?identified=true").await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+
+    let many: serde_json::Map<String, Value> =
+        (0..51).map(|i| (format!("k{i}"), json!(i))).collect();
+    let fill: serde_json::Map<String, Value> =
+        (0..47).map(|i| (format!("f{i}"), json!(i))).collect();
+    let bad = [
+        (
+            json!({"scan_id": scan, "attributes": {"nested": {"a": 1}}}),
+            "attributes.nested",
+        ),
+        (
+            json!({"scan_id": scan, "attributes": {"list": [1, 2]}}),
+            "attributes.list",
+        ),
+        (json!({"scan_id": scan, "attributes": many}), "attributes"),
+        (
+            json!({"scan_id": scan, "attributes": {"long": "x".repeat(1025)}}),
+            "attributes.long",
+        ),
+        (
+            json!({"scan_id": scan, "attributes": {"k".repeat(65): 1}}),
+            "attributes.kkk",
+        ),
+        (
+            json!({"scan_id": scan, "attributes": {"": 1}}),
+            "attributes.",
+        ),
+        (json!({"scan_id": scan, "attributes": "email"}), "body"),
+        (json!({"scan_id": scan}), "body"),
+        (json!({"scan_id": 7, "attributes": {}}), "body"),
+        (json!({"scan_id": "evt_nope", "attributes": {}}), "scan_id"),
+        (
+            json!({"scan_id": scan, "attributes": {}, "extra": 1}),
+            "body",
+        ),
+        // 4 stored + 47 new = 51 after merging.
+        (json!({"scan_id": scan, "attributes": fill}), "attributes"),
+    ];
+    for (body, field) in bad {
+        let r = identify_as(&app, &app.token, body.clone()).await;
+        let p = r.assert_problem(422, "validation_failed");
+        let fields: Vec<String> = p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            fields.iter().any(|f| f.starts_with(field)),
+            "{body}: {fields:?}"
+        );
+    }
+    assert_eq!(
+        app.get(&path).await.json()["attributes"],
+        want,
+        "nothing changed"
+    );
+
+    // Unknown, foreign and bot scans are 404.
+    let r = identify_as(
+        &app,
+        &app.token,
+        json!({"scan_id": "evt_00000000000000000000000000", "attributes": {"a": 1}}),
+    )
+    .await;
+    r.assert_problem(404, "not_found");
+    let other = app.other_workspace();
+    let r = identify_as(
+        &app,
+        &other,
+        json!({"scan_id": scan, "attributes": {"a": 1}}),
+    )
+    .await;
+    r.assert_problem(404, "not_found");
+    let bot = app.scan_with("lead", &[("User-Agent", BOT_UA)]).await;
+    let bot = stored_event(&app, bot.header("location").unwrap()).await;
+    let r = identify_as(
+        &app,
+        &app.token,
+        json!({"scan_id": bot["id"], "attributes": {"a": 1}}),
+    )
+    .await;
+    r.assert_problem(404, "not_found");
+    assert_eq!(
+        app.get(&path).await.json()["attributes"],
+        want,
+        "nothing changed"
+    );
+}
+
+#[actix_rt::test]
+async fn a_publishable_token_may_identify_and_nothing_else_and_only_identify_allows_cors() {
+    let app = app().await;
+    tracked_link(&app, "web").await;
+    let (scan, visitor) = scanned(&app, "web").await;
+    let r = app
+        .post("/v1/tokens", json!({"type": "publishable", "name": "site"}))
+        .await;
+    assert_eq!(r.status.as_u16(), 201);
+    let pk = r.json()["token"].as_str().unwrap().to_owned();
+    let r = identify_as(
+        &app,
+        &pk,
+        json!({"scan_id": scan, "attributes": {"email": "x@y.z"}}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(r.json()["id"], visitor.as_str());
+    for path in [
+        "/v1/visitors".to_owned(),
+        format!("/v1/visitors/{visitor}"),
+        format!("/v1/visitors/{visitor}/events"),
+        "/v1/links".to_owned(),
+        "/v1/events".to_owned(),
+        "/v1/metrics".to_owned(),
+    ] {
+        let r = app.send_as(&pk, app.client.get(app.url(&path)), None).await;
+        r.assert_problem(403, "forbidden");
+    }
+
+    // The browser's preflight: allowed for identify, from any origin.
+    let preflight = |path: &str| {
+        app.client
+            .request(awc::http::Method::OPTIONS, app.url(path))
+            .insert_header(("Origin", "https://shop.example"))
+            .insert_header(("Access-Control-Request-Method", "POST"))
+            .insert_header((
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ))
+    };
+    let r = app.raw(preflight("/v1/visitors/identify"), "").await;
+    assert_eq!(r.status.as_u16(), 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let methods = r.header("access-control-allow-methods").unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(headers.contains("authorization") && headers.contains("content-type"));
+    for other in [
+        "/v1/links",
+        "/v1/visitors",
+        &format!("/v1/visitors/{visitor}"),
+    ] {
+        let r = app.raw(preflight(other), "").await;
+        assert!(!r.status.is_success(), "{other}: {}", r.status);
+        assert_eq!(r.header("access-control-allow-origin"), None, "{other}");
+    }
+    // Other answers carry no CORS header either.
+    let r = app.get("/v1/visitors").await;
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}

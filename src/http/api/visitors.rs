@@ -2,29 +2,212 @@
 //! the Visitors worker keeps (`actors::visitors`) and the attributes
 //! `identify` attached.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError, get, options, post, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::events::{EventFilters, EventPageQuery, EventView, list_page};
 use super::{parse_id, query_value};
-use crate::domain::Timestamp;
 use crate::domain::visitor::{DeviceSeen, VisitorProfile, lead_score};
+use crate::domain::{FieldError, Timestamp};
 use crate::http::AppState;
-use crate::http::auth::SecretCaller;
-use crate::http::error::ApiError;
+use crate::http::auth::{Caller, SecretCaller};
+use crate::http::body::JsonObject;
+use crate::http::error::{ApiError, Problem};
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
-use crate::ids::{VisitorId, VisitorKind};
-use crate::store::{EventIndex, EventQuery};
+use crate::ids::{EventId, VisitorId, VisitorKind};
+use crate::store::{EventIndex, EventQuery, StoredAttributes};
 
 /// Events a visitor's answer carries in `recent_events`.
 const RECENT_EVENTS: usize = 20;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(list_visitors)
+    // `identify` before `{id}`, which would otherwise take it for an ID.
+    cfg.service(identify)
+        .service(identify_preflight)
+        .service(list_visitors)
         .service(get_visitor)
         .service(visitor_events);
+}
+
+/// Most attribute keys a visitor holds (and a request sends).
+pub const MAX_ATTRIBUTES: usize = 50;
+/// Longest attribute key, in bytes.
+pub const MAX_KEY_BYTES: usize = 64;
+/// Longest string value, in bytes.
+pub const MAX_STRING_BYTES: usize = 1024;
+
+/// `POST /v1/visitors/identify`: a scan's ID, and what to attach to its visitor.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifyBody {
+    /// The `scan_id` the destination received (an event ID, `evt_...`).
+    #[schema(value_type = String, pattern = "^evt_[0-9a-hjkmnp-tv-z]{26}$")]
+    scan_id: String,
+    /// Merged into the visitor's attributes: values are strings (at most
+    /// 1024 bytes), numbers, booleans, or `null`, which removes the key. At
+    /// most 50 keys of at most 64 bytes, also after merging.
+    #[schema(value_type = Object)]
+    attributes: Map<String, Value>,
+}
+
+/// The attribute rules; every broken one is reported.
+fn check_attributes(attributes: &Map<String, Value>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if attributes.len() > MAX_ATTRIBUTES {
+        errors.push(FieldError::new(
+            "attributes",
+            format!(
+                "has {} keys; at most {MAX_ATTRIBUTES} are allowed",
+                attributes.len()
+            ),
+        ));
+    }
+    for (key, value) in attributes {
+        let field = format!("attributes.{key}");
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                &field,
+                format!("keys are 1 to {MAX_KEY_BYTES} bytes without control characters"),
+            ));
+        }
+        match value {
+            Value::String(s) if s.len() > MAX_STRING_BYTES => errors.push(FieldError::new(
+                &field,
+                format!("strings are at most {MAX_STRING_BYTES} bytes"),
+            )),
+            Value::Array(_) | Value::Object(_) => errors.push(FieldError::new(
+                &field,
+                "must be a string, number, boolean or null (no arrays or objects)",
+            )),
+            _ => {}
+        }
+    }
+    errors
+}
+
+/// Answers of `identify` may be read by any web page: the token travels in
+/// `Authorization`, never in a cookie, so no credentials are shared.
+fn with_cors(mut resp: HttpResponse) -> HttpResponse {
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("X-Request-Id, RateLimit, RateLimit-Policy, Retry-After"),
+    );
+    resp
+}
+
+#[utoipa::path(tag = "visitors", request_body = IdentifyBody,
+    responses((status = 200, description = "The visitor of the scan, with the merged attributes. \
+        Publishable tokens may call this (and nothing else); any origin may (CORS).", body = Visitor),
+        (status = 404, description = "No scan with this ID in the caller's workspace, or a bot's \
+            (bots have no visitor)", body = Problem, content_type = "application/problem+json")))]
+#[post("/visitors/identify")]
+async fn identify(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonObject<IdentifyBody>,
+) -> HttpResponse {
+    let answer = identify_scan(&state, &caller, body.into_inner()).await;
+    with_cors(answer.unwrap_or_else(|e| e.error_response()))
+}
+
+async fn identify_scan(
+    state: &AppState,
+    caller: &Caller,
+    body: IdentifyBody,
+) -> Result<HttpResponse, ApiError> {
+    let mut errors = check_attributes(&body.attributes);
+    let scan_id = body.scan_id.parse::<EventId>().map_err(|_| {
+        errors.push(FieldError::new("scan_id", "must be a scan ID (evt_...)"));
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let Ok(scan_id) = scan_id else {
+        return Err(ApiError::validation(errors));
+    };
+    let event = state
+        .store
+        .event(&scan_id)?
+        .filter(|e| e.workspace_id == caller.workspace_id)
+        .ok_or_else(|| ApiError::not_found("No scan with this ID."))?;
+    let visitor = event
+        .visitor_id
+        .ok_or_else(|| ApiError::not_found("This scan has no visitor (it was a bot's)."))?;
+    let incoming = body.attributes;
+    let mut too_many = None;
+    let written = state.store.update_visitor_attributes(&visitor, |current| {
+        let mut merged: Map<String, Value> = current
+            .and_then(|c| serde_json::from_str(&c.json).ok())
+            .unwrap_or_default();
+        for (k, v) in &incoming {
+            if v.is_null() {
+                merged.remove(k);
+            } else {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        if merged.len() > MAX_ATTRIBUTES {
+            too_many = Some(merged.len());
+            return None;
+        }
+        Some(StoredAttributes {
+            json: Value::Object(merged).to_string(),
+        })
+    })?;
+    if let (None, Some(n)) = (written, too_many) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "attributes",
+            format!("would give the visitor {n} keys; at most {MAX_ATTRIBUTES} are allowed"),
+        )]));
+    }
+    // The profile may still be on its way (the scan was just made): then it
+    // is built from this scan alone until the Visitors worker has it.
+    let profile = match state.visitors.profile(&visitor)? {
+        Some(p) => p,
+        None => {
+            let mut p = VisitorProfile::new(
+                visitor,
+                event.workspace_id,
+                Timestamp::from_millis(event.timestamp_ms()),
+            );
+            p.add_event(&event);
+            p
+        }
+    };
+    let answer = Visitor::build(state, profile, Timestamp::now())?;
+    tracing::info!(visitor = %visitor, "visitor identified");
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The CORS preflight of `identify`, so a web page on any origin can call it.
+#[utoipa::path(tag = "visitors",
+    responses((status = 204, description = "CORS preflight: `Access-Control-Allow-Origin: *`, \
+        methods `POST`, headers `Authorization` and `Content-Type`")))]
+#[options("/visitors/identify")]
+async fn identify_preflight() -> HttpResponse {
+    let mut resp = with_cors(HttpResponse::NoContent().finish());
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    resp
 }
 
 /// A visitor: the server's best guess at one person across scans.
