@@ -206,6 +206,24 @@ impl RecorderHandle {
     }
 }
 
+impl RecorderHandle {
+    /// Waits until every event queued before this call is committed (or
+    /// `timeout` passes: then false). Erasure uses it so that no scan still
+    /// on its way carries a visitor after the visitor is gone.
+    pub async fn settled(&self, timeout: Duration) -> bool {
+        let target = self.intake.lock().next_seq - 1;
+        let mut rx = self.intake.committed.subscribe();
+        if *rx.borrow() >= target {
+            return true;
+        }
+        let _ = self.addr.try_send(Wake);
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|c| *c >= target)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
 /// A batch taken from the queue but not yet fully committed.
 struct Pending {
     events: Vec<ScanEvent>,

@@ -156,6 +156,21 @@ impl VisitorRegistry {
         }
     }
 
+    /// Erasure: the device of visitor `id` is a stranger from now on (a new
+    /// scan gets a new visitor).
+    pub fn forget(&self, id: &VisitorId) -> StoreResult<()> {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(key) = pending.by_visitor.remove(id) {
+                pending.by_fingerprint.remove(&key);
+            }
+        }
+        if let Some(key) = self.store.visitor_fingerprint(id)? {
+            self.cache.remove(&key);
+        }
+        self.store.forget_fingerprint(id)
+    }
+
     /// Visitors waiting for their first event to be committed.
     pub fn pending_len(&self) -> usize {
         self.pending

@@ -8,7 +8,7 @@
 //! Which visitor a scan belongs to is decided on the redirect path by the
 //! registry (`actors::registry`); this worker only describes visitors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker};
@@ -23,6 +23,9 @@ use crate::store::{ConsumerRecord, Store, StoreResult};
 pub struct VisitorView {
     store: Store,
     pending: RwLock<HashMap<VisitorId, VisitorProfile>>,
+    /// Visitors erased since start: events still carrying them (until their
+    /// segments are rewritten) are not folded.
+    erased: RwLock<HashSet<VisitorId>>,
 }
 
 impl VisitorView {
@@ -30,7 +33,19 @@ impl VisitorView {
         Arc::new(VisitorView {
             store,
             pending: RwLock::default(),
+            erased: RwLock::default(),
         })
+    }
+
+    /// The worker drops visitor `id` and never folds it again; the caller
+    /// then deletes its records.
+    pub fn erase(&self, id: &VisitorId) {
+        let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
+        pending.remove(id);
+        self.erased
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(*id);
     }
 
     pub fn profile(&self, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
@@ -62,8 +77,13 @@ impl Consumer for Visitors {
             .pending
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let erased = self
+            .view
+            .erased
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         for e in events {
-            let Some(v) = e.visitor_id else {
+            let Some(v) = e.visitor_id.filter(|v| !erased.contains(v)) else {
                 continue;
             };
             let profile = match pending.entry(v) {

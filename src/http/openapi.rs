@@ -154,6 +154,7 @@ impl Modify for Conventions {
                 &mut item.patch,
                 &mut item.delete,
                 &mut item.put,
+                &mut item.options,
             ];
             for op in ops.into_iter().flatten() {
                 add_error_responses(op);

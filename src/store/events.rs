@@ -139,9 +139,10 @@ impl Store {
             &t.events_by_visitor,
             &t.counters,
             &t.visitor_registry,
+            &t.visitor_fingerprints,
         );
         trees.transaction(
-            |(ev, link_idx, ws_idx, visitor_idx, counters, registry)| -> TxResult {
+            |(ev, link_idx, ws_idx, visitor_idx, counters, registry, reverse)| -> TxResult {
                 ev.insert(first.as_bytes(), value.as_slice())?;
                 for (index, entries) in [
                     (link_idx, &by_link),
@@ -158,10 +159,9 @@ impl Store {
                     counters.insert(&key, &(now + add).to_be_bytes())?;
                 }
                 for v in new {
-                    registry.insert(
-                        &super::visitors::registry_key(&v.workspace_id, &v.fingerprint)[..],
-                        &v.visitor_id.as_bytes()[..],
-                    )?;
+                    let key = super::visitors::registry_key(&v.workspace_id, &v.fingerprint);
+                    registry.insert(&key[..], &v.visitor_id.as_bytes()[..])?;
+                    reverse.insert(&v.visitor_id.as_bytes()[..], &key[..])?;
                 }
                 Ok(())
             },

@@ -91,6 +91,8 @@ struct Trees {
     counters: sled::Tree,
     /// key = workspace_id (16) ++ fingerprint (16) → value = visitor_id (16)
     visitor_registry: sled::Tree,
+    /// key = visitor_id (16) → value = workspace_id (16) ++ fingerprint (16)
+    visitor_fingerprints: sled::Tree,
     /// key = visitor_id (16) → value = VisitorProfile (by the Visitors worker)
     visitors: sled::Tree,
     /// key = workspace_id (16) ++ visitor_id (16) → value = empty
@@ -143,6 +145,7 @@ impl Store {
             counters: open("counters")?,
             tallies: open("tallies")?,
             visitor_registry: open("visitor_registry")?,
+            visitor_fingerprints: open("visitor_fingerprints")?,
             visitors: open("visitors")?,
             visitors_by_workspace: open("visitors_by_workspace")?,
             visitor_attributes: open("visitor_attributes")?,

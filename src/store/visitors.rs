@@ -10,10 +10,12 @@ use sled::transaction::ConflictableTransactionError;
 
 use super::codec::{self, Record};
 use super::scan::{self, Page};
+use super::segment::{self, Segment};
 use super::{ConsumerRecord, Store, StoreError, StoreResult, keys};
+use crate::domain::ScanEvent;
 use crate::domain::visitor::VisitorProfile;
 use crate::enrich::fingerprint::Fingerprint;
-use crate::ids::{VisitorId, VisitorKind, WorkspaceId};
+use crate::ids::{EventKind, VisitorId, VisitorKind, WorkspaceId};
 
 /// A visitor first seen in a batch: its registry entry to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub struct NewVisitor {
     pub visitor_id: VisitorId,
 }
 
-/// `workspace (16) ++ fingerprint (16)`.
+/// `workspace (16) ++ fingerprint (16)`; also the value of the reverse entry.
 pub(super) fn registry_key(ws: &WorkspaceId, fp: &Fingerprint) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(ws.as_bytes());
@@ -32,6 +34,62 @@ pub(super) fn registry_key(ws: &WorkspaceId, fp: &Fingerprint) -> [u8; 32] {
 }
 
 impl Store {
+    /// The registry key of visitor `id` (for erasure), if it has one.
+    pub fn visitor_fingerprint(
+        &self,
+        id: &VisitorId,
+    ) -> StoreResult<Option<(WorkspaceId, Fingerprint)>> {
+        let Some(v) = self.inner.visitor_fingerprints.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let ws = v.get(..16).and_then(WorkspaceId::from_slice);
+        let fp: Option<Fingerprint> = v.get(16..32).and_then(|b| b.try_into().ok());
+        Ok(ws.zip(fp))
+    }
+
+    /// Removes the registry entry of visitor `id` (the reverse entry stays
+    /// until `erase_visitor_records`, so an interrupted erasure can redo it).
+    pub fn forget_fingerprint(&self, id: &VisitorId) -> StoreResult<()> {
+        if let Some((ws, fp)) = self.visitor_fingerprint(id)? {
+            let key = registry_key(&ws, &fp);
+            // Only if it still maps to this visitor.
+            self.inner
+                .visitor_registry
+                .compare_and_swap(key, Some(&id.as_bytes()[..]), None as Option<&[u8]>)?
+                .ok();
+        }
+        Ok(())
+    }
+
+    /// Deletes what is stored of visitor `id` beside its events: profile,
+    /// workspace index entry, attributes and registry entries, in one
+    /// transaction.
+    pub fn erase_visitor_records(&self, id: &VisitorId, ws: &WorkspaceId) -> StoreResult<()> {
+        let registry = self.visitor_fingerprint(id)?;
+        let t = &self.inner;
+        (
+            &t.visitors,
+            &t.visitors_by_workspace,
+            &t.visitor_attributes,
+            &t.visitor_registry,
+            &t.visitor_fingerprints,
+        )
+            .transaction(|(visitors, by_ws, attributes, reg, reverse)| -> TxResult {
+                visitors.remove(&id.as_bytes()[..])?;
+                by_ws.remove(&keys::pair(ws, id)[..])?;
+                attributes.remove(&id.as_bytes()[..])?;
+                if let Some((ws, fp)) = &registry {
+                    let key = registry_key(ws, fp);
+                    if reg.get(key)?.as_deref() == Some(&id.as_bytes()[..]) {
+                        reg.remove(&key[..])?;
+                    }
+                }
+                reverse.remove(&id.as_bytes()[..])?;
+                Ok(())
+            })?;
+        Ok(())
+    }
+
     /// The visitor fingerprint `fp` belongs to in `ws`, if any.
     pub fn visitor_of(&self, ws: &WorkspaceId, fp: &Fingerprint) -> StoreResult<Option<VisitorId>> {
         Ok(self
@@ -164,5 +222,63 @@ impl Store {
                 return Ok(Some(next));
             }
         }
+    }
+}
+
+impl Store {
+    /// Detaches up to `max_segments` segments' worth of visitor `id`'s
+    /// events: each segment holding some is rewritten with their
+    /// `visitor_id` cleared, and its visitor index entry removed, in one
+    /// transaction per segment. Positions do not move, so the other index
+    /// entries into the segment stay right. Answers how many segments it
+    /// rewrote (0: none is left).
+    pub fn detach_visitor_step(&self, id: &VisitorId, max_segments: usize) -> StoreResult<usize> {
+        let t = &self.inner;
+        let entries: Vec<(sled::IVec, sled::IVec)> = t
+            .events_by_visitor
+            .scan_prefix(id.as_bytes())
+            .take(max_segments)
+            .collect::<Result<_, _>>()?;
+        for (key, positions) in &entries {
+            let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
+                continue;
+            };
+            // A concurrent rewrite (the Purger) changes the segment under us:
+            // read, rewrite and check in the transaction that it is unchanged.
+            loop {
+                let Some(before) = t.events.get(segment_id.as_bytes())? else {
+                    t.events_by_visitor.remove(key)?;
+                    break;
+                };
+                let seg = Segment::parse(&before)?;
+                let mut events: Vec<ScanEvent> = (0..seg.len())
+                    .map(|i| seg.event(i))
+                    .collect::<StoreResult<_>>()?;
+                for pos in segment::decode_positions(positions) {
+                    if let Some(e) = events.get_mut(pos)
+                        && e.visitor_id == Some(*id)
+                    {
+                        e.visitor_id = None;
+                    }
+                }
+                for e in events.iter_mut().filter(|e| e.visitor_id == Some(*id)) {
+                    // Positions an older index entry no longer lists.
+                    e.visitor_id = None;
+                }
+                let after = segment::encode(&events)?;
+                let done = (&t.events, &t.events_by_visitor).transaction(|(ev, idx)| {
+                    if ev.get(segment_id.as_bytes())?.as_deref() != Some(&before[..]) {
+                        return Ok(false);
+                    }
+                    ev.insert(segment_id.as_bytes(), after.as_slice())?;
+                    idx.remove(key)?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
+                })?;
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(entries.len())
     }
 }

@@ -15,7 +15,7 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     for entry in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         for line in text.lines().map(str::trim) {
-            for method in ["get", "post", "patch", "put", "delete", "head"] {
+            for method in ["get", "post", "patch", "put", "delete", "head", "options"] {
                 if let Some(rest) = line.strip_prefix(&format!("#[{method}(\"")) {
                     let path = rest.split('"').next().unwrap();
                     out.insert((method.to_uppercase(), format!("/v1{path}")));

@@ -272,7 +272,7 @@ async fn the_purge_waits_for_the_consumers_the_app_runs() {
     assert_eq!(ids(&left), expected, "the three after the position stay");
 }
 
-fn scanhop(data: &Path, args: &[&str]) -> Output {
+pub(crate) fn scanhop(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scanhop"))
         .args(args)
         .env("SCANHOP__STORAGE__PATH", data)
@@ -281,7 +281,7 @@ fn scanhop(data: &Path, args: &[&str]) -> Output {
         .expect("run scanhop")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     assert!(
         o.status.success(),
         "failed: {}",
@@ -305,7 +305,7 @@ fn purge_total(out: &str) -> (u64, u64) {
 }
 
 /// Files under `dir` holding `needle`.
-fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
+pub(crate) fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -582,3 +582,160 @@ async fn a_publishable_token_may_identify_and_nothing_else_and_only_identify_all
     let r = app.get("/v1/visitors").await;
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+/// Against the real binary, so the store can be compacted and its files read.
+#[actix_rt::test]
+async fn erasure_leaves_no_byte_of_the_visitor_and_keeps_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32")];
+    let mut server = BinaryServer::start(&data, &env);
+    let (base, token) = (server.base.clone(), server.token.clone().unwrap());
+    let client = awc::Client::builder()
+        .disable_redirects()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let call = |method: awc::http::Method, path: &str| {
+        client
+            .request(method, format!("{base}{path}"))
+            .insert_header(("Authorization", format!("Bearer {token}")))
+    };
+    let r = call(awc::http::Method::POST, "/v1/links")
+        .send_json(
+            &json!({"destination": "https://example.com/", "slug": "gdpr",
+            "conversion_tracking": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let link: Value = {
+        let mut r = r;
+        r.json().await.unwrap()
+    };
+    let suffix = hex::encode(scanhop::random::bytes::<6>());
+    let (gone, kept) = (
+        format!("erased-{suffix}@example.com"),
+        format!("kept-{suffix}@example.com"),
+    );
+
+    // Two devices; each scans twice and identifies itself.
+    let scan = |ip: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let r = client
+                .get(format!("{base}/gdpr"))
+                .insert_header(("User-Agent", IPHONE_UA))
+                .insert_header(("X-Forwarded-For", ip))
+                .send()
+                .await
+                .unwrap();
+            let loc = r
+                .headers()
+                .get("location")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            loc.split("scan_id=").nth(1).unwrap().to_owned()
+        }
+    };
+    let mut visitors = Vec::new();
+    for (ip, email) in [("81.2.69.10", &gone), ("89.160.20.10", &kept)] {
+        scan(ip).await;
+        let scan_id = scan(ip).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let r = loop {
+            let mut r = call(awc::http::Method::POST, "/v1/visitors/identify")
+                .send_json(&json!({"scan_id": scan_id, "attributes": {"email": email}}))
+                .await
+                .unwrap();
+            if r.status().as_u16() == 200 {
+                break r.json::<Value>().await.unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "the scan is stored");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        };
+        visitors.push(r["id"].as_str().unwrap().to_owned());
+    }
+    let erased = visitors[0].clone();
+    let vpath = format!("/v1/visitors/{erased}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get_json(&client, format!("{base}{vpath}"), &token).await["event_count"] != 2 {
+        assert!(std::time::Instant::now() < deadline, "profile counted");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let link_path = format!("/v1/links/{}", link["id"].as_str().unwrap());
+    let before =
+        get_json(&client, format!("{base}{link_path}"), &token).await["total_scans"].clone();
+    assert_eq!(before, 4);
+
+    let r = call(awc::http::Method::DELETE, &vpath)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = call(awc::http::Method::GET, &vpath).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = call(awc::http::Method::DELETE, &vpath)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "erased once");
+    // Its events remain, pointing to nobody; counts are unchanged.
+    let events = get_json(
+        &client,
+        format!("{base}/v1/events?link_id={}", link["id"].as_str().unwrap()),
+        &token,
+    )
+    .await;
+    let events = events["data"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 4);
+    assert_eq!(
+        events.iter().filter(|e| e["visitor_id"].is_null()).count(),
+        2
+    );
+    assert!(events.iter().all(|e| e["visitor_id"] != erased.as_str()));
+    let by_visitor = get_json(
+        &client,
+        format!("{base}/v1/events?visitor_id={erased}"),
+        &token,
+    )
+    .await;
+    assert_eq!(by_visitor["data"], json!([]));
+    assert_eq!(
+        get_json(&client, format!("{base}{link_path}"), &token).await["total_scans"],
+        before
+    );
+    let scans = get_json(&client, format!("{base}{link_path}/scans"), &token).await;
+    assert_eq!(scans["period_scans"], 4);
+    // The device is a stranger now: a new scan makes a new visitor.
+    let again = scan("81.2.69.10").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        let e = get_json(&client, format!("{base}/v1/events/{again}"), &token).await;
+        if e["id"].is_string() {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "stored");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    let new_visitor = e["visitor_id"].as_str().unwrap();
+    assert_ne!(new_visitor, erased);
+    assert!(!visitors.contains(&new_visitor.to_owned()));
+
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+    let raw_id: scanhop::ids::VisitorId = erased.parse().unwrap();
+    let compacted = crate::retention::stdout(&crate::retention::scanhop(&data, &["compact"]));
+    assert!(compacted.contains("bytes before"), "{compacted}");
+    for needle in [gone.as_bytes(), erased.as_bytes(), &raw_id.as_bytes()[..]] {
+        assert_eq!(
+            crate::retention::files_with(&data, needle),
+            Vec::<String>::new(),
+            "{:?} survived",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    // The other visitor's attribute is still there: the search can find.
+    assert!(!crate::retention::files_with(&data, kept.as_bytes()).is_empty());
+}

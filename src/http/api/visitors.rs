@@ -3,7 +3,7 @@
 //! `identify` attached.
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError, get, options, post, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, delete, get, options, post, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -29,8 +29,14 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(identify_preflight)
         .service(list_visitors)
         .service(get_visitor)
+        .service(erase_visitor)
         .service(visitor_events);
 }
+
+/// Segments rewritten per step of an erasure (each in its own transaction).
+const ERASE_STEP: usize = 64;
+/// How long an erasure waits for scans already on their way to be stored.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most attribute keys a visitor holds (and a request sends).
 pub const MAX_ATTRIBUTES: usize = 50;
@@ -325,6 +331,15 @@ async fn list_visitors(
     }))
 }
 
+/// `/visitors/identify` with a method it does not take reaches the `{id}`
+/// routes: answer it as the path it is (405 with `Allow`).
+fn not_an_id(req: &HttpRequest, state: &AppState, raw_id: &str) -> Option<HttpResponse> {
+    (raw_id == "identify")
+        .then(|| state.allow.allow_for(req.path()))
+        .flatten()
+        .map(|allow| crate::http::allow::method_not_allowed(req, allow))
+}
+
 /// The caller's visitor `raw_id`; another workspace's is as absent as none.
 fn find_visitor(
     state: &AppState,
@@ -343,10 +358,14 @@ fn find_visitor(
     responses((status = 200, description = "The visitor with its newest events", body = VisitorDetail)))]
 #[get("/visitors/{id}")]
 async fn get_visitor(
+    req: HttpRequest,
     state: web::Data<AppState>,
     caller: SecretCaller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(resp) = not_an_id(&req, &state, &id) {
+        return Ok(resp);
+    }
     let profile = find_visitor(&state, &caller, &id)?;
     let query = EventQuery {
         workspace_id: caller.0.workspace_id,
@@ -367,6 +386,48 @@ async fn get_visitor(
         visitor,
         recent_events: recent.items.into_iter().map(EventView::from).collect(),
     }))
+}
+
+#[utoipa::path(tag = "visitors", params(("id" = VisitorId, Path, description = "Visitor ID (vis_...)")),
+    responses((status = 204, description = "Erased: the profile, attributes and fingerprint \
+        entries are deleted, and the visitor's events no longer point to it (`visitor_id: null`); \
+        counts stay")))]
+#[delete("/visitors/{id}")]
+async fn erase_visitor(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: SecretCaller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(resp) = not_an_id(&req, &state, &id) {
+        return Ok(resp);
+    }
+    let profile = find_visitor(&state, &caller, &id)?;
+    let id = profile.id;
+    // 1. The device becomes a stranger: no new scan gets this visitor.
+    state.registry.forget(&id)?;
+    // 2. Scans already given this visitor are stored before we go on.
+    if !state.recorder.settled(SETTLE_TIMEOUT).await {
+        return Err(ApiError::unavailable(
+            "Scans in flight were not stored in time; retry the erasure.",
+        ));
+    }
+    // 3. The Visitors worker drops it; 4. its records go and its events are
+    // detached, segment by segment. Each step can be redone, so a retry
+    // after a failure finishes the job.
+    state.visitors.erase(&id);
+    let store = state.store.clone();
+    let ws = caller.0.workspace_id;
+    web::block(move || -> Result<(), crate::store::StoreError> {
+        while store.detach_visitor_step(&id, ERASE_STEP)? > 0 {}
+        store.erase_visitor_records(&id, &ws)?;
+        store.flush()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    tracing::info!(visitor = %id, "visitor erased");
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[utoipa::path(tag = "visitors",
