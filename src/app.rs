@@ -26,6 +26,7 @@ use crate::actors::registry::VisitorRegistry;
 use crate::actors::salts::SaltRotation;
 use crate::actors::visitors::{VisitorView, Visitors};
 use crate::actors::{ConsumerStarter, Recorder, Resolver, Stage, Workers};
+use crate::clock::Clock;
 use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
 use crate::enrich::geo::{GeoDatabases, GeoError};
@@ -129,6 +130,7 @@ impl Application {
         let page_tokens = PageTokenKey::new(&store.secret(PageTokenKey::SECRET_NAME)?);
         let openapi = http::openapi::document();
         let state = web::Data::new(AppState {
+            clock: Clock::default(),
             resolver,
             settings: Arc::new(settings),
             store,
@@ -192,6 +194,11 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// The redirect's clock, which tests may move.
+    pub fn clock(&self) -> Clock {
+        self.state.clock.clone()
     }
 
     pub fn settings(&self) -> &Settings {

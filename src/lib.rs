@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod actors;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod enrich;

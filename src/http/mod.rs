@@ -35,6 +35,8 @@ use crate::store::Store;
 /// Everything handlers share.
 pub struct AppState {
     pub settings: Arc<Settings>,
+    /// The redirect's clock (the system clock outside tests).
+    pub clock: crate::clock::Clock,
     pub store: Store,
     pub links: Arc<LinkCache>,
     pub resolver: Addr<Resolver>,

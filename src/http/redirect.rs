@@ -55,7 +55,7 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         }
         return page(&req, ErrorCode::NotFound, "No link with this address.");
     };
-    let now = Timestamp::now();
+    let now = state.clock.now();
     if !link.is_live_at(now) {
         return match &link.fallback_destination {
             Some(fallback) => redirect(StatusCode::FOUND, fallback.as_str()),

@@ -20,6 +20,8 @@ pub struct TestApp {
     pub _dir: TempDir,
     pub store: scanhop::store::Store,
     pub settings: Settings,
+    /// The redirect's clock: `advance` it to scan in the future.
+    pub clock: scanhop::clock::Clock,
     /// A Purger like the app's own (`Application::purger`), for passes at a
     /// time the test chooses.
     pub purger: std::sync::Mutex<scanhop::actors::purger::Purger>,
@@ -114,6 +116,7 @@ pub async fn spawn_app_with_consumers(
         .to_owned();
     let store = app.store().clone();
     let purger = std::sync::Mutex::new(app.purger());
+    let clock = app.clock();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     actix_rt::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -130,6 +133,7 @@ pub async fn spawn_app_with_consumers(
         store,
         settings,
         purger,
+        clock,
         stop: Some(tx),
     }
 }

@@ -739,3 +739,26 @@ async fn erasure_leaves_no_byte_of_the_visitor_and_keeps_the_counts() {
     // The other visitor's attribute is still there: the search can find.
     assert!(!crate::retention::files_with(&data, kept.as_bytes()).is_empty());
 }
+
+#[actix_rt::test]
+async fn the_daily_scope_splits_a_device_at_utc_midnight_and_the_persistent_one_does_not() {
+    const DAY_MS: i64 = 86_400_000;
+    for (scope, splits) in [("daily", true), ("persistent", false)] {
+        let app = spawn_app_with(&[
+            ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("SCANHOP__PRIVACY__FINGERPRINT_SCOPE", scope),
+        ])
+        .await;
+        tracked_link(&app, "daily").await;
+        let today = scan_as(&app, "daily", IPHONE_UA, "de", "81.2.69.10").await;
+        assert_eq!(
+            scan_as(&app, "daily", IPHONE_UA, "de", "81.2.69.10").await,
+            today,
+            "{scope}: the same day"
+        );
+        // The next UTC day (the clock's offset moves only the redirect's day).
+        app.clock.advance(DAY_MS);
+        let tomorrow = scan_as(&app, "daily", IPHONE_UA, "de", "81.2.69.10").await;
+        assert_eq!(tomorrow != today, splits, "{scope}: {today} / {tomorrow}");
+    }
+}
