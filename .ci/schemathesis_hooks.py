@@ -17,6 +17,10 @@ test something the contract does not promise:
   the code with its margin must fit in `size` pixels. In a case meant to be
   valid, a failing `fg`/`bg` pair is left out, and a `size` under 128 (where
   a long slug at `ecc=H` with a wide margin may not fit) is raised to 128.
+- Visitor attributes are limited in UTF-8 bytes (keys 64, strings 1024),
+  while JSON Schema counts characters. In a case meant to be valid, keys and
+  strings are cut to their byte limits on a character boundary (a key cut
+  to nothing, or onto another key, is left out).
 """
 
 import json
@@ -73,6 +77,26 @@ def _scannable_qr(query):
         query["size"] = 128
 
 
+def _cut(text, limit):
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
+def _byte_limited_attributes(body):
+    attributes = body.get("attributes")
+    if not isinstance(attributes, dict):
+        return
+    kept = {}
+    for key, value in attributes.items():
+        key = _cut(key, 64)
+        if not key or key in kept:
+            continue
+        kept[key] = _cut(value, 1024) if isinstance(value, str) else value
+    body["attributes"] = kept
+
+
 def _is_positive(case):
     meta = case.meta
     return meta is not None and meta.generation.mode.is_positive
@@ -89,6 +113,8 @@ def before_call(context, case, kwargs):
         del case.query["page_token"]
     if case.query and case.operation.path == "/v1/links/{id}/qr":
         _scannable_qr(case.query)
+    if case.operation.path == "/v1/visitors/identify" and isinstance(case.body, dict):
+        _byte_limited_attributes(case.body)
     form = case.body.get("form") if isinstance(case.body, dict) else None
     if isinstance(form, dict) and isinstance(form.get("fields"), list):
         seen, kept = set(), []

@@ -204,6 +204,39 @@ impl PartialSchema for TimeZone {
 
 impl ToSchema for TimeZone {}
 
+/// `attributes` of `POST /v1/visitors/identify`: at most 50 keys of 1 to 64
+/// characters without control characters; values are strings of at most
+/// 1024 characters, numbers, booleans or `null`. (The server counts bytes:
+/// keys of at most 64 and strings of at most 1024 bytes in UTF-8, which a
+/// JSON Schema cannot state; ASCII text is the same either way.)
+pub fn visitor_attributes() -> Object {
+    let value = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(crate::domain::visitor::MAX_STRING_BYTES)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::Null));
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(crate::domain::visitor::MAX_KEY_BYTES))
+        .pattern(Some(NO_CONTROL));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(Schema::from(value.build())))
+        .property_names(Some(name.build()))
+        .max_properties(Some(crate::domain::visitor::MAX_ATTRIBUTES))
+        .description(Some(
+            "Merged into the visitor's attributes; `null` removes a key. At most 50 keys \
+             (also after merging) of at most 64 bytes; strings of at most 1024 bytes (UTF-8).",
+        ))
+        .examples([serde_json::json!({"email": "a@b.c", "converted": true, "order_value": 42.5})])
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,13 @@ use super::tally::{Uniques, id_hash};
 use super::{ScanEvent, Timestamp};
 use crate::ids::{VisitorId, WorkspaceId};
 
+/// Most attribute keys a visitor holds (and a request sends).
+pub const MAX_ATTRIBUTES: usize = 50;
+/// Longest attribute key, in bytes.
+pub const MAX_KEY_BYTES: usize = 64;
+/// Longest string value, in bytes.
+pub const MAX_STRING_BYTES: usize = 1024;
+
 /// Distinct countries and devices a profile lists.
 pub const MAX_LISTED: usize = 100;
 const MS_PER_DAY: i64 = 86_400_000;

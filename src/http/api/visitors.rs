@@ -10,7 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::events::{EventFilters, EventPageQuery, EventView, list_page};
 use super::{parse_id, query_value};
-use crate::domain::visitor::{DeviceSeen, VisitorProfile, lead_score};
+use crate::domain::schemas;
+use crate::domain::visitor::{
+    DeviceSeen, MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_STRING_BYTES, VisitorProfile, lead_score,
+};
 use crate::domain::{FieldError, Timestamp};
 use crate::http::AppState;
 use crate::http::auth::{Caller, SecretCaller};
@@ -38,24 +41,14 @@ const ERASE_STEP: usize = 64;
 /// How long an erasure waits for scans already on their way to be stored.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Most attribute keys a visitor holds (and a request sends).
-pub const MAX_ATTRIBUTES: usize = 50;
-/// Longest attribute key, in bytes.
-pub const MAX_KEY_BYTES: usize = 64;
-/// Longest string value, in bytes.
-pub const MAX_STRING_BYTES: usize = 1024;
-
 /// `POST /v1/visitors/identify`: a scan's ID, and what to attach to its visitor.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentifyBody {
     /// The `scan_id` the destination received (an event ID, `evt_...`).
-    #[schema(value_type = String, pattern = "^evt_[0-9a-hjkmnp-tv-z]{26}$")]
+    #[schema(value_type = EventId)]
     scan_id: String,
-    /// Merged into the visitor's attributes: values are strings (at most
-    /// 1024 bytes), numbers, booleans, or `null`, which removes the key. At
-    /// most 50 keys of at most 64 bytes, also after merging.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = schemas::visitor_attributes)]
     attributes: Map<String, Value>,
 }
 
@@ -194,7 +187,7 @@ async fn identify_scan(
 }
 
 /// The CORS preflight of `identify`, so a web page on any origin can call it.
-#[utoipa::path(tag = "visitors",
+#[utoipa::path(tag = "visitors", security(()),
     responses((status = 204, description = "CORS preflight: `Access-Control-Allow-Origin: *`, \
         methods `POST`, headers `Authorization` and `Content-Type`")))]
 #[options("/visitors/identify")]
