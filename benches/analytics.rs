@@ -18,7 +18,8 @@
 //!   ending at random instants, 200 pages in a row following
 //!   `next_page_token`, and the workspace's first page (target < 5 ms).
 //!
-//! At the first size only (1,000,000 by default):
+//! At the first size only (1,000,000 by default; at the other sizes `rss`
+//! only measures the child process's memory after start-up and counting):
 //!
 //! - `export`: the real binary as a child process on the store;
 //!   `GET /v1/events/export` as NDJSON and as CSV (bots included, so all N
@@ -665,7 +666,7 @@ fn mb(kb: u64) -> String {
 /// Samples VmRSS of a process every 50 ms until finished.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
+    thread: std::thread::JoinHandle<Vec<(Duration, u64)>>,
 }
 
 impl Sampler {
@@ -673,21 +674,40 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut peak = 0;
+            let started = Instant::now();
+            let mut samples = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(memory_kb(pid).0);
+                samples.push((started.elapsed(), memory_kb(pid).0));
                 std::thread::sleep(Duration::from_millis(50));
             }
-            peak.max(memory_kb(pid).0)
+            samples.push((started.elapsed(), memory_kb(pid).0));
+            samples
         });
         Sampler { stop, thread }
     }
 
-    /// The highest VmRSS sampled, in kB.
-    fn finish(self) -> u64 {
+    /// The VmRSS samples (kB) by time since the start.
+    fn finish(self) -> Vec<(Duration, u64)> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("sampler")
     }
+}
+
+fn peak(samples: &[(Duration, u64)]) -> u64 {
+    samples.iter().map(|(_, kb)| *kb).max().unwrap_or(0)
+}
+
+/// VmRSS at each whole second of `samples` from `from` on, for stderr.
+fn timeline(samples: &[(Duration, u64)], from: Duration) -> String {
+    let mut out = Vec::new();
+    let mut next = from;
+    for (t, kb) in samples {
+        if *t >= next {
+            out.push(format!("{:.0}s {}", (*t - from).as_secs_f64(), mb(*kb)));
+            next += Duration::from_secs(1);
+        }
+    }
+    out.join(", ")
 }
 
 /// The Counters' lag on `/metrics`.
@@ -880,7 +900,7 @@ fn scenario_export(results: &mut Results, built: &Built) {
             },
         );
         let wall = started.elapsed().as_secs_f64();
-        let peak = sampler.finish();
+        let peak = peak(&sampler.finish());
         let (_, hwm_after) = memory_kb(server.pid());
         assert_eq!(status, 200);
         let want = built.n + u64::from(format == "csv");
@@ -899,8 +919,10 @@ fn scenario_export(results: &mut Results, built: &Built) {
                 mb(hwm_after)
             ),
             &format!(
-                "< 10 s: {}; memory: +{} at the peak",
+                "< 10 s without memory growth: time {}, memory {} (+{} at the peak)",
                 verdict(wall < 10.0),
+                // One page of 1,000 events is well under a megabyte.
+                verdict(peak.saturating_sub(rss_before) < 32 * 1024),
                 mb(peak.saturating_sub(rss_before))
             ),
             &load,
@@ -921,9 +943,9 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
     let n_links = links.len() + 1;
     let (server, startup) = ChildServer::start(&built.data);
     let pid = server.pid();
-    let sampler = Sampler::start(pid);
-    std::thread::sleep(Duration::from_millis(500));
     let (rss_up, _) = memory_kb(pid);
+    let sampled_from = Instant::now();
+    let sampler = Sampler::start(pid);
     let counting = wait_counters(server.addr);
     std::thread::sleep(Duration::from_millis(500));
     let (rss_counted, hwm_counted) = memory_kb(pid);
@@ -944,13 +966,19 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
+    const READS: [&str; 4] = [
+        "scans of a random link, 30 days",
+        "scans of the hot link, 365 days",
+        "first event page of the hot link",
+        "`/v1/metrics` (workspace)",
+    ];
     let reads = {
         let (stop, addr, token, hot) = (stop.clone(), server.addr, built.token.clone(), built.hot);
         let ids: Vec<LinkId> = links.iter().map(|(id, _)| *id).collect();
         std::thread::spawn(move || {
             let mut conn = Conn::new(addr, Some(&token));
             let mut rng = Rng(9);
-            let mut times = Vec::new();
+            let mut times: [Vec<Duration>; 4] = Default::default();
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let random = ids[rng.below(ids.len())];
@@ -962,13 +990,14 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
                 };
                 let started = Instant::now();
                 let status = conn.get_into(&path, &mut |_| {});
-                times.push(started.elapsed());
+                times[i % 4].push(started.elapsed());
                 assert_eq!(status, 200, "{path}");
                 i += 1;
             }
-            Stats::new(times, 0)
+            times.map(|t| Stats::new(t, 0))
         })
     };
+    let load_from = sampled_from.elapsed();
     let outcome = load::drive(
         server.addr,
         heads,
@@ -981,13 +1010,30 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
     let reads = reads.join().expect("reads");
     std::thread::sleep(Duration::from_millis(500));
     let (rss_after, hwm_after) = memory_kb(pid);
-    let peak = sampler.finish();
+    let samples = sampler.finish();
+    let peak = peak(&samples);
     server.stop();
+    eprintln!(
+        "  VmRSS during the mixed load: {}",
+        timeline(&samples, load_from)
+    );
+    let reads_text: Vec<String> = READS
+        .iter()
+        .zip(&reads)
+        .map(|(what, s)| {
+            format!(
+                "{what}: {} reads, p50 {:.2} ms, p99 {:.2} ms",
+                s.times.len(),
+                s.ms(0.5),
+                s.ms(0.99)
+            )
+        })
+        .collect();
     results.add(
         &format!("Resident memory, {n_links} links (child process)"),
         built.n,
         format!(
-            "VmRSS {} after start-up ({:.2} s), {} once the counters caught up ({:.1} s), {} after {:.0} s of mixed load ({:.0} redirects/s of random links, p99 {:.2} ms; {} analytics reads, p99 {:.2} ms); VmHWM {} after counting, {} at the end; highest VmRSS sampled {}",
+            "VmRSS {} once listening ({:.2} s after spawn), {} once the counters caught up ({:.1} s later), {} after {:.0} s of mixed load ({:.0} redirects/s of random links on 64 connections, p99 {:.2} ms; meanwhile on one connection: {}); VmHWM {} after counting, {} at the end; highest VmRSS sampled {}",
             mb(rss_up),
             startup.as_secs_f64(),
             mb(rss_counted),
@@ -996,8 +1042,7 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
             outcome.secs,
             outcome.rps(),
             outcome.percentile(0.99),
-            reads.times.len(),
-            reads.ms(0.99),
+            reads_text.join("; "),
             mb(hwm_counted),
             mb(hwm_after),
             mb(peak)
@@ -1006,6 +1051,37 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
             "< 150 MB: {}",
             verdict(hwm_after.max(peak) < 150 * 1024)
         ),
+        &load,
+    );
+}
+
+/// At the larger sizes: the child process's memory once listening and once
+/// the Counters caught up on a store they never counted (no extra links, no
+/// load), to see how memory scales with the events read.
+fn scenario_startup_memory(results: &mut Results, built: &Built) {
+    let load = load_average();
+    let (server, startup) = ChildServer::start(&built.data);
+    let pid = server.pid();
+    let (rss_up, _) = memory_kb(pid);
+    let sampler = Sampler::start(pid);
+    let counting = wait_counters(server.addr);
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss_counted, hwm) = memory_kb(pid);
+    let peak = peak(&sampler.finish());
+    server.stop();
+    results.add(
+        "Resident memory, 1 link, no load (child process)",
+        built.n,
+        format!(
+            "VmRSS {} once listening ({:.1} s after spawn), {} once the counters caught up ({:.1} s later); VmHWM {}, highest VmRSS sampled {}",
+            mb(rss_up),
+            startup.as_secs_f64(),
+            mb(rss_counted),
+            counting.as_secs_f64(),
+            mb(hwm),
+            mb(peak)
+        ),
+        "(report)",
         &load,
     );
 }
@@ -1166,7 +1242,7 @@ fn main() {
         // Copies made before any counting, for the scenarios that need one.
         let rss = dir.join("rss");
         let spare = dir.join("spare");
-        if first && opts.wants("rss") {
+        if opts.wants("rss") {
             copy_dir(&base, &rss);
         }
         if first && opts.wants("purge") {
@@ -1192,13 +1268,17 @@ fn main() {
             eprintln!("== {n} events: export");
             scenario_export(&mut results, &built);
         }
-        if first && opts.wants("rss") {
+        if opts.wants("rss") {
             eprintln!("== {n} events: resident memory");
             let rss_built = Built {
                 data: rss.clone(),
                 ..built.clone()
             };
-            scenario_rss(&mut results, &opts, &rss_built);
+            if first {
+                scenario_rss(&mut results, &opts, &rss_built);
+            } else {
+                scenario_startup_memory(&mut results, &rss_built);
+            }
         }
         if first && opts.wants("purge") {
             eprintln!("== {n} events: purge");
