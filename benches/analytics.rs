@@ -881,11 +881,12 @@ fn scenario_events(results: &mut Results, opts: &Options, app: &InProcess, built
 }
 
 fn scenario_export(results: &mut Results, built: &Built) {
-    let (server, startup) = ChildServer::start(&built.data);
-    wait_counters(server.addr);
-    eprintln!("  export: server up in {:.2} s", startup.as_secs_f64());
-    std::thread::sleep(Duration::from_secs(1));
+    // A fresh server per format, so each starts from the same memory.
     for format in ["ndjson", "csv"] {
+        let (server, startup) = ChildServer::start(&built.data);
+        wait_counters(server.addr);
+        eprintln!("  export: server up in {:.2} s", startup.as_secs_f64());
+        std::thread::sleep(Duration::from_secs(1));
         let load = load_average();
         let (rss_before, hwm_before) = memory_kb(server.pid());
         let mut conn = Conn::new(server.addr, Some(&built.token));
@@ -927,8 +928,8 @@ fn scenario_export(results: &mut Results, built: &Built) {
             ),
             &load,
         );
+        server.stop();
     }
-    server.stop();
 }
 
 fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
@@ -949,6 +950,25 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
     let counting = wait_counters(server.addr);
     std::thread::sleep(Duration::from_millis(500));
     let (rss_counted, hwm_counted) = memory_kb(pid);
+
+    // The reads of the mixed load below, idle first.
+    let idle_load = load_average();
+    let mut conn = Conn::new(server.addr, Some(&built.token));
+    let mut rng = Rng(11);
+    let idle_paths: [Box<dyn FnMut() -> String>; 4] = [
+        Box::new(|| {
+            let random = links[rng.below(links.len())].0;
+            format!("/v1/links/{random}/scans?days=30")
+        }),
+        Box::new(|| format!("/v1/links/{}/scans?days=365", built.hot)),
+        Box::new(|| format!("/v1/events?link_id={}&page_size=100", built.hot)),
+        Box::new(|| "/v1/metrics".to_owned()),
+    ];
+    let idle: Vec<Stats> = idle_paths
+        .into_iter()
+        .map(|mut path| conn.time(5, 50, 200, |_| path()))
+        .collect();
+    drop(conn);
 
     // Mixed load: redirects of random links on 64 connections, and on
     // another thread sequential analytics reads of random links.
@@ -1029,6 +1049,18 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
             )
         })
         .collect();
+    let idle_text: Vec<String> = READS
+        .iter()
+        .zip(&idle)
+        .map(|(what, s)| format!("{what}: p50 {:.2} ms, p99 {:.2} ms", s.ms(0.5), s.ms(0.99)))
+        .collect();
+    results.add(
+        &format!("Reads with {n_links} links, idle (child process, 50 each)"),
+        built.n,
+        idle_text.join("; "),
+        "(report)",
+        &idle_load,
+    );
     results.add(
         &format!("Resident memory, {n_links} links (child process)"),
         built.n,
