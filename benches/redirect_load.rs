@@ -11,178 +11,30 @@
 #[path = "support/geo.rs"]
 mod geo_support;
 
+#[path = "support/load.rs"]
+mod load;
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
+use load::{CONNECTIONS, Outcome};
 use scanhop::app::Application;
 use scanhop::config::Settings;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const CONNECTIONS: usize = 64;
-/// One request in this many carries a never-seen user agent.
-const MISS_EVERY: u64 = 10;
 const DESTINATION: &str = "https://example.com/menu";
 
-struct Outcome {
-    requests: u64,
-    errors: u64,
-    secs: f64,
-    latencies_us: Vec<u32>,
-}
-
-impl Outcome {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.secs
-    }
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
-    }
-}
-
-/// Reads one HTTP/1.1 response (headers, then Content-Length bytes).
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).map_err(std::io::Error::other)?;
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .map(|(_, v)| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            let total = end + 4 + len;
-            while buf.len() < total {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..total);
-            return Ok(status);
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// One keep-alive connection sending requests until `deadline`. Every
-/// `MISS_EVERY`-th request carries a user agent never seen before, so caches
-/// keyed by user agent see a realistic share of misses.
-async fn connection(
-    addr: SocketAddr,
-    head: String,
-    warmup_until: Instant,
-    deadline: Instant,
-) -> (u64, u64, Vec<u32>) {
-    let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(200_000));
-    let mut buf = Vec::with_capacity(8192);
-    let mut stream = None;
-    let request = format!("{head}\r\n\r\n").into_bytes();
-    let mut n: u64 = 0;
-    while Instant::now() < deadline {
-        if stream.is_none() {
-            stream = TcpStream::connect(addr).await.ok();
-            buf.clear();
-            if stream.is_none() {
-                errors += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        }
-        let Some(s) = stream.as_mut() else { continue };
-        n += 1;
-        let started = Instant::now();
-        let sent = if n.is_multiple_of(MISS_EVERY) {
-            let fresh = format!("{head} Build/{n}-{:p}\r\n\r\n", &buf);
-            s.write_all(fresh.as_bytes()).await
-        } else {
-            s.write_all(&request).await
-        };
-        let result = match sent {
-            Ok(()) => read_response(s, &mut buf).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(302) if started >= warmup_until => {
-                ok += 1;
-                lat.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-            }
-            Ok(302) => {}
-            Ok(_) | Err(_) => {
-                errors += 1;
-                stream = None;
-            }
-        }
-    }
-    (ok, errors, lat)
-}
-
-/// Real browser user agents (no bots) from the test corpus.
-fn browser_user_agents() -> Vec<String> {
-    include_str!("../tests/data/user_agents.tsv")
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, '\t');
-            let kind = parts.next()?;
-            let ua = parts.nth(1)?;
-            matches!(kind, "mobile" | "tablet" | "desktop").then(|| ua.to_owned())
-        })
-        .collect()
-}
-
-/// Drives `addr` from a thread of its own for `warmup + secs`.
+/// Drives `addr` with 64 connections for `1 s + secs`, each with its own
+/// client address in the GeoIP range and a real browser user agent.
 fn drive(addr: SocketAddr, path: &str, secs: u64) -> Outcome {
-    let path = path.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let warmup_until = Instant::now() + Duration::from_secs(1);
-            let deadline = warmup_until + Duration::from_secs(secs);
-            let uas = browser_user_agents();
-            let tasks: Vec<_> = (0..CONNECTIONS)
-                .map(|i| {
-                    let client = geo_support::address(i as u32 * 37 % geo_support::NETWORKS);
-                    let ua = &uas[i * 7 % uas.len()];
-                    // The user agent goes last, so a miss can extend it.
-                    let head = format!(
-                        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Language: de-AT,de;q=0.9\r\nX-Forwarded-For: {client}\r\nUser-Agent: {ua}"
-                    );
-                    tokio::spawn(connection(addr, head, warmup_until, deadline))
-                })
-                .collect();
-            let mut out = Outcome { requests: 0, errors: 0, secs: secs as f64, latencies_us: Vec::new() };
-            for t in tasks {
-                let (ok, errors, lat) = t.await.expect("task");
-                out.requests += ok;
-                out.errors += errors;
-                out.latencies_us.extend(lat);
-            }
-            out.latencies_us.sort_unstable();
-            out
+    let uas = load::browser_user_agents();
+    let heads = (0..CONNECTIONS)
+        .map(|i| {
+            let client = geo_support::address(i as u32 * 37 % geo_support::NETWORKS);
+            vec![load::redirect_head(path, client, &uas[i * 7 % uas.len()])]
         })
-    })
-    .join()
-    .expect("load thread")
+        .collect();
+    load::drive(addr, heads, 302, Duration::from_secs(1), secs as f64, None)
 }
 
 /// The ceiling: the same 302, no work at all.
