@@ -11,6 +11,8 @@ pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub enum CounterKind {
     /// Lifetime non-bot scans of a link.
     LinkTotal = 1,
+    /// Forms completed on a link.
+    FormCompletions = 2,
 }
 
 /// The highest event ID the Purger ever deleted (`meta`): the Recorder

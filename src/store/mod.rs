@@ -6,6 +6,7 @@ mod codec;
 mod compact;
 mod consumers;
 mod events;
+mod forms;
 pub mod keys;
 mod links;
 mod retention;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 pub use compact::{CompactReport, compact, store_size};
 pub use consumers::ConsumerRecord;
 pub use events::{EventIndex, EventQuery};
+pub use forms::{FormCompletion, FormWrite};
 pub use links::{LinkQuery, LinkWrite};
 pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
@@ -99,6 +101,8 @@ struct Trees {
     visitors_by_workspace: sled::Tree,
     /// key = visitor_id (16) → value = attributes (by `identify`)
     visitor_attributes: sled::Tree,
+    /// key = scan (event) id (16) → value = FormCompletion
+    form_completions: sled::Tree,
     /// key = scope (1) ++ owner id (16) ++ day (u32 BE) → value = Tally
     tallies: sled::Tree,
     /// key = purged kind (1) ++ link or workspace id (16) → value = u64
@@ -149,6 +153,7 @@ impl Store {
             visitors: open("visitors")?,
             visitors_by_workspace: open("visitors_by_workspace")?,
             visitor_attributes: open("visitor_attributes")?,
+            form_completions: open("form_completions")?,
             purged: open("purged")?,
             consumers: open("consumers")?,
             meta: open("meta")?,
