@@ -8,6 +8,7 @@ pub mod schemas;
 pub mod tally;
 pub mod time;
 pub mod token;
+pub mod webhook;
 pub mod workspace;
 
 pub use event::{DeviceType, EventView, ScanEvent, ScanMethod};
