@@ -17,11 +17,13 @@ use utoipa_actix_web::AppExt;
 
 use crate::accounts;
 use crate::actors::counters::{CounterView, Counters};
+use crate::actors::delivery::DeliveryWorker;
 use crate::actors::flusher::Flusher;
 use crate::actors::geo_reloader::GeoReloader;
 use crate::actors::limit_pruner::LimitPruner;
 use crate::actors::periodic::Periodic;
 use crate::actors::salts::SaltRotation;
+use crate::actors::webhooks::{WebhookHub, Webhooks};
 use crate::actors::{ConsumerStarter, Recorder, Resolver, Workers};
 use crate::config::{Durability, Settings};
 use crate::enrich::Enricher;
@@ -78,6 +80,7 @@ impl Application {
             let (_, token) = accounts::create_workspace(&store, &settings, "default", None)?;
             Some(token.expose().to_owned())
         };
+        let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::default());
         let mut workers = Workers::default();
         let (resolver, links, handle) = Resolver::start(
@@ -87,13 +90,18 @@ impl Application {
         )?;
         workers.add(handle);
         let counters = CounterView::new(store.clone());
-        let mut downstream = Vec::with_capacity(consumers.len() + 1);
-        let builtin = Counters::starter(counters.clone(), settings.counters.clone());
-        for start in std::iter::once(builtin).chain(consumers) {
+        let webhooks = WebhookHub::load(store.clone(), settings.clone(), metrics.clone())?;
+        let mut downstream = Vec::with_capacity(consumers.len() + 2);
+        let builtin = [
+            Counters::starter(counters.clone(), settings.counters.clone()),
+            Webhooks::starter(webhooks.clone()),
+        ];
+        for start in builtin.into_iter().chain(consumers) {
             let started = start(&store)?;
             downstream.push(started.wake);
             workers.add(started.handle);
         }
+        workers.add(DeliveryWorker::start(webhooks.clone()));
         let (recorder, handle) = Recorder::start(
             store.clone(),
             &settings.recorder,
@@ -117,11 +125,12 @@ impl Application {
         let openapi = http::openapi::document();
         let state = web::Data::new(AppState {
             resolver,
-            settings: Arc::new(settings),
+            settings,
             store,
             links,
             recorder,
             counters,
+            webhooks,
             enricher: Arc::new(Enricher::new(geo)),
             salts,
             metrics,

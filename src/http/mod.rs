@@ -41,6 +41,8 @@ pub struct AppState {
     pub recorder: RecorderHandle,
     /// Scan tallies per day, for the analytics answers.
     pub counters: Arc<crate::actors::counters::CounterView>,
+    /// Webhooks: the outbox schedule and the delivery worker's wake-up.
+    pub webhooks: Arc<crate::actors::webhooks::WebhookHub>,
     pub enricher: Arc<Enricher>,
     /// The daily IP salts, kept current by the salt rotation worker.
     pub salts: Arc<SaltBook>,
