@@ -40,6 +40,7 @@ use crate::http::error::{PROBLEM_JSON, Problem};
         (name = "events", description = "Scan events"),
         (name = "workspace", description = "The caller's workspace"),
         (name = "tokens", description = "API tokens"),
+        (name = "webhooks", description = "Signed deliveries of scan events to your endpoints"),
     )
 )]
 struct ApiDoc;
@@ -122,6 +123,15 @@ const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("list_links", "200", "GetFirstLink", "get_link", "id", FIRST_ID),
     ("list_events", "200", "GetFirstEvent", "get_event", "id", FIRST_ID),
     ("create_token", "201", "RevokeToken", "revoke_token", "id", ID),
+    ("create_webhook", "201", "GetWebhook", "get_webhook", "id", ID),
+    ("create_webhook", "201", "UpdateWebhook", "update_webhook", "id", ID),
+    ("create_webhook", "201", "DeleteWebhook", "delete_webhook", "id", ID),
+    ("create_webhook", "201", "RotateWebhookSecret", "rotate_webhook_secret", "id", ID),
+    ("create_webhook", "201", "TestWebhook", "test_webhook", "id", ID),
+    ("create_webhook", "201", "ListWebhookDeliveries", "list_webhook_deliveries", "id", ID),
+    ("create_webhook", "201", "RecoverWebhookMessages", "recover_webhook_messages", "id", ID),
+    ("update_webhook", "200", "GetUpdatedWebhook", "get_webhook", "id", ID),
+    ("list_webhooks", "200", "GetFirstWebhook", "get_webhook", "id", FIRST_ID),
 ];
 const ID: &str = "$response.body#/id";
 const FIRST_ID: &str = "$response.body#/data/0/id";

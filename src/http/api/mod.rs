@@ -6,6 +6,8 @@ mod link_bodies;
 pub mod links;
 pub mod qr;
 pub mod tokens;
+mod webhook_bodies;
+pub mod webhooks;
 pub mod workspace;
 
 use serde::{Deserialize, Deserializer};
@@ -20,7 +22,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .configure(qr::configure)
         .configure(events::configure)
         .configure(workspace::configure)
-        .configure(tokens::configure);
+        .configure(tokens::configure)
+        .configure(webhooks::configure);
 }
 
 /// Parses a path or query ID; a malformed one is a 400 naming the parameter.
