@@ -25,5 +25,6 @@ mod proxies;
 mod qr;
 mod ratelimit;
 mod redirect;
+mod webhooks;
 mod workers;
 mod workspace;
