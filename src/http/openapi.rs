@@ -112,6 +112,7 @@ const RETRY_AFTER: (&str, Type, &str, &str) = (
 /// OpenAPI links: an answer's value that another operation takes, so
 /// clients (and stateful fuzzers) can chain calls: (from operation, status,
 /// link name, to operation, its parameter, the value's runtime expression).
+/// Rows with the same link name give one link several parameters.
 // One row per link reads as a table; rustfmt would spread each over 8 lines.
 #[rustfmt::skip]
 const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
@@ -132,6 +133,8 @@ const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("create_webhook", "201", "RecoverWebhookMessages", "recover_webhook_messages", "id", ID),
     ("update_webhook", "200", "GetUpdatedWebhook", "get_webhook", "id", ID),
     ("list_webhooks", "200", "GetFirstWebhook", "get_webhook", "id", FIRST_ID),
+    ("test_webhook", "202", "RedeliverTestMessage", "redeliver_webhook_message", "id", "$request.path.id"),
+    ("test_webhook", "202", "RedeliverTestMessage", "redeliver_webhook_message", "msg_id", "$response.body#/message_id"),
 ];
 const ID: &str = "$response.body#/id";
 const FIRST_ID: &str = "$response.body#/data/0/id";
@@ -178,14 +181,21 @@ fn add_links(op: &mut Operation) {
     let Some(from) = op.operation_id.clone() else {
         return;
     };
-    for (_, status, name, to, param, value) in LINKS.iter().filter(|l| l.0 == from) {
-        if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
-            let link = LinkBuilder::new()
-                .operation_id(*to)
-                .parameter(*param, *value)
-                .build();
-            response.links.insert((*name).to_owned(), link.into());
+    let rows: Vec<_> = LINKS.iter().filter(|l| l.0 == from).collect();
+    for (i, (_, status, name, to, ..)) in rows.iter().enumerate() {
+        if rows[..i].iter().any(|r| r.2 == *name && r.1 == *status) {
+            continue;
         }
+        let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) else {
+            continue;
+        };
+        let mut link = LinkBuilder::new().operation_id(*to);
+        for (.., param, value) in rows.iter().filter(|r| r.2 == *name && r.1 == *status) {
+            link = link.parameter(*param, *value);
+        }
+        response
+            .links
+            .insert((*name).to_owned(), link.build().into());
     }
 }
 
