@@ -44,7 +44,7 @@ const PRUNE_EVERY_MS: i64 = 60_000;
 const PURGE_BATCH: usize = 1_000;
 
 /// One attempt to make: everything the request needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Job {
     pub hook: WebhookId,
     pub message: MessageId,
@@ -55,6 +55,20 @@ pub struct Job {
     /// The keys that sign (never logged: `Debug` of a job is not used in logs).
     pub keys: Vec<Vec<u8>>,
     pub body: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Job {
+    /// Never the keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("hook", &self.hook)
+            .field("message", &self.message)
+            .field("delivery", &self.delivery)
+            .field("attempt", &self.attempt)
+            .field("url", &self.url)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an attempt failed.
@@ -204,18 +218,26 @@ impl DeliveryCore {
                 continue;
             }
             let taken = self.hub.outbox().take_due(hook_id, now, room);
-            for msg in taken {
-                match self.job(&hook, msg, now) {
+            for (i, msg) in taken.iter().enumerate() {
+                match self.job(&hook, *msg, now) {
                     Ok(Some(job)) => {
                         in_flight += 1;
                         jobs.push(job);
                     }
-                    Ok(None) => self.hub.outbox().done(hook_id, msg),
+                    Ok(None) => self.hub.outbox().done(hook_id, *msg),
                     Err(e) => {
-                        // Try again at the next step.
+                        // These go back in the queue for the next step; the
+                        // jobs made so far are dropped (their messages stay
+                        // in flight until then, so give them back too).
                         let mut outbox = self.hub.outbox();
-                        outbox.done(hook_id, msg);
-                        outbox.add(hook_id, msg, now);
+                        for job in &jobs {
+                            outbox.done(job.hook, job.message);
+                            outbox.add(job.hook, job.message, now);
+                        }
+                        for rest in &taken[i..] {
+                            outbox.done(hook_id, *rest);
+                            outbox.add(hook_id, *rest, now);
+                        }
                         return Err(e);
                     }
                 }

@@ -776,6 +776,25 @@ async fn webhooks_redirects_are_not_followed() {
 }
 
 #[actix_rt::test]
+async fn webhooks_a_failed_tls_handshake_is_a_failed_attempt() {
+    let app = spawn_app_with(&with(&[("SCANHOP__WEBHOOKS__MAX_ATTEMPTS", "1")])).await;
+    // The receiver speaks plain HTTP: an https:// URL to it fails in TLS.
+    let rx = Receiver::start().await;
+    let url = format!("https://127.0.0.1:{}/hook", rx.port);
+    let hook = create_hook(&app, json!({"url": url, "events": ["qr.scanned"]})).await;
+    let id = hook["id"].as_str().unwrap();
+    send_test(&app, id).await;
+    until("the failed attempt", || async {
+        deliveries(&app, id, "?status=failed").await.len() == 1
+    })
+    .await;
+    let failed = deliveries(&app, id, "?status=failed").await;
+    assert_eq!(failed[0]["error"], "tls", "{failed:?}");
+    assert_eq!(failed[0]["response_status"], Value::Null);
+    assert!(rx.log().iter().all(|r| r.path != "/hook"));
+}
+
+#[actix_rt::test]
 async fn webhooks_plan_limits_and_bad_input_are_refused_and_change_nothing() {
     let app = spawn_app_with(&[]).await;
     let link = app
