@@ -776,6 +776,34 @@ async fn webhooks_redirects_are_not_followed() {
 }
 
 #[actix_rt::test]
+async fn webhooks_a_hanging_endpoint_delays_neither_other_endpoints_nor_redirects() {
+    let app = spawn_app_with(FAST).await;
+    let (slow, quick) = (Receiver::start().await, Receiver::start().await);
+    slow.script((0..12).map(|_| Answer::Slow(Duration::from_secs(3))));
+    let (slow_id, _) = hook_with(&app, &slow, &["qr.scanned"]).await;
+    let (quick_id, _) = hook_with(&app, &quick, &["qr.scanned"]).await;
+    for _ in 0..10 {
+        send_test(&app, &slow_id).await;
+    }
+    // The slow endpoint has its 4 requests in flight and 6 waiting.
+    slow.wait_for(4).await;
+    let started = Instant::now();
+    send_test(&app, &quick_id).await;
+    quick.wait_for(1).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the other endpoint waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.log().len(), 4, "at most 4 in flight to one endpoint");
+    app.create_link(json!({"destination": "https://example.com/", "slug": "fast"}))
+        .await;
+    let started = Instant::now();
+    assert_eq!(app.scan("fast").await.status.as_u16(), 302);
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[actix_rt::test]
 async fn webhooks_a_failed_tls_handshake_is_a_failed_attempt() {
     let app = spawn_app_with(&with(&[("SCANHOP__WEBHOOKS__MAX_ATTEMPTS", "1")])).await;
     // The receiver speaks plain HTTP: an https:// URL to it fails in TLS.
