@@ -414,6 +414,31 @@ async fn webhooks_a_500_is_retried_at_once_with_the_same_webhook_id_and_a_fresh_
     assert_eq!(log[1]["error"], "http_status");
     assert_eq!(log[0]["attempt"], 2);
     assert_eq!(log[0]["message_id"], msg.as_str());
+    // The log pages like every list.
+    let first = app
+        .get(&format!("/v1/webhooks/{id}/deliveries?page_size=1"))
+        .await
+        .json();
+    assert_eq!(first["data"][0]["id"], log[0]["id"]);
+    let token = first["next_page_token"].as_str().unwrap();
+    let second = app
+        .get(&format!(
+            "/v1/webhooks/{id}/deliveries?page_size=1&page_token={token}"
+        ))
+        .await
+        .json();
+    assert_eq!(second["data"][0]["id"], log[1]["id"]);
+    assert_eq!(
+        second["next_page_token"],
+        Value::Null,
+        "the last page says so"
+    );
+    // A token belongs to its query: not to another status filter.
+    app.get(&format!(
+        "/v1/webhooks/{id}/deliveries?status=failed&page_size=1&page_token={token}"
+    ))
+    .await
+    .assert_problem(400, "bad_request");
     let hook = get_hook(&app, &id).await;
     assert_eq!(
         (hook["success_count"].clone(), hook["failure_count"].clone()),
@@ -796,6 +821,15 @@ async fn webhooks_a_hanging_endpoint_delays_neither_other_endpoints_nor_redirect
         started.elapsed()
     );
     assert_eq!(slow.log().len(), 4, "at most 4 in flight to one endpoint");
+    // Listed newest first, a page at a time.
+    let page = app.get("/v1/webhooks?page_size=1").await.json();
+    assert_eq!(page["data"][0]["id"], quick_id.as_str());
+    let token = page["next_page_token"].as_str().unwrap();
+    let page = app
+        .get(&format!("/v1/webhooks?page_size=1&page_token={token}"))
+        .await
+        .json();
+    assert_eq!(page["data"][0]["id"], slow_id.as_str());
     app.create_link(json!({"destination": "https://example.com/", "slug": "fast"}))
         .await;
     let started = Instant::now();
