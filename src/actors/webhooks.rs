@@ -454,7 +454,6 @@ pub fn identified_body(
 /// them now, each with the ID `id_for` gives it; written and scheduled.
 pub fn emit(
     hub: &WebhookHub,
-    store: &Store,
     ws: &WorkspaceId,
     ty: EventType,
     link: &LinkId,
@@ -462,6 +461,7 @@ pub fn emit(
     id_for: impl Fn(&Webhook) -> MessageId,
     now: Timestamp,
 ) -> StoreResult<usize> {
+    let store = &hub.store;
     let new: Vec<(Message, Delivery)> = store
         .webhooks_of(ws)?
         .iter()

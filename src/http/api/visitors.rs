@@ -179,7 +179,6 @@ async fn identify_scan(
     let body = webhooks::identified_body(visitor, &all, &incoming, scan_id, now)?;
     webhooks::emit(
         &state.webhooks,
-        &state.store,
         &caller.workspace_id,
         EventType::VisitorIdentified,
         &event.link_id,
