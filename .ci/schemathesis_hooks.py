@@ -21,6 +21,11 @@ test something the contract does not promise:
   while JSON Schema counts characters. In a case meant to be valid, keys and
   strings are cut to their byte limits on a character boundary (a key cut
   to nothing, or onto another key, is left out).
+- A webhook sends real requests to its URL (on scans and on `test`). In a
+  case meant to be valid, the URL is replaced by one under `.invalid`, a
+  name that never resolves, so fuzzing sends nothing anywhere. Its
+  `link_ids` must name links of the workspace, which a schema cannot say: in
+  a case meant to be valid they become `null` (all links).
 """
 
 import json
@@ -33,6 +38,8 @@ BASE = os.environ["SCANHOP_FUZZ_BASE"]
 TOKEN = os.environ["SCANHOP_FUZZ_TOKEN"]
 # An ID of the right shape that names no token: its revocation is a 404.
 NO_SUCH_TOKEN = "tok_01h455vb4pex5vsknk084sn02q"
+# Where fuzzed webhooks point: `.invalid` never resolves (RFC 2606).
+HARMLESS_WEBHOOK_URL = "https://hooks.scanhop-fuzz.invalid/receiver"
 
 
 def _tokens_at_start():
@@ -115,6 +122,11 @@ def before_call(context, case, kwargs):
         _scannable_qr(case.query)
     if case.operation.path == "/v1/visitors/identify" and isinstance(case.body, dict):
         _byte_limited_attributes(case.body)
+    if case.operation.path.startswith("/v1/webhooks") and isinstance(case.body, dict):
+        if isinstance(case.body.get("url"), str):
+            case.body["url"] = HARMLESS_WEBHOOK_URL
+        if isinstance(case.body.get("link_ids"), list):
+            case.body["link_ids"] = None
     form = case.body.get("form") if isinstance(case.body, dict) else None
     if isinstance(form, dict) and isinstance(form.get("fields"), list):
         seen, kept = set(), []

@@ -17,6 +17,7 @@ use utoipa_actix_web::AppExt;
 
 use crate::accounts;
 use crate::actors::counters::{CounterView, Counters};
+use crate::actors::delivery::DeliveryWorker;
 use crate::actors::flusher::Flusher;
 use crate::actors::geo_reloader::GeoReloader;
 use crate::actors::limit_pruner::LimitPruner;
@@ -25,6 +26,7 @@ use crate::actors::purger::{Bound, Purger};
 use crate::actors::registry::VisitorRegistry;
 use crate::actors::salts::SaltRotation;
 use crate::actors::visitors::{VisitorView, Visitors};
+use crate::actors::webhooks::{WebhookHub, Webhooks};
 use crate::actors::{ConsumerStarter, Recorder, Resolver, Stage, Workers};
 use crate::clock::Clock;
 use crate::config::{Durability, Settings};
@@ -82,6 +84,7 @@ impl Application {
             let (_, token) = accounts::create_workspace(&store, &settings, "default", None)?;
             Some(token.expose().to_owned())
         };
+        let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::default());
         let mut workers = Workers::default();
         let (resolver, links, handle) = Resolver::start(
@@ -91,11 +94,13 @@ impl Application {
         )?;
         workers.add(handle);
         let counters = CounterView::new(store.clone());
-        let mut downstream = Vec::with_capacity(consumers.len() + 1);
+        let webhooks = WebhookHub::load(store.clone(), settings.clone(), metrics.clone())?;
+        let mut downstream = Vec::with_capacity(consumers.len() + 3);
         let visitors = VisitorView::new(store.clone());
         let builtin = [
             Counters::starter(counters.clone(), settings.counters.clone()),
             Visitors::starter(visitors.clone(), settings.visitors.clone()),
+            Webhooks::starter(webhooks.clone()),
         ];
         for start in builtin.into_iter().chain(consumers) {
             let started = start(&store)?;
@@ -107,6 +112,7 @@ impl Application {
             settings.privacy.fingerprint_scope,
             settings.privacy.visitor_cache_entries,
         ));
+        workers.add(DeliveryWorker::start(webhooks.clone()));
         let (recorder, handle) = Recorder::start(
             store.clone(),
             &settings.recorder,
@@ -132,13 +138,14 @@ impl Application {
         let state = web::Data::new(AppState {
             clock: Clock::default(),
             resolver,
-            settings: Arc::new(settings),
+            settings,
             store,
             links,
             recorder,
             counters,
             registry,
             visitors,
+            webhooks,
             enricher: Arc::new(Enricher::new(geo)),
             salts,
             metrics,

@@ -139,10 +139,52 @@ pub struct ConsumerSettings {
     pub checkpoint_interval_ms: u64,
 }
 
+/// `[webhooks]`: the Webhooks worker (a consumer of committed events) and
+/// the delivery of its messages.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    /// Allow targets that are (or resolve to) loopback or private addresses.
     pub allow_private_targets: bool,
+    /// Milliseconds a delivery attempt may take in all (connect, send, answer).
+    pub timeout_ms: u64,
+    /// Milliseconds to resolve and connect (within `timeout_ms`).
+    pub connect_timeout_ms: u64,
+    /// Attempts per message (per round: a redelivery starts a new round).
+    pub max_attempts: u32,
+    /// Pause before the third attempt; each later one doubles it (±20%).
+    pub retry_base_ms: u64,
+    /// The longest pause between attempts.
+    pub retry_max_ms: u64,
+    /// Messages in a row that fail all their attempts before a hook is
+    /// switched to `auto_disabled`.
+    pub auto_disable_after: u32,
+    /// Requests in flight to one endpoint at most.
+    pub max_in_flight_per_endpoint: usize,
+    /// Requests in flight in all at most.
+    pub max_in_flight: usize,
+    /// Pending messages kept at most; beyond it the oldest of the endpoint
+    /// with the most are failed (`outbox_full`).
+    pub outbox_capacity: usize,
+    /// Milliseconds between steps of the delivery worker (retries that came due).
+    pub poll_interval_ms: u64,
+    /// Hours delivered and failed messages and their delivery records are kept.
+    pub keep_messages_hours: u64,
+    /// The Webhooks worker's consumer settings (see `[counters]`).
+    pub mailbox_capacity: usize,
+    pub read_batch_size: usize,
+    pub checkpoint_interval_ms: u64,
+}
+
+impl WebhookSettings {
+    /// The settings of the Webhooks worker as a consumer.
+    pub fn consumer(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            mailbox_capacity: self.mailbox_capacity,
+            read_batch_size: self.read_batch_size,
+            checkpoint_interval_ms: self.checkpoint_interval_ms,
+        }
+    }
 }
 
 /// The Purger (`actors::purger`): how often it runs and how much one pass does.
@@ -181,6 +223,10 @@ pub const ENTERPRISE_PLAN: &str = "enterprise";
 pub struct PlanSettings {
     pub retention_days: u32,
     pub requests_per_minute: u32,
+    /// Webhook endpoints a workspace may have; 0 (also when left out of a
+    /// plan an operator defines) means no limit.
+    #[serde(default)]
+    pub webhook_endpoints: u32,
 }
 
 impl Settings {
@@ -339,6 +385,46 @@ impl Settings {
             (
                 "retention.segments_per_run",
                 self.retention.segments_per_run as u64,
+            ),
+            ("webhooks.timeout_ms", self.webhooks.timeout_ms),
+            (
+                "webhooks.connect_timeout_ms",
+                self.webhooks.connect_timeout_ms,
+            ),
+            (
+                "webhooks.max_attempts",
+                u64::from(self.webhooks.max_attempts),
+            ),
+            ("webhooks.retry_max_ms", self.webhooks.retry_max_ms),
+            (
+                "webhooks.auto_disable_after",
+                u64::from(self.webhooks.auto_disable_after),
+            ),
+            (
+                "webhooks.max_in_flight_per_endpoint",
+                self.webhooks.max_in_flight_per_endpoint as u64,
+            ),
+            ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
+            (
+                "webhooks.outbox_capacity",
+                self.webhooks.outbox_capacity as u64,
+            ),
+            ("webhooks.poll_interval_ms", self.webhooks.poll_interval_ms),
+            (
+                "webhooks.keep_messages_hours",
+                self.webhooks.keep_messages_hours,
+            ),
+            (
+                "webhooks.mailbox_capacity",
+                self.webhooks.mailbox_capacity as u64,
+            ),
+            (
+                "webhooks.read_batch_size",
+                self.webhooks.read_batch_size as u64,
+            ),
+            (
+                "webhooks.checkpoint_interval_ms",
+                self.webhooks.checkpoint_interval_ms,
             ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -514,6 +600,17 @@ mod tests {
         assert_eq!(s.server.redirect_status, 302);
         assert_eq!(s.privacy.fingerprint_scope, FingerprintScope::Persistent);
         assert!(!s.webhooks.allow_private_targets);
+        assert_eq!(s.webhooks.timeout_ms, 30_000);
+        assert_eq!(s.webhooks.max_attempts, 3);
+        assert_eq!(s.webhooks.auto_disable_after, 10);
+        assert_eq!(
+            (
+                s.plans["free"].webhook_endpoints,
+                s.plans["pro"].webhook_endpoints,
+                s.plans["business"].webhook_endpoints
+            ),
+            (1, 10, 0)
+        );
         assert_eq!(s.default_plan(), "free");
         assert_eq!(s.retention.purge_interval_ms, 600_000);
         assert!(s.plans.contains_key(ENTERPRISE_PLAN));
@@ -546,6 +643,7 @@ mod tests {
         assert!(
             readme.contains("`plans.<name>.retention_days`")
                 && readme.contains("`plans.<name>.requests_per_minute`")
+                && readme.contains("`plans.<name>.webhook_endpoints`")
         );
     }
 
@@ -622,5 +720,9 @@ mod tests {
         let s = Settings::load_with_env(Some(&path), Vec::new()).unwrap();
         assert_eq!(s.storage.path, PathBuf::from("/tmp/x"));
         assert_eq!(s.plans["team"].retention_days, 3);
+        assert_eq!(
+            s.plans["team"].webhook_endpoints, 0,
+            "no limit when left out"
+        );
     }
 }

@@ -41,6 +41,9 @@ id_kinds! {
     LinkKind => "lnk" as LinkId,
     EventKind => "evt" as EventId,
     VisitorKind => "vis" as VisitorId,
+    WebhookKind => "wh" as WebhookId,
+    MessageKind => "msg" as MessageId,
+    DeliveryKind => "dlv" as DeliveryId,
 }
 
 /// A typed, time-ordered identifier.

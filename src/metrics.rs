@@ -98,6 +98,15 @@ pub struct Metrics {
     pub bot_scans: Counter,
     pub redirects_rate_limited: Counter,
     pub resolver_messages: Counter,
+    pub webhook_attempts_succeeded: Counter,
+    pub webhook_attempts_failed: Counter,
+    pub webhook_retries: Counter,
+    pub webhook_failed_exhausted: Counter,
+    pub webhook_failed_disabled: Counter,
+    pub webhook_failed_auto_disabled: Counter,
+    pub webhook_failed_outbox_full: Counter,
+    pub webhook_auto_disabled: Counter,
+    pub webhook_outbox_depth: Gauge,
     pub purge: PurgeMetrics,
 }
 
@@ -268,6 +277,64 @@ impl Metrics {
             "After the last Purger pass, how long past its workspace's retention the oldest stored event is (0: none; more: held back by the budget or a consumer's position).",
             Kind::Gauge,
             &[("", self.purge.overdue_seconds.get())],
+        );
+        family(
+            o,
+            "scanhop_webhook_deliveries_total",
+            "Webhook delivery attempts made, by result (2xx succeeded; anything else failed).",
+            counter,
+            &[
+                (
+                    "result=\"succeeded\"",
+                    self.webhook_attempts_succeeded.get(),
+                ),
+                ("result=\"failed\"", self.webhook_attempts_failed.get()),
+            ],
+        );
+        family(
+            o,
+            "scanhop_webhook_retries_total",
+            "Webhook attempts scheduled after a failed attempt of the same message.",
+            counter,
+            &[("", self.webhook_retries.get())],
+        );
+        family(
+            o,
+            "scanhop_webhook_messages_failed_total",
+            "Webhook messages that ended failed, by reason.",
+            counter,
+            &[
+                (
+                    "reason=\"attempts_exhausted\"",
+                    self.webhook_failed_exhausted.get(),
+                ),
+                (
+                    "reason=\"webhook_disabled\"",
+                    self.webhook_failed_disabled.get(),
+                ),
+                (
+                    "reason=\"webhook_auto_disabled\"",
+                    self.webhook_failed_auto_disabled.get(),
+                ),
+                (
+                    "reason=\"outbox_full\"",
+                    self.webhook_failed_outbox_full.get(),
+                ),
+            ],
+        );
+        family(
+            o,
+            "scanhop_webhooks_auto_disabled_total",
+            "Webhooks the server switched to auto_disabled after repeated failures.",
+            counter,
+            &[("", self.webhook_auto_disabled.get())],
+        );
+        family(
+            o,
+            "scanhop_webhook_outbox_depth",
+            "Pending webhook messages (waiting for an attempt or in one).",
+            Kind::Gauge,
+            &[("", self.webhook_outbox_depth.get())],
         );
         family(
             o,

@@ -5,6 +5,7 @@
 
 pub mod consumer;
 pub mod counters;
+pub mod delivery;
 pub mod flusher;
 pub mod geo_reloader;
 pub mod limit_pruner;
@@ -15,6 +16,7 @@ pub mod registry;
 pub mod resolver;
 pub mod salts;
 pub mod visitors;
+pub mod webhooks;
 pub mod worker;
 
 pub use consumer::{Consumer, ConsumerStarter, ConsumerWorker, StartedConsumer};

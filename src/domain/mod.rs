@@ -9,6 +9,7 @@ pub mod tally;
 pub mod time;
 pub mod token;
 pub mod visitor;
+pub mod webhook;
 pub mod workspace;
 
 pub use event::{DeviceType, EventView, ScanEvent, ScanMethod};

@@ -47,6 +47,8 @@ pub struct AppState {
     pub registry: Arc<crate::actors::registry::VisitorRegistry>,
     /// Visitor profiles, for the visitors API.
     pub visitors: Arc<crate::actors::visitors::VisitorView>,
+    /// Webhooks: the outbox schedule and the delivery worker's wake-up.
+    pub webhooks: Arc<crate::actors::webhooks::WebhookHub>,
     pub enricher: Arc<Enricher>,
     /// The daily IP salts, kept current by the salt rotation worker.
     pub salts: Arc<SaltBook>,

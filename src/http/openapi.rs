@@ -40,6 +40,7 @@ use crate::http::error::{PROBLEM_JSON, Problem};
         (name = "events", description = "Scan events"),
         (name = "workspace", description = "The caller's workspace"),
         (name = "tokens", description = "API tokens"),
+        (name = "webhooks", description = "Signed deliveries of scan events to your endpoints"),
     )
 )]
 struct ApiDoc;
@@ -111,6 +112,7 @@ const RETRY_AFTER: (&str, Type, &str, &str) = (
 /// OpenAPI links: an answer's value that another operation takes, so
 /// clients (and stateful fuzzers) can chain calls: (from operation, status,
 /// link name, to operation, its parameter, the value's runtime expression).
+/// Rows with the same link name give one link several parameters.
 // One row per link reads as a table; rustfmt would spread each over 8 lines.
 #[rustfmt::skip]
 const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
@@ -122,6 +124,17 @@ const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("list_links", "200", "GetFirstLink", "get_link", "id", FIRST_ID),
     ("list_events", "200", "GetFirstEvent", "get_event", "id", FIRST_ID),
     ("create_token", "201", "RevokeToken", "revoke_token", "id", ID),
+    ("create_webhook", "201", "GetWebhook", "get_webhook", "id", ID),
+    ("create_webhook", "201", "UpdateWebhook", "update_webhook", "id", ID),
+    ("create_webhook", "201", "DeleteWebhook", "delete_webhook", "id", ID),
+    ("create_webhook", "201", "RotateWebhookSecret", "rotate_webhook_secret", "id", ID),
+    ("create_webhook", "201", "TestWebhook", "test_webhook", "id", ID),
+    ("create_webhook", "201", "ListWebhookDeliveries", "list_webhook_deliveries", "id", ID),
+    ("create_webhook", "201", "RecoverWebhookMessages", "recover_webhook_messages", "id", ID),
+    ("update_webhook", "200", "GetUpdatedWebhook", "get_webhook", "id", ID),
+    ("list_webhooks", "200", "GetFirstWebhook", "get_webhook", "id", FIRST_ID),
+    ("test_webhook", "202", "RedeliverTestMessage", "redeliver_webhook_message", "id", "$request.path.id"),
+    ("test_webhook", "202", "RedeliverTestMessage", "redeliver_webhook_message", "msg_id", "$response.body#/message_id"),
 ];
 const ID: &str = "$response.body#/id";
 const FIRST_ID: &str = "$response.body#/data/0/id";
@@ -169,14 +182,21 @@ fn add_links(op: &mut Operation) {
     let Some(from) = op.operation_id.clone() else {
         return;
     };
-    for (_, status, name, to, param, value) in LINKS.iter().filter(|l| l.0 == from) {
-        if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
-            let link = LinkBuilder::new()
-                .operation_id(*to)
-                .parameter(*param, *value)
-                .build();
-            response.links.insert((*name).to_owned(), link.into());
+    let rows: Vec<_> = LINKS.iter().filter(|l| l.0 == from).collect();
+    for (i, (_, status, name, to, ..)) in rows.iter().enumerate() {
+        if rows[..i].iter().any(|r| r.2 == *name && r.1 == *status) {
+            continue;
         }
+        let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) else {
+            continue;
+        };
+        let mut link = LinkBuilder::new().operation_id(*to);
+        for (.., param, value) in rows.iter().filter(|r| r.2 == *name && r.1 == *status) {
+            link = link.parameter(*param, *value);
+        }
+        response
+            .links
+            .insert((*name).to_owned(), link.build().into());
     }
 }
 

@@ -16,6 +16,7 @@ mod segment;
 mod tallies;
 mod tokens;
 mod visitors;
+mod webhooks;
 mod workspaces;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
 pub use tallies::{TallyKey, TallyScope};
 pub use visitors::{NewVisitor, StoredAttributes};
+pub use webhooks::{PendingMessage, TxError, WebhookTx};
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
 const FORMAT_DIR: &str = "sled-v1";
@@ -112,6 +114,20 @@ struct Trees {
     consumers: sled::Tree,
     /// key = name bytes → value = metadata (schema version, salts, secrets)
     meta: sled::Tree,
+    /// key = webhook_id (16) → value = Webhook
+    webhooks: sled::Tree,
+    /// key = workspace_id (16) ++ webhook_id (16) → value = empty
+    webhooks_by_workspace: sled::Tree,
+    /// key = message_id (16) → value = webhook Message
+    webhook_messages: sled::Tree,
+    /// key = webhook_id (16) ++ message_id (16) → value = empty
+    webhook_messages_by_hook: sled::Tree,
+    /// key = delivery_id (16) → value = Delivery (one attempt)
+    webhook_deliveries: sled::Tree,
+    /// key = webhook_id (16) ++ delivery_id (16) → value = empty
+    webhook_deliveries_by_hook: sled::Tree,
+    /// key = message_id (16) → value = webhook_id (16): the pending messages
+    webhook_outbox: sled::Tree,
 }
 
 impl Store {
@@ -157,6 +173,13 @@ impl Store {
             purged: open("purged")?,
             consumers: open("consumers")?,
             meta: open("meta")?,
+            webhooks: open("webhooks")?,
+            webhooks_by_workspace: open("webhooks_by_workspace")?,
+            webhook_messages: open("webhook_messages")?,
+            webhook_messages_by_hook: open("webhook_messages_by_hook")?,
+            webhook_deliveries: open("webhook_deliveries")?,
+            webhook_deliveries_by_hook: open("webhook_deliveries_by_hook")?,
+            webhook_outbox: open("webhook_outbox")?,
             db,
             log,
         };

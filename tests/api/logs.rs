@@ -63,6 +63,37 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
+    // A webhook with its own secret, rotated, and a test message sent.
+    let hook_secret = "logs-webhook-secret-never-printed";
+    let mut r = c
+        .post(format!("{}/v1/webhooks", server.base))
+        .insert_header(auth.clone())
+        .send_json(&json!({"url": "https://hooks.example.invalid/x",
+                           "events": ["qr.scanned"], "secret": hook_secret}))
+        .await
+        .unwrap();
+    let hook: Value = r.json().await.unwrap();
+    let hook_id = hook["id"].as_str().unwrap();
+    let canonical = hook["secret"].as_str().unwrap().to_owned();
+    let mut r = c
+        .post(format!(
+            "{}/v1/webhooks/{hook_id}/rotate-secret",
+            server.base
+        ))
+        .insert_header(auth.clone())
+        .send()
+        .await
+        .unwrap();
+    let rotated: Value = r.json().await.unwrap();
+    let rotated = rotated["secret"].as_str().unwrap().to_owned();
+    let r = c
+        .post(format!("{}/v1/webhooks/{hook_id}/test", server.base))
+        .insert_header(auth.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
     server.signal(libc::SIGTERM);
     let _ = actix_web::rt::task::spawn_blocking(move || server.wait()).await;
 
@@ -72,6 +103,9 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
         ("created token", new_secret.as_str()),
         ("bogus token", bogus),
         ("client IP", client_ip),
+        ("webhook secret", hook_secret),
+        ("webhook secret, whsec_ form", &canonical[6..]),
+        ("rotated webhook secret", &rotated[6..]),
     ] {
         assert!(!logs.contains(secret), "{what} appears in the logs");
     }
@@ -80,7 +114,7 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|l| l["target"] == "scanhop::access")
         .collect();
-    assert_eq!(access.len(), 5, "one line per request:\n{logs}");
+    assert_eq!(access.len(), 8, "one line per request:\n{logs}");
     assert!(
         logs.lines().count() > access.len() + 5,
         "trace-level lines were captured too"

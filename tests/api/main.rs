@@ -27,5 +27,6 @@ mod ratelimit;
 mod redirect;
 mod retention;
 mod visitors;
+mod webhooks;
 mod workers;
 mod workspace;

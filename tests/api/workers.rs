@@ -366,6 +366,8 @@ async fn sigterm_during_a_burst_turns_readyz_503_then_drains_every_worker_in_ord
         "resolver",
         "recorder",
         "tally",
+        "webhooks",
+        "webhook_delivery",
         "salts",
         "rate_limit_pruner",
         "flusher",

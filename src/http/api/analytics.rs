@@ -176,7 +176,7 @@ pub struct WorkspaceMetrics {
     /// Today and this calendar month in the workspace's time zone.
     pub scans_today: u64,
     pub scans_this_month: u64,
-    /// Webhook endpoints that are active (none until webhooks are available).
+    /// Webhook endpoints whose status is `active`.
     pub active_webhooks: u64,
 }
 
@@ -202,6 +202,6 @@ async fn workspace_metrics(
         total_links: state.store.count_links(&ws)?,
         scans_today: month.get(&today).map_or(0, |t| t.scans),
         scans_this_month: month.values().map(|t| t.scans).sum(),
-        active_webhooks: 0,
+        active_webhooks: state.webhooks.active_count(&ws)?,
     }))
 }

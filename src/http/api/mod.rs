@@ -7,6 +7,8 @@ pub mod links;
 pub mod qr;
 pub mod tokens;
 pub mod visitors;
+mod webhook_bodies;
+pub mod webhooks;
 pub mod workspace;
 
 use serde::{Deserialize, Deserializer};
@@ -22,7 +24,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .configure(events::configure)
         .configure(workspace::configure)
         .configure(tokens::configure)
-        .configure(visitors::configure);
+        .configure(visitors::configure)
+        .configure(webhooks::configure);
 }
 
 /// Parses a path or query ID; a malformed one is a 400 naming the parameter.

@@ -10,17 +10,19 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::events::{EventFilters, EventPageQuery, EventView, list_page};
 use super::{parse_id, query_value};
+use crate::actors::webhooks;
 use crate::domain::schemas;
 use crate::domain::visitor::{
     DeviceSeen, MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_STRING_BYTES, VisitorProfile, lead_score,
 };
+use crate::domain::webhook::EventType;
 use crate::domain::{FieldError, Timestamp};
 use crate::http::AppState;
 use crate::http::auth::{Caller, SecretCaller};
 use crate::http::body::JsonObject;
 use crate::http::error::{ApiError, Problem};
 use crate::http::pagination::{ListResponse, PageParams, QueryScope};
-use crate::ids::{EventId, VisitorId, VisitorKind};
+use crate::ids::{EventId, MessageId, VisitorId, VisitorKind};
 use crate::store::{EventIndex, EventQuery, StoredAttributes};
 
 /// Events a visitor's answer carries in `recent_events`.
@@ -161,12 +163,29 @@ async fn identify_scan(
             json: Value::Object(merged).to_string(),
         })
     })?;
-    if let (None, Some(n)) = (written, too_many) {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "attributes",
-            format!("would give the visitor {n} keys; at most {MAX_ATTRIBUTES} are allowed"),
-        )]));
-    }
+    let written = match (written, too_many) {
+        (None, Some(n)) => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "attributes",
+                format!("would give the visitor {n} keys; at most {MAX_ATTRIBUTES} are allowed"),
+            )]));
+        }
+        (written, _) => written,
+    };
+    let all: Map<String, Value> = written
+        .and_then(|w| serde_json::from_str(&w.json).ok())
+        .unwrap_or_default();
+    let now = Timestamp::now();
+    let body = webhooks::identified_body(visitor, &all, &incoming, scan_id, now)?;
+    webhooks::emit(
+        &state.webhooks,
+        &caller.workspace_id,
+        EventType::VisitorIdentified,
+        &event.link_id,
+        &body,
+        |_| MessageId::generate(),
+        now,
+    )?;
     // The profile may still be on its way (the scan was just made): then it
     // is built from this scan alone until the Visitors worker has it.
     let profile = match state.visitors.profile(&visitor)? {

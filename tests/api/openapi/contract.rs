@@ -128,6 +128,34 @@ async fn the_document_links_each_answer_to_the_operations_it_feeds() {
             "id",
             "$response.body#/id",
         ),
+        (
+            "create_webhook",
+            "201",
+            "get_webhook",
+            "id",
+            "$response.body#/id",
+        ),
+        (
+            "create_webhook",
+            "201",
+            "list_webhook_deliveries",
+            "id",
+            "$response.body#/id",
+        ),
+        (
+            "test_webhook",
+            "202",
+            "redeliver_webhook_message",
+            "msg_id",
+            "$response.body#/message_id",
+        ),
+        (
+            "test_webhook",
+            "202",
+            "redeliver_webhook_message",
+            "id",
+            "$request.path.id",
+        ),
     ];
     for (from, status, to, param, value) in expected {
         let (_, _, op) = operation(&doc, from);

@@ -1,0 +1,659 @@
+//! The delivery worker: sends the outbox's pending messages to their hooks
+//! (stage `Delivery`, on an arbiter of its own). Scheduling is a step
+//! function, `DeliveryCore::run_once(now)`, that answers the attempts to
+//! make now; the actor runs them concurrently with an HTTP client of its
+//! own (`client`), and hands each outcome to `DeliveryCore::complete`, which
+//! writes the attempt's record, the message's state and the hook's counters
+//! in one transaction and schedules a retry. Tests drive both with the time
+//! they choose.
+//!
+//! - At most `max_in_flight_per_endpoint` requests per hook and
+//!   `max_in_flight` in all, so a slow endpoint delays only itself.
+//! - A failed attempt is retried: the second attempt at once, then after
+//!   `retry_base_ms · 2^(n-3)` (±20% jitter derived from the message, at
+//!   most `retry_max_ms`); a `Retry-After` is honoured within [d, 2d].
+//! - A message whose round of `max_attempts` attempts all failed counts
+//!   toward the hook's `consecutive_failures`; at `auto_disable_after` the
+//!   hook becomes `auto_disabled`. Messages of a disabled hook fail with the
+//!   reason `webhook_disabled` or `webhook_auto_disabled`; a paused hook's
+//!   wait.
+//! - Over `outbox_capacity` pending messages, the oldest of the hook with the
+//!   most pending ones fail with the reason `outbox_full`.
+
+pub mod client;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::webhooks::{WakeDelivery, WebhookHub};
+use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
+use crate::config::WebhookSettings;
+use crate::domain::Timestamp;
+use crate::domain::webhook::{Delivery, DeliveryStatus, MessageState, Webhook, WebhookStatus};
+use crate::ids::{DeliveryId, MessageId, WebhookId};
+use crate::store::StoreResult;
+
+/// Records removed per hook per pruning step.
+const PRUNE_BATCH: usize = 1_000;
+/// Milliseconds between pruning steps.
+const PRUNE_EVERY_MS: i64 = 60_000;
+/// Records of a deleted hook removed per step.
+const PURGE_BATCH: usize = 1_000;
+
+/// One attempt to make: everything the request needs.
+#[derive(Clone)]
+pub struct Job {
+    pub hook: WebhookId,
+    pub message: MessageId,
+    pub delivery: DeliveryId,
+    /// Counting across rounds, as in the delivery record.
+    pub attempt: u32,
+    pub url: String,
+    /// The keys that sign (never logged: `Debug` of a job is not used in logs).
+    pub keys: Vec<Vec<u8>>,
+    pub body: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Job {
+    /// Never the keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("hook", &self.hook)
+            .field("message", &self.message)
+            .field("delivery", &self.delivery)
+            .field("attempt", &self.attempt)
+            .field("url", &self.url)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Timeout,
+    Connect,
+    Dns,
+    Tls,
+    BlockedIp,
+    HttpStatus,
+}
+
+impl ErrorClass {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Connect => "connect",
+            ErrorClass::Dns => "dns",
+            ErrorClass::Tls => "tls",
+            ErrorClass::BlockedIp => "blocked_ip",
+            ErrorClass::HttpStatus => "http_status",
+        }
+    }
+}
+
+/// What an attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// When it started (its `webhook-timestamp`).
+    pub started_at: Timestamp,
+    pub duration_ms: u64,
+    /// The answer's status; `None` when none arrived.
+    pub status: Option<u16>,
+    /// The first 1 KiB of the answer (lossy UTF-8).
+    pub body: Option<String>,
+    /// `None`: delivered (a 2xx).
+    pub error: Option<ErrorClass>,
+    /// The answer's `Retry-After`, in milliseconds.
+    pub retry_after_ms: Option<u64>,
+    pub signatures: u8,
+}
+
+/// The pause before attempt `attempt` (1-based, within a round) of `msg`.
+pub fn retry_delay_ms(
+    settings: &WebhookSettings,
+    attempt: u32,
+    msg: &MessageId,
+    retry_after_ms: Option<u64>,
+) -> u64 {
+    if attempt <= 2 {
+        return 0;
+    }
+    let doubled = settings
+        .retry_base_ms
+        .saturating_mul(1u64 << (attempt - 3).min(40));
+    let capped = doubled.min(settings.retry_max_ms);
+    // ±20%, the same for the same message and attempt.
+    let digest = Sha256::new()
+        .chain_update(msg.as_bytes())
+        .chain_update(attempt.to_be_bytes())
+        .finalize();
+    let r = u64::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ]);
+    let permille = (r % 401) as i64 - 200; // -200..=200 ‰
+    let jittered = (capped as i64 + capped as i64 * permille / 1000).max(0) as u64;
+    let d = jittered.min(settings.retry_max_ms);
+    match retry_after_ms {
+        Some(ra) => ra.clamp(d, d.saturating_mul(2)),
+        None => d,
+    }
+}
+
+/// Why a message fails without its attempts being used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Disabled,
+    AutoDisabled,
+    OutboxFull,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Disabled => "webhook_disabled",
+            Reason::AutoDisabled => "webhook_auto_disabled",
+            Reason::OutboxFull => "outbox_full",
+        }
+    }
+}
+
+/// The scheduler: which attempts to make at `now`, and what an attempt's
+/// outcome changes.
+pub struct DeliveryCore {
+    hub: Arc<WebhookHub>,
+    last_prune_ms: i64,
+}
+
+impl DeliveryCore {
+    pub fn new(hub: Arc<WebhookHub>) -> DeliveryCore {
+        DeliveryCore {
+            hub,
+            last_prune_ms: i64::MIN,
+        }
+    }
+
+    fn settings(&self) -> &WebhookSettings {
+        &self.hub.settings.webhooks
+    }
+
+    /// One step at `now`: keeps the outbox within its capacity, fails the
+    /// queued messages of disabled hooks, and answers the attempts to make
+    /// now (at most the in-flight limits allow).
+    pub fn run_once(&mut self, now: Timestamp) -> StoreResult<Vec<Job>> {
+        self.enforce_capacity(now)?;
+        let (per_hook, total) = (
+            self.settings().max_in_flight_per_endpoint,
+            self.settings().max_in_flight,
+        );
+        let (due, mut in_flight) = {
+            let outbox = self.hub.outbox();
+            (outbox.due_hooks(now), outbox.in_flight())
+        };
+        let mut jobs = Vec::new();
+        for (hook_id, hook_in_flight) in due {
+            let Some(hook) = self.hub.store.webhook(&hook_id)? else {
+                self.forget_deleted(hook_id)?;
+                continue;
+            };
+            match hook.status {
+                WebhookStatus::Active => {}
+                WebhookStatus::Paused => continue,
+                WebhookStatus::Disabled => {
+                    self.fail_queued(&hook, Reason::Disabled, now)?;
+                    continue;
+                }
+                WebhookStatus::AutoDisabled => {
+                    self.fail_queued(&hook, Reason::AutoDisabled, now)?;
+                    continue;
+                }
+            }
+            let room = per_hook
+                .saturating_sub(hook_in_flight)
+                .min(total.saturating_sub(in_flight));
+            if room == 0 {
+                continue;
+            }
+            let taken = self.hub.outbox().take_due(hook_id, now, room);
+            for (i, msg) in taken.iter().enumerate() {
+                match self.job(&hook, *msg, now) {
+                    Ok(Some(job)) => {
+                        in_flight += 1;
+                        jobs.push(job);
+                    }
+                    Ok(None) => self.hub.outbox().done(hook_id, *msg),
+                    Err(e) => {
+                        // These go back in the queue for the next step; the
+                        // jobs made so far are dropped (their messages stay
+                        // in flight until then, so give them back too).
+                        let mut outbox = self.hub.outbox();
+                        for job in &jobs {
+                            outbox.done(job.hook, job.message);
+                            outbox.add(job.hook, job.message, now);
+                        }
+                        for rest in &taken[i..] {
+                            outbox.done(hook_id, *rest);
+                            outbox.add(hook_id, *rest, now);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if now.as_millis().saturating_sub(self.last_prune_ms) >= PRUNE_EVERY_MS {
+            self.last_prune_ms = now.as_millis();
+            self.prune(now)?;
+        }
+        self.update_depth();
+        Ok(jobs)
+    }
+
+    /// The attempt of a message taken from the outbox; `None` when it is no
+    /// longer pending.
+    fn job(&self, hook: &Webhook, msg: MessageId, now: Timestamp) -> StoreResult<Option<Job>> {
+        let Some(m) = self.hub.store.webhook_message(&msg)? else {
+            return Ok(None);
+        };
+        if m.state != MessageState::Pending {
+            return Ok(None);
+        }
+        let delivery = m.next_delivery.unwrap_or_else(DeliveryId::generate);
+        Ok(Some(Job {
+            hook: hook.id,
+            message: m.id,
+            delivery,
+            attempt: m.attempts + 1,
+            url: hook.url.clone(),
+            keys: hook.signing_keys(now),
+            body: Arc::new(m.body),
+        }))
+    }
+
+    /// Records an attempt's outcome: its delivery record, the message (done,
+    /// or the next attempt scheduled, or failed when its round is used up),
+    /// and the hook's counters, in one transaction; then schedules a retry.
+    pub fn complete(&mut self, job: &Job, outcome: &Outcome, now: Timestamp) -> StoreResult<()> {
+        let settings = self.settings().clone();
+        let ok = outcome.error.is_none();
+        let result = self.hub.store.webhook_tx(|tx| {
+            let Some(mut m) = tx.message(&job.message)? else {
+                return Ok(None);
+            };
+            let mut d = match tx.delivery(&job.delivery)? {
+                Some(d) => d,
+                None => Delivery {
+                    id: job.delivery,
+                    message_id: m.id,
+                    hook_id: m.hook_id,
+                    event_type: m.event_type,
+                    attempt: job.attempt,
+                    trigger: m.trigger,
+                    status: DeliveryStatus::Pending,
+                    url: job.url.clone(),
+                    created_at: outcome.started_at,
+                    scheduled_for: outcome.started_at,
+                    attempted_at: None,
+                    duration_ms: None,
+                    response_status: None,
+                    response_body: None,
+                    error: None,
+                    next_attempt_at: None,
+                    signatures: 0,
+                },
+            };
+            d.status = match ok {
+                true => DeliveryStatus::Succeeded,
+                false => DeliveryStatus::Failed,
+            };
+            d.url = job.url.clone();
+            d.attempt = job.attempt;
+            d.attempted_at = Some(outcome.started_at);
+            d.duration_ms = Some(outcome.duration_ms);
+            d.response_status = outcome.status;
+            d.response_body = outcome.body.clone();
+            d.error = outcome.error.map(|e| e.as_str().to_owned());
+            d.signatures = outcome.signatures;
+            let was_pending = m.state == MessageState::Pending;
+            m.attempts = m.attempts.max(job.attempt);
+            let mut retry_at = None;
+            let mut exhausted = false;
+            if was_pending {
+                m.round_attempts += 1;
+                if ok {
+                    m.state = MessageState::Succeeded;
+                    m.failure_reason = None;
+                    m.finished_at = Some(now);
+                    m.next_delivery = None;
+                } else if m.round_attempts < settings.max_attempts {
+                    let pause = retry_delay_ms(
+                        &settings,
+                        m.round_attempts + 1,
+                        &m.id,
+                        outcome.retry_after_ms,
+                    );
+                    let due = Timestamp::from_millis(now.as_millis() + pause as i64);
+                    let next = Delivery {
+                        id: DeliveryId::generate(),
+                        attempt: m.attempts + 1,
+                        status: DeliveryStatus::Pending,
+                        created_at: now,
+                        scheduled_for: due,
+                        attempted_at: None,
+                        duration_ms: None,
+                        response_status: None,
+                        response_body: None,
+                        error: None,
+                        next_attempt_at: None,
+                        signatures: 0,
+                        ..d.clone()
+                    };
+                    d.next_attempt_at = Some(due);
+                    m.next_delivery = Some(next.id);
+                    m.next_attempt_at = due;
+                    tx.put_delivery(&next)?;
+                    retry_at = Some(due);
+                } else {
+                    exhausted = true;
+                    m.state = MessageState::Failed;
+                    m.failure_reason = outcome.error.map(|e| e.as_str().to_owned());
+                    m.finished_at = Some(now);
+                    m.next_delivery = None;
+                }
+            }
+            let mut auto_disabled = false;
+            if let Some(mut hook) = tx.hook(&job.hook)? {
+                hook.last_sent_at = Some(outcome.started_at);
+                if ok {
+                    hook.success_count += 1;
+                    hook.last_delivered_at = Some(now);
+                    hook.consecutive_failures = 0;
+                } else {
+                    hook.failure_count += 1;
+                    if exhausted {
+                        hook.consecutive_failures += 1;
+                        if hook.consecutive_failures >= settings.auto_disable_after
+                            && hook.status == WebhookStatus::Active
+                        {
+                            hook.status = WebhookStatus::AutoDisabled;
+                            hook.updated_at = now;
+                            auto_disabled = true;
+                        }
+                    }
+                }
+                tx.put_hook(&hook)?;
+            }
+            tx.put_delivery(&d)?;
+            tx.put_message(&m)?;
+            Ok(Some((retry_at, exhausted, auto_disabled)))
+        });
+        let mut outbox = self.hub.outbox();
+        outbox.done(job.hook, job.message);
+        let (retry_at, exhausted, auto_disabled) = match result {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // The message is still pending in the store: try it again.
+                outbox.add(job.hook, job.message, now);
+                return Err(e);
+            }
+        };
+        if let Some(due) = retry_at {
+            outbox.add(job.hook, job.message, due);
+        }
+        drop(outbox);
+        let metrics = &self.hub.metrics;
+        match ok {
+            true => metrics.webhook_attempts_succeeded.inc(),
+            false => metrics.webhook_attempts_failed.inc(),
+        }
+        if retry_at.is_some() {
+            metrics.webhook_retries.inc();
+        }
+        if exhausted {
+            metrics.webhook_failed_exhausted.inc();
+            tracing::info!(webhook = %job.hook, message = %job.message, attempts = job.attempt, "webhook message failed all its attempts");
+        }
+        if auto_disabled {
+            metrics.webhook_auto_disabled.inc();
+            tracing::warn!(webhook = %job.hook, "webhook switched to auto_disabled after repeated failures");
+        }
+        self.update_depth();
+        Ok(())
+    }
+
+    /// Fails `msg` (not in flight) with `reason`, unless it is done already.
+    fn fail_message(&self, msg: MessageId, reason: Reason, now: Timestamp) -> StoreResult<bool> {
+        self.hub.store.webhook_tx(|tx| {
+            let Some(mut m) = tx.message(&msg)? else {
+                return Ok(false);
+            };
+            if m.state != MessageState::Pending {
+                return Ok(false);
+            }
+            if let Some(id) = m.next_delivery
+                && let Some(mut d) = tx.delivery(&id)?
+            {
+                d.status = DeliveryStatus::Failed;
+                d.error = Some(reason.as_str().to_owned());
+                tx.put_delivery(&d)?;
+            }
+            m.state = MessageState::Failed;
+            m.failure_reason = Some(reason.as_str().to_owned());
+            m.finished_at = Some(now);
+            m.next_delivery = None;
+            tx.put_message(&m)?;
+            Ok(true)
+        })
+    }
+
+    fn count_failed(&self, reason: Reason, n: u64) {
+        let m = &self.hub.metrics;
+        match reason {
+            Reason::Disabled => m.webhook_failed_disabled.add(n),
+            Reason::AutoDisabled => m.webhook_failed_auto_disabled.add(n),
+            Reason::OutboxFull => m.webhook_failed_outbox_full.add(n),
+        }
+    }
+
+    /// Fails every queued message of a disabled hook.
+    fn fail_queued(&self, hook: &Webhook, reason: Reason, now: Timestamp) -> StoreResult<()> {
+        let queued = self.hub.outbox().take_queued(hook.id);
+        let mut failed = 0;
+        for (i, msg) in queued.iter().enumerate() {
+            match self.fail_message(*msg, reason, now) {
+                Ok(done) => failed += u64::from(done),
+                Err(e) => {
+                    let mut outbox = self.hub.outbox();
+                    for rest in &queued[i..] {
+                        outbox.add(hook.id, *rest, now);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if failed > 0 {
+            self.count_failed(reason, failed);
+            tracing::info!(webhook = %hook.id, failed, reason = reason.as_str(), "failed the pending messages of a disabled webhook");
+        }
+        Ok(())
+    }
+
+    /// Fails the oldest queued messages of the hooks with the most while the
+    /// outbox holds more than its capacity.
+    fn enforce_capacity(&self, now: Timestamp) -> StoreResult<()> {
+        let capacity = self.settings().outbox_capacity;
+        let victims = {
+            let mut outbox = self.hub.outbox();
+            let over = outbox.len().saturating_sub(capacity);
+            outbox.evict(over)
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let mut failed = 0;
+        for (i, (_, msg)) in victims.iter().enumerate() {
+            match self.fail_message(*msg, Reason::OutboxFull, now) {
+                Ok(done) => failed += u64::from(done),
+                Err(e) => {
+                    let mut outbox = self.hub.outbox();
+                    for (hook, rest) in &victims[i..] {
+                        outbox.add(*hook, *rest, now);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.count_failed(Reason::OutboxFull, failed);
+        tracing::warn!(
+            failed,
+            capacity,
+            "webhook outbox full: failed the oldest pending messages of the endpoints with the most (reason outbox_full)"
+        );
+        Ok(())
+    }
+
+    /// A hook was deleted: forgets its messages and removes what is left of
+    /// its records.
+    fn forget_deleted(&self, hook: WebhookId) -> StoreResult<()> {
+        self.hub.outbox().take_queued(hook);
+        while self.hub.store.purge_webhook_records(&hook, PURGE_BATCH)? > 0 {}
+        Ok(())
+    }
+
+    /// Removes finished messages and delivery records older than
+    /// `keep_messages_hours`.
+    fn prune(&self, now: Timestamp) -> StoreResult<()> {
+        let keep_ms = self.settings().keep_messages_hours as i64 * 3_600_000;
+        let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(keep_ms));
+        let mut removed = 0;
+        for hook in self.hub.store.webhook_ids()? {
+            removed += self
+                .hub
+                .store
+                .prune_webhook_records(&hook, cutoff, PRUNE_BATCH)?;
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "pruned old webhook messages and delivery records");
+        }
+        Ok(())
+    }
+
+    fn update_depth(&self) {
+        let depth = self.hub.depth() as u64;
+        self.hub.metrics.webhook_outbox_depth.set(depth);
+    }
+
+    /// Pending messages (for the drain report).
+    pub fn pending(&self) -> u64 {
+        self.hub.depth() as u64
+    }
+}
+
+/// The actor around `DeliveryCore`.
+pub struct DeliveryWorker {
+    core: DeliveryCore,
+    hub: Arc<WebhookHub>,
+    client: Option<awc::Client>,
+    status: Arc<WorkerStatus>,
+    stopping: bool,
+}
+
+impl DeliveryWorker {
+    /// Starts the worker on an arbiter of its own and connects it to the hub.
+    pub fn start(hub: Arc<WebhookHub>) -> WorkerHandle {
+        client::install_crypto_provider();
+        let status = WorkerStatus::new();
+        let (core, shared, worker_status) =
+            (DeliveryCore::new(hub.clone()), hub.clone(), status.clone());
+        let arbiter = Arbiter::new();
+        // Built on the arbiter's thread: the client it will hold is !Send.
+        let addr = DeliveryWorker::start_in_arbiter(&arbiter.handle(), move |_| DeliveryWorker {
+            core,
+            hub: shared,
+            client: None,
+            status: worker_status,
+            stopping: false,
+        });
+        hub.set_delivery(addr.clone().recipient());
+        WorkerHandle::new("webhook_delivery", Stage::Delivery, &addr, status)
+    }
+
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        match self.core.run_once(Timestamp::now()) {
+            Ok(jobs) => {
+                self.status.ran(true);
+                for job in jobs {
+                    self.send(job, ctx);
+                }
+            }
+            Err(e) => {
+                self.status.ran(false);
+                tracing::error!(worker = "webhook_delivery", error = %e, "delivery step failed; retrying");
+            }
+        }
+        self.status.set_depth(self.hub.depth() as u64);
+    }
+
+    fn send(&mut self, job: Job, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let settings = self.hub.settings.webhooks.clone();
+        let request = {
+            let job = job.clone();
+            async move { client::attempt(&client, &settings, &job).await }
+        };
+        ctx.spawn(request.into_actor(self).map(move |outcome, act, ctx| {
+            if let Err(e) = act.core.complete(&job, &outcome, Timestamp::now()) {
+                act.status.ran(false);
+                tracing::error!(worker = "webhook_delivery", error = %e, "could not record a delivery attempt; it will be made again");
+            }
+            // A slot is free: the next message may go now.
+            act.step(ctx);
+        }));
+    }
+}
+
+impl Actor for DeliveryWorker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // awc's client is !Send: it is made here, on the worker's thread.
+        self.client = Some(client::build(&self.hub.settings.webhooks));
+        let tick = Duration::from_millis(self.hub.settings.webhooks.poll_interval_ms);
+        ctx.run_interval(tick, |act, ctx| act.step(ctx));
+        ctx.notify(WakeDelivery);
+        self.status.set_ready(true);
+    }
+}
+
+impl Handler<WakeDelivery> for DeliveryWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: WakeDelivery, ctx: &mut Self::Context) {
+        self.step(ctx);
+    }
+}
+
+impl Handler<Drain> for DeliveryWorker {
+    type Result = DrainReport;
+
+    /// Stops taking messages. Attempts in flight are abandoned; their
+    /// messages stay pending in the store and are sent again after a
+    /// restart (at least once).
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> DrainReport {
+        self.stopping = true;
+        let left = self.core.pending();
+        ctx.stop();
+        DrainReport { left }
+    }
+}
+
+#[cfg(test)]
+mod tests;

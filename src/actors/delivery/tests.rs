@@ -1,0 +1,350 @@
+//! The delivery schedule driven by a chosen clock: no sleeping, no network.
+
+use super::*;
+use crate::actors::consumer::ConsumerWorker;
+use crate::actors::webhooks::{Webhooks, new_message, store_messages};
+use crate::config::Settings;
+use crate::domain::webhook::{EventType, Message, WebhookKey};
+use crate::domain::{ScanEvent, Timestamp};
+use crate::ids::{EventId, LinkId, WorkspaceId};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    hub: Arc<WebhookHub>,
+    core: DeliveryCore,
+    ws: WorkspaceId,
+}
+
+fn fixture(overrides: &[(&str, &str)]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 8).unwrap();
+    let env: Vec<(String, String)> = overrides
+        .iter()
+        .map(|(k, v)| (format!("SCANHOP__WEBHOOKS__{k}"), v.to_string()))
+        .collect();
+    let settings = Arc::new(Settings::load_with_env(None, env).unwrap());
+    let hub = WebhookHub::load(store.clone(), settings, Arc::new(Metrics::default())).unwrap();
+    Fixture {
+        _dir: dir,
+        core: DeliveryCore::new(hub.clone()),
+        store,
+        hub,
+        ws: WorkspaceId::generate(),
+    }
+}
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+/// The tests' "now": the real time at the first call (message IDs carry
+/// the real time, and pruning compares with it).
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| Timestamp::now().as_millis())
+}
+
+impl Fixture {
+    fn hook(&self) -> Webhook {
+        let hook = Webhook {
+            id: WebhookId::generate(),
+            workspace_id: self.ws,
+            name: None,
+            url: "https://hooks.example/x".into(),
+            events: vec![EventType::QrScanned, EventType::StepCompleted],
+            link_ids: None,
+            status: WebhookStatus::Active,
+            keys: vec![WebhookKey {
+                key: vec![7; 24],
+                expires_at: None,
+            }],
+            consecutive_failures: 0,
+            success_count: 0,
+            failure_count: 0,
+            last_sent_at: None,
+            last_delivered_at: None,
+            created_at: at(0),
+            updated_at: at(0),
+        };
+        self.store.insert_webhook(&hook).unwrap();
+        hook
+    }
+
+    fn messages(&self, hook: &Webhook, n: usize, now: Timestamp) -> Vec<MessageId> {
+        let new: Vec<_> = (0..n)
+            .map(|_| {
+                new_message(
+                    MessageId::generate(),
+                    hook,
+                    EventType::WebhookTest,
+                    b"{}".to_vec(),
+                    now,
+                )
+            })
+            .collect();
+        let written = store_messages(&self.store, &new, None).unwrap();
+        self.hub.queue(&written);
+        new.iter().map(|(m, _)| m.id).collect()
+    }
+
+    fn message(&self, id: &MessageId) -> Message {
+        self.store.webhook_message(id).unwrap().unwrap()
+    }
+
+    fn reload(&self, hook: &Webhook) -> Webhook {
+        self.store.webhook(&hook.id).unwrap().unwrap()
+    }
+
+    fn set_status(&self, hook: &Webhook, status: WebhookStatus) {
+        let mut h = self.reload(hook);
+        h.status = status;
+        self.store.webhook_tx(|tx| tx.put_hook(&h)).unwrap();
+    }
+}
+
+fn outcome(status: Option<u16>, started: i64) -> Outcome {
+    let error = match status {
+        Some(s) if (200..300).contains(&s) => None,
+        Some(_) => Some(ErrorClass::HttpStatus),
+        None => Some(ErrorClass::Timeout),
+    };
+    Outcome {
+        started_at: at(started),
+        duration_ms: 5,
+        status,
+        body: status.map(|s| format!("answer {s}")),
+        error,
+        retry_after_ms: None,
+        signatures: 1,
+    }
+}
+
+#[test]
+fn webhook_retry_schedule_is_at_once_then_exponential_with_jitter() {
+    let mut f = fixture(&[
+        ("RETRY_BASE_MS", "1000"),
+        ("RETRY_MAX_MS", "60000"),
+        ("MAX_ATTEMPTS", "3"),
+    ]);
+    let hook = f.hook();
+    let msg = f.messages(&hook, 1, at(t0()))[0];
+    // Attempt 1 at once.
+    let jobs = f.core.run_once(at(t0())).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].message, jobs[0].attempt), (msg, 1));
+    assert_eq!(jobs[0].keys, vec![vec![7; 24]]);
+    assert!(f.core.run_once(at(t0())).unwrap().is_empty(), "in flight");
+    f.core
+        .complete(&jobs[0], &outcome(Some(500), t0()), at(t0()))
+        .unwrap();
+    // Attempt 2 at once, with the same message ID.
+    let jobs = f.core.run_once(at(t0())).unwrap();
+    assert_eq!((jobs[0].message, jobs[0].attempt), (msg, 2));
+    f.core
+        .complete(&jobs[0], &outcome(None, t0()), at(t0() + 10))
+        .unwrap();
+    // Attempt 3 after retry_base_ms ±20%.
+    let due = f.message(&msg).next_attempt_at.as_millis() - (t0() + 10);
+    assert!((800..=1200).contains(&due), "{due}");
+    assert!(f.core.run_once(at(t0() + 10 + due - 1)).unwrap().is_empty());
+    let jobs = f.core.run_once(at(t0() + 10 + due)).unwrap();
+    assert_eq!((jobs[0].message, jobs[0].attempt), (msg, 3));
+    f.core
+        .complete(&jobs[0], &outcome(Some(502), t0() + 2000), at(t0() + 2000))
+        .unwrap();
+    // Used up: failed, visible with its reason; counted once on the hook.
+    let m = f.message(&msg);
+    assert_eq!(m.state, MessageState::Failed);
+    assert_eq!(m.failure_reason.as_deref(), Some("http_status"));
+    assert_eq!(m.attempts, 3);
+    let h = f.reload(&hook);
+    assert_eq!((h.consecutive_failures, h.failure_count), (1, 3));
+    assert_eq!(h.last_sent_at, Some(at(t0() + 2000)));
+    let log = f
+        .store
+        .list_webhook_deliveries(&hook.id, None, None, 10)
+        .unwrap()
+        .items;
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|d| d.status == DeliveryStatus::Failed));
+    assert_eq!(log.iter().map(|d| d.attempt).collect::<Vec<_>>(), [3, 2, 1]);
+    assert_eq!(log[1].error.as_deref(), Some("timeout"));
+    assert_eq!(log[0].response_status, Some(502));
+    assert_eq!(log[0].response_body.as_deref(), Some("answer 502"));
+    assert!(f.hub.outbox().is_empty());
+
+    // Later attempts double, stay within ±20% and under the cap; a
+    // Retry-After is honoured between d and 2d.
+    let s = &f.hub.settings.webhooks;
+    for (n, base) in [(4u32, 2000u64), (5, 4000), (6, 8000)] {
+        let d = retry_delay_ms(s, n, &msg, None);
+        assert!(base * 8 / 10 <= d && d <= base * 12 / 10, "{n}: {d}");
+        assert_eq!(d, retry_delay_ms(s, n, &msg, None), "the same every time");
+    }
+    assert!(retry_delay_ms(s, 30, &msg, None) <= 60_000);
+    assert_eq!(retry_delay_ms(s, 2, &msg, Some(50_000)), 0);
+    let d = retry_delay_ms(s, 3, &msg, None);
+    assert_eq!(retry_delay_ms(s, 3, &msg, Some(1)), d);
+    assert_eq!(retry_delay_ms(s, 3, &msg, Some(1_000_000)), 2 * d);
+}
+
+#[test]
+fn webhook_success_after_failures_resets_and_auto_disable_fails_the_rest() {
+    let mut f = fixture(&[("MAX_ATTEMPTS", "1"), ("AUTO_DISABLE_AFTER", "3")]);
+    let hook = f.hook();
+    let msgs = f.messages(&hook, 7, at(t0()));
+    let finish = |f: &mut Fixture, status: u16, t: i64| {
+        let jobs = f.core.run_once(at(t)).unwrap();
+        let job = jobs.into_iter().min_by_key(|j| j.message).unwrap();
+        f.core
+            .complete(&job, &outcome(Some(status), t), at(t))
+            .unwrap();
+        // Put the others back: only one attempt per call.
+        let mut outbox = f.hub.outbox();
+        for m in &msgs {
+            if f.store.webhook_message(m).unwrap().unwrap().state == MessageState::Pending {
+                outbox.done(hook.id, *m);
+                outbox.add(hook.id, *m, at(t));
+            }
+        }
+    };
+    finish(&mut f, 500, t0());
+    finish(&mut f, 500, t0() + 1);
+    assert_eq!(f.reload(&hook).consecutive_failures, 2);
+    finish(&mut f, 204, t0() + 2);
+    let h = f.reload(&hook);
+    assert_eq!((h.consecutive_failures, h.success_count), (0, 1));
+    assert_eq!(h.last_delivered_at, Some(at(t0() + 2)));
+    finish(&mut f, 500, t0() + 3);
+    finish(&mut f, 500, t0() + 4);
+    assert_eq!(f.reload(&hook).status, WebhookStatus::Active);
+    finish(&mut f, 410, t0() + 5);
+    assert_eq!(f.reload(&hook).status, WebhookStatus::AutoDisabled);
+    // The next step fails what is still pending, with a visible reason.
+    assert!(f.core.run_once(at(t0() + 6)).unwrap().is_empty());
+    let last = f.message(&msgs[6]);
+    assert_eq!(last.state, MessageState::Failed);
+    assert_eq!(
+        last.failure_reason.as_deref(),
+        Some("webhook_auto_disabled")
+    );
+    let failed = f
+        .store
+        .list_webhook_deliveries(&hook.id, Some(DeliveryStatus::Failed), None, 50)
+        .unwrap()
+        .items;
+    assert!(
+        failed
+            .iter()
+            .any(|d| d.message_id == msgs[6] && d.error.as_deref() == Some("webhook_auto_disabled"))
+    );
+    assert_eq!(f.hub.metrics.webhook_auto_disabled.get(), 1);
+    assert!(f.hub.outbox().is_empty());
+}
+
+#[test]
+fn webhook_paused_hooks_hold_disabled_hooks_fail_and_endpoints_have_their_own_limit() {
+    let mut f = fixture(&[("MAX_IN_FLIGHT_PER_ENDPOINT", "2"), ("MAX_IN_FLIGHT", "3")]);
+    let (busy, quiet) = (f.hook(), f.hook());
+    f.messages(&busy, 5, at(t0()));
+    let quiet_msg = f.messages(&quiet, 1, at(t0()))[0];
+    let jobs = f.core.run_once(at(t0())).unwrap();
+    let per_hook = |h: &Webhook| jobs.iter().filter(|j| j.hook == h.id).count();
+    assert_eq!((per_hook(&busy), per_hook(&quiet)), (2, 1));
+    for j in &jobs {
+        f.core
+            .complete(j, &outcome(Some(200), t0()), at(t0()))
+            .unwrap();
+    }
+    assert_eq!(f.message(&quiet_msg).state, MessageState::Succeeded);
+    // Paused: held, not failed; sent once active again.
+    f.set_status(&busy, WebhookStatus::Paused);
+    assert!(f.core.run_once(at(t0() + 1)).unwrap().is_empty());
+    assert_eq!(f.hub.outbox().pending_of(&busy.id), 3);
+    f.set_status(&busy, WebhookStatus::Active);
+    assert_eq!(f.core.run_once(at(t0() + 2)).unwrap().len(), 2);
+    // Disabled: what is queued fails (the two in flight finish normally).
+    f.set_status(&busy, WebhookStatus::Disabled);
+    assert!(f.core.run_once(at(t0() + 3)).unwrap().is_empty());
+    assert_eq!(f.hub.outbox().pending_of(&busy.id), 2);
+    assert_eq!(f.hub.metrics.webhook_failed_disabled.get(), 1);
+}
+
+#[test]
+fn webhook_outbox_over_capacity_fails_the_oldest_of_the_busiest_endpoint() {
+    let mut f = fixture(&[("OUTBOX_CAPACITY", "4")]);
+    let (busy, quiet) = (f.hook(), f.hook());
+    f.set_status(&busy, WebhookStatus::Paused);
+    f.set_status(&quiet, WebhookStatus::Paused);
+    let old = f.messages(&busy, 4, at(t0()));
+    let kept = f.messages(&quiet, 2, at(t0()));
+    f.core.run_once(at(t0())).unwrap();
+    assert_eq!(f.hub.outbox().len(), 4);
+    for m in &old[..2] {
+        let m = f.message(m);
+        assert_eq!(m.state, MessageState::Failed);
+        assert_eq!(m.failure_reason.as_deref(), Some("outbox_full"));
+    }
+    for m in old[2..].iter().chain(&kept) {
+        assert_eq!(f.message(m).state, MessageState::Pending);
+    }
+    assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 2);
+}
+
+#[test]
+fn webhook_messages_derived_again_after_a_crash_are_the_same_messages() {
+    let f = fixture(&[]);
+    let hook = f.hook();
+    let link = LinkId::generate();
+    let mut ids: Vec<EventId> = (0..6).map(|_| EventId::generate()).collect();
+    ids.sort();
+    let mut events: Vec<ScanEvent> = ids
+        .into_iter()
+        .map(|id| ScanEvent::sample(id, f.ws, link))
+        .collect();
+    events[1].bot = true;
+    f.store.commit_scans(&events).unwrap();
+    let settings = f.hub.settings.webhooks.consumer();
+    let mut w = ConsumerWorker::load(
+        Webhooks::new(f.hub.clone()),
+        f.store.clone(),
+        settings.clone(),
+    )
+    .unwrap();
+    while !w.run_once(at(t0())).unwrap() {}
+    w.checkpoint(at(t0() + 10_000)).unwrap();
+    let pending = f.store.pending_webhook_messages().unwrap();
+    // Five people, two types each; the bot makes none.
+    assert_eq!(pending.len(), 10);
+    assert_eq!(f.hub.outbox().len(), 10);
+    // A crash before the position was saved: the same events are derived
+    // again and overwrite nothing.
+    f.store
+        .save_consumer("webhooks", &crate::store::ConsumerRecord::default())
+        .unwrap();
+    let mut again =
+        ConsumerWorker::load(Webhooks::new(f.hub.clone()), f.store.clone(), settings).unwrap();
+    while !again.run_once(at(t0())).unwrap() {}
+    again.checkpoint(at(t0() + 20_000)).unwrap();
+    assert_eq!(f.store.pending_webhook_messages().unwrap().len(), 10);
+    assert_eq!(
+        f.store
+            .webhook_messages_since(&hook.id, at(0))
+            .unwrap()
+            .len(),
+        10
+    );
+    let first = &events[0];
+    let scanned = message_id_for(first, &hook, EventType::QrScanned);
+    let m = f.message(&scanned);
+    let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    assert_eq!(body["type"], "qr.scanned");
+    assert_eq!(body["data"]["scan_id"], first.id.to_string());
+}
+
+fn message_id_for(e: &ScanEvent, hook: &Webhook, ty: EventType) -> MessageId {
+    crate::domain::webhook::message_id(&e.id, &hook.id, ty)
+}

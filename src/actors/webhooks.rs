@@ -1,0 +1,668 @@
+//! The Webhooks worker: a consumer of committed events (`actors::consumer`)
+//! that derives the messages of every hook from scans after its durable
+//! position and writes them to the outbox (`store::webhooks`) together with
+//! that position, in one transaction. A message's ID comes from its event,
+//! hook and type, and it is only written when absent, so deriving the same
+//! events again after a crash never makes a second message.
+//!
+//! `WebhookHub` is what the worker, the API handlers and the delivery worker
+//! (`actors::delivery`) share: the store, the settings, and the in-memory
+//! schedule of pending messages (`Outbox`), loaded from the store at start
+//! and kept in step by everyone who writes a pending message.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker};
+use crate::config::Settings;
+use crate::domain::webhook::{
+    Delivery, DeliveryStatus, EventType, Message, MessageState, Trigger, Webhook, message_id,
+};
+use crate::domain::{EventView, Link, ScanEvent, Timestamp};
+use crate::ids::{DeliveryId, EventId, LinkId, MessageId, VisitorId, WebhookId, WorkspaceId};
+use crate::metrics::Metrics;
+use crate::store::{ConsumerRecord, PendingMessage, Store, StoreError, StoreResult};
+
+/// Ask the delivery worker to run a step now.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct WakeDelivery;
+
+/// The schedule of pending messages: per hook, the messages waiting for an
+/// attempt (by due time) and those in flight. A pending message is in
+/// exactly one of the two.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    hooks: HashMap<WebhookId, HookQueue>,
+}
+
+#[derive(Debug, Default)]
+struct HookQueue {
+    by_due: BTreeSet<(i64, MessageId)>,
+    due_of: BTreeMap<MessageId, i64>,
+    in_flight: HashSet<MessageId>,
+}
+
+impl HookQueue {
+    fn is_empty(&self) -> bool {
+        self.due_of.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+impl Outbox {
+    /// Queues `msg` for an attempt at `due` (moves it when queued already;
+    /// leaves it alone while in flight: the attempt's end decides).
+    pub fn add(&mut self, hook: WebhookId, msg: MessageId, due: Timestamp) {
+        let q = self.hooks.entry(hook).or_default();
+        if q.in_flight.contains(&msg) {
+            return;
+        }
+        if let Some(old) = q.due_of.insert(msg, due.as_millis()) {
+            q.by_due.remove(&(old, msg));
+        }
+        q.by_due.insert((due.as_millis(), msg));
+    }
+
+    /// Hooks with a message due at `now`, with their requests in flight.
+    pub fn due_hooks(&self, now: Timestamp) -> Vec<(WebhookId, usize)> {
+        let mut due: Vec<(WebhookId, usize, i64)> = self
+            .hooks
+            .iter()
+            .filter_map(|(h, q)| {
+                let (first, _) = q.by_due.first()?;
+                (*first <= now.as_millis()).then_some((*h, q.in_flight.len(), *first))
+            })
+            .collect();
+        // The longest waiting first, so a busy hook cannot starve the others
+        // of the global limit.
+        due.sort_by_key(|(h, _, first)| (*first, *h));
+        due.into_iter().map(|(h, n, _)| (h, n)).collect()
+    }
+
+    /// Takes up to `n` of `hook`'s messages due at `now` (earliest first)
+    /// and marks them in flight.
+    pub fn take_due(&mut self, hook: WebhookId, now: Timestamp, n: usize) -> Vec<MessageId> {
+        let Some(q) = self.hooks.get_mut(&hook) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while out.len() < n {
+            match q.by_due.first().copied() {
+                Some((due, msg)) if due <= now.as_millis() => {
+                    q.by_due.remove(&(due, msg));
+                    q.due_of.remove(&msg);
+                    q.in_flight.insert(msg);
+                    out.push(msg);
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Takes every queued (not in-flight) message of `hook`.
+    pub fn take_queued(&mut self, hook: WebhookId) -> Vec<MessageId> {
+        let Some(q) = self.hooks.get_mut(&hook) else {
+            return Vec::new();
+        };
+        q.by_due.clear();
+        let out: Vec<MessageId> = std::mem::take(&mut q.due_of).into_keys().collect();
+        if q.is_empty() {
+            self.hooks.remove(&hook);
+        }
+        out
+    }
+
+    /// An attempt of `msg` ended (or it was not sent after all).
+    pub fn done(&mut self, hook: WebhookId, msg: MessageId) {
+        if let Some(q) = self.hooks.get_mut(&hook) {
+            q.in_flight.remove(&msg);
+            if q.is_empty() {
+                self.hooks.remove(&hook);
+            }
+        }
+    }
+
+    /// Takes `n` queued messages to fail because the outbox is over its
+    /// capacity: each time the oldest of the hook with the most queued.
+    pub fn evict(&mut self, n: usize) -> Vec<(WebhookId, MessageId)> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let Some((&hook, q)) = self
+                .hooks
+                .iter_mut()
+                .filter(|(_, q)| !q.due_of.is_empty())
+                .max_by_key(|(h, q)| (q.due_of.len(), std::cmp::Reverse(**h)))
+            else {
+                break;
+            };
+            if let Some((msg, due)) = q.due_of.pop_first() {
+                q.by_due.remove(&(due, msg));
+                out.push((hook, msg));
+            }
+        }
+        self.hooks.retain(|_, q| !q.is_empty());
+        out
+    }
+
+    /// Pending messages: queued and in flight.
+    pub fn len(&self) -> usize {
+        self.hooks
+            .values()
+            .map(|q| q.due_of.len() + q.in_flight.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.hooks.values().map(|q| q.in_flight.len()).sum()
+    }
+
+    /// Queued and in-flight messages of one hook.
+    pub fn pending_of(&self, hook: &WebhookId) -> usize {
+        self.hooks
+            .get(hook)
+            .map_or(0, |q| q.due_of.len() + q.in_flight.len())
+    }
+}
+
+/// What the Webhooks worker, the API and the delivery worker share.
+pub struct WebhookHub {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    outbox: Mutex<Outbox>,
+    delivery: OnceLock<Recipient<WakeDelivery>>,
+    /// Held while a hook is created, so a plan's limit is never passed by
+    /// two requests at once.
+    pub create_lock: Mutex<()>,
+}
+
+impl WebhookHub {
+    /// Loads every pending message of the store into the schedule.
+    pub fn load(
+        store: Store,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+    ) -> StoreResult<Arc<WebhookHub>> {
+        let mut outbox = Outbox::default();
+        for p in store.pending_webhook_messages()? {
+            outbox.add(p.hook, p.message, p.due);
+        }
+        metrics.webhook_outbox_depth.set(outbox.len() as u64);
+        Ok(Arc::new(WebhookHub {
+            store,
+            settings,
+            metrics,
+            outbox: Mutex::new(outbox),
+            delivery: OnceLock::new(),
+            create_lock: Mutex::new(()),
+        }))
+    }
+
+    pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connects the delivery worker (once, at start).
+    pub fn set_delivery(&self, wake: Recipient<WakeDelivery>) {
+        let _ = self.delivery.set(wake);
+    }
+
+    /// Schedules messages just written as pending, and wakes the delivery.
+    pub fn queue(&self, pending: &[PendingMessage]) {
+        if pending.is_empty() {
+            return;
+        }
+        {
+            let mut outbox = self.outbox();
+            for p in pending {
+                outbox.add(p.hook, p.message, p.due);
+            }
+            self.metrics.webhook_outbox_depth.set(outbox.len() as u64);
+        }
+        self.wake();
+    }
+
+    /// Asks the delivery worker for a step now (a hook changed, say).
+    pub fn wake(&self) {
+        if let Some(d) = self.delivery.get() {
+            d.do_send(WakeDelivery);
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.outbox().len()
+    }
+
+    /// Active hooks of a workspace (for `GET /v1/metrics`).
+    pub fn active_count(&self, ws: &WorkspaceId) -> StoreResult<u64> {
+        Ok(self
+            .store
+            .webhooks_of(ws)?
+            .iter()
+            .filter(|h| h.status == crate::domain::webhook::WebhookStatus::Active)
+            .count() as u64)
+    }
+}
+
+/// A new pending message and the delivery record of its first attempt.
+pub fn new_message(
+    id: MessageId,
+    hook: &Webhook,
+    event_type: EventType,
+    body: Vec<u8>,
+    now: Timestamp,
+) -> (Message, Delivery) {
+    let delivery = Delivery {
+        id: DeliveryId::generate(),
+        message_id: id,
+        hook_id: hook.id,
+        event_type,
+        attempt: 1,
+        trigger: Trigger::Auto,
+        status: DeliveryStatus::Pending,
+        url: hook.url.clone(),
+        created_at: now,
+        scheduled_for: now,
+        attempted_at: None,
+        duration_ms: None,
+        response_status: None,
+        response_body: None,
+        error: None,
+        next_attempt_at: None,
+        signatures: 0,
+    };
+    let message = Message {
+        id,
+        hook_id: hook.id,
+        workspace_id: hook.workspace_id,
+        event_type,
+        body,
+        created_at: now,
+        state: MessageState::Pending,
+        attempts: 0,
+        round_attempts: 0,
+        trigger: Trigger::Auto,
+        next_attempt_at: now,
+        next_delivery: Some(delivery.id),
+        failure_reason: None,
+        finished_at: None,
+    };
+    (message, delivery)
+}
+
+/// Writes new messages (only those not stored yet) and, when given, a
+/// consumer's record, in one transaction; answers the messages written.
+pub fn store_messages(
+    store: &Store,
+    new: &[(Message, Delivery)],
+    consumer: Option<(&str, &ConsumerRecord)>,
+) -> StoreResult<Vec<PendingMessage>> {
+    store.webhook_tx(|tx| {
+        let mut written = Vec::new();
+        for (m, d) in new {
+            if tx.message(&m.id)?.is_none() {
+                tx.put_message(m)?;
+                tx.put_delivery(d)?;
+                written.push(PendingMessage {
+                    hook: m.hook_id,
+                    message: m.id,
+                    due: m.next_attempt_at,
+                });
+            }
+        }
+        if let Some((name, record)) = consumer {
+            tx.save_consumer(name, record)?;
+        }
+        Ok(written)
+    })
+}
+
+/// The body of every message: `{"type", "timestamp", "data"}`.
+#[derive(Serialize)]
+struct Envelope<D: Serialize> {
+    #[serde(rename = "type")]
+    event_type: EventType,
+    timestamp: Timestamp,
+    data: D,
+}
+
+/// The link of a scan as messages show it.
+#[derive(Serialize)]
+struct LinkData {
+    id: LinkId,
+    name: Option<String>,
+    slug: String,
+    short_url: String,
+    destination: String,
+    tags: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct VisitorData {
+    id: VisitorId,
+    attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct StepData {
+    kind: &'static str,
+    action: &'static str,
+    answers: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct ScanData {
+    event: EventView,
+    /// `null` when the link was deleted since.
+    link: Option<LinkData>,
+    /// `null` until the scan has a visitor.
+    visitor: Option<VisitorData>,
+    scan_id: EventId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<StepData>,
+}
+
+fn codec_error(e: serde_json::Error) -> StoreError {
+    StoreError::Codec(e.to_string())
+}
+
+/// The body of a `qr.scanned` or `step.completed` message about `event`;
+/// `attributes` are the visitor's as stored now, `answers` those of the
+/// scan's form step (`step.completed` of a link with a form), else the
+/// redirect ended the scan.
+pub fn scan_body(
+    event_type: EventType,
+    event: &ScanEvent,
+    link: Option<&Link>,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+    answers: Option<&serde_json::Map<String, serde_json::Value>>,
+    settings: &Settings,
+) -> StoreResult<Vec<u8>> {
+    let step = (event_type == EventType::StepCompleted).then(|| StepData {
+        kind: "exit",
+        action: if answers.is_some() {
+            "form"
+        } else {
+            "redirect"
+        },
+        answers: answers.cloned().unwrap_or_default(),
+    });
+    let envelope = Envelope {
+        event_type,
+        timestamp: Timestamp::from_millis(event.timestamp_ms()),
+        data: ScanData {
+            event: EventView::from(event.clone()),
+            link: link.map(|l| LinkData {
+                id: l.id,
+                name: l.name.clone(),
+                slug: l.slug.as_str().to_owned(),
+                short_url: settings.short_url(l.slug.as_str()),
+                destination: l.destination.as_str().to_owned(),
+                tags: l.tags.clone(),
+            }),
+            visitor: event.visitor_id.map(|id| VisitorData {
+                id,
+                attributes: attributes.clone(),
+            }),
+            scan_id: event.id,
+            step,
+        },
+    };
+    serde_json::to_vec(&envelope).map_err(codec_error)
+}
+
+/// The body of a `visitor.identified` message: the visitor with all its
+/// attributes, the attributes this call set, and the scan it came through.
+pub fn identified_body(
+    visitor: VisitorId,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+    set: &serde_json::Map<String, serde_json::Value>,
+    scan_id: EventId,
+    now: Timestamp,
+) -> StoreResult<Vec<u8>> {
+    #[derive(Serialize)]
+    struct IdentifiedData<'a> {
+        visitor: VisitorData,
+        attributes: &'a serde_json::Map<String, serde_json::Value>,
+        scan_id: EventId,
+    }
+    let envelope = Envelope {
+        event_type: EventType::VisitorIdentified,
+        timestamp: now,
+        data: IdentifiedData {
+            visitor: VisitorData {
+                id: visitor,
+                attributes: attributes.clone(),
+            },
+            attributes: set,
+            scan_id,
+        },
+    };
+    serde_json::to_vec(&envelope).map_err(codec_error)
+}
+
+/// Messages of type `ty` about `link` for every hook of `ws` that wants
+/// them now, each with the ID `id_for` gives it; written and scheduled.
+pub fn emit(
+    hub: &WebhookHub,
+    ws: &WorkspaceId,
+    ty: EventType,
+    link: &LinkId,
+    body: &[u8],
+    id_for: impl Fn(&Webhook) -> MessageId,
+    now: Timestamp,
+) -> StoreResult<usize> {
+    let store = &hub.store;
+    let new: Vec<(Message, Delivery)> = store
+        .webhooks_of(ws)?
+        .iter()
+        .filter(|h| h.wants(ty, link, now))
+        .map(|h| new_message(id_for(h), h, ty, body.to_vec(), now))
+        .collect();
+    if new.is_empty() {
+        return Ok(0);
+    }
+    let written = store_messages(store, &new, None)?;
+    hub.queue(&written);
+    Ok(written.len())
+}
+
+/// The visitor's attributes as stored (`{}` when none).
+pub fn stored_attributes(
+    store: &Store,
+    visitor: &VisitorId,
+) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
+    Ok(store
+        .visitor_attributes(visitor)?
+        .and_then(|a| serde_json::from_str(&a.json).ok())
+        .unwrap_or_default())
+}
+
+/// The body of a `webhook.test` message.
+pub fn test_body(hook: &Webhook, now: Timestamp) -> StoreResult<Vec<u8>> {
+    #[derive(Serialize)]
+    struct TestData {
+        webhook_id: WebhookId,
+    }
+    serde_json::to_vec(&Envelope {
+        event_type: EventType::WebhookTest,
+        timestamp: now,
+        data: TestData {
+            webhook_id: hook.id,
+        },
+    })
+    .map_err(codec_error)
+}
+
+/// The consumer: keeps the non-bot events it folded until the checkpoint,
+/// then derives their messages and stores them with its position.
+pub struct Webhooks {
+    hub: Arc<WebhookHub>,
+    events: Vec<ScanEvent>,
+}
+
+impl Webhooks {
+    pub fn new(hub: Arc<WebhookHub>) -> Webhooks {
+        Webhooks {
+            hub,
+            events: Vec::new(),
+        }
+    }
+
+    /// A starter for the app (see `actors::consumer`).
+    pub fn starter(hub: Arc<WebhookHub>) -> ConsumerStarter {
+        let settings = hub.settings.webhooks.consumer();
+        ConsumerWorker::starter(Webhooks::new(hub), settings)
+    }
+
+    /// The messages of the folded events, for the hooks as they are now.
+    fn derive(&self, store: &Store, now: Timestamp) -> StoreResult<Vec<(Message, Delivery)>> {
+        let mut hooks: HashMap<WorkspaceId, Vec<Webhook>> = HashMap::new();
+        let mut links: HashMap<LinkId, Option<Link>> = HashMap::new();
+        let mut attributes: HashMap<VisitorId, serde_json::Map<String, serde_json::Value>> =
+            HashMap::new();
+        let mut out = Vec::new();
+        for e in &self.events {
+            let ws_hooks = match hooks.entry(e.workspace_id) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(store.webhooks_of(&e.workspace_id)?),
+            };
+            let at = Timestamp::from_millis(e.timestamp_ms());
+            for hook in ws_hooks.iter() {
+                for ty in [EventType::QrScanned, EventType::StepCompleted] {
+                    if !hook.wants(ty, &e.link_id, at) {
+                        continue;
+                    }
+                    let link = match links.entry(e.link_id) {
+                        Entry::Occupied(o) => o.into_mut(),
+                        Entry::Vacant(v) => v.insert(store.link(&e.link_id)?),
+                    };
+                    // A link with a form step ends with the form: its
+                    // `step.completed` comes from the form's submission.
+                    if ty == EventType::StepCompleted
+                        && link.as_ref().is_some_and(|l| l.form.is_some())
+                    {
+                        continue;
+                    }
+                    let attrs = match e.visitor_id {
+                        Some(v) => match attributes.entry(v) {
+                            Entry::Occupied(o) => o.into_mut().clone(),
+                            Entry::Vacant(slot) => {
+                                slot.insert(stored_attributes(store, &v)?).clone()
+                            }
+                        },
+                        None => serde_json::Map::new(),
+                    };
+                    let body = scan_body(ty, e, link.as_ref(), &attrs, None, &self.hub.settings)?;
+                    out.push(new_message(
+                        message_id(&e.id, &hook.id, ty),
+                        hook,
+                        ty,
+                        body,
+                        now,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Consumer for Webhooks {
+    const NAME: &'static str = "webhooks";
+    type State = ();
+
+    fn apply(&mut self, _: &mut (), events: &[ScanEvent]) {
+        self.events
+            .extend(events.iter().filter(|e| !e.bot).cloned());
+    }
+
+    /// Derives the folded events' messages and writes them, with the
+    /// consumer's record, in one transaction; then schedules them.
+    fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
+        let new = self.derive(store, Timestamp::now())?;
+        let written = store_messages(store, &new, Some((Self::NAME, record)))?;
+        self.events.clear();
+        self.hub.queue(&written);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::LinkId;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn webhook_outbox_takes_due_messages_per_hook_and_evicts_the_busiest_hooks_oldest() {
+        let mut o = Outbox::default();
+        let (a, b) = (WebhookId::generate(), WebhookId::generate());
+        let ids: Vec<MessageId> = (0..5).map(|_| MessageId::generate()).collect();
+        o.add(a, ids[0], at(10));
+        o.add(a, ids[1], at(5));
+        o.add(a, ids[2], at(100));
+        o.add(b, ids[3], at(1));
+        assert_eq!(o.len(), 4);
+        assert_eq!(o.due_hooks(at(0)), vec![]);
+        assert_eq!(o.due_hooks(at(10)), vec![(b, 0), (a, 0)]);
+        assert_eq!(o.take_due(a, at(10), 5), vec![ids[1], ids[0]]);
+        assert_eq!(o.due_hooks(at(10)), vec![(b, 0)]);
+        assert_eq!(o.in_flight(), 2);
+        // In flight: a new schedule waits for the attempt's end.
+        o.add(a, ids[0], at(1));
+        assert_eq!(o.take_due(a, at(10), 5), vec![]);
+        o.done(a, ids[0]);
+        o.done(a, ids[1]);
+        assert_eq!(o.len(), 2);
+        o.add(b, ids[4], at(1));
+        // b has two queued, a one: b's oldest goes first, then a tie is
+        // broken the same way every time.
+        assert_eq!(o.evict(1), vec![(b, ids[3])]);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.take_queued(a), vec![ids[2]]);
+        assert_eq!(o.pending_of(&b), 1);
+    }
+
+    #[test]
+    fn webhook_bodies_follow_the_contract() {
+        let settings = Settings::load_with_env(None, Vec::new()).unwrap();
+        let (ws, link_id) = (WorkspaceId::generate(), LinkId::generate());
+        let event = ScanEvent::sample(EventId::generate(), ws, link_id);
+        let none = serde_json::Map::new();
+        let body = scan_body(
+            EventType::StepCompleted,
+            &event,
+            None,
+            &none,
+            None,
+            &settings,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "step.completed");
+        assert_eq!(v["data"]["scan_id"], event.id.to_string());
+        assert_eq!(v["data"]["event"]["id"], event.id.to_string());
+        assert_eq!(v["data"]["link"], serde_json::Value::Null);
+        assert_eq!(v["data"]["visitor"], serde_json::Value::Null);
+        assert_eq!(v["data"]["step"]["action"], "redirect");
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["type", "timestamp", "data"]);
+        let scanned =
+            scan_body(EventType::QrScanned, &event, None, &none, None, &settings).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&scanned).unwrap();
+        assert!(v["data"].get("step").is_none());
+    }
+}
