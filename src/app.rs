@@ -134,6 +134,7 @@ impl Application {
             &metrics,
         );
         let page_tokens = PageTokenKey::new(&store.secret(PageTokenKey::SECRET_NAME)?);
+        let store_for_key: [u8; 32] = store.secret(http::form::TOKEN_KEY_NAME)?;
         let openapi = http::openapi::document();
         let state = web::Data::new(AppState {
             clock: Clock::default(),
@@ -153,6 +154,7 @@ impl Application {
             draining: Arc::new(AtomicBool::new(false)),
             limits,
             page_tokens,
+            form_key: store_for_key,
             openapi_json: serde_json::to_string(&openapi).unwrap_or_default(),
             docs_html: http::docs_page::render(&serde_json::to_value(&openapi).unwrap_or_default()),
             allow: http::allow::AllowTable::from_document(&openapi),

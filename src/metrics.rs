@@ -8,6 +8,34 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct Counter(AtomicU64);
 
+/// Refused form submissions, by reason.
+#[derive(Default)]
+pub struct FormRefusals([Counter; 6]);
+
+impl FormRefusals {
+    pub const REASONS: [&'static str; 6] = [
+        "invalid",
+        "unknown_scan",
+        "bad_token",
+        "replay",
+        "too_large",
+        "malformed",
+    ];
+
+    pub fn add(&self, reason: &str) {
+        if let Some(i) = Self::REASONS.iter().position(|r| *r == reason) {
+            self.0[i].inc();
+        }
+    }
+
+    pub fn get(&self, reason: &str) -> u64 {
+        Self::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.0[i].get())
+    }
+}
+
 impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
@@ -83,6 +111,10 @@ impl Histogram {
 #[derive(Default)]
 pub struct Metrics {
     pub redirects: Counter,
+    /// Form pages shown (scans of links with a form step).
+    pub form_views: Counter,
+    pub form_completions: Counter,
+    pub form_refusals: FormRefusals,
     pub redirect_seconds: Histogram,
     pub orphan_scans: Counter,
     pub scans_recorded: Counter,
@@ -162,6 +194,36 @@ impl Metrics {
             "Redirects refused by the optional per-client-IP limit.",
             counter,
             &[("", self.redirects_rate_limited.get())],
+        );
+        family(
+            o,
+            "scanhop_form_views_total",
+            "Form step pages shown (scans of links with a form).",
+            counter,
+            &[("", self.form_views.get())],
+        );
+        family(
+            o,
+            "scanhop_form_completions_total",
+            "Form steps completed (answers stored, redirected to the destination).",
+            counter,
+            &[("", self.form_completions.get())],
+        );
+        let labels: Vec<String> = FormRefusals::REASONS
+            .iter()
+            .map(|r| format!("reason=\"{r}\""))
+            .collect();
+        let refusals: Vec<(&str, u64)> = FormRefusals::REASONS
+            .iter()
+            .zip(&labels)
+            .map(|(r, l)| (l.as_str(), self.form_refusals.get(r)))
+            .collect();
+        family(
+            o,
+            "scanhop_form_refusals_total",
+            "Form submissions refused, by reason; nothing of them is stored.",
+            counter,
+            &refusals,
         );
         family(
             o,

@@ -13,7 +13,9 @@ pub mod webhook;
 pub mod workspace;
 
 pub use event::{DeviceType, EventView, ScanEvent, ScanMethod};
-pub use link::{Destination, Form, FormField, Link, LinkPatch, LinkStatus, NewLink, Slug};
+pub use link::{
+    Destination, Form, FormField, FormFieldType, Link, LinkPatch, LinkStatus, NewLink, Slug,
+};
 pub use time::Timestamp;
 pub use token::{Token, TokenSecret, TokenType};
 pub use workspace::{Workspace, WorkspacePatch};

@@ -15,6 +15,8 @@ use crate::http::error::{ApiError, ErrorCode};
 
 /// `Allow` of the redirect's path, `/{slug}`.
 pub const SLUG: &str = "GET, HEAD";
+/// `Allow` of a form step's submission, `/{slug}/form`.
+pub const FORM: &str = "POST";
 /// `Allow` of the operations endpoints.
 pub const OPERATIONS: &str = "GET";
 

@@ -71,11 +71,7 @@ pub fn render(
         let _ = write!(
             body,
             "<p class=\"summary\" role=\"alert\">Please correct the {} marked below.</p>",
-            if errors.len() == 1 {
-                "field"
-            } else {
-                "fields"
-            }
+            if errors.len() == 1 { "field" } else { "fields" }
         );
     }
     let _ = write!(
@@ -107,7 +103,10 @@ pub fn render(
             attrs.push_str(" required aria-required=\"true\"");
         }
         if error.is_some() {
-            let _ = write!(attrs, " aria-invalid=\"true\" aria-describedby=\"{id}-error\"");
+            let _ = write!(
+                attrs,
+                " aria-invalid=\"true\" aria-describedby=\"{id}-error\""
+            );
         }
         match input_type(f.field_type) {
             Some((ty, hints)) => {
@@ -151,10 +150,9 @@ pub fn check(t: FormFieldType, required: bool, value: &str) -> Option<String> {
     if value.chars().count() > max {
         return Some(format!("At most {max} characters, please."));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && !(t == FormFieldType::Textarea && (c == '\n' || c == '\r' || c == '\t')))
-    {
+    if value.chars().any(|c| {
+        c.is_control() && !(t == FormFieldType::Textarea && (c == '\n' || c == '\r' || c == '\t'))
+    }) {
         return Some("This contains characters that cannot be used here.".to_owned());
     }
     match t {
@@ -184,6 +182,7 @@ fn is_email(s: &str) -> bool {
     };
     !local.is_empty()
         && local.len() <= 64
+        && !local.contains('@')
         && !s.chars().any(char::is_whitespace)
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -196,14 +195,16 @@ fn is_email(s: &str) -> bool {
 fn is_phone(s: &str) -> bool {
     let digits = s.chars().filter(char::is_ascii_digit).count();
     (3..=20).contains(&digits)
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_digit() || " +()-./".contains(c))
 }
 
 /// A number answer: finite, `.` or `,` as the decimal separator.
 pub fn parse_number(s: &str) -> Option<f64> {
-    s.replace(',', ".").parse::<f64>().ok().filter(|n| n.is_finite())
+    s.replace(',', ".")
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod body;
 pub mod docs_page;
 pub mod error;
+pub mod form;
+pub mod form_page;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;
@@ -61,6 +63,8 @@ pub struct AppState {
     /// `/docs`: the same document as one HTML page, rendered once at start.
     pub docs_html: String,
     pub limits: Arc<ratelimit::RateLimits>,
+    /// Makes and checks the form step's per-scan tokens.
+    pub form_key: [u8; 32],
     /// Signs and checks page tokens.
     pub page_tokens: pagination::PageTokenKey,
     /// The methods of each documented path, for `405` answers under `/v1`.

@@ -17,12 +17,20 @@ use crate::actors::registry::Device;
 use crate::domain::{Link, ScanMethod, Timestamp};
 use crate::enrich::ScanRequest;
 use crate::enrich::client_ip::Client;
+use crate::ids::EventId;
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-downgrade");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::resource("/{slug}/form")
+            .route(web::post().to(super::form::submit))
+            .default_service(web::to(|req: HttpRequest| async move {
+                super::allow::method_not_allowed(&req, super::allow::FORM)
+            })),
+    )
+    .service(
         web::resource("/{slug}")
             .route(web::get().to(scan))
             .route(web::head().to(scan))
@@ -65,11 +73,23 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let status =
         StatusCode::from_u16(state.settings.server.redirect_status).unwrap_or(StatusCode::FOUND);
     if is_head {
+        if link.form.is_some() {
+            return super::form::head();
+        }
         return redirect(status, link.destination.as_str());
     }
-    let location = match record(&req, &state, &link, client.address(), now).await {
-        Ok(location) => location,
+    let scan_id = match record(&req, &state, &link, client.address(), now).await {
+        Ok(id) => id,
         Err(resp) => return resp,
+    };
+    if let (Some(form), Some(id)) = (&link.form, scan_id) {
+        // The form step: the scan is recorded; the destination comes after
+        // the form is submitted (`form::submit`).
+        return super::form::show(&state, &link, form, id);
+    }
+    let location = match scan_id {
+        Some(id) if link.conversion_tracking => link.destination.with_scan_id(&id.to_string()),
+        _ => link.destination.as_str().to_owned(),
     };
     state.metrics.redirects.inc();
     state.metrics.redirect_seconds.observe(started.elapsed());
@@ -88,14 +108,15 @@ fn over_client_limit(state: &AppState, client: Client) -> Option<u64> {
         .and_then(|d| d.retry_after)
 }
 
-/// Records the scan; answers the `Location` to send, or the error response.
+/// Records the scan; answers its ID (`None`: dropped by the overflow
+/// policy), or the error response.
 async fn record(
     req: &HttpRequest,
     state: &AppState,
     link: &Link,
     client_ip: Option<IpAddr>,
     now: Timestamp,
-) -> Result<String, HttpResponse> {
+) -> Result<Option<EventId>, HttpResponse> {
     let scan = ScanRequest {
         client_ip,
         user_agent: header_str(req, header::USER_AGENT),
@@ -125,10 +146,8 @@ async fn record(
         }
     }
     match state.recorder.record(event).await {
-        Ok(RecordOutcome::Recorded(id)) if link.conversion_tracking => {
-            Ok(link.destination.with_scan_id(&id.to_string()))
-        }
-        Ok(_) => Ok(link.destination.as_str().to_owned()),
+        Ok(RecordOutcome::Recorded(id)) => Ok(Some(id)),
+        Ok(RecordOutcome::Dropped) => Ok(None),
         Err(e) => {
             state.metrics.scans_dropped_unavailable.inc();
             tracing::warn!(error = %e, "scan not recorded; answering 503");
@@ -140,7 +159,7 @@ async fn record(
     }
 }
 
-fn redirect(status: StatusCode, location: &str) -> HttpResponse {
+pub(super) fn redirect(status: StatusCode, location: &str) -> HttpResponse {
     let mut resp = HttpResponse::build(status);
     if let Ok(value) = HeaderValue::from_str(location) {
         resp.insert_header((header::LOCATION, value));
@@ -151,7 +170,7 @@ fn redirect(status: StatusCode, location: &str) -> HttpResponse {
 }
 
 /// A small HTML page, or problem+json when the client asks for JSON.
-fn page(req: &HttpRequest, code: ErrorCode, message: &str) -> HttpResponse {
+pub(super) fn page(req: &HttpRequest, code: ErrorCode, message: &str) -> HttpResponse {
     let wants_json = header_str(req, header::ACCEPT).is_some_and(|a| a.contains("json"));
     if wants_json {
         let mut resp = ApiError::new(code, message).error_response();

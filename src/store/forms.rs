@@ -75,7 +75,10 @@ impl Store {
                     return Ok(FormWrite::AlreadyCompleted);
                 }
                 completions.insert(c.scan_id.as_bytes(), encoded.as_slice())?;
-                let n = counters.get(counter)?.map(|v| decode_count(&v)).unwrap_or(0);
+                let n = counters
+                    .get(counter)?
+                    .map(|v| decode_count(&v))
+                    .unwrap_or(0);
                 counters.insert(&counter[..], &(n + 1).to_be_bytes())?;
                 if let Some(v) = &c.visitor_id {
                     let stored = attributes

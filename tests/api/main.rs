@@ -14,6 +14,7 @@ mod durability;
 mod enrichment;
 mod events;
 mod export;
+mod forms;
 mod links;
 mod logs;
 mod malformed;

@@ -21,7 +21,7 @@ use crate::helpers::{BinaryServer, IPHONE_UA, TestApp, spawn_app_with};
 
 /// What the in-process tests run with: receivers on 127.0.0.1 allowed,
 /// quick checkpoints, steps and retries, no plan limit.
-const FAST: &[(&str, &str)] = &[
+pub(crate) const FAST: &[(&str, &str)] = &[
     ("SCANHOP__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
     ("SCANHOP__WEBHOOKS__CHECKPOINT_INTERVAL_MS", "50"),
     ("SCANHOP__WEBHOOKS__POLL_INTERVAL_MS", "20"),
@@ -40,20 +40,20 @@ const BOT_UA: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     path: String,
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
 }
 
 impl Received {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers.get(name).map(String::as_str).unwrap_or("")
     }
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         self.header("webhook-id")
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 }
@@ -74,7 +74,7 @@ struct ReceiverState {
     otherwise: Mutex<Option<u16>>,
 }
 
-struct Receiver {
+pub(crate) struct Receiver {
     port: u16,
     state: Arc<ReceiverState>,
     handle: actix_web::dev::ServerHandle,
@@ -115,7 +115,7 @@ async fn receive(
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         Self::on(TcpListener::bind("127.0.0.1:0").unwrap())
     }
 
@@ -142,7 +142,7 @@ impl Receiver {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
@@ -154,12 +154,12 @@ impl Receiver {
         *self.state.otherwise.lock().unwrap() = Some(status);
     }
 
-    fn log(&self) -> Vec<Received> {
+    pub(crate) fn log(&self) -> Vec<Received> {
         self.state.log.lock().unwrap().clone()
     }
 
     /// Waits (up to 15 s) until the receiver has `n` requests on `/hook`.
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let got: Vec<Received> = self
@@ -190,7 +190,7 @@ impl Drop for Receiver {
 /// The receiver's own Standard Webhooks verification: the key is the base64
 /// after `whsec_`; the signed content is `{id}.{timestamp}.{body}`; any
 /// `v1,` entry may match; the timestamp must be within 5 minutes.
-fn verifies(secret: &str, r: &Received) -> bool {
+pub(crate) fn verifies(secret: &str, r: &Received) -> bool {
     let Some(b64) = secret.strip_prefix("whsec_") else {
         return false;
     };
@@ -252,7 +252,7 @@ async fn create_hook(app: &TestApp, body: Value) -> Value {
     r.json()
 }
 
-async fn hook_with(app: &TestApp, rx: &Receiver, events: &[&str]) -> (String, String) {
+pub(crate) async fn hook_with(app: &TestApp, rx: &Receiver, events: &[&str]) -> (String, String) {
     let hook = create_hook(
         app,
         json!({"url": rx.url(), "events": events, "name": "CRM"}),

@@ -74,6 +74,35 @@ pub struct ScanSummary {
     pub top_browsers: Vec<ValueCount>,
     /// Referer hosts.
     pub top_referers: Vec<ValueCount>,
+    /// The link's form step (`null` for a link without a form), lifetime.
+    pub form: Option<FormStats>,
+}
+
+/// How a link's form step converts, over the link's lifetime.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FormStats {
+    /// Scans that were shown the form: the link's `total_scans` (bots
+    /// excluded; scans from before the form was added count too).
+    pub views: u64,
+    /// Forms submitted with valid answers (once per scan).
+    pub completions: u64,
+    /// `completions / views`, 0 to 1 (0 without views).
+    pub completion_rate: f64,
+}
+
+impl FormStats {
+    pub fn new(views: u64, completions: u64) -> FormStats {
+        let rate = if views == 0 {
+            0.0
+        } else {
+            (completions as f64 / views as f64).min(1.0)
+        };
+        FormStats {
+            views,
+            completions,
+            completion_rate: (rate * 10_000.0).round() / 10_000.0,
+        }
+    }
 }
 
 fn top(counts: &Counts, cap: usize) -> Vec<ValueCount> {
@@ -143,6 +172,7 @@ pub fn summarize(
         top_os: top(&period.os, TOP_OTHERS),
         top_browsers: top(&period.browsers, TOP_OTHERS),
         top_referers: top(&period.referers, TOP_OTHERS),
+        form: None,
     })
 }
 
@@ -161,7 +191,13 @@ async fn link_scans(
     let days = parse_days(&q.days)?;
     let today = today(&state, &caller, Timestamp::now())?;
     let total = state.store.link_total_scans(&link.id)?;
-    let summary = summarize(&state.counters, &link, total, today, days)?;
+    let mut summary = summarize(&state.counters, &link, total, today, days)?;
+    if link.form.is_some() {
+        summary.form = Some(FormStats::new(
+            total,
+            state.store.form_completions(&link.id)?,
+        ));
+    }
     Ok(HttpResponse::Ok().json(summary))
 }
 
