@@ -255,16 +255,7 @@ fn for_each_stored_event(
     let Some(position) = position else {
         return Ok(());
     };
-    let query = EventQuery {
-        workspace_id: *ws,
-        index: EventIndex::Workspace,
-        from_ms: None,
-        to_ms: None,
-        tag: None,
-        country: None,
-        device_type: None,
-        include_bots: false,
-    };
+    let query = EventQuery::all(*ws, EventIndex::Workspace);
     let mut cursor: Option<Vec<u8>> = None;
     loop {
         let page = store.list_events(&query, cursor.as_deref(), REBUCKET_PAGE)?;

@@ -164,6 +164,25 @@ fn attribute(t: FormFieldType, answer: &str) -> Value {
     Value::String(answer[..end].to_owned())
 }
 
+/// The value of a store call run on the blocking pool; `None` (logged as
+/// `what`) when it failed, and the person is asked to retry (`retry`).
+fn stored<T>(
+    what: &str,
+    r: Result<crate::store::StoreResult<T>, actix_web::error::BlockingError>,
+) -> Option<T> {
+    let error = match r {
+        Ok(Ok(v)) => return Some(v),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(error = %error, "{what}");
+    None
+}
+
+fn retry(req: &HttpRequest) -> HttpResponse {
+    page(req, ErrorCode::Unavailable, "Please try again in a moment.")
+}
+
 /// `POST /{slug}/form`.
 pub async fn submit(
     req: HttpRequest,
@@ -238,9 +257,9 @@ pub async fn submit(
         let store = state.store.clone();
         found = web::block(move || store.event(&scan_id)).await;
     }
-    let event = match found {
-        Ok(Ok(Some(e))) if e.link_id == link.id => e,
-        Ok(Ok(_)) => {
+    let event = match stored("cannot read a form's scan", found) {
+        Some(Some(e)) if e.link_id == link.id => e,
+        Some(_) => {
             return refuse(
                 &state,
                 &req,
@@ -249,22 +268,7 @@ pub async fn submit(
                 "This scan is unknown; scan the code again.",
             );
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read a form's scan");
-            return page(
-                &req,
-                ErrorCode::Unavailable,
-                "Please try again in a moment.",
-            );
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read a form's scan");
-            return page(
-                &req,
-                ErrorCode::Unavailable,
-                "Please try again in a moment.",
-            );
-        }
+        None => return retry(&req),
     };
     let token_ok = sent
         .get("token")
@@ -348,9 +352,9 @@ pub async fn submit(
         })
     })
     .await;
-    match written {
-        Ok(Ok(FormWrite::Completed)) => {}
-        Ok(Ok(FormWrite::AlreadyCompleted)) => {
+    match stored("cannot store a form's answers", written) {
+        Some(FormWrite::Completed) => {}
+        Some(FormWrite::AlreadyCompleted) => {
             return refuse(
                 &state,
                 &req,
@@ -359,22 +363,7 @@ pub async fn submit(
                 "This form was already sent. Thank you!",
             );
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot store a form's answers");
-            return page(
-                &req,
-                ErrorCode::Unavailable,
-                "Please try again in a moment.",
-            );
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store a form's answers");
-            return page(
-                &req,
-                ErrorCode::Unavailable,
-                "Please try again in a moment.",
-            );
-        }
+        None => return retry(&req),
     }
     state.metrics.form_completions.inc();
     announce(&state, &link, &event, &answers, now);

@@ -44,6 +44,22 @@ pub struct EventQuery {
     pub include_bots: bool,
 }
 
+impl EventQuery {
+    /// Every non-bot event of `index` in workspace `ws`: no bounds, no filter.
+    pub fn all(ws: WorkspaceId, index: EventIndex) -> EventQuery {
+        EventQuery {
+            workspace_id: ws,
+            index,
+            from_ms: None,
+            to_ms: None,
+            tag: None,
+            country: None,
+            device_type: None,
+            include_bots: false,
+        }
+    }
+}
+
 /// Positions of each owner's events in one batch, keyed by index key.
 fn group<K: IdKind>(
     events: &[ScanEvent],

@@ -379,16 +379,7 @@ async fn get_visitor(
         return Ok(resp);
     }
     let profile = find_visitor(&state, &caller, &id)?;
-    let query = EventQuery {
-        workspace_id: caller.0.workspace_id,
-        index: EventIndex::Visitor(profile.id),
-        from_ms: None,
-        to_ms: None,
-        tag: None,
-        country: None,
-        device_type: None,
-        include_bots: false,
-    };
+    let query = EventQuery::all(caller.0.workspace_id, EventIndex::Visitor(profile.id));
     let store = state.store.clone();
     let recent = web::block(move || store.list_events(&query, None, RECENT_EVENTS))
         .await
