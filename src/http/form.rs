@@ -42,25 +42,26 @@ const CSP: HeaderValue = HeaderValue::from_static(
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
 );
 
-/// The token of scan `scan_id`.
-pub fn token(key: &[u8; 32], scan_id: &EventId) -> String {
+/// The MAC behind the token of scan `scan_id`.
+fn token_mac(key: &[u8; 32], scan_id: &EventId) -> hmac::Hmac<Sha256> {
     let mut mac =
         <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(b"form-step\0");
     mac.update(scan_id.as_bytes());
-    URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
+    mac
 }
 
+/// The token of scan `scan_id`: the MAC's first 128 bits.
+pub fn token(key: &[u8; 32], scan_id: &EventId) -> String {
+    URL_SAFE_NO_PAD.encode(&token_mac(key, scan_id).finalize().into_bytes()[..16])
+}
+
+/// Whether `sent` is the token of scan `scan_id`, compared in constant time.
 fn token_matches(key: &[u8; 32], scan_id: &EventId, sent: &str) -> bool {
-    let mut mac =
-        <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(b"form-step\0");
-    mac.update(scan_id.as_bytes());
     let Ok(sent) = URL_SAFE_NO_PAD.decode(sent) else {
         return false;
     };
-    // Constant time.
-    mac.verify_truncated_left(&sent).is_ok() && sent.len() == 16
+    sent.len() == 16 && token_mac(key, scan_id).verify_truncated_left(&sent).is_ok()
 }
 
 fn html(status: StatusCode, body: String) -> HttpResponse {

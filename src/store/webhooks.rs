@@ -408,67 +408,54 @@ impl Store {
     ) -> StoreResult<usize> {
         let bound = keys::pair_raw(id, &MessageId::lower_bound_bytes(cutoff.as_millis()));
         let start = keys::pair_raw(id, &[0; 16]);
-        let mut removed = 0;
-        let old: Vec<sled::IVec> = self
-            .inner
-            .webhook_messages_by_hook
-            .range(start..bound)
-            .keys()
-            .take(max)
-            .collect::<Result<_, _>>()?;
-        for key in old {
-            let Some(msg) = keys::pair_suffix::<MessageKind>(&key) else {
-                continue;
-            };
-            let t = &self.inner;
-            let done = (&t.webhook_messages, &t.webhook_messages_by_hook).transaction(
-                |(m, by_hook)| {
-                    let finished = match m.get(msg.as_bytes())? {
-                        Some(v) => {
-                            codec::decode::<Message>(&v).map_err(abort)?.state
-                                != MessageState::Pending
-                        }
-                        None => true,
-                    };
-                    if finished {
-                        m.remove(&msg.as_bytes()[..])?;
-                        by_hook.remove(&key)?;
-                    }
-                    Ok::<_, TxError>(finished)
-                },
-            )?;
-            removed += usize::from(done);
-        }
-        let old: Vec<sled::IVec> = self
-            .inner
-            .webhook_deliveries_by_hook
-            .range(start..bound)
-            .keys()
-            .take(max)
-            .collect::<Result<_, _>>()?;
-        for key in old {
-            let Some(d) = keys::pair_suffix::<DeliveryKind>(&key) else {
-                continue;
-            };
-            let t = &self.inner;
-            let done = (&t.webhook_deliveries, &t.webhook_deliveries_by_hook).transaction(
-                |(dt, idx)| {
-                    let finished = match dt.get(d.as_bytes())? {
-                        Some(v) => {
-                            codec::decode::<Delivery>(&v).map_err(abort)?.status
-                                != DeliveryStatus::Pending
-                        }
-                        None => true,
-                    };
-                    if finished {
-                        dt.remove(&d.as_bytes()[..])?;
-                        idx.remove(&key)?;
-                    }
-                    Ok::<_, TxError>(finished)
-                },
-            )?;
-            removed += usize::from(done);
-        }
-        Ok(removed)
+        let t = &self.inner;
+        let messages = prune_finished(
+            (&t.webhook_messages, &t.webhook_messages_by_hook),
+            start..bound,
+            max,
+            |v| Ok(codec::decode::<Message>(v)?.state != MessageState::Pending),
+        )?;
+        let deliveries = prune_finished(
+            (&t.webhook_deliveries, &t.webhook_deliveries_by_hook),
+            start..bound,
+            max,
+            |v| Ok(codec::decode::<Delivery>(v)?.status != DeliveryStatus::Pending),
+        )?;
+        Ok(messages + deliveries)
     }
+}
+
+/// Removes up to `max` records whose index keys (owner ++ record ID) fall in
+/// `range`, each with its index entry in one transaction, when `finished`
+/// says so of the stored record (or it is gone); answers how many.
+fn prune_finished(
+    (records, index): (&sled::Tree, &sled::Tree),
+    range: std::ops::Range<[u8; 32]>,
+    max: usize,
+    finished: impl Fn(&[u8]) -> StoreResult<bool>,
+) -> StoreResult<usize> {
+    let old: Vec<sled::IVec> = index
+        .range(range)
+        .keys()
+        .take(max)
+        .collect::<Result<_, _>>()?;
+    let mut removed = 0;
+    for key in old {
+        let Some(id) = key.get(16..32) else {
+            continue;
+        };
+        let done = (records, index).transaction(|(r, idx)| {
+            let done = match r.get(id)? {
+                Some(v) => finished(&v).map_err(abort)?,
+                None => true,
+            };
+            if done {
+                r.remove(id)?;
+                idx.remove(&key)?;
+            }
+            Ok::<_, TxError>(done)
+        })?;
+        removed += usize::from(done);
+    }
+    Ok(removed)
 }

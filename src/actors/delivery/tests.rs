@@ -348,3 +348,37 @@ fn webhook_messages_derived_again_after_a_crash_are_the_same_messages() {
 fn message_id_for(e: &ScanEvent, hook: &Webhook, ty: EventType) -> MessageId {
     crate::domain::webhook::message_id(&e.id, &hook.id, ty)
 }
+
+#[test]
+fn webhook_pruning_removes_only_finished_records_made_before_the_cutoff() {
+    let mut f = fixture(&[]);
+    let hook = f.hook();
+    let msgs = f.messages(&hook, 2, at(t0()));
+    assert!(f.store.webhook_message(&msgs[0]).unwrap().is_some());
+    // The first is delivered; the second stays pending.
+    let jobs = f.core.run_once(at(t0())).unwrap();
+    let first = jobs.iter().find(|j| j.message == msgs[0]).unwrap();
+    f.core
+        .complete(first, &outcome(Some(204), t0()), at(t0()))
+        .unwrap();
+    // Records made after the cutoff stay, finished or not.
+    assert_eq!(
+        f.store.prune_webhook_records(&hook.id, at(0), 100).unwrap(),
+        0
+    );
+    let cutoff = at(Timestamp::now().as_millis() + 60_000);
+    let removed = f
+        .store
+        .prune_webhook_records(&hook.id, cutoff, 100)
+        .unwrap();
+    // The delivered message and its one delivery record; nothing pending.
+    assert_eq!(removed, 2);
+    assert!(f.store.webhook_message(&msgs[0]).unwrap().is_none());
+    assert!(f.store.webhook_message(&msgs[1]).unwrap().is_some());
+    assert_eq!(
+        f.store
+            .prune_webhook_records(&hook.id, cutoff, 100)
+            .unwrap(),
+        0
+    );
+}
