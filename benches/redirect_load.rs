@@ -1,8 +1,17 @@
 //! Load benchmark of the redirect path against a ceiling measured in the same
 //! run: a bare actix-web route answering the same 302 with no work. Both are
 //! driven alternately by the same client (64 keep-alive connections, one
-//! thread) for a fixed time each. Scenarios: batched, strict, and batched with
-//! GeoIP databases of 120k networks each.
+//! thread) for a fixed time each. Scenarios:
+//! - `batched`: the defaults (user agent, fingerprint and visitor, stored
+//!   event, counters), no GeoIP database;
+//! - `full tracking`: the same with City and ASN databases of 120k networks;
+//! - `full tracking + webhook`: and a webhook subscribed to `qr.scanned`,
+//!   delivered to a local receiver;
+//! - `strict`: full tracking, each redirect waiting for its fsync.
+//!
+//! For each run it also reports where the CPU went (by thread, from
+//! `/proc/self/task`), the Recorder's CPU per committed event, the bytes
+//! stored per event, and whether every answered scan was stored.
 //!
 //! Run: `cargo bench --bench redirect_load` (env `LOAD_SECS`, default 8;
 //! `LOAD_ROUNDS`, default 3;
@@ -14,7 +23,16 @@ mod geo_support;
 #[path = "support/load.rs"]
 mod load;
 
+#[path = "support/threads.rs"]
+mod threads;
+
+#[path = "support/http.rs"]
+mod http;
+
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -65,15 +83,86 @@ fn start_ceiling() -> (SocketAddr, actix_web::dev::ServerHandle) {
     rx.recv().expect("ceiling started")
 }
 
+/// A webhook receiver on a thread of its own ("receiver"): answers every
+/// request with 204 on keep-alive connections and counts them.
+fn start_receiver() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    std::thread::Builder::new()
+        .name("receiver".to_owned())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                listener.set_nonblocking(true).expect("nonblocking");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(serve_receiver(stream, counted.clone()));
+                }
+            });
+        })
+        .expect("spawn the receiver");
+    (addr, count)
+}
+
+async fn serve_receiver(mut stream: tokio::net::TcpStream, count: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 8192];
+    loop {
+        // One request: the head, then Content-Length bytes.
+        let total = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                break end + 4 + len;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < total {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..total);
+        count.fetch_add(1, Ordering::Relaxed);
+        if stream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 struct Scanhop {
     addr: SocketAddr,
+    token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Scanhop {
-    fn start(env: Vec<(String, String)>) -> Scanhop {
+    /// Starts scanhop with `env` over the bench's settings and creates the
+    /// link `/bench`; with `hook`, a webhook on `qr.scanned` sending there.
+    fn start(env: Vec<(String, String)>, hook: Option<SocketAddr>) -> Scanhop {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut vars = vec![
             ("SCANHOP__SERVER__BIND".to_owned(), "127.0.0.1:0".to_owned()),
@@ -107,9 +196,18 @@ impl Scanhop {
         });
         let (port, token) = rx.recv().expect("scanhop started");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        create_link(addr, &token);
+        let link = format!("{{\"destination\": \"{DESTINATION}\", \"slug\": \"bench\"}}");
+        post(addr, &token, "/v1/links", &link);
+        if let Some(receiver) = hook {
+            let body = format!(
+                "{{\"url\": \"http://localhost:{}/hook\", \"events\": [\"qr.scanned\"]}}",
+                receiver.port()
+            );
+            post(addr, &token, "/v1/webhooks", &body);
+        }
         Scanhop {
             addr,
+            token,
             stop: Some(stop_tx),
             thread: Some(thread),
             _dir: dir,
@@ -128,11 +226,10 @@ impl Drop for Scanhop {
     }
 }
 
-fn create_link(addr: SocketAddr, token: &str) {
-    use std::io::{Read, Write};
-    let body = format!("{{\"destination\": \"{DESTINATION}\", \"slug\": \"bench\"}}");
+/// POSTs `body` (JSON) and insists on 201.
+fn post(addr: SocketAddr, token: &str, path: &str, body: &str) {
     let req = format!(
-        "POST /v1/links HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
@@ -140,6 +237,42 @@ fn create_link(addr: SocketAddr, token: &str) {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
+
+/// A value of `/metrics` (the first sample of `name`), 0 when absent.
+fn metric(addr: SocketAddr, token: &str, name: &str) -> f64 {
+    let text = String::from_utf8(http::Conn::new(addr, Some(token)).get("/metrics").body)
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Settings of a scenario, as `SCANHOP__*` variables.
+type Env = Vec<(String, String)>;
+
+/// What one scanhop run measured besides the load.
+struct Run {
+    load: Outcome,
+    base: Outcome,
+    /// CPU nanoseconds by thread group during the load.
+    cpu: Vec<(String, u64)>,
+    recorded: f64,
+    redirects: f64,
+    recorder_cpu_secs: f64,
+    event_bytes: f64,
+    /// Webhook requests the receiver got during the run, and in all.
+    delivered_during: u64,
+    delivered: u64,
+}
+
+impl Run {
+    fn ratio(&self) -> f64 {
+        self.load.rps() / self.base.rps()
+    }
 }
 
 fn main() {
@@ -165,19 +298,34 @@ fn main() {
         ),
     ];
     let durability = |d: &str| vec![("SCANHOP__STORAGE__DURABILITY".to_owned(), d.to_owned())];
-    let scenarios: Vec<(&str, Vec<(String, String)>)> = vec![
-        ("batched", durability("batched")),
-        ("strict", durability("strict")),
+    let private_hooks = vec![(
+        "SCANHOP__WEBHOOKS__ALLOW_PRIVATE_TARGETS".to_owned(),
+        "true".to_owned(),
+    )];
+    let (receiver, received) = start_receiver();
+    let scenarios: Vec<(&str, Env, bool)> = vec![
+        ("batched", durability("batched"), false),
         (
-            "batched + GeoIP (120k networks)",
-            [durability("batched"), geo_env].concat(),
+            "full tracking",
+            [durability("batched"), geo_env.clone()].concat(),
+            false,
+        ),
+        (
+            "full tracking + webhook",
+            [durability("batched"), geo_env.clone(), private_hooks].concat(),
+            true,
+        ),
+        (
+            "strict (full tracking)",
+            [durability("strict"), geo_env].concat(),
+            false,
         ),
     ];
     // LOAD_ONLY=strict runs just the scenarios whose name contains it.
     let only = std::env::var("LOAD_ONLY").ok();
     let scenarios: Vec<_> = scenarios
         .into_iter()
-        .filter(|(name, _)| only.as_deref().is_none_or(|o| name.contains(o)))
+        .filter(|(name, ..)| only.as_deref().is_none_or(|o| name.contains(o)))
         .collect();
     let (ceiling_addr, ceiling) = start_ceiling();
     println!(
@@ -190,42 +338,109 @@ fn main() {
     println!(
         "Each round runs the ceiling, then the scenario; the row is the round with the median ratio of {rounds}.\n"
     );
-    println!(
-        "| scenario | req/s | p50 ms | p99 ms | ceiling req/s (same round) | ratio | ratios of all rounds |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for (name, env) in scenarios {
-        let mut results: Vec<(Outcome, Outcome)> = Vec::new();
+    let mut rows = Vec::new();
+    let mut details = Vec::new();
+    for (name, env, hook) in scenarios {
+        let mut runs: Vec<Run> = Vec::new();
         for _ in 0..rounds {
             let base = drive(ceiling_addr, "/bench", secs);
-            let server = Scanhop::start(env.clone());
-            let run = drive(server.addr, "/bench", secs);
+            let server = Scanhop::start(env.clone(), hook.then_some(receiver));
+            let (before, received_before) = (threads::snapshot(), received.load(Ordering::Relaxed));
+            let load = drive(server.addr, "/bench", secs);
+            let cpu = threads::spent(&before, &threads::snapshot());
+            let delivered_during = received.load(Ordering::Relaxed) - received_before;
+            // Every answered redirect is a recorded scan once the Recorder's
+            // queue is drained (at most a batch interval later).
+            let (addr, token) = (server.addr, server.token.clone());
+            let m = |n: &str| metric(addr, &token, n);
+            let mut recorded = m("scanhop_scans_recorded_total");
+            for _ in 0..100 {
+                if recorded >= m("scanhop_redirects_total") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                recorded = m("scanhop_scans_recorded_total");
+            }
+            let redirects = m("scanhop_redirects_total");
+            if hook {
+                // Let the outbox drain (bounded), to report what was delivered.
+                for _ in 0..600 {
+                    if received.load(Ordering::Relaxed) - received_before >= recorded as u64 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let run = Run {
+                recorder_cpu_secs: m("scanhop_recorder_cpu_seconds_total"),
+                event_bytes: m("scanhop_event_bytes_total"),
+                delivered: received.load(Ordering::Relaxed) - received_before,
+                delivered_during,
+                load,
+                base,
+                cpu,
+                recorded,
+                redirects,
+            };
             drop(server);
-            if run.errors > 0 || base.errors > 0 {
+            if run.load.errors > 0 || run.base.errors > 0 {
                 eprintln!(
                     "  ({name}: errors: scanhop {}, ceiling {})",
-                    run.errors, base.errors
+                    run.load.errors, run.base.errors
                 );
             }
-            results.push((run, base));
+            runs.push(run);
         }
-        results.sort_by(|a, b| (a.0.rps() / a.1.rps()).total_cmp(&(b.0.rps() / b.1.rps())));
-        let all: Vec<String> = results
+        runs.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        let all: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ratio())).collect();
+        let r = &runs[runs.len() / 2];
+        rows.push(format!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} (p50 {:.2}, p99 {:.2}) | {:.2} | {} | {} |",
+            r.load.rps(),
+            r.load.percentile(0.5),
+            r.load.percentile(0.99),
+            r.base.rps(),
+            r.base.percentile(0.5),
+            r.base.percentile(0.99),
+            r.ratio(),
+            all.join(", "),
+            if r.recorded >= r.redirects {
+                "yes"
+            } else {
+                "**no**"
+            },
+        ));
+        let scans = r.redirects.max(1.0);
+        let per_scan: Vec<String> = r
+            .cpu
             .iter()
-            .map(|(r, b)| format!("{:.2}", r.rps() / b.rps()))
+            .take(8)
+            .map(|(group, ns)| format!("{group} {:.1}", *ns as f64 / 1000.0 / scans))
             .collect();
-        let (run, base) = &results[results.len() / 2];
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} (p50 {:.2}, p99 {:.2}) | {:.2} | {} |",
-            run.rps(),
-            run.percentile(0.5),
-            run.percentile(0.99),
-            base.rps(),
-            base.percentile(0.5),
-            base.percentile(0.99),
-            run.rps() / base.rps(),
-            all.join(", ")
+        let mut detail = format!(
+            "- **{name}**: CPU µs per scan by thread: {}. Recorder: {:.0} events per CPU second; {:.0} bytes per event (segment values).",
+            per_scan.join(", "),
+            r.recorded / r.recorder_cpu_secs.max(1e-9),
+            r.event_bytes / r.recorded.max(1.0),
         );
+        if hook {
+            detail.push_str(&format!(
+                " Webhook messages received: {} during the run, {} in all, of {:.0} scans.",
+                r.delivered_during, r.delivered, r.recorded
+            ));
+        }
+        details.push(detail);
+    }
+    println!(
+        "| scenario | req/s | p50 ms | p99 ms | ceiling req/s (same round) | ratio | ratios of all rounds | every answered scan stored |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    for d in details {
+        println!("{d}");
     }
     let rt = actix_web::rt::System::new();
     rt.block_on(ceiling.stop(true));

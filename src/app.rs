@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix::Arbiter;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
@@ -25,6 +24,7 @@ use crate::actors::periodic::Periodic;
 use crate::actors::purger::{Bound, Purger};
 use crate::actors::registry::VisitorRegistry;
 use crate::actors::salts::SaltRotation;
+use crate::actors::threads;
 use crate::actors::visitors::{VisitorView, Visitors};
 use crate::actors::webhooks::{WebhookHub, Webhooks};
 use crate::actors::{ConsumerStarter, Recorder, Resolver, Stage, Workers};
@@ -281,7 +281,7 @@ fn start_maintenance(
     metrics: &Arc<Metrics>,
 ) {
     let ms = Duration::from_millis;
-    let arbiter = Arbiter::new().handle();
+    let arbiter = threads::named_arbiter("periodic").handle();
     workers.add(Periodic::start(
         SaltRotation::new(store.clone(), salts.clone()),
         ms(settings.privacy.salt_rotation_interval_ms),
@@ -302,13 +302,13 @@ fn start_maintenance(
     workers.add(Periodic::start(
         new_purger(store, settings, workers, metrics),
         ms(settings.retention.purge_interval_ms),
-        &Arbiter::new().handle(),
+        &threads::named_arbiter("purger").handle(),
     ));
     if settings.storage.durability == Durability::Batched {
         workers.add(Periodic::start(
             Flusher::new(store.clone(), metrics.clone()),
             ms(settings.storage.flush_interval_ms),
-            &Arbiter::new().handle(),
+            &threads::named_arbiter("flusher").handle(),
         ));
     }
 }

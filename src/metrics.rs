@@ -122,6 +122,10 @@ pub struct Metrics {
     pub scans_dropped_unavailable: Counter,
     pub recorder_backpressure_waits: Counter,
     pub recorder_batches: Counter,
+    /// CPU time of the Recorder's thread spent committing batches, in nanoseconds.
+    pub recorder_cpu_nanos: Counter,
+    /// Bytes of the event segments the Recorder wrote (before sled's own framing).
+    pub event_bytes: Counter,
     pub recorder_messages: Counter,
     pub recorder_write_failures: Counter,
     pub downstream_full: Counter,
@@ -258,6 +262,20 @@ impl Metrics {
             "Scan batches committed by the Recorder.",
             counter,
             &[("", self.recorder_batches.get())],
+        );
+        let _ = writeln!(
+            o,
+            "# HELP scanhop_recorder_cpu_seconds_total CPU time of the Recorder's thread spent committing scan batches.\n\
+             # TYPE scanhop_recorder_cpu_seconds_total counter\n\
+             scanhop_recorder_cpu_seconds_total {}",
+            self.recorder_cpu_nanos.get() as f64 / 1e9
+        );
+        family(
+            o,
+            "scanhop_event_bytes_total",
+            "Bytes of encoded scan events the Recorder wrote (segment values).",
+            counter,
+            &[("", self.event_bytes.get())],
         );
         family(
             o,

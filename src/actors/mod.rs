@@ -15,6 +15,7 @@ pub mod recorder;
 pub mod registry;
 pub mod resolver;
 pub mod salts;
+pub mod threads;
 pub mod visitors;
 pub mod webhooks;
 pub mod worker;

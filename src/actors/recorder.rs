@@ -30,6 +30,7 @@ use actix::prelude::*;
 use tokio::sync::{Notify, watch};
 
 use super::registry::VisitorRegistry;
+use super::threads;
 use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
@@ -292,7 +293,7 @@ impl Recorder {
             retry_delay: Duration::from_millis(10),
         };
         let status = recorder.status.clone();
-        let arbiter = Arbiter::new();
+        let arbiter = super::threads::named_arbiter("recorder");
         let addr = Recorder::start_in_arbiter(&arbiter.handle(), move |_| recorder);
         let worker = WorkerHandle::new("recorder", Stage::Intake, &addr, status);
         Ok((
@@ -322,9 +323,12 @@ impl Recorder {
             };
             if !pending.written {
                 let new_visitors = self.registry.new_in(&pending.events);
-                if let Err(e) = self.store.commit_scans_with(&pending.events, &new_visitors) {
-                    tracing::error!(error = %e, events = pending.events.len(), "writing a scan batch failed; will retry");
-                    return self.schedule_retry(now);
+                match self.store.commit_scans_with(&pending.events, &new_visitors) {
+                    Ok(bytes) => self.metrics.event_bytes.add(bytes as u64),
+                    Err(e) => {
+                        tracing::error!(error = %e, events = pending.events.len(), "writing a scan batch failed; will retry");
+                        return self.schedule_retry(now);
+                    }
                 }
                 self.registry.committed(&new_visitors);
                 pending.written = true;
@@ -382,7 +386,10 @@ impl Recorder {
         if self.retry_at.is_some_and(|at| now < at) {
             return;
         }
+        let cpu = threads::thread_cpu_time();
         let ok = self.commit_ready(now);
+        let spent = threads::thread_cpu_time().saturating_sub(cpu);
+        self.metrics.recorder_cpu_nanos.add(spent.as_nanos() as u64);
         self.status.ran(ok);
         self.status.set_depth(self.intake.depth() as u64);
     }

@@ -130,14 +130,19 @@ impl Store {
     /// Writes one batch (ascending IDs) as a segment with its index entries
     /// and link totals, atomically.
     pub fn commit_scans(&self, events: &[ScanEvent]) -> StoreResult<()> {
-        self.commit_scans_with(events, &[])
+        self.commit_scans_with(events, &[]).map(|_| ())
     }
 
     /// `commit_scans`, with the registry entries of the visitors first seen
-    /// in this batch in the same transaction.
-    pub fn commit_scans_with(&self, events: &[ScanEvent], new: &[NewVisitor]) -> StoreResult<()> {
+    /// in this batch in the same transaction. Answers the size of the
+    /// segment written, in bytes.
+    pub fn commit_scans_with(
+        &self,
+        events: &[ScanEvent],
+        new: &[NewVisitor],
+    ) -> StoreResult<usize> {
         let Some(first) = events.first().map(|e| e.id) else {
-            return Ok(());
+            return Ok(0);
         };
         let t = &self.inner;
         let value = segment::encode(events)?;
@@ -182,7 +187,7 @@ impl Store {
                 Ok(())
             },
         )?;
-        Ok(())
+        Ok(value.len())
     }
 
     pub fn event(&self, id: &EventId) -> StoreResult<Option<ScanEvent>> {
