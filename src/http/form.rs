@@ -33,9 +33,6 @@ pub const TOKEN_KEY_NAME: &str = "form-token";
 /// Largest form submission, in bytes (20 fields of 1,000 characters fit).
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
 
-/// How long a submission waits for its scan to be stored.
-const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 /// The page may not be framed, and loads nothing from anywhere.
 const CSP: HeaderValue = HeaderValue::from_static(
@@ -249,18 +246,10 @@ pub async fn submit(
             "This form was not sent from its page; scan the code again.",
         );
     };
-    let store = state.store.clone();
-    let mut found = web::block(move || store.event(&scan_id)).await;
-    if matches!(found, Ok(Ok(None))) {
-        // The scan may still be on its way to the store (it was answered
-        // when the Recorder took it): wait for what is queued, look again.
-        state.recorder.settled(SETTLE_TIMEOUT).await;
-        let store = state.store.clone();
-        found = web::block(move || store.event(&scan_id)).await;
-    }
-    let event = match stored("cannot read a form's scan", found) {
-        Some(Some(e)) if e.link_id == link.id => e,
-        Some(_) => {
+    // A scan still on its way to the store is waited for.
+    let event = match state.scan_event(scan_id).await {
+        Ok(Some(e)) if e.link_id == link.id => e,
+        Ok(_) => {
             return refuse(
                 &state,
                 &req,
@@ -269,7 +258,7 @@ pub async fn submit(
                 "This scan is unknown; scan the code again.",
             );
         }
-        None => return retry(&req),
+        Err(_) => return retry(&req),
     };
     let token_ok = sent
         .get("token")

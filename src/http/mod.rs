@@ -71,9 +71,33 @@ pub struct AppState {
     pub allow: allow::AllowTable,
 }
 
+/// How long a lookup of a scan waits for the Recorder's queue.
+const SCAN_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The stored scan `id`. A scan is answered as soon as the Recorder has
+    /// it and committed a moment later; a lookup that misses waits for
+    /// what is queued and looks again, so a client that got a `scan_id`
+    /// always finds its scan. (The miss costs one wait; reads run on the
+    /// blocking pool.)
+    pub async fn scan_event(
+        &self,
+        id: crate::ids::EventId,
+    ) -> Result<Option<crate::domain::ScanEvent>, error::ApiError> {
+        let read = || {
+            let store = self.store.clone();
+            actix_web::web::block(move || store.event(&id))
+        };
+        let found = read().await.map_err(|e| error::ApiError::internal(&e))??;
+        if found.is_some() {
+            return Ok(found);
+        }
+        self.recorder.settled(SCAN_SETTLE_TIMEOUT).await;
+        Ok(read().await.map_err(|e| error::ApiError::internal(&e))??)
     }
 }
 

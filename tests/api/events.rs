@@ -204,3 +204,49 @@ async fn bad_list_parameters_are_400() {
         .await
         .assert_problem(404, "not_found");
 }
+
+/// A scan is answered before its batch is committed. Whoever holds its
+/// `scan_id` must still find it at once: a lookup that misses waits for the
+/// Recorder's queue. Here a batch waits three seconds to be committed.
+#[actix_rt::test]
+async fn a_scan_id_is_found_at_once_even_before_its_batch_is_committed() {
+    let app = crate::helpers::spawn_app_with(&[
+        ("SCANHOP__RECORDER__BATCH_INTERVAL_MS", "3000"),
+        ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+    ])
+    .await;
+    app.create_link(
+        json!({"destination": "https://example.com/", "slug": "soon",
+        "conversion_tracking": true}),
+    )
+    .await;
+    let scan_id = |location: &str| location.split("scan_id=").nth(1).unwrap().to_owned();
+    let first = app
+        .scan_with(
+            "soon",
+            &[("User-Agent", IPHONE_UA), ("X-Forwarded-For", "81.2.69.10")],
+        )
+        .await;
+    let id = scan_id(first.header("location").unwrap());
+    let r = app.get(&format!("/v1/events/{id}")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(r.json()["id"], id.as_str());
+    let second = app
+        .scan_with(
+            "soon",
+            &[("User-Agent", IPHONE_UA), ("X-Forwarded-For", "81.2.69.10")],
+        )
+        .await;
+    let id = scan_id(second.header("location").unwrap());
+    let r = app
+        .send_as(
+            &app.token,
+            app.client.post(app.url("/v1/visitors/identify")),
+            Some(json!({"scan_id": id, "attributes": {"plan": "pro"}})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    // An ID that was never given out is still a 404, after the same wait.
+    let r = app.get("/v1/events/evt_01jbz000000000000000000000").await;
+    assert_eq!(r.status.as_u16(), 404, "{}", r.text());
+}

@@ -295,7 +295,7 @@ async fn get_event(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id::<EventKind>("id", &id)?;
-    match state.store.event(&id)? {
+    match state.scan_event(id).await? {
         Some(e) if e.workspace_id == caller.0.workspace_id => {
             Ok(HttpResponse::Ok().json(EventView::from(e)))
         }

@@ -134,9 +134,10 @@ async fn identify_scan(
     let Ok(scan_id) = scan_id else {
         return Err(ApiError::validation(errors));
     };
+    // A scan answered a moment ago may still be queued: it is waited for.
     let event = state
-        .store
-        .event(&scan_id)?
+        .scan_event(scan_id)
+        .await?
         .filter(|e| e.workspace_id == caller.workspace_id)
         .ok_or_else(|| ApiError::not_found("No scan with this ID."))?;
     let visitor = event
