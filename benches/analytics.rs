@@ -968,7 +968,30 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
         .into_iter()
         .map(|mut path| conn.time(5, 50, 200, |_| path()))
         .collect();
+    // Hot versus cold redirects: one link again and again (in the link
+    // cache after the first), then 500 links not scanned since the start (each
+    // a cache miss: a sled read).
+    let hot_slug = links[0].1.clone();
+    let hot = conn.time(20, 500, 302, |_| format!("/{hot_slug}"));
+    let cold = conn.time(0, 500, 302, |i| format!("/{}", links[1 + i].1));
     drop(conn);
+    results.add(
+        &format!("Redirect of a hot and a cold link, {n_links} links (child process, sequential)"),
+        built.n,
+        format!(
+            "hot: p50 {:.3} ms, p99 {:.3} ms; cold (first scan since start): p50 {:.3} ms, p99 {:.3} ms; cold/hot p50 {:.2}",
+            hot.ms(0.5),
+            hot.ms(0.99),
+            cold.ms(0.5),
+            cold.ms(0.99),
+            cold.ms(0.5) / hot.ms(0.5)
+        ),
+        &format!(
+            "cold within 2x of hot: {}",
+            verdict(cold.ms(0.5) <= 2.0 * hot.ms(0.5))
+        ),
+        &idle_load,
+    );
 
     // Mixed load: redirects of random links on 64 connections, and on
     // another thread sequential analytics reads of random links.

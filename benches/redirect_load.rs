@@ -260,6 +260,8 @@ struct Run {
     base: Outcome,
     /// CPU nanoseconds by thread group during the load.
     cpu: Vec<(String, u64)>,
+    /// The same during the ceiling's run.
+    base_cpu: Vec<(String, u64)>,
     recorded: f64,
     redirects: f64,
     recorder_cpu_secs: f64,
@@ -343,7 +345,9 @@ fn main() {
     for (name, env, hook) in scenarios {
         let mut runs: Vec<Run> = Vec::new();
         for _ in 0..rounds {
+            let before_base = threads::snapshot();
             let base = drive(ceiling_addr, "/bench", secs);
+            let base_cpu = threads::spent(&before_base, &threads::snapshot());
             let server = Scanhop::start(env.clone(), hook.then_some(receiver));
             let (before, received_before) = (threads::snapshot(), received.load(Ordering::Relaxed));
             let load = drive(server.addr, "/bench", secs);
@@ -379,6 +383,7 @@ fn main() {
                 load,
                 base,
                 cpu,
+                base_cpu,
                 recorded,
                 redirects,
             };
@@ -417,9 +422,20 @@ fn main() {
             .take(8)
             .map(|(group, ns)| format!("{group} {:.1}", *ns as f64 / 1000.0 / scans))
             .collect();
+        let base_per_request: Vec<String> = r
+            .base_cpu
+            .iter()
+            .take(2)
+            .map(|(group, ns)| {
+                // Requests of the run and of its 1 s warm-up, at the run's rate.
+                let n = (r.base.rps() * (r.base.secs + 1.0)).max(1.0);
+                format!("{group} {:.1}", *ns as f64 / 1000.0 / n)
+            })
+            .collect();
         let mut detail = format!(
-            "- **{name}**: CPU µs per scan by thread: {}. Recorder: {:.0} events per CPU second; {:.0} bytes per event (segment values).",
+            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second; {:.0} bytes per event (segment values).",
             per_scan.join(", "),
+            base_per_request.join(", "),
             r.recorded / r.recorder_cpu_secs.max(1e-9),
             r.event_bytes / r.recorded.max(1.0),
         );
