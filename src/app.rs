@@ -87,11 +87,8 @@ impl Application {
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::default());
         let mut workers = Workers::default();
-        let (resolver, links, handle) = Resolver::start(
-            store.clone(),
-            settings.resolver.mailbox_capacity,
-            metrics.clone(),
-        )?;
+        let (resolver, links, handle) =
+            Resolver::start(store.clone(), &settings.resolver, metrics.clone());
         workers.add(handle);
         let counters = CounterView::new(store.clone());
         let webhooks = WebhookHub::load(store.clone(), settings.clone(), metrics.clone())?;

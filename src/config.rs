@@ -81,6 +81,9 @@ pub struct StorageSettings {
 #[serde(deny_unknown_fields)]
 pub struct ResolverSettings {
     pub mailbox_capacity: usize,
+    /// Links the redirect keeps in memory (the ones scanned lately); others
+    /// are read from the store when scanned.
+    pub cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -340,6 +343,7 @@ impl Settings {
                 "resolver.mailbox_capacity",
                 self.resolver.mailbox_capacity as u64,
             ),
+            ("resolver.cache_entries", self.resolver.cache_entries as u64),
             (
                 "recorder.queue_capacity",
                 self.recorder.queue_capacity as u64,
@@ -613,6 +617,7 @@ mod tests {
         );
         assert_eq!(s.default_plan(), "free");
         assert_eq!(s.retention.purge_interval_ms, 600_000);
+        assert_eq!(s.resolver.cache_entries, 100_000);
         assert!(s.plans.contains_key(ENTERPRISE_PLAN));
     }
 
@@ -702,6 +707,11 @@ mod tests {
                 "server.trusted_proxies",
             ),
             ("SCANHOP__RECORDER__BATCH_SIZE", "0", "recorder.batch_size"),
+            (
+                "SCANHOP__RESOLVER__CACHE_ENTRIES",
+                "0",
+                "resolver.cache_entries",
+            ),
         ];
         for (k, v, key) in cases {
             let err = Settings::load_with_env(None, env(&[(k, v)])).unwrap_err();

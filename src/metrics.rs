@@ -134,6 +134,10 @@ pub struct Metrics {
     pub bot_scans: Counter,
     pub redirects_rate_limited: Counter,
     pub resolver_messages: Counter,
+    /// Slug lookups of the redirect answered from the Resolver's cache.
+    pub link_cache_hits: Counter,
+    /// Slug lookups that read the store.
+    pub link_cache_misses: Counter,
     pub webhook_attempts_succeeded: Counter,
     pub webhook_attempts_failed: Counter,
     pub webhook_retries: Counter,
@@ -162,7 +166,7 @@ pub struct PurgeMetrics {
 
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
-    pub fn render(&self, resolver_links: usize) -> String {
+    pub fn render(&self, cached_links: usize) -> String {
         let mut out = String::with_capacity(4096);
         let o = &mut out;
         let counter = Kind::Counter;
@@ -419,9 +423,19 @@ impl Metrics {
         family(
             o,
             "scanhop_links_cached",
-            "Links in the Resolver's slug cache.",
+            "Links held in the Resolver's bounded slug cache (resolver.cache_entries); the others are read from the store when scanned.",
             Kind::Gauge,
-            &[("", resolver_links as u64)],
+            &[("", cached_links as u64)],
+        );
+        family(
+            o,
+            "scanhop_link_cache_lookups_total",
+            "Slug lookups (redirects and form submissions) answered from the Resolver's cache (hit) or read from the store (miss); unknown slugs included.",
+            counter,
+            &[
+                ("result=\"hit\"", self.link_cache_hits.get()),
+                ("result=\"miss\"", self.link_cache_misses.get()),
+            ],
         );
         out
     }

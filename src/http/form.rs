@@ -213,7 +213,14 @@ pub async fn submit(
     }
     let slug = req.match_info().get("slug").unwrap_or_default();
     let now = state.clock.now();
-    let Some(link) = state.links.get(slug).filter(|l| l.is_live_at(now)) else {
+    let found = match state.links.get(slug) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a form's link");
+            return retry(&req);
+        }
+    };
+    let Some(link) = found.filter(|l| l.is_live_at(now)) else {
         return refuse(
             &state,
             &req,

@@ -1,6 +1,7 @@
 //! `GET`/`HEAD /{slug}`: the hot path. The link comes from the Resolver's
-//! cache, enrichment runs inline, and the only await is the Recorder's
-//! acknowledgement. No middleware but the request ID.
+//! cache (a miss reads it from the store on this thread), enrichment runs
+//! inline, and the only await is the Recorder's acknowledgement. No
+//! middleware but the request ID.
 
 use std::time::Instant;
 
@@ -57,11 +58,22 @@ async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         return resp;
     }
-    let Some(link) = state.links.get(slug) else {
-        if !is_head {
-            state.metrics.orphan_scans.inc();
+    let link = match state.links.get(slug) {
+        Ok(Some(link)) => link,
+        Ok(None) => {
+            if !is_head {
+                state.metrics.orphan_scans.inc();
+            }
+            return page(&req, ErrorCode::NotFound, "No link with this address.");
         }
-        return page(&req, ErrorCode::NotFound, "No link with this address.");
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a scanned link from the store");
+            return page(
+                &req,
+                ErrorCode::Unavailable,
+                "Please try again in a moment.",
+            );
+        }
     };
     let now = state.clock.now();
     if !link.is_live_at(now) {

@@ -112,8 +112,8 @@ impl Store {
             .transpose()
     }
 
-    /// The link that holds `slug` now, if any (for the command line; the
-    /// redirect answers from the Resolver's cache instead).
+    /// The link that holds `slug` now, if any (for the command line, and for
+    /// the Resolver's cache when a scanned slug is not in it).
     pub fn link_by_slug(&self, slug: &str) -> StoreResult<Option<Link>> {
         let id = self.inner.slugs.get(slug)?;
         match id.as_deref().and_then(LinkId::from_slice) {
@@ -126,16 +126,6 @@ impl Store {
     /// is as absent as one that does not exist.
     pub fn owned_link(&self, ws: &WorkspaceId, id: &LinkId) -> StoreResult<Option<Link>> {
         Ok(self.link(id)?.filter(|l| l.workspace_id == *ws))
-    }
-
-    /// Every link, for warming the Resolver's cache.
-    pub fn all_links(&self) -> StoreResult<Vec<Link>> {
-        self.inner
-            .links
-            .iter()
-            .values()
-            .map(|v| codec::decode(&v?))
-            .collect()
     }
 
     /// A workspace's links, newest first, below `cursor` (a link ID).

@@ -15,6 +15,7 @@ mod enrichment;
 mod events;
 mod export;
 mod forms;
+mod link_cache;
 mod links;
 mod logs;
 mod malformed;
