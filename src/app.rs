@@ -278,7 +278,7 @@ fn start_maintenance(
     metrics: &Arc<Metrics>,
 ) {
     let ms = Duration::from_millis;
-    let arbiter = threads::named_arbiter("periodic").handle();
+    let arbiter = threads::background_arbiter("periodic").handle();
     workers.add(Periodic::start(
         SaltRotation::new(store.clone(), salts.clone()),
         ms(settings.privacy.salt_rotation_interval_ms),
@@ -299,7 +299,7 @@ fn start_maintenance(
     workers.add(Periodic::start(
         new_purger(store, settings, workers, metrics),
         ms(settings.retention.purge_interval_ms),
-        &threads::named_arbiter("purger").handle(),
+        &threads::background_arbiter("purger").handle(),
     ));
     if settings.storage.durability == Durability::Batched {
         workers.add(Periodic::start(

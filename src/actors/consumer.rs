@@ -148,7 +148,7 @@ impl<C: Consumer> ConsumerWorker<C> {
 
     fn start(self) -> StartedConsumer {
         let (status, progress) = (self.status.clone(), self.progress.clone());
-        let arbiter = super::threads::named_arbiter(C::NAME);
+        let arbiter = super::threads::background_arbiter(C::NAME);
         let addr = ConsumerWorker::start_in_arbiter(&arbiter.handle(), move |_| self);
         StartedConsumer {
             wake: addr.clone().recipient(),

@@ -568,7 +568,7 @@ impl DeliveryWorker {
         let status = WorkerStatus::new();
         let (core, shared, worker_status) =
             (DeliveryCore::new(hub.clone()), hub.clone(), status.clone());
-        let arbiter = super::threads::named_arbiter("delivery");
+        let arbiter = super::threads::background_arbiter("delivery");
         // Built on the arbiter's thread: the client it will hold is !Send.
         let addr = DeliveryWorker::start_in_arbiter(&arbiter.handle(), move |_| DeliveryWorker {
             core,

@@ -13,6 +13,37 @@ pub fn named_arbiter(name: &'static str) -> Arbiter {
     arbiter
 }
 
+/// How much a background worker's thread yields to the redirect's threads
+/// when the CPU is short: its `nice` value (0 to 19).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// A named arbiter for work behind the redirect (consumers, delivery,
+/// timers): its thread runs at `nice` `BACKGROUND_NICE`, so when the cores
+/// are busy the scheduler serves the HTTP workers and the Recorder first and
+/// this work catches up from its stored position when there is room.
+pub fn background_arbiter(name: &'static str) -> Arbiter {
+    let arbiter = named_arbiter(name);
+    arbiter.spawn_fn(|| lower_current_thread_priority(BACKGROUND_NICE));
+    arbiter
+}
+
+fn lower_current_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS
+        // and a thread ID changes only that thread's nice value (Linux).
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if rc != 0 {
+            tracing::debug!("cannot lower a background thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 fn name_current_thread(name: &str) {
     #[cfg(target_os = "linux")]
     {
@@ -48,6 +79,28 @@ pub fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_background_thread_is_named_and_runs_at_a_lower_priority() {
+        let (name, nice) = std::thread::spawn(|| {
+            name_current_thread("bg-test");
+            lower_current_thread_priority(BACKGROUND_NICE);
+            let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
+            // SAFETY: reads the calling thread's nice value; no preconditions.
+            let nice = unsafe {
+                libc::getpriority(
+                    libc::PRIO_PROCESS,
+                    libc::syscall(libc::SYS_gettid) as libc::id_t,
+                )
+            };
+            (name, nice)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(name.trim(), "bg-test");
+        // At least that low (a process started under `nice` may be lower still).
+        assert!(nice >= BACKGROUND_NICE, "nice {nice}");
+    }
 
     #[test]
     fn thread_cpu_time_grows_with_work() {
