@@ -145,7 +145,16 @@ async fn connection(
                     lat.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 }
             }
-            Ok(_) | Err(_) => {
+            other => {
+                // The first few errors of a run are shown: a status or an I/O error.
+                if errors < 2 {
+                    match &other {
+                        Ok(status) => {
+                            eprintln!("  load client: answer {status} (expected {expect})")
+                        }
+                        Err(e) => eprintln!("  load client: {e}"),
+                    }
+                }
                 errors += 1;
                 stream = None;
             }
