@@ -90,7 +90,7 @@ pub struct StartedConsumer {
 }
 
 /// Starts one consumer; the app calls it with the store once it is open.
-pub type ConsumerStarter = Box<dyn FnOnce(&Store) -> StoreResult<StartedConsumer>>;
+pub type ConsumerStarter = Box<dyn FnOnce(&Store) -> StoreResult<StartedConsumer> + Send>;
 
 pub struct ConsumerWorker<C: Consumer> {
     consumer: C,

@@ -26,6 +26,7 @@ pub struct TestApp {
     /// time the test chooses.
     pub purger: std::sync::Mutex<scanhop::actors::purger::Purger>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A response with its body read.
@@ -102,39 +103,60 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 }
 
 /// An app with extra consumers of committed scans beside the built-in ones.
+///
+/// The app runs on a thread of its own, in its own actix system. Dropping
+/// the `TestApp` shuts it down the way SIGTERM does and waits for that, then
+/// stops the system's arbiters: no worker of a finished test keeps running
+/// beside the next test's (sled shares one lock between all the databases of
+/// a process).
 pub async fn spawn_app_with_consumers(
     overrides: &[(&str, &str)],
     consumers: Vec<scanhop::actors::ConsumerStarter>,
 ) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&dir, overrides);
-    let app = Application::build_with(settings.clone(), consumers).expect("app builds");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let token = app
-        .first_token()
-        .expect("first start makes a token")
-        .to_owned();
-    let store = app.store().clone();
-    let purger = std::sync::Mutex::new(app.purger());
-    let clock = app.clock();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    actix_rt::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
+    let app_settings = settings.clone();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let app = Application::build_with(app_settings, consumers).expect("app builds");
+            let token = app
+                .first_token()
+                .expect("first start makes a token")
+                .to_owned();
+            let parts = (
+                app.port(),
+                token,
+                app.store().clone(),
+                app.purger(),
+                app.clock(),
+            );
+            ready_tx.send(parts).expect("the test waits");
+            let _ = app
+                .run_until(async move {
+                    let _ = rx.await;
+                })
+                .await;
+            actix_rt::System::current().stop();
+        });
+    });
+    let (port, token, store, purger, clock) = ready_rx.recv().expect("the app started");
     let client = awc::Client::builder()
         .disable_redirects()
         .timeout(Duration::from_secs(30))
         .finish();
     TestApp {
-        base,
+        base: format!("http://127.0.0.1:{port}"),
         token,
         client,
         _dir: dir,
         store,
         settings,
-        purger,
+        purger: std::sync::Mutex::new(purger),
         clock,
         stop: Some(tx),
+        thread: Some(thread),
     }
 }
 
@@ -263,6 +285,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // A panic in the app's thread was reported there already.
+            let _ = thread.join();
         }
     }
 }
