@@ -23,20 +23,23 @@ use crate::ids::EventId;
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-downgrade");
 
+/// `/{slug}` comes first: a scan then matches the first pattern the router
+/// tries (each is a regex match, a few percent of a scan's CPU). A slug
+/// never holds `/`, so `/{slug}/form` is never shadowed by it.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/{slug}/form")
-            .route(web::post().to(super::form::submit))
-            .default_service(web::to(|req: HttpRequest| async move {
-                super::allow::method_not_allowed(&req, super::allow::FORM)
-            })),
-    )
-    .service(
         web::resource("/{slug}")
             .route(web::get().to(scan))
             .route(web::head().to(scan))
             .default_service(web::to(|req: HttpRequest| async move {
                 super::allow::method_not_allowed(&req, super::allow::SLUG)
+            })),
+    )
+    .service(
+        web::resource("/{slug}/form")
+            .route(web::post().to(super::form::submit))
+            .default_service(web::to(|req: HttpRequest| async move {
+                super::allow::method_not_allowed(&req, super::allow::FORM)
             })),
     );
 }
