@@ -90,25 +90,16 @@ fn start_receiver() -> (SocketAddr, Arc<AtomicU64>) {
     let addr = listener.local_addr().expect("addr");
     let count = Arc::new(AtomicU64::new(0));
     let counted = count.clone();
-    std::thread::Builder::new()
-        .name("receiver".to_owned())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                listener.set_nonblocking(true).expect("nonblocking");
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    tokio::spawn(serve_receiver(stream, counted.clone()));
-                }
-            });
-        })
-        .expect("spawn the receiver");
+    load::on_thread("receiver", async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve_receiver(stream, counted.clone()));
+        }
+    });
     (addr, count)
 }
 

@@ -196,41 +196,50 @@ pub fn drive(
     secs: f64,
     stop: Option<Arc<AtomicBool>>,
 ) -> Outcome {
+    on_thread("load client", async move {
+        let warmup_until = Instant::now() + warmup;
+        let until = Until {
+            deadline: warmup_until + Duration::from_secs_f64(secs),
+            stop,
+        };
+        let tasks: Vec<_> = heads
+            .into_iter()
+            .map(|h| tokio::spawn(connection(addr, h, expect, warmup_until, until.clone())))
+            .collect();
+        let mut out = Outcome {
+            requests: 0,
+            errors: 0,
+            secs,
+            latencies_us: Vec::new(),
+        };
+        for t in tasks {
+            let (ok, errors, lat) = t.await.expect("task");
+            out.requests += ok;
+            out.errors += errors;
+            out.latencies_us.extend(lat);
+        }
+        out.secs = warmup_until.elapsed().as_secs_f64();
+        out.latencies_us.sort_unstable();
+        out
+    })
+    .join()
+    .expect("load thread")
+}
+
+/// Runs `work` on a new thread named `name` (so per-thread CPU figures can
+/// tell it apart) with a current-thread tokio runtime of its own.
+pub fn on_thread<T: Send + 'static>(
+    name: &str,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     std::thread::Builder::new()
-        .name("load client".to_owned())
+        .name(name.to_owned())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let warmup_until = Instant::now() + warmup;
-                let until = Until {
-                    deadline: warmup_until + Duration::from_secs_f64(secs),
-                    stop,
-                };
-                let tasks: Vec<_> = heads
-                    .into_iter()
-                    .map(|h| tokio::spawn(connection(addr, h, expect, warmup_until, until.clone())))
-                    .collect();
-                let mut out = Outcome {
-                    requests: 0,
-                    errors: 0,
-                    secs,
-                    latencies_us: Vec::new(),
-                };
-                for t in tasks {
-                    let (ok, errors, lat) = t.await.expect("task");
-                    out.requests += ok;
-                    out.errors += errors;
-                    out.latencies_us.extend(lat);
-                }
-                out.secs = warmup_until.elapsed().as_secs_f64();
-                out.latencies_us.sort_unstable();
-                out
-            })
+                .expect("runtime")
+                .block_on(work)
         })
-        .expect("spawn the load client")
-        .join()
-        .expect("load thread")
+        .expect("spawn a thread")
 }

@@ -97,8 +97,6 @@ impl RandomBytes {
         }
         let mut out = [0u8; 10];
         out.copy_from_slice(&self.block[self.used..self.used + 10]);
-        // Never hand out the same bytes twice.
-        self.block[self.used..self.used + 10].fill(0);
         self.used += 10;
         out
     }
