@@ -34,6 +34,7 @@ use super::threads;
 use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
+use crate::enrich::fingerprint::Fingerprint;
 use crate::ids::EventId;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -67,8 +68,16 @@ pub enum RecordError {
     NotDurable,
 }
 
+/// A scan waiting in the queue; `device`: the fingerprint of a device the
+/// redirect's cache did not know, resolved to a visitor when the Recorder
+/// takes the scan (`VisitorRegistry::resolve`).
+struct Queued {
+    event: ScanEvent,
+    device: Option<Fingerprint>,
+}
+
 struct Queue {
-    events: VecDeque<ScanEvent>,
+    events: VecDeque<Queued>,
     /// Sequence number of the next event pushed; the first is 1.
     next_seq: u64,
     /// The last event ID given out.
@@ -146,8 +155,8 @@ enum Push {
         id: EventId,
         wake: bool,
     },
-    /// The queue is full; the event comes back (boxed: this is the rare path).
-    Full(Box<ScanEvent>),
+    /// The queue is full; the scan comes back (boxed: this is the rare path).
+    Full(Box<Queued>),
 }
 
 impl Intake {
@@ -156,14 +165,14 @@ impl Intake {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn try_push(&self, mut event: ScanEvent) -> Push {
+    fn try_push(&self, mut scan: Queued) -> Push {
         let mut q = self.lock();
         if q.events.len() >= self.capacity {
-            return Push::Full(Box::new(event));
+            return Push::Full(Box::new(scan));
         }
         let id = q.next_id();
-        event.id = id;
-        q.events.push_back(event);
+        scan.event.id = id;
+        q.events.push_back(scan);
         let seq = q.next_seq;
         q.next_seq += 1;
         // Strict redirects wait for the commit: start it now rather than at the
@@ -174,13 +183,13 @@ impl Intake {
     }
 
     /// Up to `batch_size` events and the sequence number of the last one.
-    fn take_batch(&self) -> Option<(Vec<ScanEvent>, u64)> {
+    fn take_batch(&self) -> Option<(Vec<Queued>, u64)> {
         let mut q = self.lock();
         if q.events.is_empty() {
             return None;
         }
         let n = q.events.len().min(self.batch_size);
-        let batch: Vec<ScanEvent> = q.events.drain(..n).collect();
+        let batch: Vec<Queued> = q.events.drain(..n).collect();
         let last_seq = q.next_seq - q.events.len() as u64 - 1;
         Some((batch, last_seq))
     }
@@ -201,9 +210,16 @@ pub struct RecorderHandle {
 
 impl RecorderHandle {
     /// Records `event`; its `id` is assigned here (whatever it held before).
-    pub async fn record(&self, event: ScanEvent) -> Result<RecordOutcome, RecordError> {
+    /// `device`: the fingerprint of a device whose visitor the redirect did
+    /// not find in the registry's cache; the Recorder resolves it (reading
+    /// the store off the HTTP workers) and sets the event's visitor.
+    pub async fn record(
+        &self,
+        event: ScanEvent,
+        device: Option<Fingerprint>,
+    ) -> Result<RecordOutcome, RecordError> {
         let intake = &self.intake;
-        let mut event = event;
+        let mut event = Queued { event, device };
         let (seq, id) = loop {
             if intake.closed.load(Ordering::Acquire) {
                 return Err(RecordError::Closed);
@@ -347,8 +363,8 @@ impl Recorder {
     fn commit_ready(&mut self, now: Instant) -> bool {
         loop {
             if self.pending.is_none() {
-                self.pending = self.intake.take_batch().map(|(events, last_seq)| Pending {
-                    events,
+                self.pending = self.intake.take_batch().map(|(scans, last_seq)| Pending {
+                    events: self.resolve_visitors(scans),
                     last_seq,
                     written: false,
                 });
@@ -387,6 +403,26 @@ impl Recorder {
             self.retry_at = None;
             self.hand_on(done.events);
         }
+    }
+
+    /// The events of `scans`, each device the redirect could not place given
+    /// its visitor (known, pending or new). A failed lookup leaves the scan
+    /// without a visitor, as the redirect would have: it still counts.
+    fn resolve_visitors(&self, scans: Vec<Queued>) -> Vec<ScanEvent> {
+        scans
+            .into_iter()
+            .map(|Queued { mut event, device }| {
+                if let Some(fp) = device {
+                    match self.registry.resolve(&event.workspace_id, fp) {
+                        Ok(v) => event.visitor_id = Some(v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot look up the visitor of a scan")
+                        }
+                    }
+                }
+                event
+            })
+            .collect()
     }
 
     fn schedule_retry(&mut self, now: Instant) -> bool {

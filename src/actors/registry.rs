@@ -1,8 +1,14 @@
 //! The visitor registry on the redirect path: fingerprint → visitor ID,
 //! answered without a mailbox round trip, in bounded memory.
 //!
-//! - A bounded cache (quick_cache, S3-FIFO) holds recently seen devices.
-//! - On a miss, the store's registry is read (one sled lookup).
+//! - A bounded cache (quick_cache, S3-FIFO) holds recently seen devices;
+//!   the redirect asks only the cache and the pending visitors
+//!   (`visitor_cached`), never the store.
+//! - A device in neither is resolved by the Recorder when it takes the scan
+//!   from its queue (`resolve`): the store's registry is read there (one sled
+//!   lookup). A sled read on an HTTP worker waits whenever any transaction
+//!   commits (sled serialises reads behind every commit), which put the
+//!   Recorder's commit time into the redirect's tail latency.
 //! - A device never seen gets a fresh visitor ID, held in `pending` until the
 //!   Recorder commits the first event carrying it: the Recorder writes the
 //!   registry entry in the same transaction as that event (`new_in`), so a
@@ -95,9 +101,34 @@ impl VisitorRegistry {
         ))
     }
 
-    /// The visitor of `device` in `ws`: known, pending, or new.
+    /// The visitor of `device` in `ws`: known, pending, or new (reads the
+    /// store on a miss; the redirect uses `visitor_cached` instead).
     pub fn visitor_for(&self, ws: &WorkspaceId, device: &Device) -> StoreResult<VisitorId> {
+        match self.visitor_cached(ws, device)? {
+            Ok(v) => Ok(v),
+            Err(fp) => self.resolve(ws, fp),
+        }
+    }
+
+    /// The visitor of `device` in `ws` if the cache or the pending visitors
+    /// know it, else its fingerprint, for the Recorder to `resolve`. Reads
+    /// the store only for a workspace's fingerprint key, once per workspace.
+    pub fn visitor_cached(
+        &self,
+        ws: &WorkspaceId,
+        device: &Device,
+    ) -> StoreResult<Result<VisitorId, Fingerprint>> {
         let fp = self.fingerprint(ws, device)?;
+        let key = (*ws, fp);
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(Ok(v));
+        }
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(pending.by_fingerprint.get(&key).copied().ok_or(fp))
+    }
+
+    /// The visitor of fingerprint `fp` in `ws`: known, pending, or new.
+    pub fn resolve(&self, ws: &WorkspaceId, fp: Fingerprint) -> StoreResult<VisitorId> {
         let key = (*ws, fp);
         if let Some(v) = self.cache.get(&key) {
             return Ok(v);

@@ -145,22 +145,26 @@ async fn record(
         ScanMethod::Get,
         link.destination.as_str().to_owned(),
     );
+    // A device the registry's cache does not know goes to the Recorder as a
+    // fingerprint; it finds the visitor there, off this thread.
+    let mut device = None;
     if event.bot {
         state.metrics.bot_scans.inc();
     } else {
-        let device = Device {
+        let scanner = Device {
             user_agent: scan.user_agent,
             accept_language: scan.accept_language,
             ip: client_ip,
             day_salt: &scan.ip_salt,
         };
-        match state.registry.visitor_for(&link.workspace_id, &device) {
-            Ok(v) => event.visitor_id = Some(v),
+        match state.registry.visitor_cached(&link.workspace_id, &scanner) {
+            Ok(Ok(v)) => event.visitor_id = Some(v),
+            Ok(Err(fp)) => device = Some(fp),
             // The scan still counts, without a visitor.
             Err(e) => tracing::warn!(error = %e, "cannot look up the visitor of a scan"),
         }
     }
-    match state.recorder.record(event).await {
+    match state.recorder.record(event, device).await {
         Ok(RecordOutcome::Recorded(id)) => Ok(Some(id)),
         Ok(RecordOutcome::Dropped) => Ok(None),
         Err(e) => {

@@ -762,3 +762,42 @@ async fn the_daily_scope_splits_a_device_at_utc_midnight_and_the_persistent_one_
         assert_eq!(tomorrow != today, splits, "{scope}: {today} / {tomorrow}");
     }
 }
+
+/// A visitor is readable as soon as a client can know its ID: right after a
+/// burst of first scans by new devices, each scan's visitor answers 200 at
+/// once, before the Visitors worker (a background thread) may have folded
+/// the scan into a profile. An ID that was never issued is still a 404.
+#[actix_rt::test]
+async fn a_visitor_is_found_as_soon_as_its_first_scan_is_stored() {
+    let app = app().await;
+    tracked_link(&app, "burst").await;
+    let scans = (0..120).map(|n| {
+        let app = &app;
+        async move {
+            let ip = format!("10.9.{n}.1");
+            let r = app
+                .scan_with(
+                    "burst",
+                    &[("User-Agent", IPHONE_UA), ("X-Forwarded-For", ip.as_str())],
+                )
+                .await;
+            assert_eq!(r.status.as_u16(), 302);
+            let location = r.header("location").unwrap().to_owned();
+            let visitor = stored_event(app, &location).await["visitor_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let v = app.get(&format!("/v1/visitors/{visitor}")).await;
+            assert_eq!(v.status.as_u16(), 200, "{}", v.text());
+            assert_eq!(v.json()["id"], visitor.as_str());
+            visitor
+        }
+    });
+    let visitors: BTreeSet<String> = futures_util::future::join_all(scans)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(visitors.len(), 120, "one visitor per device");
+    let unknown = app.get("/v1/visitors/vis_01h455vb4pex5vsknk084sn02q").await;
+    assert_eq!(unknown.status.as_u16(), 404, "{}", unknown.text());
+}

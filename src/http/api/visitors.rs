@@ -354,18 +354,42 @@ fn not_an_id(req: &HttpRequest, state: &AppState, raw_id: &str) -> Option<HttpRe
 }
 
 /// The caller's visitor `raw_id`; another workspace's is as absent as none.
-fn find_visitor(
+/// The caller's visitor `raw_id`. A visitor exists from its first committed
+/// scan (its registry entry is written with that scan), but its profile
+/// appears when the Visitors worker has folded the scan in, a moment later
+/// (longer on a busy server): for a visitor of this workspace without a
+/// profile yet, that moment is waited for, up to `PROFILE_SETTLE_TIMEOUT`,
+/// so a client that just scanned or identified never sees a 404.
+async fn find_visitor(
     state: &AppState,
     caller: &SecretCaller,
     raw_id: &str,
 ) -> Result<VisitorProfile, ApiError> {
     let id = parse_id::<VisitorKind>("id", raw_id)?;
-    state
-        .visitors
-        .profile(&id)?
-        .filter(|p| p.workspace_id == caller.0.workspace_id)
-        .ok_or_else(|| ApiError::not_found("No visitor with this ID."))
+    let ws = caller.0.workspace_id;
+    let not_found = || ApiError::not_found("No visitor with this ID.");
+    let deadline = std::time::Instant::now() + PROFILE_SETTLE_TIMEOUT;
+    loop {
+        if let Some(p) = state.visitors.profile(&id)? {
+            return if p.workspace_id == ws {
+                Ok(p)
+            } else {
+                Err(not_found())
+            };
+        }
+        let registered = state
+            .store
+            .visitor_fingerprint(&id)?
+            .is_some_and(|(owner, _)| owner == ws);
+        if !registered || std::time::Instant::now() >= deadline {
+            return Err(not_found());
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
+
+/// How long a read of a registered visitor waits for its profile.
+const PROFILE_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[utoipa::path(tag = "visitors", params(("id" = VisitorId, Path, description = "Visitor ID (vis_...)")),
     responses((status = 200, description = "The visitor with its newest events", body = VisitorDetail)))]
@@ -379,7 +403,7 @@ async fn get_visitor(
     if let Some(resp) = not_an_id(&req, &state, &id) {
         return Ok(resp);
     }
-    let profile = find_visitor(&state, &caller, &id)?;
+    let profile = find_visitor(&state, &caller, &id).await?;
     let query = EventQuery::all(caller.0.workspace_id, EventIndex::Visitor(profile.id));
     let store = state.store.clone();
     let recent = web::block(move || store.list_events(&query, None, RECENT_EVENTS))
@@ -406,7 +430,7 @@ async fn erase_visitor(
     if let Some(resp) = not_an_id(&req, &state, &id) {
         return Ok(resp);
     }
-    let profile = find_visitor(&state, &caller, &id)?;
+    let profile = find_visitor(&state, &caller, &id).await?;
     let id = profile.id;
     // 1. The device becomes a stranger: no new scan gets this visitor.
     state.registry.forget(&id)?;
@@ -444,7 +468,7 @@ async fn visitor_events(
     id: web::Path<String>,
     q: web::Query<EventPageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let profile = find_visitor(&state, &caller, &id)?;
+    let profile = find_visitor(&state, &caller, &id).await?;
     let filters = EventFilters {
         visitor_id: Some(profile.id.to_string()),
         ..EventFilters::default()
