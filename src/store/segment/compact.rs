@@ -31,11 +31,16 @@ fn corrupt() -> StoreError {
 #[derive(Default)]
 pub struct Dictionary {
     ids: Vec<[u8; 16]>,
-    id_index: HashMap<[u8; 16], u32>,
+    id_index: HashMap<[u8; 16], u32, FastHash>,
     strings: Vec<u8>,
     ends: Vec<u32>,
-    string_index: HashMap<Box<str>, u32>,
+    string_index: HashMap<Box<str>, u32, FastHash>,
 }
+
+/// The dictionary's maps are built once per batch on the Recorder thread
+/// from the batch's own values: a fast non-cryptographic hash will do
+/// (SipHash was a twentieth of the Recorder's time).
+type FastHash = foldhash::fast::RandomState;
 
 impl Dictionary {
     fn id(&mut self, id: [u8; 16]) -> u32 {
