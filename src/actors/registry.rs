@@ -140,7 +140,9 @@ impl VisitorRegistry {
         // Under the lock: a racing first scan of the same device waits here
         // and then finds the pending entry.
         if let Some(v) = self.store.visitor_of(ws, &fp)? {
-            drop(pending);
+            // Still under the lock, which `forget` holds throughout: an
+            // erasure either comes after this (and removes the entry) or
+            // before the read (which then finds nothing).
             self.cache.insert(key, v);
             return Ok(v);
         }
@@ -180,21 +182,26 @@ impl VisitorRegistry {
         }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for n in new {
+            // A visitor erased while its first batch was being written is
+            // no longer pending: it must not come back through the cache.
+            if pending.by_visitor.remove(&n.visitor_id).is_none() {
+                continue;
+            }
             let key = (n.workspace_id, n.fingerprint);
             pending.by_fingerprint.remove(&key);
-            pending.by_visitor.remove(&n.visitor_id);
             self.cache.insert(key, n.visitor_id);
         }
     }
 
     /// Erasure: the device of visitor `id` is a stranger from now on (a new
     /// scan gets a new visitor).
+    /// The registry's lock is held throughout, so a lookup of the device
+    /// running meanwhile (`resolve`) cannot put it back in the cache.
     pub fn forget(&self, id: &VisitorId) -> StoreResult<()> {
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(key) = pending.by_visitor.remove(id) {
-                pending.by_fingerprint.remove(&key);
-            }
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(key) = pending.by_visitor.remove(id) {
+            pending.by_fingerprint.remove(&key);
+            self.cache.remove(&key);
         }
         if let Some(key) = self.store.visitor_fingerprint(id)? {
             self.cache.remove(&key);
@@ -257,6 +264,32 @@ mod tests {
         let again = VisitorRegistry::new(store, FingerprintScope::Persistent, 10);
         assert_eq!(again.visitor_for(&ws, &me).unwrap(), v);
         assert_ne!(again.visitor_for(&other_ws, &me).unwrap(), v);
+    }
+
+    #[test]
+    fn a_visitor_erased_while_its_first_batch_is_written_does_not_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let registry = VisitorRegistry::new(store.clone(), FingerprintScope::Persistent, 10);
+        let ws = WorkspaceId::generate();
+        let salt = [1; 32];
+        let me = device("phone", "81.2.69.1", &salt);
+        let v = registry.visitor_for(&ws, &me).unwrap();
+        let event = ScanEvent {
+            visitor_id: Some(v),
+            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
+        };
+        // The Recorder has taken the batch; the erasure comes before it is
+        // committed.
+        let new = registry.new_in(std::slice::from_ref(&event));
+        registry.forget(&v).unwrap();
+        store.commit_scans_with(&[event], &new).unwrap();
+        registry.committed(&new);
+        assert_eq!(registry.pending_len(), 0);
+        assert!(
+            registry.visitor_cached(&ws, &me).unwrap().is_err(),
+            "the erased visitor is not in the cache"
+        );
     }
 
     #[test]
