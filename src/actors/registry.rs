@@ -233,24 +233,56 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_new_visitor_is_pending_until_its_first_event_is_committed_then_stored() {
+    /// A store, a registry over it with a new device in workspace `ws`, and
+    /// that device's first scan (its visitor still pending).
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        registry: VisitorRegistry,
+        ws: WorkspaceId,
+        event: ScanEvent,
+    }
+
+    const SALT: Salt = [1; 32];
+
+    fn me() -> Device<'static> {
+        device("phone", "81.2.69.1", &SALT)
+    }
+
+    fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8).unwrap();
         let registry = VisitorRegistry::new(store.clone(), FingerprintScope::Persistent, 10);
         let ws = WorkspaceId::generate();
-        let salt = [1; 32];
-        let me = device("phone", "81.2.69.1", &salt);
-        let v = registry.visitor_for(&ws, &me).unwrap();
+        let v = registry.visitor_for(&ws, &me()).unwrap();
+        let event = ScanEvent {
+            visitor_id: Some(v),
+            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
+        };
+        Fixture {
+            _dir: dir,
+            store,
+            registry,
+            ws,
+            event,
+        }
+    }
+
+    #[test]
+    fn a_new_visitor_is_pending_until_its_first_event_is_committed_then_stored() {
+        let Fixture {
+            _dir,
+            store,
+            registry,
+            ws,
+            event,
+        } = fixture();
+        let (me, v) = (me(), event.visitor_id.unwrap());
         assert_eq!(registry.visitor_for(&ws, &me).unwrap(), v, "pending");
         assert_eq!(registry.pending_len(), 1);
         let other_ws = WorkspaceId::generate();
         assert_ne!(registry.visitor_for(&other_ws, &me).unwrap(), v);
         // The Recorder writes the entry with the event, then reports it.
-        let event = ScanEvent {
-            visitor_id: Some(v),
-            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
-        };
         let new = registry.new_in(std::slice::from_ref(&event));
         assert_eq!(new.len(), 1);
         store.commit_scans_with(&[event], &new).unwrap();
@@ -268,17 +300,14 @@ mod tests {
 
     #[test]
     fn a_visitor_erased_while_its_first_batch_is_written_does_not_come_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8).unwrap();
-        let registry = VisitorRegistry::new(store.clone(), FingerprintScope::Persistent, 10);
-        let ws = WorkspaceId::generate();
-        let salt = [1; 32];
-        let me = device("phone", "81.2.69.1", &salt);
-        let v = registry.visitor_for(&ws, &me).unwrap();
-        let event = ScanEvent {
-            visitor_id: Some(v),
-            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
-        };
+        let Fixture {
+            _dir,
+            store,
+            registry,
+            ws,
+            event,
+        } = fixture();
+        let v = event.visitor_id.unwrap();
         // The Recorder has taken the batch; the erasure comes before it is
         // committed.
         let new = registry.new_in(std::slice::from_ref(&event));
@@ -287,7 +316,7 @@ mod tests {
         registry.committed(&new);
         assert_eq!(registry.pending_len(), 0);
         assert!(
-            registry.visitor_cached(&ws, &me).unwrap().is_err(),
+            registry.visitor_cached(&ws, &me()).unwrap().is_err(),
             "the erased visitor is not in the cache"
         );
     }
