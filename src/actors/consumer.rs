@@ -101,6 +101,8 @@ pub struct ConsumerWorker<C: Consumer> {
     status: Arc<WorkerStatus>,
     progress: Arc<ConsumerProgress>,
     dirty: bool,
+    /// Events folded since the state was last stored.
+    unsaved: usize,
     last_checkpoint: Timestamp,
 }
 
@@ -132,6 +134,7 @@ impl<C: Consumer> ConsumerWorker<C> {
             status: WorkerStatus::new(),
             progress,
             dirty: false,
+            unsaved: 0,
             // The first step checkpoints whatever it caught up on.
             last_checkpoint: Timestamp::from_millis(0),
         })
@@ -173,6 +176,7 @@ impl<C: Consumer> ConsumerWorker<C> {
         self.consumer.apply(&mut self.state, events);
         self.position = Some(last.id);
         self.dirty = true;
+        self.unsaved += events.len();
         let n = events.len() as u64;
         self.progress.events.fetch_add(n, Ordering::Relaxed);
         self.progress
@@ -181,18 +185,32 @@ impl<C: Consumer> ConsumerWorker<C> {
     }
 
     /// A committed batch; `after` is the event committed just before it.
+    /// Stores the state at once when this makes more than `unsaved_limit`
+    /// events folded since it was last stored: wake-ups can arrive faster
+    /// than the timer's checkpoints (the worker runs at a low priority), and
+    /// what a consumer holds until its checkpoint (a webhook message per
+    /// event) must not grow with the backlog.
     pub fn on_batch(&mut self, after: Option<EventId>, events: &[ScanEvent]) -> StoreResult<()> {
         match events.last() {
             // Already read from the store.
-            Some(last) if self.position >= Some(last.id) => Ok(()),
-            Some(_) if self.position == after => {
-                self.fold(events);
-                Ok(())
-            }
+            Some(last) if self.position >= Some(last.id) => return Ok(()),
+            Some(_) if self.position == after => self.fold(events),
             // A gap: something before this batch was not seen yet.
-            Some(_) => self.catch_up(PAGES_PER_STEP).map(|_| ()),
-            None => Ok(()),
+            Some(_) => {
+                self.catch_up(PAGES_PER_STEP)?;
+            }
+            None => return Ok(()),
         }
+        if self.unsaved >= self.unsaved_limit() {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Events folded at most before the state is stored: what one step
+    /// catches up.
+    fn unsaved_limit(&self) -> usize {
+        self.settings.read_batch_size.saturating_mul(PAGES_PER_STEP)
     }
 
     /// Reads and folds up to `pages` pages after the position; true when it
@@ -212,6 +230,12 @@ impl<C: Consumer> ConsumerWorker<C> {
     /// Stores position and state together, when anything changed.
     pub fn checkpoint(&mut self, now: Timestamp) -> StoreResult<()> {
         self.last_checkpoint = now;
+        self.save()
+    }
+
+    /// Stores position and state, when anything changed (a checkpoint that
+    /// leaves the timer's schedule alone).
+    fn save(&mut self) -> StoreResult<()> {
         if !self.dirty {
             return Ok(());
         }
@@ -224,6 +248,7 @@ impl<C: Consumer> ConsumerWorker<C> {
         };
         self.consumer.persist(&self.store, &record)?;
         self.dirty = false;
+        self.unsaved = 0;
         Ok(())
     }
 
@@ -375,7 +400,8 @@ mod tests {
     fn a_consumer_folds_every_committed_event_once_across_gaps_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8).unwrap();
-        let batches: Vec<Vec<ScanEvent>> = (0..6).map(|i| batch(3 + i * 5)).collect();
+        // 45 events after the first step: fewer than a step holds unsaved (56).
+        let batches: Vec<Vec<ScanEvent>> = (0..6).map(|i| batch(3 + i * 3)).collect();
         let mut committed: Vec<EventId> = Vec::new();
         for b in &batches[..3] {
             store.commit_scans(b).unwrap();
@@ -426,6 +452,30 @@ mod tests {
             committed.len() as u64
         );
         assert_eq!(store.count_events_after(again.position()).unwrap(), 0);
+    }
+
+    #[test]
+    fn wake_ups_faster_than_the_timer_store_the_state_every_few_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let mut w = ConsumerWorker::load(Tally, store.clone(), settings()).unwrap();
+        // 7 events a page, 8 pages a step: at most 56 events are held.
+        let limit = 7 * PAGES_PER_STEP;
+        let mut after = None;
+        let mut folded = 0;
+        for _ in 0..40 {
+            let b = batch(5);
+            store.commit_scans(&b).unwrap();
+            w.on_batch(after, &b).unwrap();
+            after = b.last().map(|e| e.id);
+            folded += b.len();
+            let stored = store.consumer("tally").unwrap().map_or(0, |r| r.events) as usize;
+            assert!(
+                folded - stored < limit,
+                "{folded} folded, {stored} stored: no timer ran, yet the state is stored"
+            );
+        }
+        assert_eq!(w.state().len(), 200);
     }
 
     #[test]
