@@ -300,23 +300,16 @@ mod tests {
 
     #[test]
     fn a_visitor_erased_while_its_first_batch_is_written_does_not_come_back() {
-        let Fixture {
-            _dir,
-            store,
-            registry,
-            ws,
-            event,
-        } = fixture();
-        let v = event.visitor_id.unwrap();
+        let f = fixture();
         // The Recorder has taken the batch; the erasure comes before it is
         // committed.
-        let new = registry.new_in(std::slice::from_ref(&event));
-        registry.forget(&v).unwrap();
-        store.commit_scans_with(&[event], &new).unwrap();
-        registry.committed(&new);
-        assert_eq!(registry.pending_len(), 0);
+        let new = f.registry.new_in(std::slice::from_ref(&f.event));
+        f.registry.forget(&f.event.visitor_id.unwrap()).unwrap();
+        f.store.commit_scans_with(&[f.event], &new).unwrap();
+        f.registry.committed(&new);
+        assert_eq!(f.registry.pending_len(), 0);
         assert!(
-            registry.visitor_cached(&ws, &me()).unwrap().is_err(),
+            f.registry.visitor_cached(&f.ws, &me()).unwrap().is_err(),
             "the erased visitor is not in the cache"
         );
     }
