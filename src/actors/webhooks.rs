@@ -45,26 +45,37 @@ struct HookQueue {
     by_due: BTreeSet<(i64, MessageId)>,
     due_of: BTreeMap<MessageId, i64>,
     in_flight: HashSet<MessageId>,
+    /// Messages queued again while in flight (`recover`, `redeliver` racing
+    /// the end of an attempt): queued when that attempt ends.
+    again: HashMap<MessageId, i64>,
 }
 
 impl HookQueue {
     fn is_empty(&self) -> bool {
         self.due_of.is_empty() && self.in_flight.is_empty()
     }
+
+    fn queue(&mut self, msg: MessageId, due: i64) {
+        if let Some(old) = self.due_of.insert(msg, due) {
+            self.by_due.remove(&(old, msg));
+        }
+        self.by_due.insert((due, msg));
+    }
 }
 
 impl Outbox {
-    /// Queues `msg` for an attempt at `due` (moves it when queued already;
-    /// leaves it alone while in flight: the attempt's end decides).
+    /// Queues `msg` for an attempt at `due` (moves it when queued already).
+    /// While it is in flight it is queued when that attempt ends: the store
+    /// may already hold the attempt's end (the message failed, then was
+    /// recovered) while the worker has not yet called `done`. A message no
+    /// longer pending by then is dropped when its job is made.
     pub fn add(&mut self, hook: WebhookId, msg: MessageId, due: Timestamp) {
         let q = self.hooks.entry(hook).or_default();
         if q.in_flight.contains(&msg) {
+            q.again.insert(msg, due.as_millis());
             return;
         }
-        if let Some(old) = q.due_of.insert(msg, due.as_millis()) {
-            q.by_due.remove(&(old, msg));
-        }
-        q.by_due.insert((due.as_millis(), msg));
+        q.queue(msg, due.as_millis());
     }
 
     /// Hooks with a message due at `now`, with their requests in flight.
@@ -121,6 +132,9 @@ impl Outbox {
     pub fn done(&mut self, hook: WebhookId, msg: MessageId) {
         if let Some(q) = self.hooks.get_mut(&hook) {
             q.in_flight.remove(&msg);
+            if let Some(due) = q.again.remove(&msg) {
+                q.queue(msg, due);
+            }
             if q.is_empty() {
                 self.hooks.remove(&hook);
             }
@@ -621,11 +635,14 @@ mod tests {
         assert_eq!(o.take_due(a, at(10), 5), vec![ids[1], ids[0]]);
         assert_eq!(o.due_hooks(at(10)), vec![(b, 0)]);
         assert_eq!(o.in_flight(), 2);
-        // In flight: a new schedule waits for the attempt's end.
+        // In flight: a new schedule waits for the attempt's end, then holds.
         o.add(a, ids[0], at(1));
         assert_eq!(o.take_due(a, at(10), 5), vec![]);
         o.done(a, ids[0]);
         o.done(a, ids[1]);
+        assert_eq!(o.len(), 3, "ids[0] is queued again");
+        assert_eq!(o.take_due(a, at(10), 5), vec![ids[0]]);
+        o.done(a, ids[0]);
         assert_eq!(o.len(), 2);
         o.add(b, ids[4], at(1));
         // b has two queued, a one: b's oldest goes first, then a tie is
