@@ -61,10 +61,13 @@ async fn moment() -> Timestamp {
 /// stored a position at the newest event (it checkpoints every second, and
 /// the Purger never passes a stored position).
 async fn purge_at(app: &TestApp, now: Timestamp) {
-    app.eventually("the counters to store their position", || async {
+    // The Purger never passes the lowest consumer position: wait for all.
+    app.eventually("the consumers to store their positions", || async {
         let last = app.store.last_event_id().unwrap();
-        let stored = app.store.consumer("counters").unwrap().unwrap_or_default();
-        stored.position >= last
+        ["counters", "visitors", "webhooks"].iter().all(|name| {
+            let stored = app.store.consumer(name).unwrap().unwrap_or_default();
+            stored.position >= last
+        })
     })
     .await;
     app.purger
