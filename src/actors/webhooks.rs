@@ -1,7 +1,8 @@
 //! The Webhooks worker: a consumer of committed events (`actors::consumer`)
 //! that derives the messages of every hook from scans after its durable
-//! position and writes them to the outbox (`store::webhooks`) together with
-//! that position, in one transaction. A message's ID comes from its event,
+//! position and writes them to the outbox (`store::webhooks`), at most
+//! `MESSAGES_PER_TX` per transaction, the last with that position. A
+//! message's ID comes from its event,
 //! hook and type, and it is only written when absent, so deriving the same
 //! events again after a crash never makes a second message.
 //!
@@ -519,7 +520,7 @@ pub fn test_body(hook: &Webhook, now: Timestamp) -> StoreResult<Vec<u8>> {
 
 /// Messages written per transaction by the consumer. sled's cost per write
 /// grows with the size of the transaction (a checkpoint of 8,192 messages in
-/// one cost 2.6 times as much CPU per message as parts of 128, measured with
+/// one cost about 2.5 times as much CPU per message as parts of 128, measured with
 /// `benches/redirect_load.rs`), and a long transaction holds up every other
 /// writer of the store.
 pub(crate) const MESSAGES_PER_TX: usize = 128;
