@@ -42,6 +42,9 @@ const PRUNE_BATCH: usize = 1_000;
 const PRUNE_EVERY_MS: i64 = 60_000;
 /// Records of a deleted hook removed per step.
 const PURGE_BATCH: usize = 1_000;
+/// Messages failed per transaction (outbox over capacity, hook disabled):
+/// one transaction each made a full outbox stall delivery for a minute.
+const FAIL_PER_TX: usize = 128;
 
 /// One attempt to make: everything the request needs.
 #[derive(Clone)]
@@ -424,29 +427,68 @@ impl DeliveryCore {
         Ok(())
     }
 
-    /// Fails `msg` (not in flight) with `reason`, unless it is done already.
-    fn fail_message(&self, msg: MessageId, reason: Reason, now: Timestamp) -> StoreResult<bool> {
+    /// Fails `msgs` (none in flight) with `reason`, except those done
+    /// already, in one transaction; answers how many it failed.
+    fn fail_messages(
+        &self,
+        msgs: &[MessageId],
+        reason: Reason,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
         self.hub.store.webhook_tx(|tx| {
-            let Some(mut m) = tx.message(&msg)? else {
-                return Ok(false);
-            };
-            if m.state != MessageState::Pending {
-                return Ok(false);
+            let mut failed = 0;
+            for msg in msgs {
+                let Some(mut m) = tx.message(msg)? else {
+                    continue;
+                };
+                if m.state != MessageState::Pending {
+                    continue;
+                }
+                if let Some(id) = m.next_delivery
+                    && let Some(mut d) = tx.delivery(&id)?
+                {
+                    d.status = DeliveryStatus::Failed;
+                    d.error = Some(reason.as_str().to_owned());
+                    tx.put_delivery(&d)?;
+                }
+                m.state = MessageState::Failed;
+                m.failure_reason = Some(reason.as_str().to_owned());
+                m.finished_at = Some(now);
+                m.next_delivery = None;
+                tx.put_message(&m)?;
+                failed += 1;
             }
-            if let Some(id) = m.next_delivery
-                && let Some(mut d) = tx.delivery(&id)?
-            {
-                d.status = DeliveryStatus::Failed;
-                d.error = Some(reason.as_str().to_owned());
-                tx.put_delivery(&d)?;
-            }
-            m.state = MessageState::Failed;
-            m.failure_reason = Some(reason.as_str().to_owned());
-            m.finished_at = Some(now);
-            m.next_delivery = None;
-            tx.put_message(&m)?;
-            Ok(true)
+            Ok(failed)
         })
+    }
+
+    /// Fails `victims` (taken from the outbox, none in flight) in
+    /// transactions of at most `FAIL_PER_TX`. On an error the ones not
+    /// failed yet go back to the outbox, due at `now`.
+    fn fail_all(
+        &self,
+        victims: &[(WebhookId, MessageId)],
+        reason: Reason,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut failed = 0;
+        for (i, part) in victims.chunks(FAIL_PER_TX).enumerate() {
+            let msgs: Vec<MessageId> = part.iter().map(|(_, m)| *m).collect();
+            match self.fail_messages(&msgs, reason, now) {
+                Ok(n) => failed += n,
+                Err(e) => {
+                    let mut outbox = self.hub.outbox();
+                    for (hook, rest) in &victims[i * FAIL_PER_TX..] {
+                        outbox.add(*hook, *rest, now);
+                    }
+                    drop(outbox);
+                    self.count_failed(reason, failed);
+                    return Err(e);
+                }
+            }
+        }
+        self.count_failed(reason, failed);
+        Ok(failed)
     }
 
     fn count_failed(&self, reason: Reason, n: u64) {
@@ -460,22 +502,15 @@ impl DeliveryCore {
 
     /// Fails every queued message of a disabled hook.
     fn fail_queued(&self, hook: &Webhook, reason: Reason, now: Timestamp) -> StoreResult<()> {
-        let queued = self.hub.outbox().take_queued(hook.id);
-        let mut failed = 0;
-        for (i, msg) in queued.iter().enumerate() {
-            match self.fail_message(*msg, reason, now) {
-                Ok(done) => failed += u64::from(done),
-                Err(e) => {
-                    let mut outbox = self.hub.outbox();
-                    for rest in &queued[i..] {
-                        outbox.add(hook.id, *rest, now);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let queued: Vec<(WebhookId, MessageId)> = self
+            .hub
+            .outbox()
+            .take_queued(hook.id)
+            .into_iter()
+            .map(|m| (hook.id, m))
+            .collect();
+        let failed = self.fail_all(&queued, reason, now)?;
         if failed > 0 {
-            self.count_failed(reason, failed);
             tracing::info!(webhook = %hook.id, failed, reason = reason.as_str(), "failed the pending messages of a disabled webhook");
         }
         Ok(())
@@ -493,20 +528,7 @@ impl DeliveryCore {
         if victims.is_empty() {
             return Ok(());
         }
-        let mut failed = 0;
-        for (i, (_, msg)) in victims.iter().enumerate() {
-            match self.fail_message(*msg, Reason::OutboxFull, now) {
-                Ok(done) => failed += u64::from(done),
-                Err(e) => {
-                    let mut outbox = self.hub.outbox();
-                    for (hook, rest) in &victims[i..] {
-                        outbox.add(*hook, *rest, now);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        self.count_failed(Reason::OutboxFull, failed);
+        let failed = self.fail_all(&victims, Reason::OutboxFull, now)?;
         tracing::warn!(
             failed,
             capacity,

@@ -387,3 +387,33 @@ fn webhook_pruning_removes_only_finished_records_made_before_the_cutoff() {
         0
     );
 }
+
+#[test]
+fn webhook_outbox_far_over_capacity_fails_the_excess_in_one_step() {
+    let mut f = fixture(&[("OUTBOX_CAPACITY", "10")]);
+    let hook = f.hook();
+    f.set_status(&hook, WebhookStatus::Paused);
+    // More than two transactions' worth over the capacity.
+    let excess = 2 * FAIL_PER_TX + 5;
+    let msgs = f.messages(&hook, 10 + excess, at(t0()));
+    f.core.run_once(at(t0())).unwrap();
+    assert_eq!(f.hub.outbox().len(), 10);
+    let failed = msgs
+        .iter()
+        .filter(|m| f.message(m).state == MessageState::Failed)
+        .count();
+    assert_eq!(failed, excess);
+    // The oldest went: message IDs sort by creation.
+    for m in &msgs[excess..] {
+        assert_eq!(f.message(m).state, MessageState::Pending);
+    }
+    assert_eq!(
+        f.hub.metrics.webhook_failed_outbox_full.get(),
+        excess as u64
+    );
+    let failed_deliveries = f
+        .store
+        .list_webhook_deliveries(&hook.id, Some(DeliveryStatus::Failed), None, 1_000)
+        .unwrap();
+    assert_eq!(failed_deliveries.items.len(), excess);
+}
