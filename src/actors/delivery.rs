@@ -2,9 +2,10 @@
 //! (stage `Delivery`, on an arbiter of its own). Scheduling is a step
 //! function, `DeliveryCore::run_once(now)`, that answers the attempts to
 //! make now; the actor runs them concurrently with an HTTP client of its
-//! own (`client`), and hands each outcome to `DeliveryCore::complete`, which
-//! writes the attempt's record, the message's state and the hook's counters
-//! in one transaction and schedules a retry. Tests drive both with the time
+//! own (`client`), and hands the outcomes of the attempts that ended to
+//! `DeliveryCore::complete_all`, which writes each attempt's record, its
+//! message's state and its hook's counters, for all of them in one
+//! transaction, and schedules the retries. Tests drive both with the time
 //! they choose.
 //!
 //! - At most `max_in_flight_per_endpoint` requests per hook and
@@ -34,7 +35,7 @@ use crate::config::WebhookSettings;
 use crate::domain::Timestamp;
 use crate::domain::webhook::{Delivery, DeliveryStatus, MessageState, Webhook, WebhookStatus};
 use crate::ids::{DeliveryId, MessageId, WebhookId};
-use crate::store::StoreResult;
+use crate::store::{StoreResult, TxError, WebhookTx};
 
 /// Records removed per hook per pruning step.
 const PRUNE_BATCH: usize = 1_000;
@@ -275,153 +276,65 @@ impl DeliveryCore {
         }))
     }
 
-    /// Records an attempt's outcome: its delivery record, the message (done,
-    /// or the next attempt scheduled, or failed when its round is used up),
-    /// and the hook's counters, in one transaction; then schedules a retry.
+    /// Records one attempt's outcome (see `complete_all`).
+    #[cfg(test)]
     pub fn complete(&mut self, job: &Job, outcome: &Outcome, now: Timestamp) -> StoreResult<()> {
+        self.complete_all(&[(job.clone(), outcome.clone())], now)
+    }
+
+    /// Records attempts' outcomes, in one transaction: for each, its
+    /// delivery record, the message (done, or the next attempt scheduled,
+    /// or failed when its round is used up) and the hook's counters; then
+    /// schedules the retries. On an error nothing is recorded and the
+    /// messages are queued again (they are still pending in the store).
+    pub fn complete_all(&mut self, done: &[(Job, Outcome)], now: Timestamp) -> StoreResult<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
         let settings = self.settings().clone();
-        let ok = outcome.error.is_none();
         let result = self.hub.store.webhook_tx(|tx| {
-            let Some(mut m) = tx.message(&job.message)? else {
-                return Ok(None);
-            };
-            let mut d = match tx.delivery(&job.delivery)? {
-                Some(d) => d,
-                None => Delivery {
-                    id: job.delivery,
-                    message_id: m.id,
-                    hook_id: m.hook_id,
-                    event_type: m.event_type,
-                    attempt: job.attempt,
-                    trigger: m.trigger,
-                    status: DeliveryStatus::Pending,
-                    url: job.url.clone(),
-                    created_at: outcome.started_at,
-                    scheduled_for: outcome.started_at,
-                    attempted_at: None,
-                    duration_ms: None,
-                    response_status: None,
-                    response_body: None,
-                    error: None,
-                    next_attempt_at: None,
-                    signatures: 0,
-                },
-            };
-            d.status = match ok {
-                true => DeliveryStatus::Succeeded,
-                false => DeliveryStatus::Failed,
-            };
-            d.url = job.url.clone();
-            d.attempt = job.attempt;
-            d.attempted_at = Some(outcome.started_at);
-            d.duration_ms = Some(outcome.duration_ms);
-            d.response_status = outcome.status;
-            d.response_body = outcome.body.clone();
-            d.error = outcome.error.map(|e| e.as_str().to_owned());
-            d.signatures = outcome.signatures;
-            let was_pending = m.state == MessageState::Pending;
-            m.attempts = m.attempts.max(job.attempt);
-            let mut retry_at = None;
-            let mut exhausted = false;
-            if was_pending {
-                m.round_attempts += 1;
-                if ok {
-                    m.state = MessageState::Succeeded;
-                    m.failure_reason = None;
-                    m.finished_at = Some(now);
-                    m.next_delivery = None;
-                } else if m.round_attempts < settings.max_attempts {
-                    let pause = retry_delay_ms(
-                        &settings,
-                        m.round_attempts + 1,
-                        &m.id,
-                        outcome.retry_after_ms,
-                    );
-                    let due = Timestamp::from_millis(now.as_millis() + pause as i64);
-                    let next = Delivery {
-                        id: DeliveryId::generate(),
-                        attempt: m.attempts + 1,
-                        status: DeliveryStatus::Pending,
-                        created_at: now,
-                        scheduled_for: due,
-                        attempted_at: None,
-                        duration_ms: None,
-                        response_status: None,
-                        response_body: None,
-                        error: None,
-                        next_attempt_at: None,
-                        signatures: 0,
-                        ..d.clone()
-                    };
-                    d.next_attempt_at = Some(due);
-                    m.next_delivery = Some(next.id);
-                    m.next_attempt_at = due;
-                    tx.put_delivery(&next)?;
-                    retry_at = Some(due);
-                } else {
-                    exhausted = true;
-                    m.state = MessageState::Failed;
-                    m.failure_reason = outcome.error.map(|e| e.as_str().to_owned());
-                    m.finished_at = Some(now);
-                    m.next_delivery = None;
-                }
-            }
-            let mut auto_disabled = false;
-            if let Some(mut hook) = tx.hook(&job.hook)? {
-                hook.last_sent_at = Some(outcome.started_at);
-                if ok {
-                    hook.success_count += 1;
-                    hook.last_delivered_at = Some(now);
-                    hook.consecutive_failures = 0;
-                } else {
-                    hook.failure_count += 1;
-                    if exhausted {
-                        hook.consecutive_failures += 1;
-                        if hook.consecutive_failures >= settings.auto_disable_after
-                            && hook.status == WebhookStatus::Active
-                        {
-                            hook.status = WebhookStatus::AutoDisabled;
-                            hook.updated_at = now;
-                            auto_disabled = true;
-                        }
-                    }
-                }
-                tx.put_hook(&hook)?;
-            }
-            tx.put_delivery(&d)?;
-            tx.put_message(&m)?;
-            Ok(Some((retry_at, exhausted, auto_disabled)))
+            done.iter()
+                .map(|(job, outcome)| record_outcome(tx, &settings, job, outcome, now))
+                .collect::<Result<Vec<_>, TxError>>()
         });
-        let mut outbox = self.hub.outbox();
-        outbox.done(job.hook, job.message);
-        let (retry_at, exhausted, auto_disabled) = match result {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
+        let results = match result {
+            Ok(r) => r,
             Err(e) => {
-                // The message is still pending in the store: try it again.
-                outbox.add(job.hook, job.message, now);
+                let mut outbox = self.hub.outbox();
+                for (job, _) in done {
+                    outbox.done(job.hook, job.message);
+                    outbox.add(job.hook, job.message, now);
+                }
                 return Err(e);
             }
         };
-        if let Some(due) = retry_at {
-            outbox.add(job.hook, job.message, due);
-        }
-        drop(outbox);
         let metrics = &self.hub.metrics;
-        match ok {
-            true => metrics.webhook_attempts_succeeded.inc(),
-            false => metrics.webhook_attempts_failed.inc(),
-        }
-        if retry_at.is_some() {
-            metrics.webhook_retries.inc();
-        }
-        if exhausted {
-            metrics.webhook_failed_exhausted.inc();
-            tracing::info!(webhook = %job.hook, message = %job.message, attempts = job.attempt, "webhook message failed all its attempts");
-        }
-        if auto_disabled {
-            metrics.webhook_auto_disabled.inc();
-            tracing::warn!(webhook = %job.hook, "webhook switched to auto_disabled after repeated failures");
+        for ((job, outcome), result) in done.iter().zip(results) {
+            self.hub.outbox().done(job.hook, job.message);
+            let Some(Recorded {
+                retry_at,
+                exhausted,
+                auto_disabled,
+            }) = result
+            else {
+                continue;
+            };
+            if let Some(due) = retry_at {
+                self.hub.outbox().add(job.hook, job.message, due);
+                metrics.webhook_retries.inc();
+            }
+            match outcome.error.is_none() {
+                true => metrics.webhook_attempts_succeeded.inc(),
+                false => metrics.webhook_attempts_failed.inc(),
+            }
+            if exhausted {
+                metrics.webhook_failed_exhausted.inc();
+                tracing::info!(webhook = %job.hook, message = %job.message, attempts = job.attempt, "webhook message failed all its attempts");
+            }
+            if auto_disabled {
+                metrics.webhook_auto_disabled.inc();
+                tracing::warn!(webhook = %job.hook, "webhook switched to auto_disabled after repeated failures");
+            }
         }
         self.update_depth();
         Ok(())
@@ -574,6 +487,137 @@ impl DeliveryCore {
     }
 }
 
+/// What recording an outcome changed beyond its records.
+struct Recorded {
+    retry_at: Option<Timestamp>,
+    exhausted: bool,
+    auto_disabled: bool,
+}
+
+/// Records one attempt's outcome in `tx`; `None` when its message is gone.
+fn record_outcome(
+    tx: &WebhookTx,
+    settings: &WebhookSettings,
+    job: &Job,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> Result<Option<Recorded>, TxError> {
+    let ok = outcome.error.is_none();
+    let Some(mut m) = tx.message(&job.message)? else {
+        return Ok(None);
+    };
+    let mut d = match tx.delivery(&job.delivery)? {
+        Some(d) => d,
+        None => Delivery {
+            id: job.delivery,
+            message_id: m.id,
+            hook_id: m.hook_id,
+            event_type: m.event_type,
+            attempt: job.attempt,
+            trigger: m.trigger,
+            status: DeliveryStatus::Pending,
+            url: job.url.clone(),
+            created_at: outcome.started_at,
+            scheduled_for: outcome.started_at,
+            attempted_at: None,
+            duration_ms: None,
+            response_status: None,
+            response_body: None,
+            error: None,
+            next_attempt_at: None,
+            signatures: 0,
+        },
+    };
+    d.status = match ok {
+        true => DeliveryStatus::Succeeded,
+        false => DeliveryStatus::Failed,
+    };
+    d.url = job.url.clone();
+    d.attempt = job.attempt;
+    d.attempted_at = Some(outcome.started_at);
+    d.duration_ms = Some(outcome.duration_ms);
+    d.response_status = outcome.status;
+    d.response_body = outcome.body.clone();
+    d.error = outcome.error.map(|e| e.as_str().to_owned());
+    d.signatures = outcome.signatures;
+    let was_pending = m.state == MessageState::Pending;
+    m.attempts = m.attempts.max(job.attempt);
+    let mut retry_at = None;
+    let mut exhausted = false;
+    if was_pending {
+        m.round_attempts += 1;
+        if ok {
+            m.state = MessageState::Succeeded;
+            m.failure_reason = None;
+            m.finished_at = Some(now);
+            m.next_delivery = None;
+        } else if m.round_attempts < settings.max_attempts {
+            let pause = retry_delay_ms(
+                settings,
+                m.round_attempts + 1,
+                &m.id,
+                outcome.retry_after_ms,
+            );
+            let due = Timestamp::from_millis(now.as_millis() + pause as i64);
+            let next = Delivery {
+                id: DeliveryId::generate(),
+                attempt: m.attempts + 1,
+                status: DeliveryStatus::Pending,
+                created_at: now,
+                scheduled_for: due,
+                attempted_at: None,
+                duration_ms: None,
+                response_status: None,
+                response_body: None,
+                error: None,
+                next_attempt_at: None,
+                signatures: 0,
+                ..d.clone()
+            };
+            d.next_attempt_at = Some(due);
+            m.next_delivery = Some(next.id);
+            m.next_attempt_at = due;
+            tx.put_delivery(&next)?;
+            retry_at = Some(due);
+        } else {
+            exhausted = true;
+            m.state = MessageState::Failed;
+            m.failure_reason = outcome.error.map(|e| e.as_str().to_owned());
+            m.finished_at = Some(now);
+            m.next_delivery = None;
+        }
+    }
+    let mut auto_disabled = false;
+    if let Some(mut hook) = tx.hook(&job.hook)? {
+        hook.last_sent_at = Some(outcome.started_at);
+        if ok {
+            hook.success_count += 1;
+            hook.last_delivered_at = Some(now);
+            hook.consecutive_failures = 0;
+        } else {
+            hook.failure_count += 1;
+            if exhausted {
+                hook.consecutive_failures += 1;
+                if hook.consecutive_failures >= settings.auto_disable_after
+                    && hook.status == WebhookStatus::Active
+                {
+                    hook.status = WebhookStatus::AutoDisabled;
+                    hook.updated_at = now;
+                    auto_disabled = true;
+                }
+            }
+        }
+        tx.put_hook(&hook)?;
+    }
+    tx.put_delivery(&d)?;
+    tx.put_message(&m)?;
+    Ok(Some(Recorded {
+        retry_at,
+        exhausted,
+        auto_disabled,
+    }))
+}
+
 /// The actor around `DeliveryCore`.
 pub struct DeliveryWorker {
     core: DeliveryCore,
@@ -581,7 +625,17 @@ pub struct DeliveryWorker {
     client: Option<awc::Client>,
     status: Arc<WorkerStatus>,
     stopping: bool,
+    /// Attempts that ended and are not recorded yet: they are recorded
+    /// together (`RecordOutcomes`), one transaction for all that ended
+    /// meanwhile, instead of one each.
+    finished: Vec<(Job, Outcome)>,
+    record_queued: bool,
 }
+
+/// Record the attempts that ended (`DeliveryWorker::finished`).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RecordOutcomes;
 
 impl DeliveryWorker {
     /// Starts the worker on an arbiter of its own and connects it to the hub.
@@ -598,6 +652,8 @@ impl DeliveryWorker {
             client: None,
             status: worker_status,
             stopping: false,
+            finished: Vec::new(),
+            record_queued: false,
         });
         hub.set_delivery(addr.clone().recipient());
         WorkerHandle::new("webhook_delivery", Stage::Delivery, &addr, status)
@@ -632,13 +688,22 @@ impl DeliveryWorker {
             async move { client::attempt(&client, &settings, &job).await }
         };
         ctx.spawn(request.into_actor(self).map(move |outcome, act, ctx| {
-            if let Err(e) = act.core.complete(&job, &outcome, Timestamp::now()) {
-                act.status.ran(false);
-                tracing::error!(worker = "webhook_delivery", error = %e, "could not record a delivery attempt; it will be made again");
+            act.finished.push((job, outcome));
+            if !act.record_queued {
+                act.record_queued = true;
+                ctx.notify(RecordOutcomes);
             }
-            // A slot is free: the next message may go now.
-            act.step(ctx);
         }));
+    }
+
+    /// Records the attempts that ended.
+    fn record(&mut self) {
+        self.record_queued = false;
+        let done = std::mem::take(&mut self.finished);
+        if let Err(e) = self.core.complete_all(&done, Timestamp::now()) {
+            self.status.ran(false);
+            tracing::error!(worker = "webhook_delivery", error = %e, attempts = done.len(), "could not record delivery attempts; they will be made again");
+        }
     }
 }
 
@@ -663,6 +728,16 @@ impl Handler<WakeDelivery> for DeliveryWorker {
     }
 }
 
+impl Handler<RecordOutcomes> for DeliveryWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: RecordOutcomes, ctx: &mut Self::Context) {
+        self.record();
+        // Slots are free: the next messages may go now.
+        self.step(ctx);
+    }
+}
+
 impl Handler<Drain> for DeliveryWorker {
     type Result = DrainReport;
 
@@ -671,6 +746,8 @@ impl Handler<Drain> for DeliveryWorker {
     /// restart (at least once).
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> DrainReport {
         self.stopping = true;
+        // Attempts that ended are recorded, not made again.
+        self.record();
         let left = self.core.pending();
         ctx.stop();
         DrainReport { left }

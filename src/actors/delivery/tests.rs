@@ -417,3 +417,36 @@ fn webhook_outbox_far_over_capacity_fails_the_excess_in_one_step() {
         .unwrap();
     assert_eq!(failed_deliveries.items.len(), excess);
 }
+
+#[test]
+fn webhook_outcomes_recorded_together_each_count_once() {
+    let mut f = fixture(&[]);
+    let hook = f.hook();
+    let msgs = f.messages(&hook, 3, at(t0()));
+    let jobs = f.core.run_once(at(t0())).unwrap();
+    assert_eq!(jobs.len(), 3);
+    let done: Vec<(Job, Outcome)> = jobs
+        .iter()
+        .map(|j| {
+            let status = if j.message == msgs[2] { 500 } else { 200 };
+            (j.clone(), outcome(Some(status), t0()))
+        })
+        .collect();
+    f.core.complete_all(&done, at(t0())).unwrap();
+    let h = f.reload(&hook);
+    assert_eq!((h.success_count, h.failure_count), (2, 1));
+    assert_eq!(f.message(&msgs[0]).state, MessageState::Succeeded);
+    assert_eq!(f.message(&msgs[1]).state, MessageState::Succeeded);
+    // The failed one is pending again, queued for its retry.
+    assert_eq!(f.message(&msgs[2]).state, MessageState::Pending);
+    assert_eq!(f.hub.outbox().len(), 1);
+    assert_eq!(f.hub.outbox().in_flight(), 0);
+    assert_eq!(f.hub.metrics.webhook_retries.get(), 1);
+    assert_eq!(f.hub.metrics.webhook_attempts_succeeded.get(), 2);
+    let records = f
+        .store
+        .list_webhook_deliveries(&hook.id, None, None, 100)
+        .unwrap();
+    // Three attempts made and the retry's pending record.
+    assert_eq!(records.items.len(), 4);
+}
