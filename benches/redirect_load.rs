@@ -27,6 +27,12 @@ mod load;
 #[path = "support/threads.rs"]
 mod threads;
 
+#[path = "support/alloc_count.rs"]
+mod alloc_count;
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+
 #[path = "support/http.rs"]
 mod http;
 
@@ -254,6 +260,10 @@ struct Run {
     cpu: Vec<(String, u64)>,
     /// The same during the ceiling's run.
     base_cpu: Vec<(String, u64)>,
+    /// Allocations by thread group during the load.
+    allocations: Vec<(String, u64)>,
+    /// The same during the ceiling's run.
+    base_allocations: Vec<(String, u64)>,
     recorded: f64,
     redirects: f64,
     recorder_cpu_secs: f64,
@@ -339,13 +349,22 @@ fn main() {
     for (name, env, hook) in scenarios {
         let mut runs: Vec<Run> = Vec::new();
         for _ in 0..rounds {
-            let before_base = threads::snapshot();
+            let before_base = threads::snapshot_with(alloc_count::of_thread);
             let base = drive(ceiling_addr, "/bench", secs);
-            let base_cpu = threads::spent(&before_base, &threads::snapshot());
+            let after_base = threads::snapshot_with(alloc_count::of_thread);
+            let base_cpu = threads::spent(&before_base, &after_base);
+            let base_allocations = threads::allocated(&before_base, &after_base);
             let server = Scanhop::start(env.clone(), hook.then_some(receiver));
-            let (before, received_before) = (threads::snapshot(), received.load(Ordering::Relaxed));
+            let (before, received_before) = (
+                threads::snapshot_with(alloc_count::of_thread),
+                received.load(Ordering::Relaxed),
+            );
             let load = drive(server.addr, "/bench", secs);
-            let cpu = threads::spent(&before, &threads::snapshot());
+            let after = threads::snapshot_with(alloc_count::of_thread);
+            let (cpu, allocations) = (
+                threads::spent(&before, &after),
+                threads::allocated(&before, &after),
+            );
             let delivered_during = received.load(Ordering::Relaxed) - received_before;
             // Every answered redirect is a recorded scan once the Recorder's
             // queue is drained (at most a batch interval later).
@@ -378,6 +397,8 @@ fn main() {
                 base,
                 cpu,
                 base_cpu,
+                allocations,
+                base_allocations,
                 recorded,
                 redirects,
             };
@@ -426,10 +447,25 @@ fn main() {
                 format!("{group} {:.1}", *ns as f64 / 1000.0 / n)
             })
             .collect();
+        let allocations: Vec<String> = r
+            .allocations
+            .iter()
+            .take(6)
+            .map(|(group, n)| format!("{group} {:.1}", *n as f64 / scans))
+            .collect();
+        let base_requests = (r.base.rps() * (r.base.secs + 1.0)).max(1.0);
+        let base_allocations: Vec<String> = r
+            .base_allocations
+            .iter()
+            .take(2)
+            .map(|(group, n)| format!("{group} {:.1}", *n as f64 / base_requests))
+            .collect();
         let mut detail = format!(
-            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second; {:.0} bytes per event (segment values).",
+            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second; {:.0} bytes per event (segment values).",
             per_scan.join(", "),
             base_per_request.join(", "),
+            allocations.join(", "),
+            base_allocations.join(", "),
             r.recorded / r.recorder_cpu_secs.max(1e-9),
             r.event_bytes / r.recorded.max(1.0),
         );

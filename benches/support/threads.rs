@@ -5,10 +5,16 @@
 
 use std::collections::BTreeMap;
 
-/// CPU nanoseconds per thread ID, with the thread's name.
-pub struct Snapshot(BTreeMap<u64, (String, u64)>);
+/// CPU nanoseconds and allocations per thread ID, with the thread's name.
+pub struct Snapshot(BTreeMap<u64, (String, u64, u64)>);
 
 pub fn snapshot() -> Snapshot {
+    snapshot_with(|_| 0)
+}
+
+/// A snapshot with each thread's allocations so far, as `allocations`
+/// answers them for a thread ID (`alloc_count::of_thread`).
+pub fn snapshot_with(allocations: impl Fn(u64) -> u64) -> Snapshot {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return Snapshot(out);
@@ -27,7 +33,7 @@ pub fn snapshot() -> Snapshot {
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
-        out.insert(tid, (name.trim().to_owned(), ns));
+        out.insert(tid, (name.trim().to_owned(), ns, allocations(tid)));
     }
     Snapshot(out)
 }
@@ -46,10 +52,23 @@ fn group(name: &str) -> String {
 /// CPU nanoseconds spent between `before` and `after`, by thread group,
 /// largest first.
 pub fn spent(before: &Snapshot, after: &Snapshot) -> Vec<(String, u64)> {
+    by_group(before, after, |(_, ns, _)| *ns)
+}
+
+/// Allocations made between `before` and `after`, by thread group, most first.
+pub fn allocated(before: &Snapshot, after: &Snapshot) -> Vec<(String, u64)> {
+    by_group(before, after, |(_, _, n)| *n)
+}
+
+fn by_group(
+    before: &Snapshot,
+    after: &Snapshot,
+    value: impl Fn(&(String, u64, u64)) -> u64,
+) -> Vec<(String, u64)> {
     let mut by_group: BTreeMap<String, u64> = BTreeMap::new();
-    for (tid, (name, ns)) in &after.0 {
-        let earlier = before.0.get(tid).map_or(0, |(_, n)| *n);
-        *by_group.entry(group(name)).or_default() += ns.saturating_sub(earlier);
+    for (tid, now) in &after.0 {
+        let earlier = before.0.get(tid).map_or(0, &value);
+        *by_group.entry(group(&now.0)).or_default() += value(now).saturating_sub(earlier);
     }
     let mut v: Vec<_> = by_group.into_iter().filter(|(_, ns)| *ns > 0).collect();
     v.sort_by_key(|g| std::cmp::Reverse(g.1));
