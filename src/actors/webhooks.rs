@@ -603,9 +603,35 @@ impl Consumer for Webhooks {
     const NAME: &'static str = "webhooks";
     type State = ();
 
+    /// Keeps the non-bot events that can make a message, so a workspace
+    /// without hooks costs no copy here. An event of a workspace without a
+    /// hook now, scanned before `now`, makes none: hooks are created under
+    /// `create_lock` with their creation time taken there, so a hook made
+    /// after this check was created at `now` or later and wants only scans
+    /// from then on.
     fn apply(&mut self, _: &mut (), events: &[ScanEvent]) {
-        self.events
-            .extend(events.iter().filter(|e| !e.bot).cloned());
+        let mut has_hooks: HashMap<WorkspaceId, bool> = HashMap::new();
+        let now = {
+            let _no_hook_created_meanwhile = self
+                .hub
+                .create_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for e in events.iter().filter(|e| !e.bot) {
+                has_hooks.entry(e.workspace_id).or_insert_with(|| {
+                    // Unreadable: keep the events; `derive` reads the hooks again.
+                    self.hub.store.has_webhooks(&e.workspace_id).unwrap_or(true)
+                });
+            }
+            Timestamp::now().as_millis()
+        };
+        self.events.extend(
+            events
+                .iter()
+                .filter(|e| !e.bot)
+                .filter(|e| has_hooks[&e.workspace_id] || e.timestamp_ms() >= now)
+                .cloned(),
+        );
     }
 
     /// Derives the folded events' messages and writes them in transactions

@@ -190,6 +190,18 @@ impl Store {
     }
 
     /// A workspace's hooks, oldest first.
+    /// Whether workspace `ws` has a hook, in any state.
+    pub fn has_webhooks(&self, ws: &WorkspaceId) -> StoreResult<bool> {
+        Ok(self
+            .inner
+            .webhooks_by_workspace
+            .scan_prefix(ws.as_bytes())
+            .keys()
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
     pub fn webhooks_of(&self, ws: &WorkspaceId) -> StoreResult<Vec<Webhook>> {
         let mut out = Vec::new();
         for key in self

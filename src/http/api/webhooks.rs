@@ -202,33 +202,35 @@ async fn create_webhook(
     check_links(&state, &ws, &fields)?;
     let key = key.unwrap_or_else(generate_key);
     let (plan, limit) = plan_limit(&state, &ws)?;
-    let now = Timestamp::now();
-    let hook = Webhook {
-        id: WebhookId::generate(),
-        workspace_id: ws,
-        name: fields.name.flatten(),
-        url: fields.url.unwrap_or_default(),
-        events: fields.events.unwrap_or_default(),
-        link_ids: fields.link_ids.flatten(),
-        status: WebhookStatus::Active,
-        keys: vec![WebhookKey {
-            key: key.clone(),
-            expires_at: None,
-        }],
-        consecutive_failures: 0,
-        success_count: 0,
-        failure_count: 0,
-        last_sent_at: None,
-        last_delivered_at: None,
-        created_at: now,
-        updated_at: now,
-    };
-    {
+    let hook = {
         let _one_at_a_time = state
             .webhooks
             .create_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The creation time is taken under the lock: the Webhooks worker
+        // relies on it to skip scans no new hook can want (`Webhooks::apply`).
+        let now = Timestamp::now();
+        let hook = Webhook {
+            id: WebhookId::generate(),
+            workspace_id: ws,
+            name: fields.name.flatten(),
+            url: fields.url.unwrap_or_default(),
+            events: fields.events.unwrap_or_default(),
+            link_ids: fields.link_ids.flatten(),
+            status: WebhookStatus::Active,
+            keys: vec![WebhookKey {
+                key: key.clone(),
+                expires_at: None,
+            }],
+            consecutive_failures: 0,
+            success_count: 0,
+            failure_count: 0,
+            last_sent_at: None,
+            last_delivered_at: None,
+            created_at: now,
+            updated_at: now,
+        };
         let existing = state.store.webhooks_of(&ws)?.len();
         if limit > 0 && existing >= limit as usize {
             let s = if limit == 1 { "" } else { "s" };
@@ -238,7 +240,8 @@ async fn create_webhook(
             )));
         }
         state.store.insert_webhook(&hook)?;
-    }
+        hook
+    };
     tracing::info!(webhook = %hook.id, workspace = %ws, "webhook created");
     Ok(HttpResponse::Created().json(WebhookWithSecret {
         webhook: hook.into(),
