@@ -45,11 +45,18 @@ pub struct VisitorProfile {
     pub last_day: i64,
 }
 
-fn insert_sorted<T: Ord>(list: &mut Vec<T>, value: T) {
-    if let Err(at) = list.binary_search(&value)
+/// Inserts the value `make` builds where `order` (comparing an element with
+/// the value) finds its place, unless it is there already or the list is
+/// full; the value is only built when it is inserted.
+fn insert_sorted<T>(
+    list: &mut Vec<T>,
+    order: impl FnMut(&T) -> std::cmp::Ordering,
+    make: impl FnOnce() -> T,
+) {
+    if let Err(at) = list.binary_search_by(order)
         && list.len() < MAX_LISTED
     {
-        list.insert(at, value);
+        list.insert(at, make());
     }
 }
 
@@ -86,12 +93,26 @@ impl VisitorProfile {
         self.event_count += 1;
         self.links.insert(id_hash(e.link_id.as_bytes()));
         if let Some(c) = &e.country {
-            insert_sorted(&mut self.countries, c.clone());
+            insert_sorted(&mut self.countries, |x| x.as_str().cmp(c), || c.clone());
         }
+        // Compared as borrowed fields, in `DeviceSeen`'s (derived) order.
+        let seen = (
+            e.device_type.as_str(),
+            e.os.as_deref(),
+            e.browser.as_deref(),
+        );
         insert_sorted(
             &mut self.devices,
-            DeviceSeen {
-                device_type: e.device_type.as_str().to_owned(),
+            |d| {
+                (
+                    d.device_type.as_str(),
+                    d.os.as_deref(),
+                    d.browser.as_deref(),
+                )
+                    .cmp(&seen)
+            },
+            || DeviceSeen {
+                device_type: seen.0.to_owned(),
                 os: e.os.clone(),
                 browser: e.browser.clone(),
             },
@@ -171,6 +192,35 @@ mod tests {
         assert_eq!(p.days_seen, 3);
         assert_eq!(p.first_seen.as_millis(), 100 * day + 5);
         assert_eq!(p.last_seen.as_millis(), 103 * day);
+    }
+
+    #[test]
+    fn devices_and_countries_stay_sorted_and_distinct() {
+        use crate::domain::DeviceType;
+        let mut p = VisitorProfile::new(
+            VisitorId::generate(),
+            WorkspaceId::generate(),
+            Timestamp::from_millis(0),
+        );
+        let link = LinkId::generate();
+        let seen = [
+            (DeviceType::Mobile, Some("iOS"), Some("Safari"), Some("US")),
+            (DeviceType::Desktop, None, Some("Firefox"), Some("AT")),
+            (DeviceType::Mobile, Some("Android"), None, None),
+            (DeviceType::Mobile, Some("iOS"), Some("Safari"), Some("DE")),
+            (DeviceType::Mobile, Some("iOS"), None, Some("AT")),
+            (DeviceType::Desktop, None, Some("Firefox"), Some("US")),
+        ];
+        for (i, (device, os, browser, country)) in seen.into_iter().enumerate() {
+            let mut e = event(i as i64, link, country);
+            e.device_type = device;
+            e.os = os.map(str::to_owned);
+            e.browser = browser.map(str::to_owned);
+            p.add_event(&e);
+        }
+        assert_eq!(p.countries, ["AT", "DE", "US"]);
+        assert_eq!(p.devices.len(), 4);
+        assert!(p.devices.windows(2).all(|w| w[0] < w[1]), "{:?}", p.devices);
     }
 
     #[test]
