@@ -508,25 +508,14 @@ fn record_outcome(
     };
     let mut d = match tx.delivery(&job.delivery)? {
         Some(d) => d,
-        None => Delivery {
-            id: job.delivery,
-            message_id: m.id,
-            hook_id: m.hook_id,
-            event_type: m.event_type,
-            attempt: job.attempt,
-            trigger: m.trigger,
-            status: DeliveryStatus::Pending,
-            url: job.url.clone(),
-            created_at: outcome.started_at,
-            scheduled_for: outcome.started_at,
-            attempted_at: None,
-            duration_ms: None,
-            response_status: None,
-            response_body: None,
-            error: None,
-            next_attempt_at: None,
-            signatures: 0,
-        },
+        None => Delivery::pending(
+            job.delivery,
+            &m,
+            job.attempt,
+            job.url.clone(),
+            outcome.started_at,
+            outcome.started_at,
+        ),
     };
     d.status = match ok {
         true => DeliveryStatus::Succeeded,
@@ -559,21 +548,14 @@ fn record_outcome(
                 outcome.retry_after_ms,
             );
             let due = Timestamp::from_millis(now.as_millis() + pause as i64);
-            let next = Delivery {
-                id: DeliveryId::generate(),
-                attempt: m.attempts + 1,
-                status: DeliveryStatus::Pending,
-                created_at: now,
-                scheduled_for: due,
-                attempted_at: None,
-                duration_ms: None,
-                response_status: None,
-                response_body: None,
-                error: None,
-                next_attempt_at: None,
-                signatures: 0,
-                ..d.clone()
-            };
+            let next = Delivery::pending(
+                DeliveryId::generate(),
+                &m,
+                m.attempts + 1,
+                job.url.clone(),
+                now,
+                due,
+            );
             d.next_attempt_at = Some(due);
             m.next_delivery = Some(next.id);
             m.next_attempt_at = due;

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker};
 use crate::config::Settings;
 use crate::domain::webhook::{
-    Delivery, DeliveryStatus, EventType, Message, MessageState, Trigger, Webhook, message_id,
+    Delivery, EventType, Message, MessageState, Trigger, Webhook, message_id,
 };
 use crate::domain::{EventView, Link, ScanEvent, Timestamp};
 use crate::ids::{DeliveryId, EventId, LinkId, MessageId, VisitorId, WebhookId, WorkspaceId};
@@ -276,25 +276,7 @@ pub fn new_message(
     body: Vec<u8>,
     now: Timestamp,
 ) -> (Message, Delivery) {
-    let delivery = Delivery {
-        id: DeliveryId::generate(),
-        message_id: id,
-        hook_id: hook.id,
-        event_type,
-        attempt: 1,
-        trigger: Trigger::Auto,
-        status: DeliveryStatus::Pending,
-        url: hook.url.clone(),
-        created_at: now,
-        scheduled_for: now,
-        attempted_at: None,
-        duration_ms: None,
-        response_status: None,
-        response_body: None,
-        error: None,
-        next_attempt_at: None,
-        signatures: 0,
-    };
+    let delivery_id = DeliveryId::generate();
     let message = Message {
         id,
         hook_id: hook.id,
@@ -307,10 +289,11 @@ pub fn new_message(
         round_attempts: 0,
         trigger: Trigger::Auto,
         next_attempt_at: now,
-        next_delivery: Some(delivery.id),
+        next_delivery: Some(delivery_id),
         failure_reason: None,
         finished_at: None,
     };
+    let delivery = Delivery::pending(delivery_id, &message, 1, hook.url.clone(), now, now);
     (message, delivery)
 }
 

@@ -251,6 +251,39 @@ pub struct Delivery {
     pub signatures: u8,
 }
 
+impl Delivery {
+    /// The record of attempt `attempt` of `message` to `url`, not made yet:
+    /// written when it is scheduled, for `scheduled_for`.
+    pub fn pending(
+        id: DeliveryId,
+        message: &Message,
+        attempt: u32,
+        url: String,
+        created_at: Timestamp,
+        scheduled_for: Timestamp,
+    ) -> Delivery {
+        Delivery {
+            id,
+            message_id: message.id,
+            hook_id: message.hook_id,
+            event_type: message.event_type,
+            attempt,
+            trigger: message.trigger,
+            status: DeliveryStatus::Pending,
+            url,
+            created_at,
+            scheduled_for,
+            attempted_at: None,
+            duration_ms: None,
+            response_status: None,
+            response_body: None,
+            error: None,
+            next_attempt_at: None,
+            signatures: 0,
+        }
+    }
+}
+
 /// `whsec_` + standard base64 of `key`: what verifiers are configured with.
 pub fn secret_string(key: &[u8]) -> String {
     format!("{SECRET_PREFIX}{}", STANDARD.encode(key))

@@ -521,28 +521,17 @@ fn requeue(store: &Store, hook: &Webhook, msg: &MessageId, now: Timestamp) -> St
         if m.state == MessageState::Pending {
             return Ok(Requeue::AlreadyPending);
         }
-        let d = Delivery {
-            id: DeliveryId::generate(),
-            message_id: m.id,
-            hook_id: hook.id,
-            event_type: m.event_type,
-            attempt: m.attempts + 1,
-            trigger: Trigger::Manual,
-            status: DeliveryStatus::Pending,
-            url: hook.url.clone(),
-            created_at: now,
-            scheduled_for: now,
-            attempted_at: None,
-            duration_ms: None,
-            response_status: None,
-            response_body: None,
-            error: None,
-            next_attempt_at: None,
-            signatures: 0,
-        };
+        m.trigger = Trigger::Manual;
+        let d = Delivery::pending(
+            DeliveryId::generate(),
+            &m,
+            m.attempts + 1,
+            hook.url.clone(),
+            now,
+            now,
+        );
         m.state = MessageState::Pending;
         m.round_attempts = 0;
-        m.trigger = Trigger::Manual;
         m.next_attempt_at = now;
         m.next_delivery = Some(d.id);
         m.failure_reason = None;
