@@ -74,8 +74,13 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 
 #[actix_rt::test]
 async fn a_consumer_with_a_mailbox_of_one_counts_every_scan_once_under_a_burst() {
-    let app =
-        spawn_app_with_consumers(&[], vec![ConsumerWorker::starter(Tally, tally_settings())]).await;
+    // Batches of 4: the burst commits one after another (a full batch is
+    // committed at once), so wake-ups come faster than the tally folds them.
+    let app = spawn_app_with_consumers(
+        &[("SCANHOP__RECORDER__BATCH_SIZE", "4")],
+        vec![ConsumerWorker::starter(Tally, tally_settings())],
+    )
+    .await;
     app.create_link(json!({"destination": "https://example.com/", "slug": "burst"}))
         .await;
     let scans = (0..16).map(|_| async {
