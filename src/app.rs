@@ -29,7 +29,7 @@ use crate::actors::visitors::{VisitorView, Visitors};
 use crate::actors::webhooks::{WebhookHub, Webhooks};
 use crate::actors::{ConsumerStarter, Recorder, Resolver, Stage, Workers};
 use crate::clock::Clock;
-use crate::config::{Durability, Settings};
+use crate::config::Settings;
 use crate::enrich::Enricher;
 use crate::enrich::geo::{GeoDatabases, GeoError};
 use crate::enrich::privacy::SaltBook;
@@ -301,13 +301,13 @@ fn start_maintenance(
         ms(settings.retention.purge_interval_ms),
         &threads::background_arbiter("purger").handle(),
     ));
-    if settings.storage.durability == Durability::Batched {
-        workers.add(Periodic::start(
-            Flusher::new(store.clone(), metrics.clone()),
-            ms(settings.storage.flush_interval_ms),
-            &threads::named_arbiter("flusher").handle(),
-        ));
-    }
+    // Both modes: strict flushes each batch of scans, the Flusher everything
+    // else (API writes, the workers' output), which sled does not fsync.
+    workers.add(Periodic::start(
+        Flusher::new(store.clone(), metrics.clone()),
+        ms(settings.storage.flush_interval_ms),
+        &threads::named_arbiter("flusher").handle(),
+    ));
 }
 
 /// The Purger, bound by the positions of the consumers started so far.

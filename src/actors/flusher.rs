@@ -1,6 +1,8 @@
-//! The background fsync of `batched` durability: flushes sled every
-//! `storage.flush_interval_ms`, and once more when drained, after every other
-//! stage has written what it had.
+//! The background fsync: flushes sled every `storage.flush_interval_ms`, and
+//! once more when drained, after every other stage has written what it had.
+//! In `batched` durability that is what makes scans durable; in both modes it
+//! makes the API's writes and the workers' output durable (sled's own
+//! background fsync is off: `Store::open`).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -117,6 +117,7 @@ pub fn store_size(path: &Path) -> StoreResult<u64> {
 fn open_sled(dir: &Path, cache_mb: u64) -> StoreResult<sled::Db> {
     Ok(sled::Config::new()
         .path(dir)
+        .segment_size(super::log_segment_size(dir))
         .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
         .mode(sled::Mode::HighThroughput)
         .open()?)

@@ -2,7 +2,8 @@
 //!
 //! The Recorder gives events strictly increasing IDs in the order they enter
 //! its queue, so each committed batch is one segment covering a contiguous ID
-//! range, keyed by its first ID. `commit_scans` writes the segment, one index
+//! range (several when its events are large: `MAX_SEGMENT_BYTES`), keyed by
+//! its first ID. `commit_scans` writes the segment, one index
 //! entry per (link, segment), (workspace, segment) and (visitor, segment)
 //! holding the positions of that owner's events, and the link totals, in one
 //! transaction. Reads find an event by seeking to the last segment starting
@@ -19,6 +20,31 @@ use super::segment::{self, Segment};
 use super::{NewVisitor, Store, StoreError, StoreResult, keys};
 use crate::domain::{DeviceType, ScanEvent};
 use crate::ids::{EventId, EventKind, Id, IdKind, LinkId, VisitorId, WorkspaceId};
+
+/// Most bytes of one segment value (unless it holds a single event): a batch
+/// over it is written as several segments. A page of the events tree holds
+/// up to 17 values, and sled must never write one to a blob file of its own
+/// (`blobs.rs`; `Store::open` sets its threshold to 4 MiB).
+const MAX_SEGMENT_BYTES: usize = 192 * 1024;
+
+/// `events` (ascending IDs) encoded as segments of at most
+/// `MAX_SEGMENT_BYTES`: (the events, the encoded value), in order.
+fn encode_segments(events: &[ScanEvent]) -> StoreResult<Vec<(&[ScanEvent], Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut todo = vec![events];
+    while let Some(part) = todo.pop() {
+        let value = segment::encode(part)?;
+        if value.len() > MAX_SEGMENT_BYTES && part.len() > 1 {
+            let (left, right) = part.split_at(part.len() / 2);
+            // Left first: popped next.
+            todo.push(right);
+            todo.push(left);
+        } else {
+            out.push((part, value));
+        }
+    }
+    Ok(out)
+}
 
 /// Events examined at most to fill one page of a filtered event list.
 const SCAN_BUDGET: usize = 20_000;
@@ -80,6 +106,15 @@ fn group<K: IdKind>(
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
+/// One segment of a batch, encoded, with its index entries.
+struct Written {
+    first: EventId,
+    value: Vec<u8>,
+    by_link: BTreeMap<[u8; 32], Vec<u16>>,
+    by_ws: BTreeMap<[u8; 32], Vec<u16>>,
+    by_visitor: BTreeMap<[u8; 32], Vec<u16>>,
+}
+
 /// The time bounds of a listing as ID bytes: `lower` inclusive, `upper` exclusive.
 #[derive(Debug, Clone, Copy)]
 struct Bounds {
@@ -135,20 +170,30 @@ impl Store {
 
     /// `commit_scans`, with the registry entries of the visitors first seen
     /// in this batch in the same transaction. Answers the size of the
-    /// segment written, in bytes.
+    /// segments written, in bytes. A batch of large events is written as
+    /// several segments, each a contiguous ID range (`MAX_SEGMENT_BYTES`).
     pub fn commit_scans_with(
         &self,
         events: &[ScanEvent],
         new: &[NewVisitor],
     ) -> StoreResult<usize> {
-        let Some(first) = events.first().map(|e| e.id) else {
+        if events.is_empty() {
             return Ok(0);
-        };
+        }
         let t = &self.inner;
-        let value = segment::encode(events)?;
-        let by_link = group(events, &first, |e| Some(e.link_id));
-        let by_ws = group(events, &first, |e| Some(e.workspace_id));
-        let by_visitor = group(events, &first, |e| e.visitor_id);
+        let segments: Vec<Written> = encode_segments(events)?
+            .into_iter()
+            .map(|(part, value)| {
+                let first = part[0].id;
+                Written {
+                    first,
+                    value,
+                    by_link: group(part, &first, |e| Some(e.link_id)),
+                    by_ws: group(part, &first, |e| Some(e.workspace_id)),
+                    by_visitor: group(part, &first, |e| e.visitor_id),
+                }
+            })
+            .collect();
         let mut totals: HashMap<LinkId, u64> = HashMap::new();
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
@@ -164,14 +209,16 @@ impl Store {
         );
         trees.transaction(
             |(ev, link_idx, ws_idx, visitor_idx, counters, registry, reverse)| -> TxResult {
-                ev.insert(first.as_bytes(), value.as_slice())?;
-                for (index, entries) in [
-                    (link_idx, &by_link),
-                    (ws_idx, &by_ws),
-                    (visitor_idx, &by_visitor),
-                ] {
-                    for (key, positions) in entries {
-                        index.insert(key, segment::encode_positions(positions))?;
+                for w in &segments {
+                    ev.insert(w.first.as_bytes(), w.value.as_slice())?;
+                    for (index, entries) in [
+                        (link_idx, &w.by_link),
+                        (ws_idx, &w.by_ws),
+                        (visitor_idx, &w.by_visitor),
+                    ] {
+                        for (key, positions) in entries {
+                            index.insert(key, segment::encode_positions(positions))?;
+                        }
                     }
                 }
                 for (link, add) in &totals {
@@ -187,7 +234,7 @@ impl Store {
                 Ok(())
             },
         )?;
-        Ok(value.len())
+        Ok(segments.iter().map(|w| w.value.len()).sum())
     }
 
     pub fn event(&self, id: &EventId) -> StoreResult<Option<ScanEvent>> {
@@ -533,6 +580,43 @@ mod tests {
                 None => return out,
             }
         }
+    }
+
+    #[test]
+    fn a_batch_of_large_events_is_written_as_several_segments_that_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        // 600 events, each with a referer of its own of 1 KB: about 600 KB.
+        let events: Vec<ScanEvent> = (1..=600)
+            .map(|ms| ScanEvent {
+                referer: Some(format!("https://ref.example/{ms}/{}", "r".repeat(1000))),
+                ..event(ms, ws, link, false)
+            })
+            .collect();
+        let bytes = store.commit_scans_with(&events, &[]).unwrap();
+        assert!(bytes > 600_000, "{bytes} bytes");
+        let values: Vec<usize> = store
+            .inner
+            .events
+            .iter()
+            .values()
+            .map(|v| v.unwrap().len())
+            .collect();
+        assert!(values.len() >= 4, "{} segments", values.len());
+        assert!(values.iter().all(|&n| n <= MAX_SEGMENT_BYTES), "{values:?}");
+        assert_eq!(values.iter().sum::<usize>(), bytes);
+        // Every event reads back, by ID and through the link's index, in order.
+        for e in &events {
+            assert_eq!(store.event(&e.id).unwrap().as_ref(), Some(e));
+        }
+        let all = walk(&store, &query(ws, EventIndex::Link(link)), 250);
+        assert_eq!(all, (1..=600).rev().collect::<Vec<i64>>());
+        assert_eq!(store.link_total_scans(&link).unwrap(), 600);
+        // A batch of small events stays one segment.
+        let small: Vec<ScanEvent> = (601..=700).map(|ms| event(ms, ws, link, false)).collect();
+        store.commit_scans(&small).unwrap();
+        assert_eq!(store.inner.events.len(), values.len() + 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! named field, opened in one constructor; the files beside this one hold the
 //! operations of one record family each.
 
+mod blobs;
 mod codec;
 mod compact;
 mod consumers;
@@ -71,6 +72,8 @@ struct Trees {
     /// sled's log file, opened a second time to fsync it: see `flush`. (sled
     /// locks it with flock, which this descriptor neither takes nor releases.)
     log: std::fs::File,
+    /// sled's blob files, fsynced by `flush` (sled never does).
+    blobs: blobs::Blobs,
     /// key = workspace_id (16) → value = Workspace
     workspaces: sled::Tree,
     /// key = SHA-256 of the token (32) → value = Token
@@ -130,6 +133,26 @@ struct Trees {
     webhook_outbox: sled::Tree,
 }
 
+/// sled's log segment size for a new store: 16 MiB, the most sled allows.
+/// sled writes a page over a quarter of it (4 MiB here; 128 KiB with its
+/// default of 512 KiB) to a blob file of its own, which it never fsyncs
+/// (`blobs.rs`); event segments are kept well under that.
+const LOG_SEGMENT_SIZE: usize = 16 * 1024 * 1024;
+
+/// The log segment size of the sled database at `dir`: the one it was made
+/// with (sled refuses another), `LOG_SEGMENT_SIZE` for a new one.
+fn log_segment_size(dir: &Path) -> usize {
+    // The text is followed by a binary checksum.
+    std::fs::read(dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            String::from_utf8_lossy(&conf)
+                .lines()
+                .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse().ok())
+        })
+        .unwrap_or(LOG_SEGMENT_SIZE)
+}
+
 impl Store {
     /// Opens (or creates) the store under `path` with a page cache of `cache_mb`.
     /// A compaction interrupted by a crash is put right first (see
@@ -139,8 +162,14 @@ impl Store {
         compact::recover(path)?;
         let db = sled::Config::new()
             .path(&dir)
+            .segment_size(log_segment_size(&dir))
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
             .mode(sled::Mode::HighThroughput)
+            // No fsync of sled's own: it would make the log durable without
+            // the blobs it points at (`blobs.rs`). `flush` does it, from the
+            // Flusher every `storage.flush_interval_ms` and after each batch
+            // of scans in strict mode.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io) if io.to_string().contains("lock") => {
@@ -182,6 +211,7 @@ impl Store {
             webhook_outbox: open("webhook_outbox")?,
             db,
             log,
+            blobs: blobs::Blobs::new(dir.clone()),
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
         compact::clean_leftovers(path);
@@ -196,12 +226,16 @@ impl Store {
     /// sled's own `flush` is not enough: on Linux it ends with
     /// `sync_file_range`, which neither commits the file's metadata (the log
     /// grows at its end) nor flushes the drive's write cache, so a power cut
-    /// can lose what it flushed (sled issue #1452); sled fsyncs only from its
-    /// background thread, every 500 ms. fdatasync on another descriptor of the
-    /// same file makes the flushed log durable.
+    /// can lose what it flushed (sled issue #1452); sled's own background
+    /// fsync is off (see `open`). fdatasync on another descriptor of the
+    /// same file makes the flushed log durable. sled's blob files are
+    /// fsynced before the log (those it points at) and after it (those
+    /// written meanwhile): see `blobs.rs`.
     pub fn flush(&self) -> StoreResult<usize> {
         let flushed = self.inner.db.flush()?;
+        self.inner.blobs.sync().map_err(sled::Error::Io)?;
         self.inner.log.sync_data().map_err(sled::Error::Io)?;
+        self.inner.blobs.sync().map_err(sled::Error::Io)?;
         Ok(flushed)
     }
 }
