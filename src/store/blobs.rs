@@ -93,7 +93,7 @@ mod tests {
         let new = tempfile::tempdir().unwrap();
         crate::store::Store::open(new.path(), 8).unwrap();
         let dir = new.path().join(crate::store::FORMAT_DIR);
-        assert_eq!(crate::store::log_segment_size(&dir), 8 * 1024 * 1024);
+        assert_eq!(crate::store::log_segment_size(&dir), 4 * 1024 * 1024);
     }
 
     #[test]

@@ -24,9 +24,10 @@ use crate::ids::{EventId, EventKind, Id, IdKind, LinkId, VisitorId, WorkspaceId}
 /// Most bytes of one segment value (unless it holds a single event): a batch
 /// over it is written as several segments. A page of the events tree holds
 /// up to 17 values, and sled must never write one to a blob file of its own
-/// (`blobs.rs`): 18 × 96 KiB stays under the 2 MiB that `Store::open` sets
-/// that threshold to. A batch of 512 typical events is about 50 KB.
-const MAX_SEGMENT_BYTES: usize = 96 * 1024;
+/// (`blobs.rs`): 18 × 52 KiB stays under the 1 MiB that `Store::open` sets
+/// that threshold to. A batch of 512 typical events is 50 to 60 KB, so
+/// a full batch is often two segments.
+const MAX_SEGMENT_BYTES: usize = 52 * 1024;
 
 /// `events` (ascending IDs) encoded as segments of at most
 /// `MAX_SEGMENT_BYTES`: (the events, the encoded value), in order.

@@ -133,13 +133,14 @@ struct Trees {
     webhook_outbox: sled::Tree,
 }
 
-/// sled's log segment size for a new store: 8 MiB. sled writes a page over
-/// a quarter of it (2 MiB here; 128 KiB with its default of 512 KiB) to a
+/// sled's log segment size for a new store: 4 MiB. sled writes a page over
+/// a quarter of it (1 MiB here; 128 KiB with its default of 512 KiB) to a
 /// blob file of its own, which it never fsyncs (`blobs.rs`); event segments
 /// are kept small enough that a page of them stays under that
-/// (`events::MAX_SEGMENT_BYTES`). 16 MiB, the most sled allows, cost strict
-/// mode a quarter of its throughput; 4 and 8 MiB cost nothing measurable.
-const LOG_SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// (`events::MAX_SEGMENT_BYTES`). Larger log segments cost sled's I/O more:
+/// with 8 MiB, full tracking fell from 0.47 to 0.33–0.44 of the bare route
+/// and `strict` from 0.16 to 0.11; with 16 MiB, `strict` fell to 0.12.
+const LOG_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
 /// The log segment size of the sled database at `dir`: the one it was made
 /// with (sled refuses another), `LOG_SEGMENT_SIZE` for a new one.
