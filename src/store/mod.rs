@@ -137,9 +137,9 @@ struct Trees {
 /// a quarter of it (1 MiB here; 128 KiB with its default of 512 KiB) to a
 /// blob file of its own, which it never fsyncs (`blobs.rs`); event segments
 /// are kept small enough that a page of them stays under that
-/// (`events::MAX_SEGMENT_BYTES`). Larger log segments cost sled's I/O more:
-/// with 8 MiB, full tracking fell from 0.47 to 0.33–0.44 of the bare route
-/// and `strict` from 0.16 to 0.11; with 16 MiB, `strict` fell to 0.12.
+/// (`events::MAX_SEGMENT_BYTES`). Larger log segments cost sled's I/O: in
+/// the redirect bench, 4 MiB took full tracking from 0.45 to 0.40 of the
+/// bare route and `strict` from 0.16 to 0.13; 8 MiB to 0.33 and 0.11.
 const LOG_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
 /// The log segment size of the sled database at `dir`: the one it was made
