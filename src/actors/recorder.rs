@@ -186,7 +186,7 @@ impl Intake {
     /// `None` when fewer than `at_least` (and at least one) are queued.
     fn take_batch(&self, at_least: usize) -> Option<(Vec<Queued>, u64)> {
         let mut q = self.lock();
-        if q.events.is_empty() || q.events.len() < at_least {
+        if q.events.len() < at_least.max(1) {
             return None;
         }
         let n = q.events.len().min(self.batch_size);

@@ -1,12 +1,13 @@
 //! Making sled's blob files durable.
 //!
 //! sled 0.34 writes a page too large for its log (over a quarter of a log
-//! segment: 128 KB) to a file of its own under `blobs/`, named by its log
-//! sequence number, and puts only a pointer to it in the log. It never
-//! fsyncs those files. Pages of event segments pass that size all the time
-//! (a leaf holds up to 16 segments of tens of KB), so after a power cut the
-//! log could point at a blob the disk never got, and sled then panics while
-//! reading the store back: the whole store is lost, not the last scans.
+//! segment: 128 KiB with sled's default segment, 1 MiB in stores made now,
+//! see `LOG_SEGMENT_SIZE`) to a file of its own under `blobs/`, named by its
+//! log sequence number, and puts only a pointer to it in the log. It never
+//! fsyncs those files. With 128 KiB, pages of event segments passed that
+//! size all the time (a leaf holds up to 17 segments of tens of KB), and
+//! after a power cut the log could point at a blob the disk never got: sled
+//! then panics while reading the store back, and the whole store is lost.
 //!
 //! `Store::flush` therefore fsyncs every blob file written since it last
 //! looked (and the directory, for the new names), both before it fsyncs the
@@ -21,6 +22,9 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
+
+use super::StoreResult;
+use super::compact::{fsync_dir, io as io_error};
 
 pub(super) struct Blobs {
     dir: PathBuf,
@@ -40,36 +44,36 @@ impl Blobs {
     /// Fsyncs the blob files not synced at their present length, then the
     /// directory if any was; answers how many files it synced. Files sled
     /// removes meanwhile are skipped.
-    pub(super) fn sync(&self) -> io::Result<usize> {
+    pub(super) fn sync(&self) -> StoreResult<usize> {
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             // sled makes the directory with its first blob.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
+            Err(e) => return Err(io_error(e)),
         };
         let mut present: HashMap<OsString, u64> = HashMap::with_capacity(synced.len());
         let mut count = 0;
         for entry in entries {
-            let entry = entry?;
+            let entry = entry.map_err(io_error)?;
             let len = match entry.metadata() {
                 Ok(m) => m.len(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(io_error(e)),
             };
             let name = entry.file_name();
             if synced.get(&name) != Some(&len) {
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_data()?,
+                match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(io_error(e)),
                 }
                 count += 1;
             }
             present.insert(name, len);
         }
         if count > 0 {
-            File::open(&self.dir)?.sync_all()?;
+            fsync_dir(&self.dir)?;
         }
         // Forget the files sled collected.
         *synced = present;

@@ -61,7 +61,7 @@ fn paths(path: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn io(e: std::io::Error) -> StoreError {
+pub(super) fn io(e: std::io::Error) -> StoreError {
     StoreError::Sled(sled::Error::Io(e))
 }
 
@@ -84,7 +84,7 @@ fn lock_db(dir: &Path) -> StoreResult<Option<File>> {
     Ok(None)
 }
 
-fn fsync_dir(dir: &Path) -> StoreResult<()> {
+pub(super) fn fsync_dir(dir: &Path) -> StoreResult<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 

@@ -236,9 +236,9 @@ impl Store {
     /// written meanwhile): see `blobs.rs`.
     pub fn flush(&self) -> StoreResult<usize> {
         let flushed = self.inner.db.flush()?;
-        self.inner.blobs.sync().map_err(sled::Error::Io)?;
+        self.inner.blobs.sync()?;
         self.inner.log.sync_data().map_err(sled::Error::Io)?;
-        self.inner.blobs.sync().map_err(sled::Error::Io)?;
+        self.inner.blobs.sync()?;
         Ok(flushed)
     }
 }
