@@ -141,6 +141,38 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// A new active hook of workspace `ws`, signing with `key`, with no
+    /// delivery yet, made at `now`.
+    pub fn new(
+        ws: WorkspaceId,
+        url: String,
+        events: Vec<EventType>,
+        link_ids: Option<Vec<LinkId>>,
+        key: Vec<u8>,
+        now: Timestamp,
+    ) -> Webhook {
+        Webhook {
+            id: WebhookId::generate(),
+            workspace_id: ws,
+            name: None,
+            url,
+            events,
+            link_ids,
+            status: WebhookStatus::Active,
+            keys: vec![WebhookKey {
+                key,
+                expires_at: None,
+            }],
+            consecutive_failures: 0,
+            success_count: 0,
+            failure_count: 0,
+            last_sent_at: None,
+            last_delivered_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// The keys that sign at `now`.
     pub fn signing_keys(&self, now: Timestamp) -> Vec<Vec<u8>> {
         self.keys
@@ -566,26 +598,14 @@ mod tests {
     #[test]
     fn webhook_rotation_keeps_the_old_key_for_a_day() {
         let now = Timestamp::from_millis(1_000_000);
-        let mut hook = Webhook {
-            id: WebhookId::generate(),
-            workspace_id: WorkspaceId::generate(),
-            name: None,
-            url: "https://e.com/".into(),
-            events: vec![EventType::QrScanned],
-            link_ids: None,
-            status: WebhookStatus::Active,
-            keys: vec![WebhookKey {
-                key: vec![1; 24],
-                expires_at: None,
-            }],
-            consecutive_failures: 0,
-            success_count: 0,
-            failure_count: 0,
-            last_sent_at: None,
-            last_delivered_at: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let mut hook = Webhook::new(
+            WorkspaceId::generate(),
+            "https://e.com/".into(),
+            vec![EventType::QrScanned],
+            None,
+            vec![1; 24],
+            now,
+        );
         hook.rotate(vec![2; 24], now);
         assert_eq!(hook.signing_keys(now), vec![vec![1; 24], vec![2; 24]]);
         let later = Timestamp::from_millis(now.as_millis() + ROTATION_OVERLAP_MS);

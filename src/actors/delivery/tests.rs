@@ -4,7 +4,7 @@ use super::*;
 use crate::actors::consumer::ConsumerWorker;
 use crate::actors::webhooks::{Webhooks, new_message, store_messages};
 use crate::config::Settings;
-use crate::domain::webhook::{EventType, Message, WebhookKey};
+use crate::domain::webhook::{EventType, Message};
 use crate::domain::{ScanEvent, Timestamp};
 use crate::ids::{EventId, LinkId, WorkspaceId};
 use crate::metrics::Metrics;
@@ -49,26 +49,14 @@ fn t0() -> i64 {
 
 impl Fixture {
     fn hook(&self) -> Webhook {
-        let hook = Webhook {
-            id: WebhookId::generate(),
-            workspace_id: self.ws,
-            name: None,
-            url: "https://hooks.example/x".into(),
-            events: vec![EventType::QrScanned, EventType::StepCompleted],
-            link_ids: None,
-            status: WebhookStatus::Active,
-            keys: vec![WebhookKey {
-                key: vec![7; 24],
-                expires_at: None,
-            }],
-            consecutive_failures: 0,
-            success_count: 0,
-            failure_count: 0,
-            last_sent_at: None,
-            last_delivered_at: None,
-            created_at: at(0),
-            updated_at: at(0),
-        };
+        let hook = Webhook::new(
+            self.ws,
+            "https://hooks.example/x".into(),
+            vec![EventType::QrScanned, EventType::StepCompleted],
+            None,
+            vec![7; 24],
+            at(0),
+        );
         self.store.insert_webhook(&hook).unwrap();
         hook
     }

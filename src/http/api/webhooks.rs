@@ -11,7 +11,7 @@ use super::{parse_id, query_value};
 use crate::actors::webhooks::{WebhookHub, new_message, store_messages, test_body};
 use crate::domain::Timestamp;
 use crate::domain::webhook::{
-    Delivery, DeliveryStatus, EventType, MessageState, Trigger, Webhook, WebhookKey, WebhookStatus,
+    Delivery, DeliveryStatus, EventType, MessageState, Trigger, Webhook, WebhookStatus,
     generate_key, secret_string,
 };
 use crate::http::AppState;
@@ -212,24 +212,15 @@ async fn create_webhook(
         // relies on it to skip scans no new hook can want (`Webhooks::apply`).
         let now = Timestamp::now();
         let hook = Webhook {
-            id: WebhookId::generate(),
-            workspace_id: ws,
             name: fields.name.flatten(),
-            url: fields.url.unwrap_or_default(),
-            events: fields.events.unwrap_or_default(),
-            link_ids: fields.link_ids.flatten(),
-            status: WebhookStatus::Active,
-            keys: vec![WebhookKey {
-                key: key.clone(),
-                expires_at: None,
-            }],
-            consecutive_failures: 0,
-            success_count: 0,
-            failure_count: 0,
-            last_sent_at: None,
-            last_delivered_at: None,
-            created_at: now,
-            updated_at: now,
+            ..Webhook::new(
+                ws,
+                fields.url.unwrap_or_default(),
+                fields.events.unwrap_or_default(),
+                fields.link_ids.flatten(),
+                key.clone(),
+                now,
+            )
         };
         let existing = state.store.webhooks_of(&ws)?.len();
         if limit > 0 && existing >= limit as usize {
