@@ -193,12 +193,17 @@ impl Purger {
                 finished,
             });
         }
-        Ok(PassReport {
+        let pass = PassReport {
             up_to,
             consumers,
             held_by,
             workspaces: done,
-        })
+        };
+        if !dry_run && pass.total().segments() > 0 {
+            // Files of segment bodies nothing points into any more.
+            self.store.remove_unreferenced_bodies()?;
+        }
+        Ok(pass)
     }
 
     /// How long past its retention the oldest stored event of any workspace

@@ -37,7 +37,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{FORMAT_DIR, Store, StoreError, StoreResult};
+use super::{EVENTS_TREE, FORMAT_DIR, Store, StoreError, StoreResult};
 
 /// Entries per batch written into the new store.
 const BATCH: usize = 1024;
@@ -155,13 +155,24 @@ pub fn compact(path: &Path, cache_mb: u64) -> StoreResult<CompactReport> {
     let expected = tree_sizes(source)?;
     {
         let target = open_sled(&fresh, cache_mb)?;
+        let bodies = super::bodies::Bodies::open(fresh.join(super::bodies::DIR))?;
         for (name, _) in &expected {
             let from = source.open_tree(name)?;
             let to = target.open_tree(name)?;
+            // Segment bodies are copied into the copy's own files (only the
+            // live ones: the space retention freed is given back), and so
+            // are segments stored inline by older versions.
+            let segments = name.as_ref() == EVENTS_TREE.as_bytes();
             let mut batch = sled::Batch::default();
             let mut pending = 0;
             for entry in from.iter() {
-                let (k, v) = entry?;
+                let (k, mut v) = entry?;
+                if segments {
+                    let body = store.body(v)?.ok_or_else(|| {
+                        StoreError::Codec("an event segment's body is missing".into())
+                    })?;
+                    v = bodies.append(&[&body])?[0].encode()[..].into();
+                }
                 batch.insert(k, v);
                 pending += 1;
                 if pending == BATCH {
@@ -171,6 +182,7 @@ pub fn compact(path: &Path, cache_mb: u64) -> StoreResult<CompactReport> {
             }
             to.apply_batch(batch)?;
         }
+        bodies.sync()?;
         target.flush()?;
     }
     // Reopening runs sled's recovery on the copy: what it counts is what a
@@ -310,6 +322,10 @@ mod tests {
                     .unwrap();
             }
             store.commit_scans(std::slice::from_ref(&kept)).unwrap();
+            // Stored inline, as by a version before bodies moved to files.
+            let key = kept.id.as_bytes();
+            let body = store.segment(key).unwrap().unwrap().body;
+            store.inner.events.insert(key, &body[..]).unwrap();
             let plan = PurgePlan {
                 workspace: ws,
                 before_ms: 2_000,
@@ -334,6 +350,11 @@ mod tests {
             .collect();
         assert_eq!(names, vec![FORMAT_DIR.to_owned()], "nothing left beside it");
         let store = Store::open(dir.path(), 8).unwrap();
+        let raw = store.inner.events.get(kept.id.as_bytes()).unwrap().unwrap();
+        assert!(
+            super::super::bodies::Pointer::decode(&raw).is_some(),
+            "now in a file"
+        );
         assert_eq!(store.event(&kept.id).unwrap(), Some(kept.clone()));
         assert_eq!(store.events_after(None, 10).unwrap(), vec![kept]);
         assert_eq!(store.link_total_scans(&link).unwrap(), 201);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 
 use super::codec::{self, Record};
+use super::events::Body;
 use super::segment::Segment;
 use super::{Store, StoreResult};
 use crate::domain::ScanEvent;
@@ -54,9 +55,9 @@ impl Store {
         limit: usize,
     ) -> StoreResult<Vec<ScanEvent>> {
         let mut out = Vec::with_capacity(limit.min(4096));
-        for entry in self.segments_from(position)? {
-            let (_, value) = entry?;
-            let seg = Segment::parse(&value)?;
+        for body in self.segments_from(position)? {
+            let body = body?;
+            let seg = Segment::parse(&body)?;
             for pos in first_after(&seg, position)..seg.len() {
                 if out.len() == limit {
                     return Ok(out);
@@ -71,26 +72,42 @@ impl Store {
     /// headers only.
     pub fn count_events_after(&self, position: Option<EventId>) -> StoreResult<u64> {
         let mut n = 0u64;
-        for entry in self.segments_from(position)? {
-            let (_, value) = entry?;
-            let seg = Segment::parse(&value)?;
+        for body in self.segments_from(position)? {
+            let body = body?;
+            let seg = Segment::parse(&body)?;
             n += (seg.len() - first_after(&seg, position)) as u64;
         }
         Ok(n)
     }
 
-    /// Segments in ID order, from the one holding `position` on.
-    fn segments_from(&self, position: Option<EventId>) -> StoreResult<sled::Iter> {
+    /// The bodies of the segments in ID order, from the one holding
+    /// `position` on. A segment whose body is lost (see `bodies.rs`) is
+    /// skipped.
+    fn segments_from(
+        &self,
+        position: Option<EventId>,
+    ) -> StoreResult<impl Iterator<Item = StoreResult<Body>> + '_> {
         let events = &self.inner.events;
-        let Some(p) = position else {
-            return Ok(events.iter());
-        };
-        // The segment holding `p` starts at or before it.
-        let start = match events.range(..=&p.as_bytes()[..]).next_back().transpose()? {
-            Some((key, _)) => Bound::Included(key),
+        let start = match position {
+            // The segment holding `p` starts at or before it.
+            Some(p) => match events.range(..=&p.as_bytes()[..]).next_back().transpose()? {
+                Some((key, _)) => Bound::Included(key),
+                None => Bound::Unbounded,
+            },
             None => Bound::Unbounded,
         };
-        Ok(events.range::<sled::IVec, _>((start, Bound::Unbounded)))
+        Ok(events
+            .range::<sled::IVec, _>((start, Bound::Unbounded))
+            .filter_map(move |entry| {
+                let read = || -> StoreResult<Option<Body>> {
+                    let (key, raw) = entry?;
+                    match self.body(raw)? {
+                        Some(body) => Ok(Some(body)),
+                        None => Ok(self.segment(&key)?.map(|s| s.body)),
+                    }
+                };
+                read().transpose()
+            }))
     }
 }
 

@@ -3,9 +3,10 @@
 //! The Recorder gives events strictly increasing IDs in the order they enter
 //! its queue, so each committed batch is one segment covering a contiguous ID
 //! range (several when its events are large: `MAX_SEGMENT_BYTES`), keyed by
-//! its first ID. `commit_scans` writes the segment, one index
-//! entry per (link, segment), (workspace, segment) and (visitor, segment)
-//! holding the positions of that owner's events, and the link totals, in one
+//! its first ID. `commit_scans` appends the segment's body to a file
+//! (`bodies.rs`), then writes a pointer to it, one index entry per (link,
+//! segment), (workspace, segment) and (visitor, segment) holding the
+//! positions of that owner's events, and the link totals, in one
 //! transaction. Reads find an event by seeking to the last segment starting
 //! at or before its ID.
 
@@ -21,13 +22,35 @@ use super::{NewVisitor, Store, StoreError, StoreResult, keys};
 use crate::domain::{DeviceType, ScanEvent};
 use crate::ids::{EventId, EventKind, Id, IdKind, LinkId, VisitorId, WorkspaceId};
 
-/// Most bytes of one segment value (unless it holds a single event): a batch
-/// over it is written as several segments. A page of the events tree holds
-/// up to 17 values, and sled must never write one to a blob file of its own
-/// (`blobs.rs`): 18 × 52 KiB stays under the 1 MiB that `Store::open` sets
-/// that threshold to. A batch of 512 typical events is 50 to 60 KB, so
-/// a full batch is often two segments.
+/// Most bytes of one segment (unless it holds a single event): a batch over
+/// it is written as several segments. Reading one event reads its whole
+/// segment, so this bounds what a lookup reads. A batch of 512 typical
+/// events is 50 to 60 KB, so a full batch is often two segments.
 const MAX_SEGMENT_BYTES: usize = 52 * 1024;
+
+/// A segment's bytes: the sled value itself (a segment stored inline, as
+/// stores written before `bodies.rs` hold them) or read from its file.
+pub(super) enum Body {
+    Inline(sled::IVec),
+    File(Vec<u8>),
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Inline(v) => v,
+            Body::File(v) => v,
+        }
+    }
+}
+
+/// A segment as stored: the events tree's value (`raw`, compared by a
+/// rewrite that must find the segment unchanged) and its body.
+pub(super) struct Stored {
+    pub(super) raw: sled::IVec,
+    pub(super) body: Body,
+}
 
 /// `events` (ascending IDs) encoded as segments of at most
 /// `MAX_SEGMENT_BYTES`: (the events, the encoded value), in order.
@@ -196,6 +219,8 @@ impl Store {
                 }
             })
             .collect();
+        let values: Vec<&[u8]> = segments.iter().map(|w| w.value.as_slice()).collect();
+        let pointers = t.bodies.append(&values)?;
         let mut totals: HashMap<LinkId, u64> = HashMap::new();
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
@@ -211,8 +236,8 @@ impl Store {
         );
         trees.transaction(
             |(ev, link_idx, ws_idx, visitor_idx, counters, registry, reverse)| -> TxResult {
-                for w in &segments {
-                    ev.insert(w.first.as_bytes(), w.value.as_slice())?;
+                for (w, pointer) in segments.iter().zip(&pointers) {
+                    ev.insert(w.first.as_bytes(), &pointer.encode()[..])?;
                     for (index, entries) in [
                         (link_idx, &w.by_link),
                         (ws_idx, &w.by_ws),
@@ -240,7 +265,7 @@ impl Store {
     }
 
     pub fn event(&self, id: &EventId) -> StoreResult<Option<ScanEvent>> {
-        let Some((_, value)) = self
+        let Some((key, _)) = self
             .inner
             .events
             .range(..=&id.as_bytes()[..])
@@ -249,8 +274,99 @@ impl Store {
         else {
             return Ok(None);
         };
-        let seg = Segment::parse(&value)?;
+        let Some(stored) = self.segment(&key)? else {
+            return Ok(None);
+        };
+        let seg = Segment::parse(&stored.body)?;
         seg.find(id).map(|pos| seg.event(pos)).transpose()
+    }
+
+    /// The body of a segment stored as `raw`; `None` for a pointer whose
+    /// body is missing (a power cut took it, or the file was removed after
+    /// `raw` was read).
+    pub(super) fn body(&self, raw: sled::IVec) -> StoreResult<Option<Body>> {
+        match super::bodies::Pointer::decode(&raw) {
+            None => Ok(Some(Body::Inline(raw))),
+            Some(p) => Ok(self.inner.bodies.read(&p)?.map(Body::File)),
+        }
+    }
+
+    /// Removes the pointers whose body a power cut took (`bodies.rs`): only
+    /// pointers into the newest file (or a later one, whose name did not
+    /// reach the disk) can dangle, and they belong to the newest segments,
+    /// so the walk goes newest first and stops at the first pointer into an
+    /// older file. The next event IDs then still come after every one a
+    /// consumer has seen. Answers how many segments were removed.
+    pub(super) fn remove_lost_segments(&self) -> StoreResult<usize> {
+        let t = &self.inner;
+        let current = t.bodies.current_file();
+        let mut lost = Vec::new();
+        for entry in t.events.iter().rev() {
+            let (key, raw) = entry?;
+            match super::bodies::Pointer::decode(&raw) {
+                Some(p) if p.file >= current => {
+                    if t.bodies.read(&p)?.is_none() {
+                        lost.push(key);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        let mut high = t
+            .meta
+            .get(keys::META_EVENTS_HIGH_WATER)?
+            .and_then(|v| EventId::from_slice(&v));
+        for key in &lost {
+            high = high.max(EventId::from_slice(key));
+            t.events.remove(key)?;
+        }
+        for (_, consumer) in self.consumers()? {
+            high = high.max(consumer.position);
+        }
+        if let Some(high) = high {
+            t.meta
+                .insert(keys::META_EVENTS_HIGH_WATER, high.as_bytes())?;
+        }
+        self.flush()?;
+        Ok(lost.len())
+    }
+
+    /// Deletes the body files no segment points into any more (retention
+    /// and erasure leave them behind); answers how many.
+    pub fn remove_unreferenced_bodies(&self) -> StoreResult<usize> {
+        let t = &self.inner;
+        let below = t.bodies.current_file();
+        let mut live = std::collections::HashSet::new();
+        for raw in t.events.iter().values() {
+            if let Some(p) = super::bodies::Pointer::decode(&raw?) {
+                live.insert(p.file);
+            }
+        }
+        t.bodies.remove_unreferenced(&live, below)
+    }
+
+    /// The segment stored under `key`, read again if its body went missing
+    /// meanwhile (a rewrite replaced it and its file was removed); `None`:
+    /// there is none, or its body is lost.
+    pub(super) fn segment(&self, key: &[u8]) -> StoreResult<Option<Stored>> {
+        let mut previous: Option<sled::IVec> = None;
+        for _ in 0..16 {
+            let Some(raw) = self.inner.events.get(key)? else {
+                return Ok(None);
+            };
+            if previous.as_ref() == Some(&raw) {
+                // The same pointer twice, and no body: lost.
+                return Ok(None);
+            }
+            match self.body(raw.clone())? {
+                Some(body) => return Ok(Some(Stored { raw, body })),
+                None => previous = Some(raw),
+            }
+        }
+        Ok(None)
     }
 
     /// The ID of the newest event ever committed (the Recorder continues
@@ -258,10 +374,16 @@ impl Store {
     /// that is newer, so IDs never go back even when retention emptied the
     /// newest segments.
     pub fn last_event_id(&self) -> StoreResult<Option<EventId>> {
-        let stored = match self.inner.events.last()? {
-            Some((_, value)) => Segment::parse(&value)?.last_id(),
-            None => None,
-        };
+        let mut stored = None;
+        // The newest segment whose body is readable (`Store::open` removes
+        // pointers whose body a power cut took).
+        for entry in self.inner.events.iter().rev() {
+            let (key, _) = entry?;
+            if let Some(s) = self.segment(&key)? {
+                stored = Segment::parse(&s.body)?.last_id();
+                break;
+            }
+        }
         let deleted = self
             .inner
             .meta
@@ -284,17 +406,17 @@ impl Store {
         index: &sled::Tree,
         key: &[u8],
         mut positions: sled::IVec,
-    ) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+    ) -> StoreResult<Option<(Stored, sled::IVec)>> {
         let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
             return Ok(None);
         };
         // A segment is rewritten once per Purger pass at most: a few tries do.
         for _ in 0..16 {
-            let Some(value) = self.inner.events.get(segment_id.as_bytes())? else {
+            let Some(stored) = self.segment(segment_id.as_bytes())? else {
                 return Ok(None);
             };
             match index.get(key)? {
-                Some(now) if now == positions => return Ok(Some((value, positions))),
+                Some(now) if now == positions => return Ok(Some((stored, positions))),
                 Some(now) => positions = now,
                 None => return Ok(None),
             }
@@ -461,7 +583,7 @@ impl Store {
                     (v, segment::decode_positions(&positions).collect::<Vec<_>>())
                 }))
             });
-        let (value, positions) = match found {
+        let (stored, positions) = match found {
             Ok(Some(found)) => found,
             Ok(None) => return Box::new(std::iter::empty()),
             Err(e) => return Box::new(std::iter::once(Some(Err(e)))),
@@ -471,7 +593,7 @@ impl Store {
             Direction::OldestFirst => Box::new(positions.into_iter()),
         };
         Box::new(positions.filter_map(move |pos| {
-            let seg = match Segment::parse(&value) {
+            let seg = match Segment::parse(&stored.body) {
                 Ok(seg) => seg,
                 Err(e) => return Some(Some(Err(e))),
             };
@@ -602,8 +724,8 @@ mod tests {
             .inner
             .events
             .iter()
-            .values()
-            .map(|v| v.unwrap().len())
+            .keys()
+            .map(|k| store.segment(&k.unwrap()).unwrap().unwrap().body.len())
             .collect();
         assert!(values.len() >= 4, "{} segments", values.len());
         assert!(values.iter().all(|&n| n <= MAX_SEGMENT_BYTES), "{values:?}");
@@ -619,6 +741,151 @@ mod tests {
         let small: Vec<ScanEvent> = (601..=700).map(|ms| event(ms, ws, link, false)).collect();
         store.commit_scans(&small).unwrap();
         assert_eq!(store.inner.events.len(), values.len() + 1);
+    }
+
+    fn body_file(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
+        dir.join(super::super::FORMAT_DIR)
+            .join(super::super::bodies::DIR)
+            .join(format!("{n:08}.seg"))
+    }
+
+    #[test]
+    fn segments_whose_bodies_a_power_cut_took_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let early: Vec<ScanEvent> = (1..=10).map(|ms| event(ms, ws, link, false)).collect();
+        let late: Vec<ScanEvent> = (11..=20).map(|ms| event(ms, ws, link, false)).collect();
+        let durable_len = {
+            let store = Store::open(dir.path(), 8).unwrap();
+            store.commit_scans(&early).unwrap();
+            store.flush().unwrap();
+            let len = std::fs::metadata(body_file(dir.path(), 1)).unwrap().len();
+            store.commit_scans(&late[..5]).unwrap();
+            store.commit_scans(&late[5..]).unwrap();
+            // A consumer saw the newest event before the power cut.
+            let seen = super::super::ConsumerRecord {
+                position: Some(late[9].id),
+                events: 20,
+                state: Vec::new(),
+            };
+            store.save_consumer("counters", &seen).unwrap();
+            store.flush().unwrap();
+            len
+        };
+        // The power cut: sled's log kept the two newest pointers (the kernel
+        // wrote it back early), the body file only what the first flush
+        // synced, and three bytes of what followed.
+        let file = std::fs::File::options()
+            .write(true)
+            .open(body_file(dir.path(), 1))
+            .unwrap();
+        file.set_len(durable_len + 3).unwrap();
+        drop(file);
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert_eq!(
+            store.inner.events.len(),
+            1,
+            "the two lost segments are removed"
+        );
+        assert_eq!(store.events_after(None, 100).unwrap(), early);
+        for e in &late {
+            assert_eq!(store.event(&e.id).unwrap(), None);
+        }
+        let listed = walk(&store, &query(ws, EventIndex::Link(link)), 100);
+        assert_eq!(listed, (1..=10).rev().collect::<Vec<i64>>());
+        assert_eq!(
+            store.last_event_id().unwrap(),
+            Some(late[9].id),
+            "new IDs come after every one a consumer saw"
+        );
+        // Writing goes on after the torn bytes.
+        let next = event(30, ws, link, false);
+        store.commit_scans(std::slice::from_ref(&next)).unwrap();
+        assert_eq!(store.event(&next.id).unwrap(), Some(next));
+        drop(store);
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert_eq!(
+            store.events_after(None, 100).unwrap().len(),
+            11,
+            "nothing more lost"
+        );
+    }
+
+    #[test]
+    fn segments_stored_inline_by_older_versions_still_read_and_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let events: Vec<ScanEvent> = (1..=10).map(|ms| event(ms, ws, link, false)).collect();
+        store.commit_scans(&events).unwrap();
+        // The value as a store written before bodies moved to files holds it.
+        let key = events[0].id;
+        let body = store.segment(key.as_bytes()).unwrap().unwrap().body;
+        store
+            .inner
+            .events
+            .insert(key.as_bytes(), &body[..])
+            .unwrap();
+        assert!(matches!(
+            store.segment(key.as_bytes()).unwrap().unwrap().body,
+            Body::Inline(_)
+        ));
+        assert_eq!(
+            store.event(&events[4].id).unwrap().as_ref(),
+            Some(&events[4])
+        );
+        assert_eq!(store.events_after(None, 100).unwrap(), events);
+        // Retention rewrites it as a body in a file.
+        let plan = super::super::PurgePlan {
+            workspace: ws,
+            before_ms: 6,
+            up_to: store.last_event_id().unwrap(),
+        };
+        assert_eq!(
+            store
+                .purge_step(&plan, None, 10, false)
+                .unwrap()
+                .report
+                .events,
+            5
+        );
+        let raw = store.inner.events.get(key.as_bytes()).unwrap().unwrap();
+        assert!(super::super::bodies::Pointer::decode(&raw).is_some());
+        assert_eq!(store.events_after(None, 100).unwrap(), events[5..]);
+    }
+
+    #[test]
+    fn body_files_nothing_points_into_are_removed_after_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let old: Vec<ScanEvent> = (1..=10).map(|ms| event(ms, ws, link, false)).collect();
+        let new: Vec<ScanEvent> = (11..=20).map(|ms| event(ms, ws, link, false)).collect();
+        store.commit_scans(&old).unwrap();
+        store.inner.bodies.roll().unwrap();
+        store.commit_scans(&new).unwrap();
+        assert_eq!(
+            store.remove_unreferenced_bodies().unwrap(),
+            0,
+            "both in use"
+        );
+        let plan = super::super::PurgePlan {
+            workspace: ws,
+            before_ms: 11,
+            up_to: store.last_event_id().unwrap(),
+        };
+        assert_eq!(
+            store
+                .purge_step(&plan, None, 10, false)
+                .unwrap()
+                .report
+                .events,
+            10
+        );
+        assert!(body_file(dir.path(), 1).exists());
+        assert_eq!(store.remove_unreferenced_bodies().unwrap(), 1);
+        assert!(!body_file(dir.path(), 1).exists());
+        assert_eq!(store.events_after(None, 100).unwrap(), new);
     }
 
     #[test]

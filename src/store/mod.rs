@@ -3,6 +3,7 @@
 //! operations of one record family each.
 
 mod blobs;
+mod bodies;
 mod codec;
 mod compact;
 mod consumers;
@@ -36,6 +37,8 @@ pub use webhooks::{PendingMessage, TxError, WebhookTx};
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
 const FORMAT_DIR: &str = "sled-v1";
+/// The sled tree of event segments (pointers to their bodies).
+const EVENTS_TREE: &str = "event_segments";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,6 +77,8 @@ struct Trees {
     log: std::fs::File,
     /// sled's blob files, fsynced by `flush` (sled never does).
     blobs: blobs::Blobs,
+    /// The bodies of event segments, in files of their own (`bodies.rs`).
+    bodies: bodies::Bodies,
     /// key = workspace_id (16) → value = Workspace
     workspaces: sled::Tree,
     /// key = SHA-256 of the token (32) → value = Token
@@ -86,7 +91,8 @@ struct Trees {
     slugs: sled::Tree,
     /// key = workspace_id (16) ++ link_id (16) → value = empty
     links_by_workspace: sled::Tree,
-    /// key = first event_id of a segment (16) → value = event segment
+    /// key = first event_id of a segment (16) → value = pointer to the
+    /// segment's body (`bodies.rs`), or (written before) the segment itself
     events: sled::Tree,
     /// key = link_id (16) ++ segment id (16) → value = positions (u16 BE each)
     events_by_link: sled::Tree,
@@ -182,6 +188,7 @@ impl Store {
             })?;
         // sled keeps its log in `db` under its directory (sled 0.34's layout).
         let log = std::fs::File::open(dir.join("db")).map_err(sled::Error::Io)?;
+        let bodies = bodies::Bodies::open(dir.join(bodies::DIR))?;
         let open = |name: &str| db.open_tree(name);
         let trees = Trees {
             workspaces: open("workspaces")?,
@@ -190,7 +197,7 @@ impl Store {
             links: open("links")?,
             slugs: open("slugs")?,
             links_by_workspace: open("links_by_workspace")?,
-            events: open("event_segments")?,
+            events: open(EVENTS_TREE)?,
             events_by_link: open("events_by_link")?,
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
@@ -215,12 +222,21 @@ impl Store {
             db,
             log,
             blobs: blobs::Blobs::new(dir.clone()),
+            bodies,
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
         compact::clean_leftovers(path);
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(trees),
-        })
+        };
+        let lost = store.remove_lost_segments()?;
+        if lost > 0 {
+            tracing::warn!(
+                segments = lost,
+                "removed the newest event segments, whose bodies did not reach the disk before the last stop"
+            );
+        }
+        Ok(store)
     }
 
     /// Writes everything to disk and fsyncs it; returns the number of bytes
@@ -231,10 +247,12 @@ impl Store {
     /// grows at its end) nor flushes the drive's write cache, so a power cut
     /// can lose what it flushed (sled issue #1452); sled's own background
     /// fsync is off (see `open`). fdatasync on another descriptor of the
-    /// same file makes the flushed log durable. sled's blob files are
-    /// fsynced before the log (those it points at) and after it (those
-    /// written meanwhile): see `blobs.rs`.
+    /// same file makes the flushed log durable. The bodies of event segments
+    /// are fsynced first, so the log never points at bodies the disk lacks
+    /// (`bodies.rs`); sled's blob files are fsynced before the log (those it
+    /// points at) and after it (those written meanwhile): see `blobs.rs`.
     pub fn flush(&self) -> StoreResult<usize> {
+        self.inner.bodies.sync()?;
         let flushed = self.inner.db.flush()?;
         self.inner.blobs.sync()?;
         self.inner.log.sync_data().map_err(sled::Error::Io)?;

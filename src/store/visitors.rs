@@ -246,11 +246,11 @@ impl Store {
             // A concurrent rewrite (the Purger) changes the segment under us:
             // read, rewrite and check in the transaction that it is unchanged.
             loop {
-                let Some(before) = t.events.get(segment_id.as_bytes())? else {
+                let Some(before) = self.segment(segment_id.as_bytes())? else {
                     t.events_by_visitor.remove(key)?;
                     break;
                 };
-                let seg = Segment::parse(&before)?;
+                let seg = Segment::parse(&before.body)?;
                 let mut events: Vec<ScanEvent> = (0..seg.len())
                     .map(|i| seg.event(i))
                     .collect::<StoreResult<_>>()?;
@@ -265,12 +265,13 @@ impl Store {
                     // Positions an older index entry no longer lists.
                     e.visitor_id = None;
                 }
-                let after = segment::encode(&events)?;
+                // Durable before its pointer replaces one to durable bytes.
+                let after = t.bodies.append_durable(&[&segment::encode(&events)?])?[0].encode();
                 let done = (&t.events, &t.events_by_visitor).transaction(|(ev, idx)| {
-                    if ev.get(segment_id.as_bytes())?.as_deref() != Some(&before[..]) {
+                    if ev.get(segment_id.as_bytes())?.as_ref() != Some(&before.raw) {
                         return Ok(false);
                     }
-                    ev.insert(segment_id.as_bytes(), after.as_slice())?;
+                    ev.insert(segment_id.as_bytes(), &after[..])?;
                     idx.remove(key)?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(true)
                 })?;
