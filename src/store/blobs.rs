@@ -5,9 +5,12 @@
 //! see `LOG_SEGMENT_SIZE`) to a file of its own under `blobs/`, named by its
 //! log sequence number, and puts only a pointer to it in the log. It never
 //! fsyncs those files. With 128 KiB, pages of event segments passed that
-//! size all the time (a leaf holds up to 17 segments of tens of KB), and
+//! size all the time (a leaf held up to 17 segments of tens of KB), and
 //! after a power cut the log could point at a blob the disk never got: sled
 //! then panics while reading the store back, and the whole store is lost.
+//! Segment bodies have since moved out of sled (`bodies.rs`); no page of
+//! the other trees is known to come near 1 MiB, and this stays as the
+//! safety net (stores made before keep 512 KiB log segments).
 //!
 //! `Store::flush` therefore fsyncs every blob file written since it last
 //! looked (and the directory, for the new names), both before it fsyncs the

@@ -141,11 +141,11 @@ struct Trees {
 
 /// sled's log segment size for a new store: 4 MiB. sled writes a page over
 /// a quarter of it (1 MiB here; 128 KiB with its default of 512 KiB) to a
-/// blob file of its own, which it never fsyncs (`blobs.rs`); event segments
-/// are kept small enough that a page of them stays under that
-/// (`events::MAX_SEGMENT_BYTES`). Larger log segments cost sled's I/O: in
-/// the redirect bench, 4 MiB took full tracking from 0.45 to 0.40 of the
-/// bare route and `strict` from 0.16 to 0.13; 8 MiB to 0.33 and 0.11.
+/// blob file of its own, which it never fsyncs (`blobs.rs`). Event segments
+/// are no longer in sled's pages (`bodies.rs`), but a busy day's tally can
+/// be tens of KB, and 16 of them in a leaf would pass 128 KiB. With the
+/// bodies out of sled, 512 KiB measured within the redirect bench's spread
+/// of 4 MiB.
 const LOG_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
 /// The log segment size of the sled database at `dir`: the one it was made
