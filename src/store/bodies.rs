@@ -89,7 +89,8 @@ impl Pointer {
 }
 
 struct Writer {
-    file: File,
+    /// Shared with a `sync` that runs outside the lock.
+    file: Arc<File>,
     number: u32,
     len: u64,
     /// Bytes appended since the last fsync.
@@ -145,7 +146,7 @@ impl Bodies {
             fsync_dir(parent)?;
         }
         let number = numbers(&dir)?.last().copied().unwrap_or(1);
-        let file = open_for_append(&dir, number).map_err(io_error)?;
+        let file = Arc::new(open_for_append(&dir, number).map_err(io_error)?);
         let len = file.metadata().map_err(io_error)?.len();
         Ok(Bodies {
             dir,
@@ -187,10 +188,12 @@ impl Bodies {
     fn append_locked(&self, w: &mut Writer, bodies: &[&[u8]]) -> StoreResult<Vec<Pointer>> {
         if w.len >= FILE_BYTES {
             // The finished file is made durable before any pointer refers to
-            // the next one, so only the newest file can lack bytes.
-            Self::sync_locked(&self.dir, w)?;
+            // the next one, so only the newest file can lack bytes. (Whatever
+            // `dirty` says: a `sync` may still be running on it.)
+            w.file.sync_data().map_err(io_error)?;
+            w.dirty = false;
             let number = w.number + 1;
-            w.file = open_for_append(&self.dir, number).map_err(io_error)?;
+            w.file = Arc::new(open_for_append(&self.dir, number).map_err(io_error)?);
             w.number = number;
             w.len = 0;
             w.new_name = true;
@@ -215,10 +218,32 @@ impl Bodies {
         Ok(pointers)
     }
 
-    /// Makes every body appended so far durable.
+    /// Makes every body appended so far durable. The fsync runs outside the
+    /// lock, so the Recorder's appends do not wait for it.
     pub(super) fn sync(&self) -> StoreResult<()> {
-        let mut w = self.writer();
-        Self::sync_locked(&self.dir, &mut w)
+        let (file, dirty, new_name) = {
+            let mut w = self.writer();
+            let taken = (w.file.clone(), w.dirty, w.new_name);
+            w.dirty = false;
+            w.new_name = false;
+            taken
+        };
+        let synced = (|| {
+            if dirty {
+                file.sync_data().map_err(io_error)?;
+            }
+            if new_name {
+                fsync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if synced.is_err() {
+            // Try again next time. (A roll meanwhile synced the file itself.)
+            let mut w = self.writer();
+            w.dirty |= dirty && Arc::ptr_eq(&w.file, &file);
+            w.new_name |= new_name;
+        }
+        synced
     }
 
     fn sync_locked(dir: &Path, w: &mut Writer) -> StoreResult<()> {
