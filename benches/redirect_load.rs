@@ -372,13 +372,15 @@ fn main() {
             // queue is drained (at most a batch interval later).
             let (addr, token) = (server.addr, server.token.clone());
             let m = |n: &str| metric(addr, &token, n);
+            // Waits while the Recorder still makes progress (a backlog takes
+            // longer than one interval), so "no" means scans are missing.
             let mut recorded = m("scanhop_scans_recorded_total");
-            for _ in 0..100 {
-                if recorded >= m("scanhop_redirects_total") {
-                    break;
-                }
+            let mut still = 0;
+            while recorded < m("scanhop_redirects_total") && still < 100 {
                 std::thread::sleep(Duration::from_millis(20));
-                recorded = m("scanhop_scans_recorded_total");
+                let now = m("scanhop_scans_recorded_total");
+                still = if now > recorded { 0 } else { still + 1 };
+                recorded = now;
             }
             let redirects = m("scanhop_redirects_total");
             if hook {

@@ -303,15 +303,18 @@ impl Bodies {
             if n >= below || live.contains(&n) {
                 continue;
             }
-            self.readers
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&n);
             match std::fs::remove_file(self.dir.join(file_name(n))) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error(e)),
             }
+            // After the unlink, so no new handle to the file can come in
+            // between (one opened before stays readable: a reader that read
+            // an old pointer finishes its read).
+            self.readers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&n);
         }
         if removed > 0 {
             fsync_dir(&self.dir)?;
