@@ -169,7 +169,7 @@ impl Store {
     pub fn open(path: &Path, cache_mb: u64) -> StoreResult<Store> {
         let dir = path.join(FORMAT_DIR);
         compact::recover(path)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&dir)
             .segment_size(log_segment_size(&dir))
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
@@ -178,14 +178,23 @@ impl Store {
             // the blobs it points at (`blobs.rs`). `flush` does it, from the
             // Flusher every `storage.flush_interval_ms` and after each batch
             // of scans in strict mode.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                    StoreError::Locked(dir.clone())
+            .flush_every_ms(None);
+        // A store closed a moment ago in this process may still hold sled's
+        // lock while its threads wind down: a few tries before `Locked`.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref io)) if io.to_string().contains("lock") => {
+                    tries += 1;
+                    if tries == 25 {
+                        return Err(StoreError::Locked(dir));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => StoreError::Sled(other),
-            })?;
+                Err(other) => return Err(StoreError::Sled(other)),
+            }
+        };
         // sled keeps its log in `db` under its directory (sled 0.34's layout).
         let log = std::fs::File::open(dir.join("db")).map_err(sled::Error::Io)?;
         let bodies = bodies::Bodies::open(dir.join(bodies::DIR))?;
