@@ -280,8 +280,6 @@ impl Run {
 }
 
 fn main() {
-    // As the server's `main` does.
-    scanhop::actors::threads::tune_allocator();
     // `cargo bench` passes `--bench`; `cargo test --benches` would too: stay quick then.
     let secs: u64 = std::env::var("LOAD_SECS")
         .ok()

@@ -158,7 +158,6 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    scanhop::actors::threads::tune_allocator();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,

@@ -6,32 +6,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-/// glibc's malloc: blocks up to this size come from its heaps rather than
-/// from `mmap` of their own.
-pub const MALLOC_MMAP_THRESHOLD: i32 = 16 * 1024 * 1024;
-/// glibc's malloc: free memory at the top of a heap is given back to the
-/// system once it exceeds this.
-pub const MALLOC_TRIM_THRESHOLD: i32 = 32 * 1024 * 1024;
-
-/// Sets glibc's malloc thresholds (`MALLOC_MMAP_THRESHOLD`,
-/// `MALLOC_TRIM_THRESHOLD`) for the process; call once, before the server
-/// starts. sled allocates a log buffer of a whole log segment (4 MiB) at a
-/// time and drops it once written; with glibc's defaults each one was a
-/// fresh `mmap`, and first touching its pages (the kernel zeroes each one)
-/// cost the Recorder 6% of its CPU in a profile. Kept on the heap, the
-/// buffers are reused. Measured in the redirect bench (one complete run
-/// each): Recorder 5.4 → 4.7 µs per event in `batched` and 7.0 → 4.6 with
-/// full tracking, sled's I/O threads 1.7 → 1.1 and 1.9 → 1.3 µs per scan.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; both values are in
-    // the range glibc accepts (it answers 0 and changes nothing otherwise).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
-    }
-}
-
 /// A new arbiter (thread) named `name` (Linux keeps the first 15 bytes).
 pub fn named_arbiter(name: &'static str) -> Arbiter {
     let arbiter = Arbiter::new();
