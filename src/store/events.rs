@@ -743,6 +743,21 @@ mod tests {
         assert_eq!(store.inner.events.len(), values.len() + 1);
     }
 
+    /// Deletes the events of `ws` before `ms` (one retention step);
+    /// answers how many.
+    fn purge_before(store: &Store, ws: WorkspaceId, ms: i64) -> u64 {
+        let plan = super::super::PurgePlan {
+            workspace: ws,
+            before_ms: ms,
+            up_to: store.last_event_id().unwrap(),
+        };
+        store
+            .purge_step(&plan, None, 10, false)
+            .unwrap()
+            .report
+            .events
+    }
+
     fn body_file(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
         dir.join(super::super::FORMAT_DIR)
             .join(super::super::bodies::DIR)
@@ -836,19 +851,7 @@ mod tests {
         );
         assert_eq!(store.events_after(None, 100).unwrap(), events);
         // Retention rewrites it as a body in a file.
-        let plan = super::super::PurgePlan {
-            workspace: ws,
-            before_ms: 6,
-            up_to: store.last_event_id().unwrap(),
-        };
-        assert_eq!(
-            store
-                .purge_step(&plan, None, 10, false)
-                .unwrap()
-                .report
-                .events,
-            5
-        );
+        assert_eq!(purge_before(&store, ws, 6), 5);
         let raw = store.inner.events.get(key.as_bytes()).unwrap().unwrap();
         assert!(super::super::bodies::Pointer::decode(&raw).is_some());
         assert_eq!(store.events_after(None, 100).unwrap(), events[5..]);
@@ -869,19 +872,7 @@ mod tests {
             0,
             "both in use"
         );
-        let plan = super::super::PurgePlan {
-            workspace: ws,
-            before_ms: 11,
-            up_to: store.last_event_id().unwrap(),
-        };
-        assert_eq!(
-            store
-                .purge_step(&plan, None, 10, false)
-                .unwrap()
-                .report
-                .events,
-            10
-        );
+        assert_eq!(purge_before(&store, ws, 11), 10);
         assert!(body_file(dir.path(), 1).exists());
         assert_eq!(store.remove_unreferenced_bodies().unwrap(), 1);
         assert!(!body_file(dir.path(), 1).exists());
