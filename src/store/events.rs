@@ -743,6 +743,11 @@ mod tests {
         assert_eq!(store.inner.events.len(), values.len() + 1);
     }
 
+    /// Non-bot scans of `link` at each millisecond of `ms`.
+    fn scans(ws: WorkspaceId, link: LinkId, ms: std::ops::RangeInclusive<i64>) -> Vec<ScanEvent> {
+        ms.map(|ms| event(ms, ws, link, false)).collect()
+    }
+
     /// Deletes the events of `ws` before `ms` (one retention step);
     /// answers how many.
     fn purge_before(store: &Store, ws: WorkspaceId, ms: i64) -> u64 {
@@ -768,8 +773,8 @@ mod tests {
     fn segments_whose_bodies_a_power_cut_took_are_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
-        let early: Vec<ScanEvent> = (1..=10).map(|ms| event(ms, ws, link, false)).collect();
-        let late: Vec<ScanEvent> = (11..=20).map(|ms| event(ms, ws, link, false)).collect();
+        let early: Vec<ScanEvent> = scans(ws, link, 1..=10);
+        let late: Vec<ScanEvent> = scans(ws, link, 11..=20);
         let durable_len = {
             let store = Store::open(dir.path(), 8).unwrap();
             store.commit_scans(&early).unwrap();
@@ -831,7 +836,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8).unwrap();
         let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
-        let events: Vec<ScanEvent> = (1..=10).map(|ms| event(ms, ws, link, false)).collect();
+        let events: Vec<ScanEvent> = scans(ws, link, 1..=10);
         store.commit_scans(&events).unwrap();
         // The value as a store written before bodies moved to files holds it.
         let key = events[0].id;
@@ -862,8 +867,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8).unwrap();
         let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
-        let old: Vec<ScanEvent> = (1..=10).map(|ms| event(ms, ws, link, false)).collect();
-        let new: Vec<ScanEvent> = (11..=20).map(|ms| event(ms, ws, link, false)).collect();
+        let old: Vec<ScanEvent> = scans(ws, link, 1..=10);
+        let new: Vec<ScanEvent> = scans(ws, link, 11..=20);
         store.commit_scans(&old).unwrap();
         store.inner.bodies.roll().unwrap();
         store.commit_scans(&new).unwrap();
