@@ -16,7 +16,9 @@
 //!
 //! Run: `cargo bench --bench redirect_load` (env `LOAD_SECS`, default 8;
 //! `LOAD_ROUNDS`, default 3;
-//! `LOAD_ONLY=strict` for the scenarios whose name contains `strict`).
+//! `LOAD_ONLY=strict` for the scenarios whose name contains `strict`;
+//! `LOAD_CLIENT=wrk` to drive both servers with wrk instead of the bench's
+//! own client).
 
 #[path = "support/geo.rs"]
 mod geo_support;
@@ -36,6 +38,9 @@ static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
 #[path = "support/http.rs"]
 mod http;
 
+#[path = "support/wrk.rs"]
+mod wrk;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,17 +54,37 @@ use scanhop::config::Settings;
 
 const DESTINATION: &str = "https://example.com/menu";
 
-/// Drives `addr` with 64 connections for `1 s + secs`, each with its own
-/// client address in the GeoIP range and a real browser user agent.
-fn drive(addr: SocketAddr, path: &str, secs: u64) -> Outcome {
+/// The client address and user agent of each of the 64 connections: an
+/// address in the GeoIP range and a real browser user agent.
+fn connections() -> Vec<(String, String)> {
     let uas = load::browser_user_agents();
-    let heads = (0..CONNECTIONS)
+    (0..CONNECTIONS)
         .map(|i| {
             let client = geo_support::address(i as u32 * 37 % geo_support::NETWORKS);
-            vec![load::redirect_head(path, client, &uas[i * 7 % uas.len()])]
+            (client.to_string(), uas[i * 7 % uas.len()].clone())
         })
-        .collect();
-    load::drive(addr, heads, 302, Duration::from_secs(1), secs as f64, None)
+        .collect()
+}
+
+/// Which client drives the load: the bench's own, or wrk (`LOAD_CLIENT=wrk`)
+/// with its script.
+enum Client {
+    Own,
+    Wrk(std::path::PathBuf),
+}
+
+/// Drives `addr` with 64 connections for `1 s + secs`.
+fn drive(client: &Client, addr: SocketAddr, path: &str, secs: u64) -> Outcome {
+    match client {
+        Client::Own => {
+            let heads = connections()
+                .iter()
+                .map(|(ip, ua)| vec![load::redirect_head(path, ip, ua)])
+                .collect();
+            load::drive(addr, heads, 302, Duration::from_secs(1), secs as f64, None)
+        }
+        Client::Wrk(script) => wrk::drive(addr, path, script, Duration::from_secs(1), secs as f64),
+    }
 }
 
 /// The ceiling: the same 302, no work at all.
@@ -334,8 +359,23 @@ fn main() {
         .filter(|(name, ..)| only.as_deref().is_none_or(|o| name.contains(o)))
         .collect();
     let (ceiling_addr, ceiling) = start_ceiling();
+    let client = if std::env::var("LOAD_CLIENT").is_ok_and(|c| c == "wrk") {
+        assert!(
+            wrk::available(),
+            "LOAD_CLIENT=wrk needs wrk (apt-get install wrk)"
+        );
+        let script = geo_dir.path().join("scans.lua");
+        wrk::write_script(&script, &connections());
+        Client::Wrk(script)
+    } else {
+        Client::Own
+    };
+    let client_name = match client {
+        Client::Own => "the bench's client",
+        Client::Wrk(_) => "wrk -t1 with a Lua script",
+    };
     println!(
-        "\n{CONNECTIONS} connections, {secs} s per run after 1 s warm-up, client on one thread, servers with 2 workers\n"
+        "\n{CONNECTIONS} connections, {secs} s per run after 1 s warm-up, {client_name} on one thread, servers with 2 workers\n"
     );
     let rounds: usize = std::env::var("LOAD_ROUNDS")
         .ok()
@@ -350,7 +390,7 @@ fn main() {
         let mut runs: Vec<Run> = Vec::new();
         for _ in 0..rounds {
             let before_base = threads::snapshot_with(alloc_count::of_thread);
-            let base = drive(ceiling_addr, "/bench", secs);
+            let base = drive(&client, ceiling_addr, "/bench", secs);
             let after_base = threads::snapshot_with(alloc_count::of_thread);
             let base_cpu = threads::spent(&before_base, &after_base);
             let base_allocations = threads::allocated(&before_base, &after_base);
@@ -359,7 +399,7 @@ fn main() {
                 threads::snapshot_with(alloc_count::of_thread),
                 received.load(Ordering::Relaxed),
             );
-            let load = drive(server.addr, "/bench", secs);
+            let load = drive(&client, server.addr, "/bench", secs);
             let after = threads::snapshot_with(alloc_count::of_thread);
             let (cpu, allocations) = (
                 threads::spent(&before, &after),

@@ -25,6 +25,9 @@ pub struct Outcome {
     pub secs: f64,
     /// Sorted.
     pub latencies_us: Vec<u32>,
+    /// Percentiles (fraction, milliseconds) reported by an outside client
+    /// that keeps no latencies of its own (wrk).
+    pub quantiles_ms: Vec<(f64, f64)>,
 }
 
 impl Outcome {
@@ -34,7 +37,11 @@ impl Outcome {
     /// Milliseconds.
     pub fn percentile(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
-            return f64::NAN;
+            return self
+                .quantiles_ms
+                .iter()
+                .find(|(q, _)| (q - p).abs() < 1e-9)
+                .map_or(f64::NAN, |(_, ms)| *ms);
         }
         let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         f64::from(self.latencies_us[i]) / 1000.0
@@ -211,6 +218,7 @@ pub fn drive(
             errors: 0,
             secs,
             latencies_us: Vec::new(),
+            quantiles_ms: Vec::new(),
         };
         for t in tasks {
             let (ok, errors, lat) = t.await.expect("task");
