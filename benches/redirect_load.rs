@@ -412,15 +412,25 @@ fn main() {
             let m = |n: &str| metric(addr, &token, n);
             // Waits while the Recorder still makes progress (a backlog takes
             // longer than one interval), so "no" means scans are missing.
+            // wrk exits with requests still in flight, which the server
+            // answers (and counts) after it: the count must settle first.
+            let mut redirects = m("scanhop_redirects_total");
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                let now = m("scanhop_redirects_total");
+                if now == redirects {
+                    break;
+                }
+                redirects = now;
+            }
             let mut recorded = m("scanhop_scans_recorded_total");
             let mut still = 0;
-            while recorded < m("scanhop_redirects_total") && still < 100 {
+            while recorded < redirects && still < 100 {
                 std::thread::sleep(Duration::from_millis(20));
                 let now = m("scanhop_scans_recorded_total");
                 still = if now > recorded { 0 } else { still + 1 };
                 recorded = now;
             }
-            let redirects = m("scanhop_redirects_total");
             if hook {
                 // Let the outbox drain (bounded), to report what was delivered.
                 for _ in 0..600 {
@@ -467,9 +477,9 @@ fn main() {
             r.ratio(),
             all.join(", "),
             if r.recorded >= r.redirects {
-                "yes"
+                "yes".to_owned()
             } else {
-                "**no**"
+                format!("**no**: {} of {} recorded", r.recorded, r.redirects)
             },
         ));
         let scans = r.redirects.max(1.0);
