@@ -24,9 +24,12 @@ use crate::ids::{EventId, EventKind, Id, IdKind, LinkId, VisitorId, WorkspaceId}
 
 /// Most bytes of one segment (unless it holds a single event): a batch over
 /// it is written as several segments. Reading one event reads its whole
-/// segment, so this bounds what a lookup reads. A batch of 512 typical
-/// events is 50 to 60 KB, so a full batch is often two segments.
-const MAX_SEGMENT_BYTES: usize = 52 * 1024;
+/// segment (one `pread` from its file), so this bounds what a lookup reads.
+/// A full batch of 2,048 typical events is 170 to 250 KB, one segment: each
+/// segment has index entries of its own (one per visitor, link and
+/// workspace in it), so splitting a batch multiplies them. (When segments
+/// were sled values, 52 KiB kept sled's pages small; they are in files now.)
+const MAX_SEGMENT_BYTES: usize = 384 * 1024;
 
 /// A segment's bytes: the sled value itself (a segment stored inline, as
 /// stores written before `bodies.rs` hold them) or read from its file.
@@ -711,15 +714,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8).unwrap();
         let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
-        // 600 events, each with a referer of its own of 1 KB: about 600 KB.
-        let events: Vec<ScanEvent> = (1..=600)
+        // 2,000 events, each with a referer of its own of 1 KB: about 2 MB.
+        let events: Vec<ScanEvent> = (1..=2000)
             .map(|ms| ScanEvent {
                 referer: Some(format!("https://ref.example/{ms}/{}", "r".repeat(1000))),
                 ..event(ms, ws, link, false)
             })
             .collect();
         let bytes = store.commit_scans_with(&events, &[]).unwrap();
-        assert!(bytes > 600_000, "{bytes} bytes");
+        assert!(bytes > 2_000_000, "{bytes} bytes");
         let values: Vec<usize> = store
             .inner
             .events
@@ -735,10 +738,10 @@ mod tests {
             assert_eq!(store.event(&e.id).unwrap().as_ref(), Some(e));
         }
         let all = walk(&store, &query(ws, EventIndex::Link(link)), 250);
-        assert_eq!(all, (1..=600).rev().collect::<Vec<i64>>());
-        assert_eq!(store.link_total_scans(&link).unwrap(), 600);
+        assert_eq!(all, (1..=2000).rev().collect::<Vec<i64>>());
+        assert_eq!(store.link_total_scans(&link).unwrap(), 2000);
         // A batch of small events stays one segment.
-        let small: Vec<ScanEvent> = (601..=700).map(|ms| event(ms, ws, link, false)).collect();
+        let small: Vec<ScanEvent> = (2001..=2100).map(|ms| event(ms, ws, link, false)).collect();
         store.commit_scans(&small).unwrap();
         assert_eq!(store.inner.events.len(), values.len() + 1);
     }
