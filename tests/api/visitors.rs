@@ -801,3 +801,39 @@ async fn a_visitor_is_found_as_soon_as_its_first_scan_is_stored() {
     let unknown = app.get("/v1/visitors/vis_01h455vb4pex5vsknk084sn02q").await;
     assert_eq!(unknown.status.as_u16(), 404, "{}", unknown.text());
 }
+
+#[actix_rt::test]
+async fn a_visitor_saved_again_at_a_later_checkpoint_stays_listed_once() {
+    let app = app().await;
+    tracked_link(&app, "again").await;
+    let me = scan_as(&app, "again", IPHONE_UA, "de-AT", "81.2.69.10").await;
+    let me = me.as_str().unwrap().to_owned();
+    // Listed once its profile is stored (the listing reads the store).
+    let listed = || async {
+        app.get("/v1/visitors").await.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["id"].as_str().unwrap().to_owned(),
+                    v["event_count"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    app.eventually("listed after its first scan", || async {
+        listed().await == vec![(me.clone(), json!(1))]
+    })
+    .await;
+    // A second scan is folded into the stored profile at a later checkpoint:
+    // still one entry, now with both scans.
+    assert_eq!(
+        scan_as(&app, "again", IPHONE_UA, "de-AT", "81.2.69.10").await,
+        me.as_str()
+    );
+    app.eventually("listed once with both scans", || async {
+        listed().await == vec![(me.clone(), json!(2))]
+    })
+    .await;
+}
