@@ -32,7 +32,7 @@ pub use links::{LinkQuery, LinkWrite};
 pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
 pub use tallies::{TallyKey, TallyScope};
-pub use visitors::{NewVisitor, StoredAttributes};
+pub use visitors::{NewVisitor, StoredAttributes, registry_key};
 pub use webhooks::{PendingMessage, TxError, WebhookTx};
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.

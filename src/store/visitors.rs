@@ -26,7 +26,7 @@ pub struct NewVisitor {
 }
 
 /// `workspace (16) ++ fingerprint (16)`; also the value of the reverse entry.
-pub(super) fn registry_key(ws: &WorkspaceId, fp: &Fingerprint) -> [u8; 32] {
+pub fn registry_key(ws: &WorkspaceId, fp: &Fingerprint) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(ws.as_bytes());
     key[16..].copy_from_slice(fp);
@@ -87,6 +87,15 @@ impl Store {
                 reverse.remove(&id.as_bytes()[..])?;
                 Ok(())
             })?;
+        Ok(())
+    }
+
+    /// Calls `f` with the key of every registry entry (`registry_key`),
+    /// in key order.
+    pub fn for_each_registry_key(&self, mut f: impl FnMut(&[u8])) -> StoreResult<()> {
+        for key in self.inner.visitor_registry.iter().keys() {
+            f(&key?);
+        }
         Ok(())
     }
 
