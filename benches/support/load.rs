@@ -31,6 +31,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Nothing counted yet, over `secs`.
+    pub fn empty(secs: f64) -> Outcome {
+        Outcome {
+            requests: 0,
+            errors: 0,
+            secs,
+            latencies_us: Vec::new(),
+            quantiles_ms: Vec::new(),
+        }
+    }
+
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.secs
     }
@@ -213,13 +224,7 @@ pub fn drive(
             .into_iter()
             .map(|h| tokio::spawn(connection(addr, h, expect, warmup_until, until.clone())))
             .collect();
-        let mut out = Outcome {
-            requests: 0,
-            errors: 0,
-            secs,
-            latencies_us: Vec::new(),
-            quantiles_ms: Vec::new(),
-        };
+        let mut out = Outcome::empty(secs);
         for t in tasks {
             let (ok, errors, lat) = t.await.expect("task");
             out.requests += ok;

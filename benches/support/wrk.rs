@@ -79,13 +79,7 @@ fn millis(text: &str) -> Option<f64> {
 
 /// Parses wrk's report: requests, errors and latency percentiles.
 fn parse(report: &str, secs: f64) -> Outcome {
-    let mut out = Outcome {
-        requests: 0,
-        errors: 0,
-        secs,
-        latencies_us: Vec::new(),
-        quantiles_ms: Vec::new(),
-    };
+    let mut out = Outcome::empty(secs);
     let mut rps = 0.0;
     for line in report.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
