@@ -18,7 +18,8 @@
 //! `LOAD_ROUNDS`, default 3;
 //! `LOAD_ONLY=strict` for the scenarios whose name contains `strict`;
 //! `LOAD_CLIENT=wrk` to drive both servers with wrk instead of the bench's
-//! own client).
+//! own client; `LOAD_NEW_EVERY=1` to make every scan a device never seen,
+//! default one in 10).
 
 #[path = "support/geo.rs"]
 mod geo_support;

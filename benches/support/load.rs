@@ -1,7 +1,7 @@
 //! The redirect load client of the benchmarks: keep-alive HTTP/1.1
 //! connections on one client thread (a current-thread tokio runtime), each
 //! sending its requests back to back and timing every answer. One request
-//! in `MISS_EVERY` carries a user agent never seen before, so caches keyed by
+//! in `miss_every()` carries a user agent never seen before, so caches keyed by
 //! user agent see a realistic share of misses.
 #![allow(dead_code)] // each bench uses its own part of the support modules
 
@@ -14,8 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const CONNECTIONS: usize = 64;
-/// One request in this many carries a never-seen user agent.
-pub const MISS_EVERY: u64 = 10;
+/// One request in this many carries a never-seen user agent: 10, or
+/// `LOAD_NEW_EVERY` (1: every scan is a device never seen, as in a campaign
+/// where each scan is another person).
+pub fn miss_every() -> u64 {
+    std::env::var("LOAD_NEW_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(10)
+}
 
 pub struct Outcome {
     /// Answers with the expected status after the warm-up.
@@ -132,6 +140,7 @@ async fn connection(
         .map(|h| format!("{h}\r\n\r\n").into_bytes())
         .collect();
     let mut n: u64 = 0;
+    let miss_every = miss_every();
     while !until.reached() {
         if stream.is_none() {
             stream = TcpStream::connect(addr).await.ok();
@@ -146,7 +155,7 @@ async fn connection(
         n += 1;
         let which = (n as usize) % heads.len();
         let started = Instant::now();
-        let sent = if n.is_multiple_of(MISS_EVERY) {
+        let sent = if n.is_multiple_of(miss_every) {
             let fresh = format!("{} Build/{n}-{:p}\r\n\r\n", heads[which], &buf);
             s.write_all(fresh.as_bytes()).await
         } else {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::load::{CONNECTIONS, MISS_EVERY, Outcome};
+use super::load::{CONNECTIONS, Outcome, miss_every};
 
 /// Whether `wrk` can be run.
 pub fn available() -> bool {
@@ -24,6 +24,7 @@ pub fn write_script(path: &Path, heads: &[(String, String)]) {
     for (client, ua) in heads {
         lua.push_str(&format!("  {{ [==[{client}]==], [==[{ua}]==] }},\n"));
     }
+    let miss_every = miss_every();
     lua.push_str(&format!(
         r#"}}
 local reqs = {{}}
@@ -42,7 +43,7 @@ end
 function request()
   n = n + 1
   local i = n % #reqs + 1
-  if n % {MISS_EVERY} == 0 then
+  if n % {miss_every} == 0 then
     return head(heads[i], heads[i][2] .. " Build/" .. n)
   end
   return reqs[i]
