@@ -416,28 +416,22 @@ mod tests {
             .commit_scans_with(std::slice::from_ref(&f.event), &new)
             .unwrap();
         f.registry.committed(&new);
-        let salt = [7; 32];
-        let strangers: Vec<Device> = (0..200)
-            .map(|_| Device {
-                user_agent: Some("phone"),
-                accept_language: None,
-                ip: None,
-                day_salt: &salt,
-            })
-            .collect();
+        // One device in 200 other workspaces: 200 strangers (each workspace
+        // keys its fingerprints with a key of its own).
+        let stranger = me();
+        let stranger_ws: Vec<WorkspaceId> = (0..200).map(|_| WorkspaceId::generate()).collect();
         // Not filled: every device the cache does not know is looked up.
         let cold = VisitorRegistry::new(f.store.clone(), FingerprintScope::Persistent, 10);
-        let stranger_ws: Vec<WorkspaceId> = (0..200).map(|_| WorkspaceId::generate()).collect();
-        for (ws, d) in stranger_ws.iter().zip(&strangers) {
-            cold.visitor_for(ws, d).unwrap();
+        for ws in &stranger_ws {
+            cold.visitor_for(ws, &stranger).unwrap();
         }
         assert_eq!(cold.lookups(), 200);
-        // Filled: strangers (one per workspace) are new without a lookup, bar
-        // the filter's rare false positive; the stored device is still found.
+        // Filled: the strangers are new without a lookup, bar the filter's
+        // rare false positive; the stored device is still found.
         let warm = VisitorRegistry::new(f.store.clone(), FingerprintScope::Persistent, 10);
         warm.fill_known().unwrap();
-        for (ws, d) in stranger_ws.iter().zip(&strangers) {
-            warm.visitor_for(ws, d).unwrap();
+        for ws in &stranger_ws {
+            warm.visitor_for(ws, &stranger).unwrap();
         }
         assert!(warm.lookups() <= 2, "{} lookups", warm.lookups());
         let before = warm.lookups();

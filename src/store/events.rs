@@ -715,14 +715,15 @@ mod tests {
         let store = Store::open(dir.path(), 8).unwrap();
         let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
         // 2,000 events, each with a referer of its own of 1 KB: about 2 MB.
-        let events: Vec<ScanEvent> = (1..=2000)
+        const N: i64 = 2000;
+        let events: Vec<ScanEvent> = (1..=N)
             .map(|ms| ScanEvent {
                 referer: Some(format!("https://ref.example/{ms}/{}", "r".repeat(1000))),
                 ..event(ms, ws, link, false)
             })
             .collect();
         let bytes = store.commit_scans_with(&events, &[]).unwrap();
-        assert!(bytes > 2_000_000, "{bytes} bytes");
+        assert!(bytes > N as usize * 1000, "{bytes} bytes");
         let values: Vec<usize> = store
             .inner
             .events
@@ -738,10 +739,12 @@ mod tests {
             assert_eq!(store.event(&e.id).unwrap().as_ref(), Some(e));
         }
         let all = walk(&store, &query(ws, EventIndex::Link(link)), 250);
-        assert_eq!(all, (1..=2000).rev().collect::<Vec<i64>>());
-        assert_eq!(store.link_total_scans(&link).unwrap(), 2000);
+        assert_eq!(all, (1..=N).rev().collect::<Vec<i64>>());
+        assert_eq!(store.link_total_scans(&link).unwrap(), N as u64);
         // A batch of small events stays one segment.
-        let small: Vec<ScanEvent> = (2001..=2100).map(|ms| event(ms, ws, link, false)).collect();
+        let small: Vec<ScanEvent> = (N + 1..=N + 100)
+            .map(|ms| event(ms, ws, link, false))
+            .collect();
         store.commit_scans(&small).unwrap();
         assert_eq!(store.inner.events.len(), values.len() + 1);
     }
