@@ -293,6 +293,7 @@ struct Run {
     recorded: f64,
     redirects: f64,
     recorder_cpu_secs: f64,
+    recorder_batches: f64,
     event_bytes: f64,
     /// Webhook requests the receiver got during the run, and in all.
     delivered_during: u64,
@@ -443,6 +444,7 @@ fn main() {
             }
             let run = Run {
                 recorder_cpu_secs: m("scanhop_recorder_cpu_seconds_total"),
+                recorder_batches: m("scanhop_recorder_batches_total"),
                 event_bytes: m("scanhop_event_bytes_total"),
                 delivered: received.load(Ordering::Relaxed) - received_before,
                 delivered_during,
@@ -514,12 +516,13 @@ fn main() {
             .map(|(group, n)| format!("{group} {:.1}", *n as f64 / base_requests))
             .collect();
         let mut detail = format!(
-            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second; {:.0} bytes per event (segment values).",
+            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second, {:.0} events per batch; {:.0} bytes per event (segment values).",
             per_scan.join(", "),
             base_per_request.join(", "),
             allocations.join(", "),
             base_allocations.join(", "),
             r.recorded / r.recorder_cpu_secs.max(1e-9),
+            r.recorded / r.recorder_batches.max(1.0),
             r.event_bytes / r.recorded.max(1.0),
         );
         if hook {

@@ -130,6 +130,8 @@ pub struct Metrics {
     pub recorder_write_failures: Counter,
     pub downstream_full: Counter,
     pub flush_seconds: Histogram,
+    /// Strict mode: appends to the scan log with their fsync.
+    pub scan_log_sync_seconds: Histogram,
     pub rate_limited: Counter,
     pub bot_scans: Counter,
     pub redirects_rate_limited: Counter,
@@ -312,6 +314,11 @@ impl Metrics {
             o,
             "scanhop_store_flush_duration_seconds",
             "Duration of sled flushes (fsync).",
+        );
+        self.scan_log_sync_seconds.render(
+            o,
+            "scanhop_scan_log_sync_duration_seconds",
+            "Duration of strict mode's scan log appends, each with its fsync.",
         );
         family(
             o,

@@ -13,17 +13,23 @@
 //! `store/segment.rs`). IDs continue after the newest stored event even if
 //! the clock stepped back across a restart.
 //!
-//! The Recorder drains the queue in batches of `recorder.batch_size`, writes
-//! each batch in one sled transaction, and in `strict` mode flushes it to disk
-//! before publishing the batch's sequence number, which is what strict
-//! redirects wait for (group commit). Each committed batch wakes the
+//! The Recorder drains the queue in batches of `recorder.batch_size` and
+//! writes each batch in one sled transaction. Each committed batch wakes the
 //! consumers downstream (`consumer.rs`), which read from their own durable
 //! positions: the wake-up is a non-blocking send that may be dropped.
+//!
+//! In `strict` mode a thread of its own, `log_scans`, appends what is queued
+//! and not yet logged to the scan log (`store/scan_log.rs`) as one fsynced
+//! record and then publishes the last sequence number logged, which is what
+//! strict redirects wait for (group commit). The Recorder takes logged
+//! events only, and commits them as in `batched` mode; the store's periodic
+//! flush makes them durable there. At start, the scans the log holds and
+//! the store lacks are committed first (`recommit_logged`).
 
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -38,6 +44,7 @@ use crate::enrich::fingerprint::Fingerprint;
 use crate::ids::EventId;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::store::scan_log::{self, LoggedScan, ScanLog};
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -80,6 +87,12 @@ struct Queue {
     events: VecDeque<Queued>,
     /// Sequence number of the next event pushed; the first is 1.
     next_seq: u64,
+    /// Strict mode: the sequence number of the last event in the scan log.
+    /// The Recorder takes no event after it (the log thread reads them from
+    /// the back of the queue).
+    logged: u64,
+    /// Strict mode: the log thread waits for events (a push wakes it).
+    log_asleep: bool,
     /// The last event ID given out.
     last_id: EventId,
     random: RandomBytes,
@@ -112,6 +125,18 @@ impl RandomBytes {
 }
 
 impl Queue {
+    /// An empty queue whose IDs come after `last_id`.
+    fn new(last_id: EventId, capacity: usize) -> Queue {
+        Queue {
+            events: VecDeque::with_capacity(capacity),
+            next_seq: 1,
+            logged: 0,
+            log_asleep: false,
+            last_id,
+            random: RandomBytes::new(),
+        }
+    }
+
     /// A fresh UUIDv7 ID, strictly greater than every ID given out before.
     /// Its 74 random bits come from the OS generator, read 4 KiB at a time:
     /// a system call per ID under this lock was a tenth of the redirect's
@@ -142,8 +167,13 @@ struct Intake {
     overflow: Overflow,
     durability: Durability,
     ack_timeout: Duration,
-    /// The sequence number of the last event committed (strict: flushed).
+    /// The sequence number of the last event committed to the store.
     committed: watch::Sender<u64>,
+    /// Strict mode: the sequence number of the last event durable (in the
+    /// fsynced scan log, or committed and flushed), which redirects wait for.
+    durable: watch::Sender<u64>,
+    /// Strict mode: wakes the log thread (`log_scans`).
+    log_wake: Condvar,
     space: Notify,
     wake_pending: AtomicBool,
     closed: AtomicBool,
@@ -153,7 +183,10 @@ enum Push {
     Queued {
         seq: u64,
         id: EventId,
+        /// A full batch waits: wake the Recorder.
         wake: bool,
+        /// Strict mode: wake the log thread.
+        wake_log: bool,
     },
     /// The queue is full; the scan comes back (boxed: this is the rare path).
     Full(Box<Queued>),
@@ -175,29 +208,50 @@ impl Intake {
         q.events.push_back(scan);
         let seq = q.next_seq;
         q.next_seq += 1;
-        // Strict redirects wait for the commit: start it now rather than at the
-        // next tick (events arriving meanwhile form the next group commit).
-        // Batched ones only need a wake when a full batch is waiting.
-        let wake = self.durability == Durability::Strict || q.events.len() >= self.batch_size;
-        Push::Queued { seq, id, wake }
+        // Strict redirects wait for the scan log: the log thread writes at
+        // once what is queued (what arrives meanwhile forms its next group).
+        // The Recorder only needs a wake when a full batch is waiting.
+        let wake = q.events.len() >= self.batch_size;
+        let wake_log = std::mem::take(&mut q.log_asleep);
+        Push::Queued {
+            seq,
+            id,
+            wake,
+            wake_log,
+        }
     }
 
     /// Up to `batch_size` events and the sequence number of the last one;
     /// `None` when fewer than `at_least` (and at least one) are queued.
+    /// Strict mode takes logged events only, until shutdown.
     fn take_batch(&self, at_least: usize) -> Option<(Vec<Queued>, u64)> {
         let mut q = self.lock();
-        if q.events.len() < at_least.max(1) {
+        let available = self.available(&q);
+        if available < at_least.max(1) {
             return None;
         }
-        let n = q.events.len().min(self.batch_size);
+        let n = available.min(self.batch_size);
         let batch: Vec<Queued> = q.events.drain(..n).collect();
         let last_seq = q.next_seq - q.events.len() as u64 - 1;
         Some((batch, last_seq))
     }
 
-    /// The sequence number of the last event queued (0: none yet).
+    /// Events the Recorder may take: in strict mode those in the scan log
+    /// (all once shutting down: its final flush makes them durable).
+    fn available(&self, q: &Queue) -> usize {
+        let len = q.events.len();
+        if self.durability == Durability::Batched || self.closed.load(Ordering::Acquire) {
+            return len;
+        }
+        let first = q.next_seq - len as u64;
+        ((q.logged + 1).saturating_sub(first) as usize).min(len)
+    }
+
+    /// The sequence number of the last event the Recorder may take (0:
+    /// none yet).
     fn last_queued(&self) -> u64 {
-        self.lock().next_seq - 1
+        let q = self.lock();
+        q.next_seq - 1 - (q.events.len() - self.available(&q)) as u64
     }
 
     /// The next batch of a Recorder run that began when `queued` was the
@@ -208,16 +262,149 @@ impl Intake {
     /// of a full batch). Chasing every arrival would commit, one after the
     /// other, batches of whatever came in during the previous commit (about
     /// 100 events at 65,000 scans per second instead of 512), and a batch
-    /// costs the store nearly as much whatever its size. Strict mode
-    /// chases: a redirect waits for its batch.
+    /// costs the store nearly as much whatever its size. Strict mode is
+    /// the same: its redirects wait for the scan log, not for the store.
     fn next_batch(&self, queued: u64) -> Option<(Vec<Queued>, u64)> {
-        let chase = self.durability == Durability::Strict || *self.committed.borrow() < queued;
+        let chase = *self.committed.borrow() < queued;
         self.take_batch(if chase { 1 } else { self.batch_size })
     }
 
     fn depth(&self) -> usize {
         self.lock().events.len()
     }
+
+    /// Publishes `seq` as durable unless a later one is.
+    fn advance_durable(&self, seq: u64) {
+        self.durable.send_if_modified(|d| {
+            let later = seq > *d;
+            *d = (*d).max(seq);
+            later
+        });
+    }
+
+    /// Wakes the log thread (to see new events, or that the queue closed).
+    fn wake_log(&self) {
+        let _q = self.lock();
+        self.log_wake.notify_all();
+    }
+}
+
+/// The events of `scans`, each device the redirect could not place given
+/// its visitor (known, pending or new). A failed lookup leaves the scan
+/// without a visitor, as the redirect would have: it still counts.
+fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Vec<ScanEvent> {
+    scans
+        .into_iter()
+        .map(|Queued { mut event, device }| {
+            if let Some(fp) = device {
+                match registry.resolve(&event.workspace_id, fp) {
+                    Ok(v) => event.visitor_id = Some(v),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up the visitor of a scan")
+                    }
+                }
+            }
+            event
+        })
+        .collect()
+}
+
+/// At start: commits the scans of the scan log that the store lacks (a
+/// strict-mode server stopped before the periodic flush made them durable
+/// in the store), then flushes, so the log's files can go.
+fn recommit_logged(
+    store: &Store,
+    registry: &VisitorRegistry,
+    logged: Vec<LoggedScan>,
+    batch_size: usize,
+) -> Result<(), crate::store::StoreError> {
+    let newest = store.last_event_id()?;
+    let mut missing: Vec<Queued> = logged
+        .into_iter()
+        .filter(|(event, _)| Some(event.id) > newest)
+        .map(|(event, device)| Queued { event, device })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort_by_key(|q| q.event.id);
+    missing.dedup_by_key(|q| q.event.id);
+    let count = missing.len();
+    while !missing.is_empty() {
+        let rest = missing.split_off(missing.len().min(batch_size.max(1)));
+        let events = resolve_visitors(registry, std::mem::replace(&mut missing, rest));
+        let new_visitors = registry.new_in(&events);
+        store.commit_scans_with(&events, &new_visitors)?;
+        registry.committed(&new_visitors);
+    }
+    store.flush()?;
+    tracing::info!(
+        scans = count,
+        "committed the scans of the scan log that the store lacked"
+    );
+    Ok(())
+}
+
+/// Strict mode's log thread: appends what is queued and not yet logged to
+/// the scan log as one record, fsynced, and publishes it as durable (group
+/// commit). Ends once the queue is closed and everything is logged.
+fn log_scans(intake: &Intake, log: &Mutex<ScanLog>, store: &Store, metrics: &Metrics) {
+    let mut payload = Vec::new();
+    let mut retry = Duration::from_millis(10);
+    loop {
+        let (last_seq, last_id, encoded) = {
+            let mut q = intake.lock();
+            loop {
+                // Shutting down, the Recorder takes every event, logged or
+                // not, and its final flush makes them durable; logging more
+                // could publish as durable an event taken unlogged.
+                if intake.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                if q.next_seq - 1 > q.logged {
+                    break;
+                }
+                q.log_asleep = true;
+                q = intake.log_wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            let last = q.next_seq - 1;
+            // Under this lock the Recorder has taken logged events only.
+            let new = ((last - q.logged) as usize).min(q.events.len());
+            payload.clear();
+            let encoded = q
+                .events
+                .range(q.events.len() - new..)
+                .try_for_each(|s| scan_log::encode_scan(&mut payload, &s.event, &s.device));
+            (last, q.events.back().map(|s| s.event.id), encoded)
+        };
+        let appended = encoded.and_then(|()| {
+            let mut log = lock(log);
+            let started = Instant::now();
+            log.append(&payload, last_id)?;
+            metrics.scan_log_sync_seconds.observe(started.elapsed());
+            if let Err(e) = log.remove_covered(store.durable_event()) {
+                tracing::warn!(error = %e, "cannot remove scan log files; will try again");
+            }
+            Ok(())
+        });
+        match appended {
+            Ok(()) => {
+                retry = Duration::from_millis(10);
+                intake.lock().logged = last_seq;
+                intake.advance_durable(last_seq);
+            }
+            Err(e) => {
+                metrics.recorder_write_failures.inc();
+                tracing::error!(error = %e, "writing the scan log failed; will retry");
+                std::thread::sleep(retry);
+                retry = (retry * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What redirect handlers hold: records a scan, honouring the overflow policy
@@ -248,7 +435,15 @@ impl RecorderHandle {
             let mut space = pin!(intake.space.notified());
             space.as_mut().enable();
             match intake.try_push(event) {
-                Push::Queued { seq, id, wake } => {
+                Push::Queued {
+                    seq,
+                    id,
+                    wake,
+                    wake_log,
+                } => {
+                    if wake_log {
+                        intake.log_wake.notify_one();
+                    }
                     if wake && !intake.wake_pending.swap(true, Ordering::AcqRel) {
                         // A full mailbox means the Recorder is already busy; its tick will come.
                         let _ = self.addr.try_send(Wake);
@@ -269,7 +464,7 @@ impl RecorderHandle {
             }
         };
         if intake.durability == Durability::Strict {
-            let mut rx = intake.committed.subscribe();
+            let mut rx = intake.durable.subscribe();
             let done = tokio::time::timeout(intake.ack_timeout, rx.wait_for(|c| *c >= seq)).await;
             if !matches!(done, Ok(Ok(_))) {
                 return Err(RecordError::NotDurable);
@@ -306,6 +501,9 @@ struct Pending {
 
 pub struct Recorder {
     store: Store,
+    /// Strict mode: the scan log, written by the log thread; the Recorder
+    /// removes its files at shutdown.
+    log: Option<Arc<Mutex<ScanLog>>>,
     intake: Arc<Intake>,
     interval: Duration,
     mailbox_capacity: usize,
@@ -333,25 +531,37 @@ impl Recorder {
         registry: Arc<VisitorRegistry>,
         metrics: Arc<Metrics>,
     ) -> Result<(RecorderHandle, WorkerHandle), crate::store::StoreError> {
+        let (mut log, logged) = ScanLog::open(store.path())?;
+        recommit_logged(&store, &registry, logged, settings.batch_size)?;
+        log.remove_covered(store.last_event_id()?)?;
         let last_event_id = store.last_event_id()?;
         let intake = Arc::new(Intake {
-            queue: Mutex::new(Queue {
-                events: VecDeque::with_capacity(settings.batch_size),
-                next_seq: 1,
-                last_id: last_event_id.unwrap_or_else(|| EventId::from_bytes([0; 16])),
-                random: RandomBytes::new(),
-            }),
+            queue: Mutex::new(Queue::new(
+                last_event_id.unwrap_or_else(|| EventId::from_bytes([0; 16])),
+                settings.batch_size,
+            )),
             capacity: settings.queue_capacity,
             batch_size: settings.batch_size,
             overflow: settings.overflow,
             durability,
             ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
             committed: watch::Sender::new(0),
+            durable: watch::Sender::new(0),
+            log_wake: Condvar::new(),
             space: Notify::new(),
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
+        let log = (durability == Durability::Strict).then(|| Arc::new(Mutex::new(log)));
+        if let Some(log) = &log {
+            let (intake, log, store, metrics) =
+                (intake.clone(), log.clone(), store.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("scan-log".into())
+                .spawn(move || log_scans(&intake, &log, &store, &metrics))?;
+        }
         let recorder = Recorder {
+            log,
             store,
             intake: intake.clone(),
             interval: Duration::from_millis(settings.batch_interval_ms),
@@ -412,14 +622,6 @@ impl Recorder {
                 self.registry.committed(&new_visitors);
                 pending.written = true;
             }
-            if self.intake.durability == Durability::Strict {
-                let started = Instant::now();
-                if let Err(e) = self.store.flush() {
-                    tracing::error!(error = %e, "flushing a scan batch failed; will retry");
-                    return self.schedule_retry(now);
-                }
-                self.metrics.flush_seconds.observe(started.elapsed());
-            }
             let Some(done) = self.pending.take() else {
                 return true;
             };
@@ -436,20 +638,7 @@ impl Recorder {
     /// its visitor (known, pending or new). A failed lookup leaves the scan
     /// without a visitor, as the redirect would have: it still counts.
     fn resolve_visitors(&self, scans: Vec<Queued>) -> Vec<ScanEvent> {
-        scans
-            .into_iter()
-            .map(|Queued { mut event, device }| {
-                if let Some(fp) = device {
-                    match self.registry.resolve(&event.workspace_id, fp) {
-                        Ok(v) => event.visitor_id = Some(v),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot look up the visitor of a scan")
-                        }
-                    }
-                }
-                event
-            })
-            .collect()
+        resolve_visitors(&self.registry, scans)
     }
 
     fn schedule_retry(&mut self, now: Instant) -> bool {
@@ -527,12 +716,24 @@ impl Handler<Drain> for Recorder {
         self.metrics.recorder_messages.inc();
         self.intake.closed.store(true, Ordering::Release);
         self.intake.space.notify_waiters();
+        self.intake.wake_log();
         let deadline = msg.deadline;
         while !self.commit_ready(Instant::now()) && Instant::now() < deadline {
             std::thread::sleep(self.retry_delay);
         }
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "final flush failed");
+        match self.store.flush() {
+            Ok(_) => {
+                // Strict redirects still waiting for the scan log: their
+                // scans are durable now, in the store.
+                self.intake.advance_durable(*self.intake.committed.borrow());
+                if let Some(log) = &self.log {
+                    let removed = lock(log).remove_covered(self.store.durable_event());
+                    if let Err(e) = removed {
+                        tracing::warn!(error = %e, "cannot remove scan log files");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "final flush failed"),
         }
         let left = self.intake.depth() + self.pending.as_ref().map_or(0, |p| p.events.len());
         if left > 0 {
@@ -549,18 +750,15 @@ mod tests {
 
     fn intake(durability: Durability, batch_size: usize) -> Intake {
         Intake {
-            queue: Mutex::new(Queue {
-                events: VecDeque::new(),
-                next_seq: 1,
-                last_id: EventId::from_bytes([0; 16]),
-                random: RandomBytes::new(),
-            }),
+            queue: Mutex::new(Queue::new(EventId::from_bytes([0; 16]), 0)),
             capacity: 1_000,
             batch_size,
             overflow: Overflow::Wait,
             durability,
             ack_timeout: Duration::from_secs(1),
             committed: watch::Sender::new(0),
+            durable: watch::Sender::new(0),
+            log_wake: Condvar::new(),
             space: Notify::new(),
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -616,15 +814,24 @@ mod tests {
     }
 
     #[test]
-    fn strict_runs_commit_every_arrival_at_once() {
+    fn strict_runs_take_only_logged_events_until_shutdown() {
         let intake = intake(Durability::Strict, 8);
-        push(&intake, 3);
+        push(&intake, 5);
+        assert_eq!(intake.last_queued(), 0, "nothing is in the scan log yet");
+        assert_eq!(commit_next(&intake, intake.last_queued()), 0);
+        intake.lock().logged = 3;
         let run = intake.last_queued();
+        assert_eq!(run, 3);
         assert_eq!(commit_next(&intake, run), 3);
-        // An arrival during the commit is a redirect waiting: take it now.
-        push(&intake, 1);
-        assert_eq!(commit_next(&intake, run), 1);
+        // Then, as in batched mode, only full batches until the next run.
+        intake.lock().logged = 5;
         assert_eq!(commit_next(&intake, run), 0);
+        assert_eq!(commit_next(&intake, intake.last_queued()), 2);
+        // Shutting down, the Recorder takes what the log has not caught up on.
+        push(&intake, 2);
+        intake.closed.store(true, Ordering::Release);
+        assert_eq!(commit_next(&intake, intake.last_queued()), 2);
+        assert_eq!(intake.depth(), 0);
     }
 
     #[test]
@@ -632,21 +839,11 @@ mod tests {
         let future = EventId::from_bytes(EventId::lower_bound_bytes(
             jiff::Timestamp::now().as_millisecond() + 3_600_000,
         ));
-        let mut q = Queue {
-            events: VecDeque::new(),
-            next_seq: 1,
-            last_id: future,
-            random: RandomBytes::new(),
-        };
+        let mut q = Queue::new(future, 0);
         let a = q.next_id();
         let b = q.next_id();
         assert!(future < a && a < b);
-        let mut fresh = Queue {
-            events: VecDeque::new(),
-            next_seq: 1,
-            last_id: EventId::from_bytes([0; 16]),
-            random: RandomBytes::new(),
-        };
+        let mut fresh = Queue::new(EventId::from_bytes([0; 16]), 0);
         let c = fresh.next_id();
         assert!(
             (jiff::Timestamp::now().as_millisecond() - c.timestamp_ms()).abs() < 5_000,

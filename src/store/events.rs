@@ -264,6 +264,7 @@ impl Store {
                 Ok(())
             },
         )?;
+        self.committed_event(events.last().map(|e| e.id));
         Ok(segments.iter().map(|w| w.value.len()).sum())
     }
 

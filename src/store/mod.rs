@@ -13,6 +13,7 @@ pub mod keys;
 mod links;
 mod retention;
 mod scan;
+pub mod scan_log;
 mod secrets;
 mod segment;
 mod tallies;
@@ -22,7 +23,9 @@ mod webhooks;
 mod workspaces;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crate::ids::EventId;
 
 pub use compact::{CompactReport, compact, store_size};
 pub use consumers::ConsumerRecord;
@@ -53,6 +56,12 @@ pub enum StoreError {
     BadCursor,
 }
 
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        compact::io(e)
+    }
+}
+
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
         match e {
@@ -64,6 +73,12 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+#[derive(Default)]
+struct EventMarks {
+    committed: Option<EventId>,
+    durable: Option<EventId>,
+}
+
 /// The store: cheap to clone, shared by actors and handlers.
 #[derive(Clone)]
 pub struct Store {
@@ -72,6 +87,11 @@ pub struct Store {
 
 struct Trees {
     db: sled::Db,
+    /// The data directory (`storage.path`).
+    path: PathBuf,
+    /// The newest event committed, and the newest one a completed `flush`
+    /// made durable (what the scan log may forget: `scan_log.rs`).
+    event_marks: Mutex<EventMarks>,
     /// sled's log file, opened a second time to fsync it: see `flush`. (sled
     /// locks it with flock, which this descriptor neither takes nor releases.)
     log: std::fs::File,
@@ -176,8 +196,8 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             // No fsync of sled's own: it would make the log durable without
             // the blobs it points at (`blobs.rs`). `flush` does it, from the
-            // Flusher every `storage.flush_interval_ms` and after each batch
-            // of scans in strict mode.
+            // Flusher every `storage.flush_interval_ms` (strict mode's scans
+            // are durable before that, in the scan log: `scan_log.rs`).
             .flush_every_ms(None);
         // A store closed a moment ago in this process may still hold sled's
         // lock while its threads wind down: a few tries before `Locked`.
@@ -229,6 +249,8 @@ impl Store {
             webhook_deliveries_by_hook: open("webhook_deliveries_by_hook")?,
             webhook_outbox: open("webhook_outbox")?,
             db,
+            path: path.to_path_buf(),
+            event_marks: Mutex::new(EventMarks::default()),
             log,
             blobs: blobs::Blobs::new(dir.clone()),
             bodies,
@@ -261,11 +283,38 @@ impl Store {
     /// (`bodies.rs`); sled's blob files are fsynced before the log (those it
     /// points at) and after it (those written meanwhile): see `blobs.rs`.
     pub fn flush(&self) -> StoreResult<usize> {
+        let committed = self.marks().committed;
         self.inner.bodies.sync()?;
         let flushed = self.inner.db.flush()?;
         self.inner.blobs.sync()?;
         self.inner.log.sync_data().map_err(sled::Error::Io)?;
         self.inner.blobs.sync()?;
+        let mut marks = self.marks();
+        marks.durable = marks.durable.max(committed);
         Ok(flushed)
+    }
+
+    /// The data directory the store was opened in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The newest event a completed `flush` made durable (`None`: none
+    /// since the store was opened).
+    pub fn durable_event(&self) -> Option<EventId> {
+        self.marks().durable
+    }
+
+    /// Notes `last` as committed (flushes after it make it durable).
+    fn committed_event(&self, last: Option<EventId>) {
+        let mut marks = self.marks();
+        marks.committed = marks.committed.max(last);
+    }
+
+    fn marks(&self) -> std::sync::MutexGuard<'_, EventMarks> {
+        self.inner
+            .event_marks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }

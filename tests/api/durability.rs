@@ -233,6 +233,61 @@ async fn strict_mode_loses_no_answered_scan_on_power_cut() {
     assert!(stored >= acked.len());
 }
 
+/// Strict mode answers a scan once it is in its scan log (fsynced), and
+/// commits it to the store in large batches that only the periodic flush
+/// makes durable. With that flush an hour away, every scan answered during
+/// the burst is on disk in the log alone when the power fails: the restart
+/// must commit them all again from it, and says how many it did.
+#[actix_rt::test]
+async fn strict_mode_commits_the_scan_log_again_after_a_power_cut() {
+    let Some(mut disk) = PowerCutFs::mount_or_skip(
+        "durability::strict_mode_commits_the_scan_log_again_after_a_power_cut",
+    ) else {
+        return;
+    };
+    let data = disk.path().join("data");
+    let env = [
+        ("SCANHOP__STORAGE__DURABILITY", "strict"),
+        ("SCANHOP__STORAGE__FLUSH_INTERVAL_MS", "3600000"),
+        ("SCANHOP__LOG__FORMAT", "json"),
+        ("SCANHOP__LOG__LEVEL", "info"),
+    ];
+    let server = BinaryServer::start(&data, &env);
+    let token = server.token.clone().expect("first start prints a token");
+    create_tracked_link(&server.base, &token).await;
+    disk.sync();
+    let (_, acked) = burst_then_signal(server, 300, async {}, libc::SIGKILL).await;
+    assert!(
+        acked.len() >= 300,
+        "the burst got going ({} scans)",
+        acked.len()
+    );
+    let cut = disk.power_cut_and_remount();
+    assert!(cut.bytes > 0, "the store had unsynced writes to lose");
+
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("server.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let restarted = BinaryServer::start_logging_to(&data, &env, log_file.into());
+    let stored = assert_none_lost(&restarted.base, &token, &acked).await;
+    assert!(stored >= acked.len());
+    let recommitted: u64 = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["fields"]["message"].as_str()
+                == Some("committed the scans of the scan log that the store lacked")
+        })
+        .and_then(|l| l["fields"]["scans"].as_u64())
+        .expect("the restart commits scans from the scan log");
+    assert!(
+        recommitted as usize >= acked.len(),
+        "{recommitted} scans committed again for {} answered",
+        acked.len()
+    );
+}
+
 /// Batched mode after kill -9 and a power cut: the scans committed before
 /// the last two background fsyncs are on disk, and the whole store reads
 /// back. Each scan carries a referer of 1 KB, so event segments are tens of

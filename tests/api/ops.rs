@@ -17,6 +17,7 @@ async fn health_readiness_and_metrics_answer_without_auth() {
     for name in [
         "scanhop_actor_messages_total{actor=\"resolver\"}",
         "scanhop_store_flush_duration_seconds_count",
+        "scanhop_scan_log_sync_duration_seconds_count",
         "scanhop_rate_limited_requests_total",
         "scanhop_bot_scans_total",
         "scanhop_redirects_total",
