@@ -47,6 +47,8 @@ use crate::store::Store;
 use crate::store::scan_log::{self, LoggedScan, ScanLog};
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Most scans in one record of the scan log (encoded under the queue's lock).
+const LOG_GROUP: usize = 4096;
 
 /// A batch of events that is in the store: a wake-up for the consumers
 /// downstream, with the batch as a shortcut (see `consumer.rs`).
@@ -367,15 +369,20 @@ fn log_scans(intake: &Intake, log: &Mutex<ScanLog>, store: &Store, metrics: &Met
                 q.log_asleep = true;
                 q = intake.log_wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
-            let last = q.next_seq - 1;
-            // Under this lock the Recorder has taken logged events only.
-            let new = ((last - q.logged) as usize).min(q.events.len());
+            // Under this lock the Recorder has taken logged events only, so
+            // the unlogged ones are the last `unlogged` of the queue. A
+            // record takes the oldest of them, at most `LOG_GROUP`, so the
+            // lock is never held long (a slow disk lets many pile up).
+            let unlogged = ((q.next_seq - 1 - q.logged) as usize).min(q.events.len());
+            let first = q.events.len() - unlogged;
+            let group = q.events.range(first..first + unlogged.min(LOG_GROUP));
             payload.clear();
-            let encoded = q
-                .events
-                .range(q.events.len() - new..)
-                .try_for_each(|s| scan_log::encode_scan(&mut payload, &s.event, &s.device));
-            (last, q.events.back().map(|s| s.event.id), encoded)
+            let mut last_id = None;
+            let encoded = group.clone().try_for_each(|s| {
+                last_id = Some(s.event.id);
+                scan_log::encode_scan(&mut payload, &s.event, &s.device)
+            });
+            (q.logged + group.len() as u64, last_id, encoded)
         };
         let appended = encoded.and_then(|()| {
             let mut log = lock(log);
@@ -751,7 +758,7 @@ mod tests {
     fn intake(durability: Durability, batch_size: usize) -> Intake {
         Intake {
             queue: Mutex::new(Queue::new(EventId::from_bytes([0; 16]), 0)),
-            capacity: 1_000,
+            capacity: 10_000,
             batch_size,
             overflow: Overflow::Wait,
             durability,
@@ -832,6 +839,37 @@ mod tests {
         intake.closed.store(true, Ordering::Release);
         assert_eq!(commit_next(&intake, intake.last_queued()), 2);
         assert_eq!(intake.depth(), 0);
+    }
+
+    #[test]
+    fn the_log_thread_logs_every_scan_in_order_and_publishes_it_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (log, found) = ScanLog::open(dir.path()).unwrap();
+        assert!(found.is_empty());
+        let intake = Arc::new(intake(Durability::Strict, 8));
+        // More than one record's worth, queued before the thread starts.
+        let queued = LOG_GROUP + 904;
+        push(&intake, queued);
+        let thread = {
+            let (intake, store) = (intake.clone(), store.clone());
+            let metrics = Arc::new(Metrics::default());
+            std::thread::spawn(move || log_scans(&intake, &Mutex::new(log), &store, &metrics))
+        };
+        let mut durable = intake.durable.subscribe();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while *durable.borrow_and_update() < queued as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*durable.borrow(), queued as u64);
+        assert_eq!(intake.last_queued(), queued as u64, "all may be committed");
+        intake.closed.store(true, Ordering::Release);
+        intake.wake_log();
+        thread.join().unwrap();
+        let (_, logged) = ScanLog::open(dir.path()).unwrap();
+        let ids: Vec<EventId> = logged.iter().map(|(e, _)| e.id).collect();
+        let expected: Vec<EventId> = intake.lock().events.iter().map(|q| q.event.id).collect();
+        assert_eq!(ids, expected, "every scan once, in queue order");
     }
 
     #[test]
