@@ -608,7 +608,7 @@ impl Recorder {
                     .intake
                     .next_batch(queued)
                     .map(|(scans, last_seq)| Pending {
-                        events: self.resolve_visitors(scans),
+                        events: resolve_visitors(&self.registry, scans),
                         last_seq,
                         written: false,
                     });
@@ -639,13 +639,6 @@ impl Recorder {
             self.retry_at = None;
             self.hand_on(done.events);
         }
-    }
-
-    /// The events of `scans`, each device the redirect could not place given
-    /// its visitor (known, pending or new). A failed lookup leaves the scan
-    /// without a visitor, as the redirect would have: it still counts.
-    fn resolve_visitors(&self, scans: Vec<Queued>) -> Vec<ScanEvent> {
-        resolve_visitors(&self.registry, scans)
     }
 
     fn schedule_retry(&mut self, now: Instant) -> bool {
