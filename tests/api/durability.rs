@@ -237,7 +237,8 @@ async fn strict_mode_loses_no_answered_scan_on_power_cut() {
 /// commits it to the store in large batches that only the periodic flush
 /// makes durable. With that flush an hour away, every scan answered during
 /// the burst is on disk in the log alone when the power fails: the restart
-/// must commit them all again from it, and says how many it did.
+/// (in batched mode, as an operator may switch) must commit them all again
+/// from it, and says how many it did.
 #[actix_rt::test]
 async fn strict_mode_commits_the_scan_log_again_after_a_power_cut() {
     let Some(mut disk) = PowerCutFs::mount_or_skip(
@@ -265,10 +266,17 @@ async fn strict_mode_commits_the_scan_log_again_after_a_power_cut() {
     let cut = disk.power_cut_and_remount();
     assert!(cut.bytes > 0, "the store had unsynced writes to lose");
 
+    // The operator switches to batched mode meanwhile: the log is read back
+    // at every start, whatever the mode.
     let logs = tempfile::tempdir().unwrap();
     let log_path = logs.path().join("server.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let restarted = BinaryServer::start_logging_to(&data, &env, log_file.into());
+    let batched = [
+        ("SCANHOP__STORAGE__DURABILITY", "batched"),
+        ("SCANHOP__LOG__FORMAT", "json"),
+        ("SCANHOP__LOG__LEVEL", "info"),
+    ];
+    let restarted = BinaryServer::start_logging_to(&data, &batched, log_file.into());
     let stored = assert_none_lost(&restarted.base, &token, &acked).await;
     assert!(stored >= acked.len());
     let recommitted: u64 = std::fs::read_to_string(&log_path)
