@@ -65,6 +65,34 @@ struct AsnRecord {
 struct LoadedDb {
     reader: Reader<Vec<u8>>,
     stamp: FileStamp,
+    /// Decoded records by their offset in the data section. Many networks
+    /// share a record (a city's, an ISP's), and decoding one (its names in
+    /// every language walked past) was most of a lookup's cost; the tree
+    /// walk to the offset still runs for every address. Part of the loaded
+    /// version, so a reload starts with an empty cache.
+    records: quick_cache::sync::Cache<usize, Arc<GeoInfo>>,
+}
+
+/// Records each database keeps decoded (a few hundred bytes each).
+const RECORD_CACHE_ENTRIES: usize = 16_384;
+
+impl LoadedDb {
+    /// The fields of `ip`'s record, decoded by `decode` on a cache miss;
+    /// `None` for no data (or a record of another shape).
+    fn fields(
+        &self,
+        ip: IpAddr,
+        decode: impl FnOnce(&maxminddb::LookupResult<'_, Vec<u8>>) -> Option<GeoInfo>,
+    ) -> Option<Arc<GeoInfo>> {
+        let found = self.reader.lookup(ip).ok()?;
+        let offset = found.offset()?;
+        if let Some(fields) = self.records.get(&offset) {
+            return Some(fields);
+        }
+        let fields = Arc::new(decode(&found)?);
+        self.records.insert(offset, fields.clone());
+        Some(fields)
+    }
 }
 
 /// What identifies a version of a file on disk.
@@ -95,7 +123,11 @@ fn load(path: &Path) -> Result<LoadedDb, GeoError> {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    Ok(LoadedDb { reader, stamp })
+    Ok(LoadedDb {
+        reader,
+        stamp,
+        records: quick_cache::sync::Cache::new(RECORD_CACHE_ENTRIES),
+    })
 }
 
 /// One optional database file and what is loaded from it.
@@ -195,20 +227,35 @@ impl GeoDatabases {
         };
         let mut info = GeoInfo::default();
         if let Some(db) = self.city.current()
-            && let Some(rec) = decode::<CityRecord>(&db.reader, ip)
+            && let Some(place) = db.fields(ip, |found| {
+                let rec = decode::<CityRecord>(found)?;
+                Some(GeoInfo {
+                    country: rec.country.and_then(|c| c.iso_code),
+                    region: rec
+                        .subdivisions
+                        .and_then(|s| s.into_iter().next())
+                        .and_then(english),
+                    city: rec.city.and_then(english),
+                    ..GeoInfo::default()
+                })
+            })
         {
-            info.country = rec.country.and_then(|c| c.iso_code);
-            info.region = rec
-                .subdivisions
-                .and_then(|s| s.into_iter().next())
-                .and_then(english);
-            info.city = rec.city.and_then(english);
+            info.country.clone_from(&place.country);
+            info.region.clone_from(&place.region);
+            info.city.clone_from(&place.city);
         }
         if let Some(db) = self.asn.current()
-            && let Some(rec) = decode::<AsnRecord>(&db.reader, ip)
+            && let Some(network) = db.fields(ip, |found| {
+                let rec = decode::<AsnRecord>(found)?;
+                Some(GeoInfo {
+                    asn: rec.autonomous_system_number,
+                    isp: rec.autonomous_system_organization,
+                    ..GeoInfo::default()
+                })
+            })
         {
-            info.asn = rec.autonomous_system_number;
-            info.isp = rec.autonomous_system_organization;
+            info.asn = network.asn;
+            info.isp.clone_from(&network.isp);
         }
         info
     }
@@ -218,10 +265,10 @@ fn english(n: Named) -> Option<String> {
     n.names.and_then(|n| n.en)
 }
 
-/// A record, or `None` for no data, an IPv6 address in an IPv4-only
-/// database, or a record of another shape.
-fn decode<T: for<'de> Deserialize<'de>>(reader: &Reader<Vec<u8>>, ip: IpAddr) -> Option<T> {
-    reader.lookup(ip).ok()?.decode::<T>().ok().flatten()
+/// A found address's record, or `None` for no data or a record of another
+/// shape.
+fn decode<T: for<'de> Deserialize<'de>>(found: &maxminddb::LookupResult<'_, Vec<u8>>) -> Option<T> {
+    found.decode::<T>().ok().flatten()
 }
 
 /// Addresses a public GeoIP database can know.
@@ -272,6 +319,47 @@ mod tests {
             GeoDatabases::none().lookup(Some("81.2.69.142".parse().unwrap())),
             GeoInfo::default()
         );
+    }
+
+    #[test]
+    fn networks_sharing_a_record_decode_it_once_and_answer_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("city.mmdb");
+        let mut w = mmdb_writer::Writer::new("GeoLite2-City");
+        let place = |country: &str, region: &str, city: &str| {
+            serde_json::json!({
+                "country": {"iso_code": country},
+                "subdivisions": [{"names": {"en": region}}, {"names": {"en": "second"}}],
+                "city": {"names": {"en": city, "de": "anders"}},
+            })
+        };
+        // The writer stores equal records once: both London networks point
+        // at the same offset.
+        let london = place("GB", "England", "London");
+        for net in ["81.2.69.0/24", "81.2.70.0/24"] {
+            w.insert(net.parse::<ipnet::IpNet>().unwrap(), &london)
+                .unwrap();
+        }
+        let vienna = place("AT", "Vienna", "Vienna");
+        w.insert("2.16.0.0/16".parse::<ipnet::IpNet>().unwrap(), &vienna)
+            .unwrap();
+        std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
+        let geo = GeoDatabases::open(&path, Path::new("")).unwrap();
+        let lookup = |ip: &str| geo.lookup(Some(ip.parse().unwrap()));
+        let expected_london = GeoInfo {
+            country: Some("GB".into()),
+            region: Some("England".into()),
+            city: Some("London".into()),
+            ..GeoInfo::default()
+        };
+        for _ in 0..3 {
+            assert_eq!(lookup("81.2.69.142"), expected_london);
+            assert_eq!(lookup("81.2.70.1"), expected_london);
+            assert_eq!(lookup("2.16.5.5").city.as_deref(), Some("Vienna"));
+            assert_eq!(lookup("8.8.8.8"), GeoInfo::default(), "no data");
+        }
+        let db = geo.city.current().unwrap();
+        assert_eq!(db.records.len(), 2, "one decoded record per offset");
     }
 
     #[test]
