@@ -205,6 +205,31 @@ async fn bad_list_parameters_are_400() {
         .assert_problem(404, "not_found");
 }
 
+/// Strict durability answers a scan once it is in the scan log; the store
+/// gets it with the Recorder's next batch. Here that would take ten
+/// seconds, longer than a lookup waits (five): the lookup must have the
+/// logged scan committed at once.
+#[actix_rt::test]
+async fn in_strict_mode_a_scan_id_is_found_at_once_too() {
+    let app = crate::helpers::spawn_app_with(&[
+        ("SCANHOP__STORAGE__DURABILITY", "strict"),
+        ("SCANHOP__RECORDER__BATCH_INTERVAL_MS", "10000"),
+    ])
+    .await;
+    app.create_link(
+        json!({"destination": "https://example.com/", "slug": "sure",
+        "conversion_tracking": true}),
+    )
+    .await;
+    let scanned = app.scan_with("sure", &[("User-Agent", IPHONE_UA)]).await;
+    assert_eq!(scanned.status.as_u16(), 302);
+    let location = scanned.header("location").unwrap();
+    let id = location.split("scan_id=").nth(1).unwrap().to_owned();
+    let r = app.get(&format!("/v1/events/{id}")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(r.json()["id"], id.as_str());
+}
+
 /// A scan is answered before its batch is committed. Whoever holds its
 /// `scan_id` must still find it at once: a lookup that misses waits for the
 /// Recorder's queue. Here a batch waits three seconds to be committed.
