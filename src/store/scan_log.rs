@@ -185,7 +185,8 @@ impl ScanLog {
     }
 
     /// Files on disk: the closed ones and the current one, if started.
-    pub fn files(&self) -> usize {
+    #[cfg(test)]
+    fn files(&self) -> usize {
         self.closed.len() + usize::from(self.file.is_some())
     }
 

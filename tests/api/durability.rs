@@ -270,13 +270,12 @@ async fn strict_mode_commits_the_scan_log_again_after_a_power_cut() {
     // at every start, whatever the mode.
     let logs = tempfile::tempdir().unwrap();
     let log_path = logs.path().join("server.log");
-    let log_file = std::fs::File::create(&log_path).unwrap();
     let batched = [
         ("SCANHOP__STORAGE__DURABILITY", "batched"),
         ("SCANHOP__LOG__FORMAT", "json"),
         ("SCANHOP__LOG__LEVEL", "info"),
     ];
-    let restarted = BinaryServer::start_logging_to(&data, &batched, log_file.into());
+    let restarted = BinaryServer::start_logging_to_file(&data, &batched, &log_path);
     let stored = assert_none_lost(&restarted.base, &token, &acked).await;
     assert!(stored >= acked.len());
     let recommitted: u64 = std::fs::read_to_string(&log_path)

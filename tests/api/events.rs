@@ -223,8 +223,7 @@ async fn in_strict_mode_a_scan_id_is_found_at_once_too() {
     .await;
     let scanned = app.scan_with("sure", &[("User-Agent", IPHONE_UA)]).await;
     assert_eq!(scanned.status.as_u16(), 302);
-    let location = scanned.header("location").unwrap();
-    let id = location.split("scan_id=").nth(1).unwrap().to_owned();
+    let id = scanned.scan_id();
     let r = app.get(&format!("/v1/events/{id}")).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     assert_eq!(r.json()["id"], id.as_str());
@@ -245,14 +244,13 @@ async fn a_scan_id_is_found_at_once_even_before_its_batch_is_committed() {
         "conversion_tracking": true}),
     )
     .await;
-    let scan_id = |location: &str| location.split("scan_id=").nth(1).unwrap().to_owned();
     let first = app
         .scan_with(
             "soon",
             &[("User-Agent", IPHONE_UA), ("X-Forwarded-For", "81.2.69.10")],
         )
         .await;
-    let id = scan_id(first.header("location").unwrap());
+    let id = first.scan_id();
     let r = app.get(&format!("/v1/events/{id}")).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     assert_eq!(r.json()["id"], id.as_str());
@@ -262,7 +260,7 @@ async fn a_scan_id_is_found_at_once_even_before_its_batch_is_committed() {
             &[("User-Agent", IPHONE_UA), ("X-Forwarded-For", "81.2.69.10")],
         )
         .await;
-    let id = scan_id(second.header("location").unwrap());
+    let id = second.scan_id();
     let r = app
         .send_as(
             &app.token,

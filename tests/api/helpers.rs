@@ -44,6 +44,13 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+    /// The `scan_id` a redirect with conversion tracking carries in its
+    /// `Location`.
+    pub fn scan_id(&self) -> String {
+        let location = self.header("location").expect("a Location header");
+        let (_, id) = location.split_once("scan_id=").expect("a scan_id");
+        id.to_owned()
+    }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -305,6 +312,16 @@ pub struct BinaryServer {
 impl BinaryServer {
     pub fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> BinaryServer {
         Self::start_logging_to(data_dir, env, Stdio::inherit())
+    }
+
+    /// Like `start`, with the server's logs written to a new file at `log`.
+    pub fn start_logging_to_file(
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> BinaryServer {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::start_logging_to(data_dir, env, file.into())
     }
 
     /// Like `start`, with the server's stderr (its logs) sent to `stderr`.

@@ -10,14 +10,12 @@ use crate::helpers::{BinaryServer, IPHONE_UA};
 async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("server.log");
-    let log_file = std::fs::File::create(&log_path).unwrap();
     let env = [
         ("SCANHOP__LOG__FORMAT", "json"),
         ("SCANHOP__LOG__LEVEL", "trace"),
         ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
     ];
-    let mut server =
-        BinaryServer::start_logging_to(&dir.path().join("data"), &env, log_file.into());
+    let mut server = BinaryServer::start_logging_to_file(&dir.path().join("data"), &env, &log_path);
     let token = server.token.clone().unwrap();
     let c = awc::Client::builder()
         .disable_redirects()
