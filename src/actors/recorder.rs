@@ -336,7 +336,7 @@ fn recommit_logged(
         let rest = missing.split_off(missing.len().min(batch_size.max(1)));
         let events = resolve_visitors(registry, std::mem::replace(&mut missing, rest));
         let new_visitors = registry.new_in(&events);
-        store.commit_scans_with(&events, &new_visitors)?;
+        store.commit_logged_scans(&events, &new_visitors)?;
         registry.committed(&new_visitors);
     }
     store.flush()?;
@@ -619,7 +619,13 @@ impl Recorder {
             };
             if !pending.written {
                 let new_visitors = self.registry.new_in(&pending.events);
-                match self.store.commit_scans_with(&pending.events, &new_visitors) {
+                let committed = if self.intake.durability == Durability::Strict {
+                    self.store
+                        .commit_logged_scans(&pending.events, &new_visitors)
+                } else {
+                    self.store.commit_scans_with(&pending.events, &new_visitors)
+                };
+                match committed {
                     Ok(bytes) => self.metrics.event_bytes.add(bytes as u64),
                     Err(e) => {
                         tracing::error!(error = %e, events = pending.events.len(), "writing a scan batch failed; will retry");

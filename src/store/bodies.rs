@@ -18,12 +18,17 @@
 //! - A file is fsynced when the next one is started, so only the file being
 //!   appended to can lack bytes after a power cut.
 //! - A pointer logged after `sync` may still reach the disk first (the
-//!   kernel writes sled's log back when it likes). Such a pointer belongs to
-//!   one of the newest segments, written by the Recorder since the last
-//!   flush: scans `strict` mode never acknowledged, or within the window
-//!   `batched` mode may lose. `Store::open` checks the pointers into the
-//!   newest file, newest first, against the bytes (`read` answers `None`
-//!   for a missing or torn body) and removes the dangling ones (`repair`).
+//!   kernel writes sled's log back when it likes, and a flush that began
+//!   before the body was appended fsyncs it). Such a pointer belongs to one
+//!   of the newest segments, written by the Recorder since the last flush:
+//!   scans within the window `batched` mode may lose. `Store::open` checks
+//!   the pointers into the newest file, newest first, against the bytes
+//!   (`read` answers `None` for a missing or torn body) and removes the
+//!   dangling ones (`remove_lost_segments`).
+//! - `strict` mode has acknowledged its scans before the Recorder commits
+//!   them (they are in the scan log), so it appends with `append_durable`:
+//!   removing such a segment would hide scans the log can no longer put
+//!   back, since the store's newest event ID already covers them.
 //! - A segment rewritten by retention or erasure (an older key) is fsynced
 //!   before its pointer is committed (`append_durable`), so it is never
 //!   dangling.
@@ -159,6 +164,12 @@ impl Bodies {
             }),
             readers: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Whether bytes were appended since the last fsync.
+    #[cfg(test)]
+    pub(super) fn unsynced(&self) -> bool {
+        self.writer().dirty
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {

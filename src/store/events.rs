@@ -205,6 +205,25 @@ impl Store {
         events: &[ScanEvent],
         new: &[NewVisitor],
     ) -> StoreResult<usize> {
+        self.commit(events, new, false)
+    }
+
+    /// `commit_scans_with` for scans of the scan log (strict mode, and the
+    /// replay at start): the bodies are fsynced before their pointers are
+    /// committed. Otherwise a pointer can reach the disk without its body
+    /// (sled's log is fsynced by a `flush` that began before the body was
+    /// written), `Store::open` removes that segment, and the store's newest
+    /// event ID, which the replay starts after, already covers the scans
+    /// the log still holds for it.
+    pub fn commit_logged_scans(
+        &self,
+        events: &[ScanEvent],
+        new: &[NewVisitor],
+    ) -> StoreResult<usize> {
+        self.commit(events, new, true)
+    }
+
+    fn commit(&self, events: &[ScanEvent], new: &[NewVisitor], sync: bool) -> StoreResult<usize> {
         if events.is_empty() {
             return Ok(0);
         }
@@ -223,7 +242,11 @@ impl Store {
             })
             .collect();
         let values: Vec<&[u8]> = segments.iter().map(|w| w.value.as_slice()).collect();
-        let pointers = t.bodies.append(&values)?;
+        let pointers = if sync {
+            t.bodies.append_durable(&values)?
+        } else {
+            t.bodies.append(&values)?
+        };
         let mut totals: HashMap<LinkId, u64> = HashMap::new();
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
@@ -867,6 +890,27 @@ mod tests {
         let raw = store.inner.events.get(key.as_bytes()).unwrap().unwrap();
         assert!(super::super::bodies::Pointer::decode(&raw).is_some());
         assert_eq!(store.events_after(None, 100).unwrap(), events[5..]);
+    }
+
+    /// Strict mode has acknowledged the scans it commits (they are in the
+    /// scan log), so their bodies are fsynced before their pointers can
+    /// reach the disk: a flush that began before a batched commit can make
+    /// its pointers durable without its bodies.
+    #[test]
+    fn the_bodies_of_logged_scans_are_durable_before_their_pointers_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let all = scans(ws, link, 1..=10);
+        store.commit_scans(&all[..5]).unwrap();
+        assert!(
+            store.inner.bodies.unsynced(),
+            "a batched commit leaves its bodies to the next flush"
+        );
+        store.flush().unwrap();
+        store.commit_logged_scans(&all[5..], &[]).unwrap();
+        assert!(!store.inner.bodies.unsynced());
+        assert_eq!(store.events_after(None, 100).unwrap(), all);
     }
 
     #[test]
