@@ -93,7 +93,7 @@ impl VisitorProfile {
         self.event_count += 1;
         self.links.insert(id_hash(e.link_id.as_bytes()));
         if let Some(c) = &e.country {
-            insert_sorted(&mut self.countries, |x| x.as_str().cmp(c), || c.clone());
+            insert_sorted(&mut self.countries, |x| x.as_str().cmp(c), || c.to_string());
         }
         // Compared as borrowed fields, in `DeviceSeen`'s (derived) order.
         let seen = (
@@ -113,8 +113,8 @@ impl VisitorProfile {
             },
             || DeviceSeen {
                 device_type: seen.0.to_owned(),
-                os: e.os.clone(),
-                browser: e.browser.clone(),
+                os: e.os.as_deref().map(str::to_owned),
+                browser: e.browser.as_deref().map(str::to_owned),
             },
         );
         let day = ms.div_euclid(MS_PER_DAY);
@@ -163,7 +163,7 @@ mod tests {
         let mut id = EventId::lower_bound_bytes(ms);
         id[15] = 1;
         ScanEvent {
-            country: country.map(str::to_owned),
+            country: country.map(Into::into),
             ..ScanEvent::sample(EventId::from_bytes(id), WorkspaceId::generate(), link)
         }
     }
@@ -214,8 +214,8 @@ mod tests {
         for (i, (device, os, browser, country)) in seen.into_iter().enumerate() {
             let mut e = event(i as i64, link, country);
             e.device_type = device;
-            e.os = os.map(str::to_owned);
-            e.browser = browser.map(str::to_owned);
+            e.os = os.map(Into::into);
+            e.browser = browser.map(Into::into);
             p.add_event(&e);
         }
         assert_eq!(p.countries, ["AT", "DE", "US"]);

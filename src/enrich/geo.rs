@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use compact_str::CompactString;
 use maxminddb::Reader;
 use serde::Deserialize;
 
 /// Geo and network fields of a scan; all `None` when unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GeoInfo {
-    pub country: Option<String>,
-    pub region: Option<String>,
-    pub city: Option<String>,
-    pub isp: Option<String>,
+    pub country: Option<CompactString>,
+    pub region: Option<CompactString>,
+    pub city: Option<CompactString>,
+    pub isp: Option<CompactString>,
     pub asn: Option<u32>,
 }
 
@@ -230,7 +231,10 @@ impl GeoDatabases {
             && let Some(place) = db.fields(ip, |found| {
                 let rec = decode::<CityRecord>(found)?;
                 Some(GeoInfo {
-                    country: rec.country.and_then(|c| c.iso_code),
+                    country: rec
+                        .country
+                        .and_then(|c| c.iso_code)
+                        .map(CompactString::from),
                     region: rec
                         .subdivisions
                         .and_then(|s| s.into_iter().next())
@@ -249,7 +253,7 @@ impl GeoDatabases {
                 let rec = decode::<AsnRecord>(found)?;
                 Some(GeoInfo {
                     asn: rec.autonomous_system_number,
-                    isp: rec.autonomous_system_organization,
+                    isp: rec.autonomous_system_organization.map(CompactString::from),
                     ..GeoInfo::default()
                 })
             })
@@ -261,8 +265,8 @@ impl GeoDatabases {
     }
 }
 
-fn english(n: Named) -> Option<String> {
-    n.names.and_then(|n| n.en)
+fn english(n: Named) -> Option<CompactString> {
+    n.names.and_then(|n| n.en).map(CompactString::from)
 }
 
 /// A found address's record, or `None` for no data or a record of another

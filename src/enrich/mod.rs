@@ -93,11 +93,15 @@ impl Enricher {
 }
 
 /// The primary subtag of the first language in `Accept-Language`, lower-case.
-pub fn primary_language(header: &str) -> Option<String> {
+pub fn primary_language(header: &str) -> Option<compact_str::CompactString> {
     let first = header.split(',').next()?.split(';').next()?.trim();
     let primary = first.split(['-', '_']).next()?;
     let ok = (1..=8).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic());
-    ok.then(|| primary.to_ascii_lowercase())
+    ok.then(|| {
+        let mut lower = compact_str::CompactString::from(primary);
+        lower.make_ascii_lowercase();
+        lower
+    })
 }
 
 /// The referer as sent, cut to 1024 bytes on a character boundary.

@@ -14,6 +14,7 @@
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use compact_str::CompactString;
 use woothee::parser::{Parser, WootheeResult};
 
 use crate::domain::DeviceType;
@@ -22,10 +23,10 @@ use crate::domain::DeviceType;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Agent {
     pub device_type: Option<DeviceType>,
-    pub os: Option<String>,
-    pub os_version: Option<String>,
-    pub browser: Option<String>,
-    pub browser_version: Option<String>,
+    pub os: Option<CompactString>,
+    pub os_version: Option<CompactString>,
+    pub browser: Option<CompactString>,
+    pub browser_version: Option<CompactString>,
     pub bot: bool,
 }
 
@@ -202,42 +203,49 @@ const BROWSER_TOKENS: &[(&str, &str)] = &[
     ("FxiOS/", "Firefox"),
 ];
 
-fn version_after(ua: &str, token: &str) -> Option<String> {
+fn version_after(ua: &str, token: &str) -> Option<CompactString> {
     let start = ua.find(token)? + token.len();
     let v: String = ua[start..]
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '_')
         .collect();
-    let v = v.replace('_', ".").trim_matches('.').to_owned();
-    (!v.is_empty()).then_some(v)
+    let v = v.replace('_', ".");
+    let v = v.trim_matches('.');
+    (!v.is_empty()).then(|| v.into())
 }
 
-fn known(s: &str) -> Option<String> {
-    (!s.is_empty() && s != "UNKNOWN").then(|| s.to_owned())
+fn known(s: &str) -> Option<CompactString> {
+    (!s.is_empty() && s != "UNKNOWN").then(|| s.into())
 }
 
-fn browser_of(ua: &str, w: Option<&WootheeResult>) -> (Option<String>, Option<String>) {
+fn browser_of(
+    ua: &str,
+    w: Option<&WootheeResult>,
+) -> (Option<CompactString>, Option<CompactString>) {
     if let Some((token, name)) = BROWSER_TOKENS.iter().find(|(t, _)| ua.contains(t)) {
-        return (
-            Some((*name).to_owned()),
-            version_after(ua, token.trim_end()),
-        );
+        return (Some((*name).into()), version_after(ua, token.trim_end()));
     }
     if ua.contains("; wv)") {
         return (Some("Android WebView".into()), version_after(ua, "Chrome/"));
     }
     let Some(w) = w else { return (None, None) };
     let name = match w.name {
-        "SamsungBrowser" => Some("Samsung Internet".to_owned()),
-        "Webview" => Some("WebView".to_owned()),
+        "SamsungBrowser" => Some("Samsung Internet".into()),
+        "Webview" => Some("WebView".into()),
         other => known(other),
     };
     (name, known(w.version))
 }
 
-fn os_of(flags: u8, w: Option<&WootheeResult>) -> (Option<String>, Option<String>) {
+fn os_of(flags: u8, w: Option<&WootheeResult>) -> (Option<CompactString>, Option<CompactString>) {
     let Some(w) = w else { return (None, None) };
-    let version = known(&w.os_version).map(|v| v.replace('_', "."));
+    let version = known(&w.os_version).map(|v| {
+        if v.contains('_') {
+            v.replace('_', ".").into()
+        } else {
+            v
+        }
+    });
     match w.os {
         "iPhone" | "iPod" | "iOS" => (Some("iOS".into()), version),
         "iPad" => (Some("iPadOS".into()), version),
@@ -248,7 +256,7 @@ fn os_of(flags: u8, w: Option<&WootheeResult>) -> (Option<String>, Option<String
             let v = os
                 .strip_prefix("Windows ")
                 .filter(|v| !v.contains("UNKNOWN"))
-                .map(str::to_owned);
+                .map(CompactString::from);
             (Some("Windows".into()), v)
         }
         "Linux" if flags & ANDROID != 0 => (Some("Android".into()), version),

@@ -213,7 +213,7 @@ mod tests {
             browser_version: None,
             country: None,
             region: None,
-            city: city.map(str::to_owned),
+            city: city.map(Into::into),
             isp: None,
             asn: Some(7),
             language: None,
@@ -281,7 +281,7 @@ mod tests {
                 e.link_id = links[i % 3];
                 e.visitor_id = Some(crate::ids::VisitorId::generate());
                 e.device_type = [DeviceType::Mobile, DeviceType::Desktop][i % 2];
-                e.os_version = Some(format!("17.{}", i % 4));
+                e.os_version = Some(format!("17.{}", i % 4).into());
                 e.browser = Some("Mobile Safari".into());
                 e.browser_version = Some("17.4".into());
                 e.country = Some("AT".into());

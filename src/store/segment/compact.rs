@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use compact_str::CompactString;
+
 use crate::domain::{DeviceType, ScanEvent, ScanMethod};
 use crate::ids::{EventId, Id, IdKind};
 use crate::store::{StoreError, StoreResult};
@@ -119,7 +121,7 @@ impl<'a> DictView<'a> {
         Id::from_slice(raw).ok_or_else(corrupt)
     }
 
-    fn string(&self, i: usize) -> StoreResult<String> {
+    fn string(&self, i: usize) -> StoreResult<&'a str> {
         let end = be_u32(self.ends, i * 4)?;
         let start = if i == 0 {
             0
@@ -127,9 +129,7 @@ impl<'a> DictView<'a> {
             be_u32(self.ends, (i - 1) * 4)?
         };
         let raw = self.strings.get(start..end).ok_or_else(corrupt)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| corrupt())
+        std::str::from_utf8(raw).map_err(|_| corrupt())
     }
 }
 
@@ -224,7 +224,7 @@ pub fn encode(e: &ScanEvent, dict: &mut Dictionary, out: &mut Vec<u8>) {
 }
 
 /// The event `id` whose record is `record`.
-pub fn decode(id: EventId, record: &[u8], dict: &DictView<'_>) -> StoreResult<ScanEvent> {
+pub fn decode<'a>(id: EventId, record: &[u8], dict: &DictView<'a>) -> StoreResult<ScanEvent> {
     let mut r = Reader {
         bytes: record,
         at: 0,
@@ -240,7 +240,7 @@ pub fn decode(id: EventId, record: &[u8], dict: &DictView<'_>) -> StoreResult<Sc
     } else {
         None
     };
-    let mut text: [Option<String>; 11] = Default::default();
+    let mut text: [Option<&'a str>; 11] = Default::default();
     for slot in &mut text {
         *slot = match r.varint()? {
             0 => None,
@@ -280,18 +280,18 @@ pub fn decode(id: EventId, record: &[u8], dict: &DictView<'_>) -> StoreResult<Sc
             ScanMethod::Get
         },
         device_type: device,
-        os,
-        os_version,
-        browser,
-        browser_version,
-        country,
-        region,
-        city,
-        isp,
+        os: os.map(CompactString::from),
+        os_version: os_version.map(CompactString::from),
+        browser: browser.map(CompactString::from),
+        browser_version: browser_version.map(CompactString::from),
+        country: country.map(CompactString::from),
+        region: region.map(CompactString::from),
+        city: city.map(CompactString::from),
+        isp: isp.map(CompactString::from),
         asn,
-        language,
-        referer,
-        destination: destination.ok_or_else(corrupt)?,
+        language: language.map(CompactString::from),
+        referer: referer.map(str::to_owned),
+        destination: destination.ok_or_else(corrupt)?.to_owned(),
         ip_hash,
         bot: flags & BOT != 0,
     })
