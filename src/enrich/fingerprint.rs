@@ -19,21 +19,20 @@ pub type Fingerprint = [u8; 16];
 pub type FingerprintKey = [u8; 32];
 
 /// The network prefix that goes into the fingerprint.
-fn network(ip: Option<IpAddr>) -> Vec<u8> {
-    match ip {
+fn network(ip: Option<IpAddr>) -> ([u8; 7], usize) {
+    let mut out = [0u8; 7];
+    match ip.map(|ip| ip.to_canonical()) {
         Some(IpAddr::V4(v4)) => {
-            let o = v4.octets();
-            vec![4, o[0], o[1], o[2]]
+            out[0] = 4;
+            out[1..4].copy_from_slice(&v4.octets()[..3]);
+            (out, 4)
         }
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => network(Some(IpAddr::V4(v4))),
-            None => {
-                let mut out = vec![6];
-                out.extend_from_slice(&v6.octets()[..6]);
-                out
-            }
-        },
-        None => vec![0],
+        Some(IpAddr::V6(v6)) => {
+            out[0] = 6;
+            out[1..7].copy_from_slice(&v6.octets()[..6]);
+            (out, 7)
+        }
+        None => (out, 1),
     }
 }
 
@@ -48,10 +47,11 @@ pub fn fingerprint(
 ) -> Fingerprint {
     let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
         .expect("HMAC takes keys of any length");
+    let (net, net_len) = network(ip);
     for part in [
         user_agent.unwrap_or_default().as_bytes(),
         accept_language.unwrap_or_default().as_bytes(),
-        &network(ip),
+        &net[..net_len],
         daily_salt.map_or(&[][..], |s| &s[..]),
     ] {
         mac.update(&(part.len() as u32).to_be_bytes());
@@ -78,6 +78,23 @@ mod tests {
             Some(ip.parse().unwrap()),
             salt.as_ref(),
         )
+    }
+
+    /// The bytes hashed for the network: a stored fingerprint stays the
+    /// same only while these do.
+    #[test]
+    fn the_network_part_is_a_tagged_prefix_of_the_address() {
+        let net = |ip: Option<&str>| {
+            let (buf, len) = network(ip.map(|ip| ip.parse().unwrap()));
+            buf[..len].to_vec()
+        };
+        assert_eq!(net(Some("203.0.113.9")), [4, 203, 0, 113]);
+        assert_eq!(net(Some("::ffff:203.0.113.9")), [4, 203, 0, 113]);
+        assert_eq!(
+            net(Some("2001:db8:1:2::1")),
+            [6, 0x20, 0x01, 0x0d, 0xb8, 0x00, 0x01]
+        );
+        assert_eq!(net(None), [0]);
     }
 
     #[test]
