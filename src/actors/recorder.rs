@@ -353,6 +353,10 @@ fn recommit_logged(
 fn log_scans(intake: &Intake, log: &Mutex<ScanLog>, store: &Store, metrics: &Metrics) {
     let mut payload = Vec::new();
     let mut retry = Duration::from_millis(10);
+    if let Err(e) = lock(log).prepare_spares() {
+        // Appends still work, growing new files.
+        tracing::warn!(error = %e, "cannot write spare scan log files");
+    }
     loop {
         let (last_seq, last_id, encoded) = {
             let mut q = intake.lock();
@@ -559,6 +563,9 @@ impl Recorder {
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
+        if durability == Durability::Batched {
+            log.remove_spares()?;
+        }
         let log = (durability == Durability::Strict).then(|| Arc::new(Mutex::new(log)));
         if let Some(log) = &log {
             let (intake, log, store, metrics) =
