@@ -261,9 +261,10 @@ impl VisitorRegistry {
             return Vec::new();
         }
         let mut out: Vec<NewVisitor> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for v in events.iter().filter_map(|e| e.visitor_id) {
             if let Some((ws, fp)) = pending.by_visitor.get(&v)
-                && !out.iter().any(|n| n.visitor_id == v)
+                && seen.insert(v)
             {
                 out.push(NewVisitor {
                     workspace_id: *ws,

@@ -147,16 +147,22 @@ impl Store {
         profiles: &HashMap<VisitorId, VisitorProfile>,
     ) -> StoreResult<()> {
         let encoded_record = codec::encode(record)?;
-        let encoded: Vec<(VisitorProfile, Vec<u8>)> = profiles
+        let encoded: Vec<(&VisitorProfile, Vec<u8>)> = profiles
             .values()
-            .map(|p| Ok((p.clone(), codec::encode(p)?)))
+            .map(|p| Ok((p, codec::encode(p)?)))
             .collect::<StoreResult<_>>()?;
         let t = &self.inner;
         (&t.visitors, &t.visitors_by_workspace, &t.consumers).transaction(
             |(visitors, by_ws, consumers)| -> TxResult {
                 for (p, bytes) in &encoded {
-                    visitors.insert(&p.id.as_bytes()[..], bytes.as_slice())?;
-                    by_ws.insert(&keys::pair(&p.workspace_id, &p.id)[..], &[][..])?;
+                    // A profile and its workspace entry are written and
+                    // removed together: a stored profile has its entry.
+                    if visitors
+                        .insert(&p.id.as_bytes()[..], bytes.as_slice())?
+                        .is_none()
+                    {
+                        by_ws.insert(&keys::pair(&p.workspace_id, &p.id)[..], &[][..])?;
+                    }
                 }
                 consumers.insert(name.as_bytes(), encoded_record.as_slice())?;
                 Ok(())
@@ -290,5 +296,57 @@ impl Store {
             }
         }
         Ok(entries.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Timestamp;
+
+    #[test]
+    fn a_profile_saved_again_stays_listed_once_and_an_erased_one_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let record = |n| ConsumerRecord {
+            position: None,
+            events: n,
+            state: Vec::new(),
+        };
+        let (a, b) = (VisitorId::generate(), VisitorId::generate());
+        let mut profiles = HashMap::new();
+        for (i, id) in [a, b].into_iter().enumerate() {
+            profiles.insert(
+                id,
+                VisitorProfile::new(id, ws, Timestamp::from_millis(i as i64)),
+            );
+        }
+        store
+            .save_visitors("visitors", &record(1), &profiles)
+            .unwrap();
+        // The next checkpoint writes `a` again, with more events.
+        profiles.remove(&b);
+        profiles.get_mut(&a).unwrap().event_count = 7;
+        store
+            .save_visitors("visitors", &record(2), &profiles)
+            .unwrap();
+        let listed = |store: &Store| -> Vec<(VisitorId, u64)> {
+            store
+                .list_visitors(&ws, None, 10, |_| Ok(true))
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|p| (p.id, p.event_count))
+                .collect()
+        };
+        assert_eq!(listed(&store), [(b, 0), (a, 7)]);
+        // Erased, then saved again by a checkpoint: a new profile, listed.
+        store.erase_visitor_records(&a, &ws).unwrap();
+        assert_eq!(listed(&store), [(b, 0)]);
+        store
+            .save_visitors("visitors", &record(3), &profiles)
+            .unwrap();
+        assert_eq!(listed(&store), [(b, 0), (a, 7)]);
     }
 }
