@@ -243,7 +243,13 @@ impl ScanLog {
                 std::fs::rename(&spare, &path).map_err(io_error)?;
                 OpenOptions::new().write(true).open(&path)
             }
-            None => OpenOptions::new().write(true).create_new(true).open(&path),
+            // Not `create_new`: a file of this number left by a failed start
+            // (renamed, then not opened) holds no record of this number.
+            None => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path),
         }
         .map_err(io_error)?;
         // The name must be durable before a record in it is relied on.
@@ -256,17 +262,15 @@ impl ScanLog {
     pub fn append(&mut self, payload: &[u8], last: Option<EventId>) -> StoreResult<()> {
         self.header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         self.header[4..].copy_from_slice(&checksum(self.number, payload).to_le_bytes());
-        if self.file.is_none() {
-            let file = self.start_file()?;
-            self.file = Some(file);
-        }
-        let Some(file) = &self.file else {
-            unreachable!("the current file was just set")
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => self.start_file()?,
         };
         let written = file
             .write_all_at(&self.header, self.len)
             .and_then(|()| file.write_all_at(payload, self.len + HEADER as u64))
             .and_then(|()| file.sync_data());
+        self.file = Some(file);
         if let Err(e) = written {
             // What reached the file is unknown (and a failed fsync may have
             // dropped dirty pages): carry on in a new file, which the next
