@@ -113,8 +113,8 @@ struct Closed {
     number: u64,
     /// Its newest scan.
     last: Option<EventId>,
-    /// Written with the number in its CRCs: it may become a spare.
-    reusable: bool,
+    /// A `.log` file (CRCs of the payload alone): removed, never a spare.
+    legacy: bool,
 }
 
 pub struct ScanLog {
@@ -178,7 +178,7 @@ impl ScanLog {
             closed.push_back(Closed {
                 number,
                 last: read.iter().map(|(e, _)| e.id).max(),
-                reusable: !legacy,
+                legacy,
             });
             scans.extend(read);
         }
@@ -297,8 +297,8 @@ impl ScanLog {
             if front.last > durable {
                 break;
             }
-            let path = self.dir.join(file_name(front.number, !front.reusable));
-            if front.reusable && self.spares.len() < SPARES && file_len(&path)? >= FILE_BYTES {
+            let path = self.dir.join(file_name(front.number, front.legacy));
+            if !front.legacy && self.spares.len() < SPARES && file_len(&path)? >= FILE_BYTES {
                 let spare = self
                     .dir
                     .join(format!("{:016}{SPARE_SUFFIX}", self.next_spare));
@@ -329,7 +329,7 @@ impl ScanLog {
             self.closed.push_back(Closed {
                 number: self.number,
                 last: self.last.take(),
-                reusable: true,
+                legacy: false,
             });
         }
         self.number += 1;

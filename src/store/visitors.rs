@@ -138,8 +138,8 @@ impl Store {
             .transpose()
     }
 
-    /// Writes `profiles` (whole) with their workspace index entries and
-    /// consumer `name`'s record, in one transaction.
+    /// Writes `profiles` (whole), the workspace index entries of those not
+    /// stored before, and consumer `name`'s record, in one transaction.
     pub fn save_visitors(
         &self,
         name: &str,
