@@ -204,10 +204,7 @@ impl ScanLog {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let mut made = false;
         while self.spares.len() < SPARES {
-            let path = self
-                .dir
-                .join(format!("{:016}{SPARE_SUFFIX}", self.next_spare));
-            self.next_spare += 1;
+            let path = self.new_spare_path();
             let mut file = OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -233,6 +230,13 @@ impl ScanLog {
             remove(&path)?;
         }
         Ok(())
+    }
+
+    /// The path for the next spare file, not yet used.
+    fn new_spare_path(&mut self) -> PathBuf {
+        let path = self.dir.join(spare_name(self.next_spare));
+        self.next_spare += 1;
+        path
     }
 
     /// The file for `self.number`: a spare renamed, or a new file.
@@ -299,10 +303,7 @@ impl ScanLog {
             }
             let path = self.dir.join(file_name(front.number, front.legacy));
             if !front.legacy && self.spares.len() < SPARES && file_len(&path)? >= FILE_BYTES {
-                let spare = self
-                    .dir
-                    .join(format!("{:016}{SPARE_SUFFIX}", self.next_spare));
-                self.next_spare += 1;
+                let spare = self.new_spare_path();
                 // Not fsynced: should the rename not reach the disk, the file
                 // is read back at start, its scans all in the store already.
                 std::fs::rename(&path, &spare).map_err(io_error)?;
@@ -335,6 +336,10 @@ impl ScanLog {
         self.number += 1;
         self.len = 0;
     }
+}
+
+fn spare_name(n: u64) -> String {
+    format!("{n:016}{SPARE_SUFFIX}")
 }
 
 fn file_name(n: u64, legacy: bool) -> String {
@@ -416,12 +421,17 @@ mod tests {
             .collect()
     }
 
-    fn append(log: &mut ScanLog, group: &[LoggedScan]) {
+    /// The payload of one record holding `group`.
+    fn payload(group: &[LoggedScan]) -> Vec<u8> {
         let mut payload = Vec::new();
         for (e, d) in group {
             encode_scan(&mut payload, e, d).unwrap();
         }
-        log.append(&payload, group.last().map(|(e, _)| e.id))
+        payload
+    }
+
+    fn append(log: &mut ScanLog, group: &[LoggedScan]) {
+        log.append(&payload(group), group.last().map(|(e, _)| e.id))
             .unwrap();
     }
 
@@ -502,13 +512,7 @@ mod tests {
         // first, so its second and third follow whole, with valid CRCs of
         // file 1.
         append(&mut log, &all[6..7]);
-        let encoded = |s: &[LoggedScan]| {
-            let mut p = Vec::new();
-            for (e, d) in s {
-                encode_scan(&mut p, e, d).unwrap();
-            }
-            p.len()
-        };
+        let encoded = |s: &[LoggedScan]| payload(s).len();
         assert_eq!(encoded(&all[6..7]), encoded(&all[..1]));
         assert_eq!(log.len, (HEADER + encoded(&all[..1])) as u64);
         assert_eq!(
@@ -559,10 +563,7 @@ mod tests {
         std::fs::create_dir_all(data.path().join(DIR)).unwrap();
         let mut bytes = Vec::new();
         for group in [&all[..2], &all[2..3]] {
-            let mut payload = Vec::new();
-            for (e, d) in group {
-                encode_scan(&mut payload, e, d).unwrap();
-            }
+            let payload = payload(group);
             bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             bytes.extend_from_slice(&payload);
@@ -591,10 +592,7 @@ mod tests {
             log.prepare_spares().unwrap();
         }
         // A crash while a third spare was written.
-        let short = data
-            .path()
-            .join(DIR)
-            .join(format!("{:016}{SPARE_SUFFIX}", 9));
+        let short = data.path().join(DIR).join(spare_name(9));
         std::fs::write(&short, [0u8; 100]).unwrap();
         let (mut log, found) = ScanLog::open(data.path()).unwrap();
         assert!(found.is_empty());
