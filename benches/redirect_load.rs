@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench --bench redirect_load` (env `LOAD_SECS`, default 8;
 //! `LOAD_ROUNDS`, default 3;
-//! `LOAD_ONLY=strict` for the scenarios whose name contains `strict`;
+//! `LOAD_ONLY=strict` for the scenarios whose name contains `strict`
+//! (`LOAD_ONLY="=full tracking"` for the one of that exact name);
 //! `LOAD_CLIENT=wrk` to drive both servers with wrk instead of the bench's
 //! own client; `LOAD_NEW_EVERY=1` to make every scan a device never seen,
 //! default one in 10).
@@ -354,11 +355,17 @@ fn main() {
             true,
         ),
     ];
-    // LOAD_ONLY=strict runs just the scenarios whose name contains it.
+    // LOAD_ONLY=strict runs just the scenarios whose name contains it;
+    // LOAD_ONLY="=full tracking" just the one of that exact name.
     let only = std::env::var("LOAD_ONLY").ok();
     let scenarios: Vec<_> = scenarios
         .into_iter()
-        .filter(|(name, ..)| only.as_deref().is_none_or(|o| name.contains(o)))
+        .filter(|(name, ..)| {
+            only.as_deref().is_none_or(|o| match o.strip_prefix('=') {
+                Some(exact) => *name == exact,
+                None => name.contains(o),
+            })
+        })
         .collect();
     let (ceiling_addr, ceiling) = start_ceiling();
     let client = if std::env::var("LOAD_CLIENT").is_ok_and(|c| c == "wrk") {

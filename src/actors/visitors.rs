@@ -16,7 +16,7 @@ use crate::config::ConsumerSettings;
 use crate::domain::ScanEvent;
 use crate::domain::Timestamp;
 use crate::domain::visitor::VisitorProfile;
-use crate::ids::VisitorId;
+use crate::ids::{VisitorId, WorkspaceId};
 use crate::store::{ConsumerRecord, Store, StoreResult};
 
 /// Profiles as readers see them: stored, or pending when newer.
@@ -48,12 +48,14 @@ impl VisitorView {
             .insert(*id);
     }
 
-    pub fn profile(&self, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
+    /// The profile of visitor `id` of workspace `ws` (none for a visitor of
+    /// another workspace).
+    pub fn profile(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
         let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = pending.get(id) {
-            return Ok(Some(p.clone()));
+            return Ok((p.workspace_id == *ws).then(|| p.clone()));
         }
-        self.store.visitor(id)
+        self.store.visitor(ws, id)
     }
 }
 
@@ -89,7 +91,7 @@ impl Consumer for Visitors {
             let profile = match pending.entry(v) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    let stored = self.view.store.visitor(&v).unwrap_or_else(|err| {
+                    let stored = self.view.store.visitor(&e.workspace_id, &v).unwrap_or_else(|err| {
                         // Unreadable: start over from this event rather than stall.
                         tracing::error!(error = %err, visitor = %v, "cannot read a visitor profile");
                         None

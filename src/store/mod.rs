@@ -126,10 +126,9 @@ struct Trees {
     visitor_registry: sled::Tree,
     /// key = visitor_id (16) → value = workspace_id (16) ++ fingerprint (16)
     visitor_fingerprints: sled::Tree,
-    /// key = visitor_id (16) → value = VisitorProfile (by the Visitors worker)
-    visitors: sled::Tree,
-    /// key = workspace_id (16) ++ visitor_id (16) → value = empty
-    visitors_by_workspace: sled::Tree,
+    /// key = workspace_id (16) ++ visitor_id (16) → value = VisitorProfile
+    /// (by the Visitors worker): a workspace's visitors are one key range.
+    visitor_profiles: sled::Tree,
     /// key = visitor_id (16) → value = attributes (by `identify`)
     visitor_attributes: sled::Tree,
     /// key = scan (event) id (16) → value = FormCompletion
@@ -234,8 +233,7 @@ impl Store {
             tallies: open("tallies")?,
             visitor_registry: open("visitor_registry")?,
             visitor_fingerprints: open("visitor_fingerprints")?,
-            visitors: open("visitors")?,
-            visitors_by_workspace: open("visitors_by_workspace")?,
+            visitor_profiles: open(visitors::PROFILES_TREE)?,
             visitor_attributes: open("visitor_attributes")?,
             form_completions: open("form_completions")?,
             purged: open("purged")?,
@@ -256,6 +254,13 @@ impl Store {
             bodies,
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
+        let moved = visitors::move_profiles_of_former_layout(&trees.db, &trees.visitor_profiles)?;
+        if moved > 0 {
+            tracing::info!(
+                profiles = moved,
+                "visitor profiles moved to their workspace-keyed tree"
+            );
+        }
         compact::clean_leftovers(path);
         let store = Store {
             inner: Arc::new(trees),

@@ -15,7 +15,53 @@ use super::{ConsumerRecord, Store, StoreError, StoreResult, keys};
 use crate::domain::ScanEvent;
 use crate::domain::visitor::VisitorProfile;
 use crate::enrich::fingerprint::Fingerprint;
-use crate::ids::{EventKind, VisitorId, VisitorKind, WorkspaceId};
+use crate::ids::{EventKind, VisitorId, WorkspaceId};
+
+/// The tree of visitor profiles, keyed `workspace ID ++ visitor ID`, so a
+/// workspace's visitors are one key range and a profile is one key.
+pub(super) const PROFILES_TREE: &str = "visitor_profiles";
+/// The trees of the former layout: profiles keyed by visitor ID alone, and
+/// beside them an index of each workspace's visitors (a second key per
+/// visitor, written with its first profile).
+const FORMER_PROFILES: &str = "visitors";
+const FORMER_BY_WORKSPACE: &str = "visitors_by_workspace";
+/// Profiles moved per sled batch.
+const MOVE_BATCH: usize = 10_000;
+
+/// Moves the profiles a store of the former layout holds into `profiles`
+/// (at open, before anything reads them), then drops the former trees;
+/// answers how many moved. A crash part way leaves the former trees in
+/// place, and the next open moves them again (same keys, same bytes).
+pub(super) fn move_profiles_of_former_layout(
+    db: &sled::Db,
+    profiles: &sled::Tree,
+) -> StoreResult<usize> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|name| name == FORMER_PROFILES.as_bytes())
+    {
+        return Ok(0);
+    }
+    let former = db.open_tree(FORMER_PROFILES)?;
+    let mut moved = 0;
+    let mut batch = sled::Batch::default();
+    for entry in former.iter() {
+        let (_, value) = entry?;
+        let profile: VisitorProfile = codec::decode(&value)?;
+        batch.insert(&keys::pair(&profile.workspace_id, &profile.id)[..], value);
+        moved += 1;
+        if moved % MOVE_BATCH == 0 {
+            profiles.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    profiles.apply_batch(batch)?;
+    // sled recovers a prefix of its log, so once the drops are durable the
+    // moved profiles are too.
+    db.drop_tree(FORMER_PROFILES)?;
+    db.drop_tree(FORMER_BY_WORKSPACE)?;
+    Ok(moved)
+}
 
 /// A visitor first seen in a batch: its registry entry to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,21 +108,18 @@ impl Store {
     }
 
     /// Deletes what is stored of visitor `id` beside its events: profile,
-    /// workspace index entry, attributes and registry entries, in one
-    /// transaction.
+    /// attributes and registry entries, in one transaction.
     pub fn erase_visitor_records(&self, id: &VisitorId, ws: &WorkspaceId) -> StoreResult<()> {
         let registry = self.visitor_fingerprint(id)?;
         let t = &self.inner;
         (
-            &t.visitors,
-            &t.visitors_by_workspace,
+            &t.visitor_profiles,
             &t.visitor_attributes,
             &t.visitor_registry,
             &t.visitor_fingerprints,
         )
-            .transaction(|(visitors, by_ws, attributes, reg, reverse)| -> TxResult {
-                visitors.remove(&id.as_bytes()[..])?;
-                by_ws.remove(&keys::pair(ws, id)[..])?;
+            .transaction(|(profiles, attributes, reg, reverse)| -> TxResult {
+                profiles.remove(&keys::pair(ws, id)[..])?;
                 attributes.remove(&id.as_bytes()[..])?;
                 if let Some((ws, fp)) = &registry {
                     let key = registry_key(ws, fp);
@@ -130,16 +173,17 @@ const VISITOR_SCAN_BUDGET: usize = 10_000;
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
 impl Store {
-    pub fn visitor(&self, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
+    /// The stored profile of visitor `id` of workspace `ws`.
+    pub fn visitor(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
         self.inner
-            .visitors
-            .get(id.as_bytes())?
+            .visitor_profiles
+            .get(keys::pair(ws, id))?
             .map(|v| codec::decode(&v))
             .transpose()
     }
 
-    /// Writes `profiles` (whole), the workspace index entries of those not
-    /// stored before, and consumer `name`'s record, in one transaction.
+    /// Writes `profiles` (whole) and consumer `name`'s record, in one
+    /// transaction.
     pub fn save_visitors(
         &self,
         name: &str,
@@ -152,22 +196,13 @@ impl Store {
             .map(|p| Ok((p, codec::encode(p)?)))
             .collect::<StoreResult<_>>()?;
         let t = &self.inner;
-        (&t.visitors, &t.visitors_by_workspace, &t.consumers).transaction(
-            |(visitors, by_ws, consumers)| -> TxResult {
-                for (p, bytes) in &encoded {
-                    // A profile and its workspace entry are written and
-                    // removed together: a stored profile has its entry.
-                    if visitors
-                        .insert(&p.id.as_bytes()[..], bytes.as_slice())?
-                        .is_none()
-                    {
-                        by_ws.insert(&keys::pair(&p.workspace_id, &p.id)[..], &[][..])?;
-                    }
-                }
-                consumers.insert(name.as_bytes(), encoded_record.as_slice())?;
-                Ok(())
-            },
-        )?;
+        (&t.visitor_profiles, &t.consumers).transaction(|(visitors, consumers)| -> TxResult {
+            for (p, bytes) in &encoded {
+                visitors.insert(&keys::pair(&p.workspace_id, &p.id)[..], bytes.as_slice())?;
+            }
+            consumers.insert(name.as_bytes(), encoded_record.as_slice())?;
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -184,18 +219,13 @@ impl Store {
         let (start, end) = (keys::pair_raw(ws, &[0; 16]), keys::pair_raw(ws, &below));
         let candidates = self
             .inner
-            .visitors_by_workspace
+            .visitor_profiles
             .range(start..end)
             .rev()
             .map(|entry| {
-                let (key, _) = entry?;
-                let found = match keys::pair_suffix::<VisitorKind>(&key) {
-                    Some(id) => match self.visitor(&id)? {
-                        Some(p) if keep(&p)? => Some(p),
-                        _ => None,
-                    },
-                    None => None,
-                };
+                let (key, value) = entry?;
+                let profile: VisitorProfile = codec::decode(&value)?;
+                let found = keep(&profile)?.then_some(profile);
                 Ok((key[16..].to_vec(), found))
             });
         scan::paginate(candidates, limit, VISITOR_SCAN_BUDGET)
@@ -348,5 +378,64 @@ mod tests {
             .save_visitors("visitors", &record(3), &profiles)
             .unwrap();
         assert_eq!(listed(&store), [(b, 0), (a, 7)]);
+    }
+
+    #[test]
+    fn profiles_of_the_former_layout_move_to_their_workspace_keys_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let profile = |ws, i: i64| {
+            let mut p = VisitorProfile::new(VisitorId::generate(), ws, Timestamp::from_millis(i));
+            p.event_count = i as u64;
+            p
+        };
+        let (a, b, c) = (profile(ws1, 1), profile(ws1, 2), profile(ws2, 3));
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            let db = &store.inner.db;
+            let former = db.open_tree(FORMER_PROFILES).unwrap();
+            let by_ws = db.open_tree(FORMER_BY_WORKSPACE).unwrap();
+            for p in [&a, &b, &c] {
+                former
+                    .insert(p.id.as_bytes(), codec::encode(p).unwrap())
+                    .unwrap();
+                by_ws
+                    .insert(keys::pair(&p.workspace_id, &p.id), &[][..])
+                    .unwrap();
+            }
+            // A move cut short by a crash: one profile already moved.
+            store
+                .inner
+                .visitor_profiles
+                .insert(keys::pair(&ws1, &a.id), codec::encode(&a).unwrap())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        let listed = |ws: &WorkspaceId| -> Vec<(VisitorId, u64)> {
+            store
+                .list_visitors(ws, None, 10, |_| Ok(true))
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|p| (p.id, p.event_count))
+                .collect()
+        };
+        assert_eq!(listed(&ws1), [(b.id, 2), (a.id, 1)]);
+        assert_eq!(listed(&ws2), [(c.id, 3)]);
+        assert_eq!(store.visitor(&ws2, &c.id).unwrap(), Some(c.clone()));
+        // A profile is found only under its own workspace.
+        assert_eq!(store.visitor(&ws1, &c.id).unwrap(), None);
+        let names = store.inner.db.tree_names();
+        for former in [FORMER_PROFILES, FORMER_BY_WORKSPACE] {
+            assert!(
+                !names.iter().any(|n| n == former.as_bytes()),
+                "{former} dropped"
+            );
+        }
+        drop(store);
+        // Opened again: nothing left to move, nothing lost.
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.visitor(&ws1, &b.id).unwrap(), Some(b));
     }
 }

@@ -189,7 +189,7 @@ async fn identify_scan(
     )?;
     // The profile may still be on its way (the scan was just made): then it
     // is built from this scan alone until the Visitors worker has it.
-    let profile = match state.visitors.profile(&visitor)? {
+    let profile = match state.visitors.profile(&event.workspace_id, &visitor)? {
         Some(p) => p,
         None => {
             let mut p = VisitorProfile::new(
@@ -370,12 +370,8 @@ async fn find_visitor(
     let not_found = || ApiError::not_found("No visitor with this ID.");
     let deadline = std::time::Instant::now() + PROFILE_SETTLE_TIMEOUT;
     loop {
-        if let Some(p) = state.visitors.profile(&id)? {
-            return if p.workspace_id == ws {
-                Ok(p)
-            } else {
-                Err(not_found())
-            };
+        if let Some(p) = state.visitors.profile(&ws, &id)? {
+            return Ok(p);
         }
         let registered = state
             .store
