@@ -300,19 +300,26 @@ impl VisitorRegistry {
     }
 
     /// Erasure: the device of visitor `id` is a stranger from now on (a new
-    /// scan gets a new visitor).
+    /// scan gets a new visitor). Answers the visitor's fingerprint, if it had
+    /// one, for `Store::erase_visitor_records`.
     /// The registry's lock is held throughout, so a lookup of the device
-    /// running meanwhile (`resolve`) cannot put it back in the cache.
-    pub fn forget(&self, id: &VisitorId) -> StoreResult<()> {
+    /// running meanwhile (`resolve`) cannot put it back in the cache, and the
+    /// Recorder cannot take a visitor it is committing out of `pending`
+    /// unseen: its fingerprint is there or in the store.
+    pub fn forget(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<Option<Fingerprint>> {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(key) = pending.by_visitor.remove(id) {
-            pending.by_fingerprint.remove(&key);
-            self.cache.remove(&key);
+        let fingerprint = match pending.by_visitor.remove(id) {
+            Some(key) => {
+                pending.by_fingerprint.remove(&key);
+                Some(key.1)
+            }
+            None => self.store.visitor_fingerprint(ws, id)?,
+        };
+        if let Some(fp) = fingerprint {
+            self.cache.remove(&(*ws, fp));
+            self.store.forget_fingerprint(ws, &fp, id)?;
         }
-        if let Some(key) = self.store.visitor_fingerprint(id)? {
-            self.cache.remove(&key);
-        }
-        self.store.forget_fingerprint(id)
+        Ok(fingerprint)
     }
 
     /// Visitors waiting for their first event to be committed.
@@ -467,7 +474,13 @@ mod tests {
         // The Recorder has taken the batch; the erasure comes before it is
         // committed.
         let new = f.registry.new_in(std::slice::from_ref(&f.event));
-        f.registry.forget(&f.event.visitor_id.unwrap()).unwrap();
+        let id = f.event.visitor_id.unwrap();
+        let fingerprint = f.registry.forget(&f.ws, &id).unwrap();
+        assert_eq!(
+            fingerprint,
+            Some(new[0].fingerprint),
+            "found among the pending"
+        );
         f.store.commit_scans_with(&[f.event], &new).unwrap();
         f.registry.committed(&new);
         assert_eq!(f.registry.pending_len(), 0);
@@ -475,6 +488,42 @@ mod tests {
             f.registry.visitor_cached(&f.ws, &me()).unwrap().is_err(),
             "the erased visitor is not in the cache"
         );
+        // The commit wrote the entry after the registry forgot the device:
+        // the erasure's last step removes it with the fingerprint it got.
+        let stored = || f.store.visitor_of(&f.ws, &new[0].fingerprint).unwrap();
+        assert_eq!(stored(), Some(id));
+        f.store
+            .erase_visitor_records(&id, &f.ws, fingerprint)
+            .unwrap();
+        assert_eq!(stored(), None);
+    }
+
+    #[test]
+    fn a_stored_visitor_is_forgotten_through_its_registry_entry() {
+        let f = fixture();
+        let new = f.registry.new_in(std::slice::from_ref(&f.event));
+        f.store
+            .commit_scans_with(std::slice::from_ref(&f.event), &new)
+            .unwrap();
+        f.registry.committed(&new);
+        let id = f.event.visitor_id.unwrap();
+        assert_eq!(f.registry.visitor_cached(&f.ws, &me()).unwrap(), Ok(id));
+        // Another workspace's erasure of the same ID finds nothing.
+        assert_eq!(
+            f.registry.forget(&WorkspaceId::generate(), &id).unwrap(),
+            None
+        );
+        assert_eq!(
+            f.registry.forget(&f.ws, &id).unwrap(),
+            Some(new[0].fingerprint)
+        );
+        assert_eq!(
+            f.store.visitor_of(&f.ws, &new[0].fingerprint).unwrap(),
+            None
+        );
+        assert!(f.registry.visitor_cached(&f.ws, &me()).unwrap().is_err());
+        // Forgotten already: nothing left to find.
+        assert_eq!(f.registry.forget(&f.ws, &id).unwrap(), None);
     }
 
     #[test]

@@ -258,10 +258,9 @@ impl Store {
             &t.events_by_visitor,
             &t.counters,
             &t.visitor_registry,
-            &t.visitor_fingerprints,
         );
         trees.transaction(
-            |(ev, link_idx, ws_idx, visitor_idx, counters, registry, reverse)| -> TxResult {
+            |(ev, link_idx, ws_idx, visitor_idx, counters, registry)| -> TxResult {
                 for (w, pointer) in segments.iter().zip(&pointers) {
                     ev.insert(w.first.as_bytes(), &pointer.encode()[..])?;
                     for (index, entries) in [
@@ -282,7 +281,6 @@ impl Store {
                 for v in new {
                     let key = super::visitors::registry_key(&v.workspace_id, &v.fingerprint);
                     registry.insert(&key[..], &v.visitor_id.as_bytes()[..])?;
-                    reverse.insert(&v.visitor_id.as_bytes()[..], &key[..])?;
                 }
                 Ok(())
             },
@@ -473,6 +471,24 @@ impl Store {
         Ok(self
             .walk_events(q, bounds, Direction::NewestFirst, limit)?
             .0)
+    }
+
+    /// Whether visitor `id` has a stored event in workspace `ws` (a visitor's
+    /// events are all of one workspace, so its first indexed one tells).
+    pub fn visitor_has_events_in(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<bool> {
+        let index = &self.inner.events_by_visitor;
+        for entry in index.scan_prefix(id.as_bytes()) {
+            let (key, positions) = entry?;
+            let Some((stored, positions)) = self.entry_segment(index, &key, positions)? else {
+                continue;
+            };
+            let Some(pos) = segment::decode_positions(&positions).next() else {
+                continue;
+            };
+            let seg = Segment::parse(&stored.body)?;
+            return Ok(seg.event(pos)?.workspace_id == *ws);
+        }
+        Ok(false)
     }
 
     /// Events matching `q`, oldest first (the export's order), strictly after

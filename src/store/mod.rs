@@ -124,8 +124,6 @@ struct Trees {
     counters: sled::Tree,
     /// key = workspace_id (16) ++ fingerprint (16) → value = visitor_id (16)
     visitor_registry: sled::Tree,
-    /// key = visitor_id (16) → value = workspace_id (16) ++ fingerprint (16)
-    visitor_fingerprints: sled::Tree,
     /// key = workspace_id (16) ++ visitor_id (16) → value = VisitorProfile
     /// (by the Visitors worker): a workspace's visitors are one key range.
     visitor_profiles: sled::Tree,
@@ -232,7 +230,6 @@ impl Store {
             counters: open("counters")?,
             tallies: open("tallies")?,
             visitor_registry: open("visitor_registry")?,
-            visitor_fingerprints: open("visitor_fingerprints")?,
             visitor_profiles: open(visitors::PROFILES_TREE)?,
             visitor_attributes: open("visitor_attributes")?,
             form_completions: open("form_completions")?,

@@ -25,6 +25,10 @@ pub(super) const PROFILES_TREE: &str = "visitor_profiles";
 /// visitor, written with its first profile).
 const FORMER_PROFILES: &str = "visitors";
 const FORMER_BY_WORKSPACE: &str = "visitors_by_workspace";
+/// The former map of each visitor back to its registry key (a second key
+/// per new visitor, in the Recorder's transaction); erasure now finds the
+/// entry in the registry itself.
+const FORMER_FINGERPRINTS: &str = "visitor_fingerprints";
 /// Profiles moved per sled batch.
 const MOVE_BATCH: usize = 10_000;
 
@@ -36,11 +40,14 @@ pub(super) fn move_profiles_of_former_layout(
     db: &sled::Db,
     profiles: &sled::Tree,
 ) -> StoreResult<usize> {
-    if !db
-        .tree_names()
+    let names = db.tree_names();
+    if names
         .iter()
-        .any(|name| name == FORMER_PROFILES.as_bytes())
+        .any(|name| name == FORMER_FINGERPRINTS.as_bytes())
     {
+        db.drop_tree(FORMER_FINGERPRINTS)?;
+    }
+    if !names.iter().any(|name| name == FORMER_PROFILES.as_bytes()) {
         return Ok(0);
     }
     let former = db.open_tree(FORMER_PROFILES)?;
@@ -71,7 +78,7 @@ pub struct NewVisitor {
     pub visitor_id: VisitorId,
 }
 
-/// `workspace (16) ++ fingerprint (16)`; also the value of the reverse entry.
+/// `workspace (16) ++ fingerprint (16)`.
 pub fn registry_key(ws: &WorkspaceId, fp: &Fingerprint) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(ws.as_bytes());
@@ -80,54 +87,68 @@ pub fn registry_key(ws: &WorkspaceId, fp: &Fingerprint) -> [u8; 32] {
 }
 
 impl Store {
-    /// The registry key of visitor `id` (for erasure), if it has one.
+    /// The fingerprint of visitor `id` of workspace `ws`, if its registry
+    /// entry is stored. Erasure only: this reads every registry entry of the
+    /// workspace (no second key per visitor maps it back, which would cost
+    /// every new visitor a write).
     pub fn visitor_fingerprint(
         &self,
+        ws: &WorkspaceId,
         id: &VisitorId,
-    ) -> StoreResult<Option<(WorkspaceId, Fingerprint)>> {
-        let Some(v) = self.inner.visitor_fingerprints.get(id.as_bytes())? else {
-            return Ok(None);
-        };
-        let ws = v.get(..16).and_then(WorkspaceId::from_slice);
-        let fp: Option<Fingerprint> = v.get(16..32).and_then(|b| b.try_into().ok());
-        Ok(ws.zip(fp))
+    ) -> StoreResult<Option<Fingerprint>> {
+        for entry in self.inner.visitor_registry.scan_prefix(ws.as_bytes()) {
+            let (key, value) = entry?;
+            if value.as_ref() == id.as_bytes() {
+                return Ok(key.get(16..32).and_then(|fp| fp.try_into().ok()));
+            }
+        }
+        Ok(None)
     }
 
-    /// Removes the registry entry of visitor `id` (the reverse entry stays
-    /// until `erase_visitor_records`, so an interrupted erasure can redo it).
-    pub fn forget_fingerprint(&self, id: &VisitorId) -> StoreResult<()> {
-        if let Some((ws, fp)) = self.visitor_fingerprint(id)? {
-            let key = registry_key(&ws, &fp);
-            // Only if it still maps to this visitor.
-            self.inner
-                .visitor_registry
-                .compare_and_swap(key, Some(&id.as_bytes()[..]), None as Option<&[u8]>)?
-                .ok();
-        }
+    /// Removes registry entry `fp` of workspace `ws` if it still maps to
+    /// visitor `id`.
+    pub fn forget_fingerprint(
+        &self,
+        ws: &WorkspaceId,
+        fp: &Fingerprint,
+        id: &VisitorId,
+    ) -> StoreResult<()> {
+        self.inner
+            .visitor_registry
+            .compare_and_swap(
+                registry_key(ws, fp),
+                Some(&id.as_bytes()[..]),
+                None as Option<&[u8]>,
+            )?
+            .ok();
         Ok(())
     }
 
     /// Deletes what is stored of visitor `id` beside its events: profile,
-    /// attributes and registry entries, in one transaction.
-    pub fn erase_visitor_records(&self, id: &VisitorId, ws: &WorkspaceId) -> StoreResult<()> {
-        let registry = self.visitor_fingerprint(id)?;
+    /// attributes and registry entry `fingerprint` (if it still maps to
+    /// `id`: a scan committed after the registry forgot the device may
+    /// have written it), in one transaction.
+    pub fn erase_visitor_records(
+        &self,
+        id: &VisitorId,
+        ws: &WorkspaceId,
+        fingerprint: Option<Fingerprint>,
+    ) -> StoreResult<()> {
         let t = &self.inner;
         (
             &t.visitor_profiles,
             &t.visitor_attributes,
             &t.visitor_registry,
-            &t.visitor_fingerprints,
         )
-            .transaction(|(profiles, attributes, reg, reverse)| -> TxResult {
+            .transaction(|(profiles, attributes, reg)| -> TxResult {
                 profiles.remove(&keys::pair(ws, id)[..])?;
                 attributes.remove(&id.as_bytes()[..])?;
-                if let Some((ws, fp)) = &registry {
+                if let Some(fp) = &fingerprint {
                     let key = registry_key(ws, fp);
                     if reg.get(key)?.as_deref() == Some(&id.as_bytes()[..]) {
                         reg.remove(&key[..])?;
                     }
                 }
-                reverse.remove(&id.as_bytes()[..])?;
                 Ok(())
             })?;
         Ok(())
@@ -372,7 +393,7 @@ mod tests {
         };
         assert_eq!(listed(&store), [(b, 0), (a, 7)]);
         // Erased, then saved again by a checkpoint: a new profile, listed.
-        store.erase_visitor_records(&a, &ws).unwrap();
+        store.erase_visitor_records(&a, &ws, None).unwrap();
         assert_eq!(listed(&store), [(b, 0)]);
         store
             .save_visitors("visitors", &record(3), &profiles)
@@ -381,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn profiles_of_the_former_layout_move_to_their_workspace_keys_at_open() {
+    fn profiles_of_the_former_layout_move_to_their_workspace_keys_and_its_extra_trees_go() {
         let dir = tempfile::tempdir().unwrap();
         let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
         let profile = |ws, i: i64| {
@@ -395,7 +416,9 @@ mod tests {
             let db = &store.inner.db;
             let former = db.open_tree(FORMER_PROFILES).unwrap();
             let by_ws = db.open_tree(FORMER_BY_WORKSPACE).unwrap();
+            let reverse = db.open_tree(FORMER_FINGERPRINTS).unwrap();
             for p in [&a, &b, &c] {
+                reverse.insert(p.id.as_bytes(), &[7u8; 32][..]).unwrap();
                 former
                     .insert(p.id.as_bytes(), codec::encode(p).unwrap())
                     .unwrap();
@@ -427,7 +450,7 @@ mod tests {
         // A profile is found only under its own workspace.
         assert_eq!(store.visitor(&ws1, &c.id).unwrap(), None);
         let names = store.inner.db.tree_names();
-        for former in [FORMER_PROFILES, FORMER_BY_WORKSPACE] {
+        for former in [FORMER_PROFILES, FORMER_BY_WORKSPACE, FORMER_FINGERPRINTS] {
             assert!(
                 !names.iter().any(|n| n == former.as_bytes()),
                 "{former} dropped"

@@ -373,10 +373,7 @@ async fn find_visitor(
         if let Some(p) = state.visitors.profile(&ws, &id)? {
             return Ok(p);
         }
-        let registered = state
-            .store
-            .visitor_fingerprint(&id)?
-            .is_some_and(|(owner, _)| owner == ws);
+        let registered = state.store.visitor_has_events_in(&ws, &id)?;
         if !registered || std::time::Instant::now() >= deadline {
             return Err(not_found());
         }
@@ -428,8 +425,9 @@ async fn erase_visitor(
     }
     let profile = find_visitor(&state, &caller, &id).await?;
     let id = profile.id;
+    let ws = caller.0.workspace_id;
     // 1. The device becomes a stranger: no new scan gets this visitor.
-    state.registry.forget(&id)?;
+    let fingerprint = state.registry.forget(&ws, &id)?;
     // 2. Scans already given this visitor are stored before we go on.
     if !state.recorder.settled(SETTLE_TIMEOUT).await {
         return Err(ApiError::unavailable(
@@ -441,10 +439,9 @@ async fn erase_visitor(
     // after a failure finishes the job.
     state.visitors.erase(&id);
     let store = state.store.clone();
-    let ws = caller.0.workspace_id;
     web::block(move || -> Result<(), crate::store::StoreError> {
         while store.detach_visitor_step(&id, ERASE_STEP)? > 0 {}
-        store.erase_visitor_records(&id, &ws)?;
+        store.erase_visitor_records(&id, &ws, fingerprint)?;
         store.flush()?;
         Ok(())
     })
