@@ -331,7 +331,7 @@ fn qr(settings: &Settings, args: &QrArgs) -> CliResult {
     // An ID is tried first: a slug may only spell a link ID on purpose, and
     // then the ID is the likelier meaning.
     let by_id = match args.link.parse::<LinkId>() {
-        Ok(id) => store.link(&id)?,
+        Ok(id) => store.link_in_any_workspace(&id)?,
         Err(_) => None,
     };
     let link = match by_id {

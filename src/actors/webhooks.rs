@@ -549,7 +549,9 @@ impl Webhooks {
                     }
                     let link = match links.entry(e.link_id) {
                         Entry::Occupied(o) => o.into_mut(),
-                        Entry::Vacant(v) => v.insert(store.link(&e.link_id)?),
+                        Entry::Vacant(v) => {
+                            v.insert(store.owned_link(&e.workspace_id, &e.link_id)?)
+                        }
                     };
                     // A link with a form step ends with the form: its
                     // `step.completed` comes from the form's submission.

@@ -680,7 +680,9 @@ impl Store {
         if let Some(hit) = tagged.get(&e.link_id) {
             return Ok(*hit);
         }
-        let hit = self.link(&e.link_id)?.is_some_and(|l| l.tags.contains(tag));
+        let hit = self
+            .owned_link(&e.workspace_id, &e.link_id)?
+            .is_some_and(|l| l.tags.contains(tag));
         tagged.insert(e.link_id, hit);
         Ok(hit)
     }

@@ -1,5 +1,6 @@
-//! Links, their slugs and the per-workspace index, kept in step in one
-//! transaction each.
+//! Links and their slugs, kept in step in one transaction each. A link is
+//! stored under `workspace ID ++ link ID`, so a workspace's links are one
+//! key range, and a slug maps to that key: two sled keys per link.
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -8,7 +9,7 @@ use super::codec::{self, Record};
 use super::scan::{self, Page};
 use super::{Store, StoreError, StoreResult, keys};
 use crate::domain::{Link, LinkStatus};
-use crate::ids::{LinkId, LinkKind, WorkspaceId};
+use crate::ids::{LinkId, WorkspaceId};
 
 /// Links examined at most to fill one page of a filtered link list.
 const LINK_SCAN_BUDGET: usize = 10_000;
@@ -52,29 +53,102 @@ impl LinkQuery {
     }
 }
 
+/// The tree of links, keyed `workspace ID ++ link ID`.
+pub(super) const LINKS_TREE: &str = "workspace_links";
+/// The trees of the former layout: links keyed by link ID alone, slugs
+/// mapping to the link ID, and beside them an index of each workspace's
+/// links (three keys per link).
+const FORMER_LINKS: &str = "links";
+const FORMER_BY_WORKSPACE: &str = "links_by_workspace";
+/// Entries moved per sled batch.
+const MOVE_BATCH: usize = 10_000;
+
+/// Moves the links a store of the former layout holds into `links`, points
+/// their slugs at the new keys (at open, before anything reads them), then
+/// drops the former trees; answers how many links moved. A crash part way
+/// leaves the former trees in place and the next open goes on: a slug
+/// already pointing at a new key is left as it is.
+pub(super) fn move_links_of_former_layout(
+    db: &sled::Db,
+    links: &sled::Tree,
+    slugs: &sled::Tree,
+) -> StoreResult<usize> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|name| name == FORMER_LINKS.as_bytes())
+    {
+        return Ok(0);
+    }
+    let former = db.open_tree(FORMER_LINKS)?;
+    let mut moved = 0;
+    let mut batch = sled::Batch::default();
+    for entry in former.iter() {
+        let (_, value) = entry?;
+        let link: Link = codec::decode(&value)?;
+        batch.insert(&keys::pair(&link.workspace_id, &link.id)[..], value);
+        moved += 1;
+        if moved % MOVE_BATCH == 0 {
+            links.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    links.apply_batch(batch)?;
+    let mut batch = sled::Batch::default();
+    let mut pointed = 0;
+    for entry in slugs.iter() {
+        let (slug, value) = entry?;
+        // A former value is the link ID alone; a new one is 32 bytes.
+        let Some(id) = (value.len() == 16)
+            .then(|| LinkId::from_slice(&value))
+            .flatten()
+        else {
+            continue;
+        };
+        match former.get(id.as_bytes())? {
+            Some(raw) => {
+                let link: Link = codec::decode(&raw)?;
+                batch.insert(slug, &keys::pair(&link.workspace_id, &id)[..]);
+            }
+            // A slug whose link is gone points nowhere: no link, no slug.
+            None => batch.remove(slug),
+        }
+        pointed += 1;
+        if pointed % MOVE_BATCH == 0 {
+            slugs.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    slugs.apply_batch(batch)?;
+    // sled recovers a prefix of its log, so once the drops are durable the
+    // moved links and slugs are too.
+    db.drop_tree(FORMER_LINKS)?;
+    db.drop_tree(FORMER_BY_WORKSPACE)?;
+    Ok(moved)
+}
+
 impl Store {
     /// Stores a new link, unless its slug is in use.
     pub fn insert_link(&self, link: &Link) -> StoreResult<LinkWrite> {
         let t = &self.inner;
         let bytes = codec::encode(link)?;
-        link_write((&t.links, &t.slugs, &t.links_by_workspace).transaction(
-            |(links, slugs, by_ws)| -> TxResult {
+        let key = keys::pair(&link.workspace_id, &link.id);
+        link_write(
+            (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
                 if slugs.get(link.slug.as_str())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(SlugTaken));
                 }
-                slugs.insert(link.slug.as_str(), link.id.as_bytes())?;
-                links.insert(link.id.as_bytes(), bytes.as_slice())?;
-                by_ws.insert(&keys::pair(&link.workspace_id, &link.id), &[])?;
+                slugs.insert(link.slug.as_str(), &key[..])?;
+                links.insert(&key[..], bytes.as_slice())?;
                 Ok(())
-            },
-        ))
+            }),
+        )
     }
 
-    /// Replaces `old` with `new` (same ID), moving the slug when it changed,
-    /// unless the new slug is in use.
+    /// Replaces `old` with `new` (same ID and workspace), moving the slug
+    /// when it changed, unless the new slug is in use.
     pub fn replace_link(&self, old: &Link, new: &Link) -> StoreResult<LinkWrite> {
         let t = &self.inner;
         let bytes = codec::encode(new)?;
+        let key = keys::pair(&new.workspace_id, &new.id);
         link_write(
             (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
                 if old.slug != new.slug {
@@ -82,9 +156,9 @@ impl Store {
                         return Err(ConflictableTransactionError::Abort(SlugTaken));
                     }
                     slugs.remove(old.slug.as_str())?;
-                    slugs.insert(new.slug.as_str(), new.id.as_bytes())?;
+                    slugs.insert(new.slug.as_str(), &key[..])?;
                 }
-                links.insert(new.id.as_bytes(), bytes.as_slice())?;
+                links.insert(&key[..], bytes.as_slice())?;
                 Ok(())
             }),
         )
@@ -93,39 +167,49 @@ impl Store {
     /// Deletes a link and frees its slug; its events stay.
     pub fn delete_link(&self, link: &Link) -> StoreResult<()> {
         let t = &self.inner;
-        link_write((&t.links, &t.slugs, &t.links_by_workspace).transaction(
-            |(links, slugs, by_ws)| -> TxResult {
-                links.remove(link.id.as_bytes())?;
+        link_write(
+            (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
+                links.remove(&keys::pair(&link.workspace_id, &link.id)[..])?;
                 slugs.remove(link.slug.as_str())?;
-                by_ws.remove(&keys::pair(&link.workspace_id, &link.id))?;
                 Ok(())
-            },
-        ))?;
+            }),
+        )?;
         Ok(())
     }
 
-    pub fn link(&self, id: &LinkId) -> StoreResult<Option<Link>> {
+    fn link_at(&self, key: &[u8]) -> StoreResult<Option<Link>> {
         self.inner
             .links
-            .get(id.as_bytes())?
+            .get(key)?
             .map(|v| codec::decode(&v))
             .transpose()
-    }
-
-    /// The link that holds `slug` now, if any (for the command line, and for
-    /// the Resolver's cache when a scanned slug is not in it).
-    pub fn link_by_slug(&self, slug: &str) -> StoreResult<Option<Link>> {
-        let id = self.inner.slugs.get(slug)?;
-        match id.as_deref().and_then(LinkId::from_slice) {
-            Some(id) => self.link(&id),
-            None => Ok(None),
-        }
     }
 
     /// The link `id` if it belongs to workspace `ws`: another workspace's link
     /// is as absent as one that does not exist.
     pub fn owned_link(&self, ws: &WorkspaceId, id: &LinkId) -> StoreResult<Option<Link>> {
-        Ok(self.link(id)?.filter(|l| l.workspace_id == *ws))
+        self.link_at(&keys::pair(ws, id))
+    }
+
+    /// The link `id` of whichever workspace holds it. For the command line
+    /// only: it reads every link's key.
+    pub fn link_in_any_workspace(&self, id: &LinkId) -> StoreResult<Option<Link>> {
+        for key in self.inner.links.iter().keys() {
+            let key = key?;
+            if key.get(16..) == Some(&id.as_bytes()[..]) {
+                return self.link_at(&key);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The link that holds `slug` now, if any (for the command line, and for
+    /// the Resolver's cache when a scanned slug is not in it).
+    pub fn link_by_slug(&self, slug: &str) -> StoreResult<Option<Link>> {
+        match self.inner.slugs.get(slug)? {
+            Some(key) => self.link_at(&key),
+            None => Ok(None),
+        }
     }
 
     /// A workspace's links, newest first, below `cursor` (a link ID).
@@ -138,31 +222,18 @@ impl Store {
     ) -> StoreResult<Page<Link>> {
         let below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
         let (start, end) = (keys::pair_raw(ws, &[0; 16]), keys::pair_raw(ws, &below));
-        let candidates = self
-            .inner
-            .links_by_workspace
-            .range(start..end)
-            .rev()
-            .map(|entry| {
-                let (key, _) = entry?;
-                let link = match keys::pair_suffix::<LinkKind>(&key) {
-                    Some(id) => self.link(&id)?.filter(|l| query.matches(l)),
-                    None => None,
-                };
-                Ok((key[16..].to_vec(), link))
-            });
+        let candidates = self.inner.links.range(start..end).rev().map(|entry| {
+            let (key, value) = entry?;
+            let link: Link = codec::decode(&value)?;
+            Ok((key[16..].to_vec(), query.matches(&link).then_some(link)))
+        });
         scan::paginate(candidates, limit, LINK_SCAN_BUDGET)
     }
 
     /// How many links workspace `ws` has.
     pub fn count_links(&self, ws: &WorkspaceId) -> StoreResult<u64> {
         let mut n = 0;
-        for key in self
-            .inner
-            .links_by_workspace
-            .scan_prefix(ws.as_bytes())
-            .keys()
-        {
+        for key in self.inner.links.scan_prefix(ws.as_bytes()).keys() {
             key?;
             n += 1;
         }
@@ -204,5 +275,120 @@ mod tests {
         ] {
             assert!(matches!(list(&bad), Err(StoreError::BadCursor)), "{bad:?}");
         }
+    }
+
+    fn link(ws: WorkspaceId, slug: &str) -> Link {
+        use crate::domain::{Destination, NewLink, Slug, Timestamp};
+        NewLink {
+            slug: None,
+            destination: Destination::parse("https://example.com/").unwrap(),
+            name: None,
+            tags: Vec::new(),
+            conversion_tracking: false,
+            fallback_destination: None,
+            expires_at: None,
+            form: None,
+            status: LinkStatus::Active,
+        }
+        .into_link(ws, Slug::parse(slug).unwrap(), Timestamp::now())
+    }
+
+    #[test]
+    fn links_of_the_former_layout_move_to_their_workspace_keys_with_their_slugs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let (a, b, c) = (link(ws1, "alpha"), link(ws1, "bravo"), link(ws2, "charlie"));
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            let db = &store.inner.db;
+            let former = db.open_tree(FORMER_LINKS).unwrap();
+            let by_ws = db.open_tree(FORMER_BY_WORKSPACE).unwrap();
+            for l in [&a, &b, &c] {
+                former
+                    .insert(l.id.as_bytes(), codec::encode(l).unwrap())
+                    .unwrap();
+                by_ws
+                    .insert(keys::pair(&l.workspace_id, &l.id), &[][..])
+                    .unwrap();
+                store
+                    .inner
+                    .slugs
+                    .insert(l.slug.as_str(), l.id.as_bytes())
+                    .unwrap();
+            }
+            // A move cut short by a crash: `alpha` already moved, its slug
+            // pointing at its new key; and a slug left behind by a link
+            // that is gone.
+            let key = keys::pair(&ws1, &a.id);
+            store
+                .inner
+                .links
+                .insert(key, codec::encode(&a).unwrap())
+                .unwrap();
+            store.inner.slugs.insert("alpha", &key[..]).unwrap();
+            store
+                .inner
+                .slugs
+                .insert("orphan", LinkId::generate().as_bytes())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        for l in [&a, &b, &c] {
+            assert_eq!(
+                store.link_by_slug(l.slug.as_str()).unwrap().as_ref(),
+                Some(l)
+            );
+            assert_eq!(
+                store.owned_link(&l.workspace_id, &l.id).unwrap().as_ref(),
+                Some(l)
+            );
+            assert_eq!(
+                store.link_in_any_workspace(&l.id).unwrap().as_ref(),
+                Some(l)
+            );
+        }
+        assert_eq!(store.link_by_slug("orphan").unwrap(), None);
+        assert_eq!(
+            store.inner.slugs.get("orphan").unwrap(),
+            None,
+            "the orphan slug is freed"
+        );
+        // Another workspace's link is as absent as none.
+        assert_eq!(store.owned_link(&ws2, &a.id).unwrap(), None);
+        let listed = |ws| -> Vec<LinkId> {
+            store
+                .list_links(&ws, &LinkQuery::default(), None, 10)
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|l| l.id)
+                .collect()
+        };
+        assert_eq!(listed(ws1), [b.id, a.id]);
+        assert_eq!(listed(ws2), [c.id]);
+        assert_eq!(store.count_links(&ws1).unwrap(), 2);
+        let names = store.inner.db.tree_names();
+        for former in [FORMER_LINKS, FORMER_BY_WORKSPACE] {
+            assert!(
+                !names.iter().any(|n| n == former.as_bytes()),
+                "{former} dropped"
+            );
+        }
+        // A slug still works after the link is renamed and deleted.
+        let mut renamed = b.clone();
+        renamed.slug = crate::domain::Slug::parse("bravo-2").unwrap();
+        assert_eq!(
+            store.replace_link(&b, &renamed).unwrap(),
+            LinkWrite::Written
+        );
+        assert_eq!(store.link_by_slug("bravo").unwrap(), None);
+        assert_eq!(
+            store.link_by_slug("bravo-2").unwrap(),
+            Some(renamed.clone())
+        );
+        store.delete_link(&renamed).unwrap();
+        assert_eq!(store.link_by_slug("bravo-2").unwrap(), None);
+        assert_eq!(store.count_links(&ws1).unwrap(), 1);
     }
 }

@@ -105,12 +105,10 @@ struct Trees {
     tokens: sled::Tree,
     /// key = workspace_id (16) ++ token_id (16) → value = token digest (32)
     tokens_by_workspace: sled::Tree,
-    /// key = link_id (16) → value = Link
+    /// key = workspace_id (16) ++ link_id (16) → value = Link
     links: sled::Tree,
-    /// key = slug bytes → value = link_id (16)
+    /// key = slug bytes → value = workspace_id (16) ++ link_id (16)
     slugs: sled::Tree,
-    /// key = workspace_id (16) ++ link_id (16) → value = empty
-    links_by_workspace: sled::Tree,
     /// key = first event_id of a segment (16) → value = pointer to the
     /// segment's body (`bodies.rs`), or (written before) the segment itself
     events: sled::Tree,
@@ -220,9 +218,8 @@ impl Store {
             workspaces: open("workspaces")?,
             tokens: open("tokens")?,
             tokens_by_workspace: open("tokens_by_workspace")?,
-            links: open("links")?,
+            links: open(links::LINKS_TREE)?,
             slugs: open("slugs")?,
-            links_by_workspace: open("links_by_workspace")?,
             events: open(EVENTS_TREE)?,
             events_by_link: open("events_by_link")?,
             events_by_workspace: open("events_by_workspace")?,
@@ -251,6 +248,14 @@ impl Store {
             bodies,
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
+        let links_moved =
+            links::move_links_of_former_layout(&trees.db, &trees.links, &trees.slugs)?;
+        if links_moved > 0 {
+            tracing::info!(
+                links = links_moved,
+                "links moved to their workspace-keyed tree"
+            );
+        }
         let moved = visitors::move_profiles_of_former_layout(&trees.db, &trees.visitor_profiles)?;
         if moved > 0 {
             tracing::info!(
