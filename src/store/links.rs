@@ -7,7 +7,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::codec::{self, Record};
 use super::scan::{self, Page};
-use super::{Store, StoreError, StoreResult, keys};
+use super::{Store, StoreError, StoreResult, keys, layout};
 use crate::domain::{Link, LinkStatus};
 use crate::ids::{LinkId, WorkspaceId};
 
@@ -60,68 +60,46 @@ pub(super) const LINKS_TREE: &str = "workspace_links";
 /// links (three keys per link).
 const FORMER_LINKS: &str = "links";
 const FORMER_BY_WORKSPACE: &str = "links_by_workspace";
-/// Entries moved per sled batch.
-const MOVE_BATCH: usize = 10_000;
-
 /// Moves the links a store of the former layout holds into `links`, points
-/// their slugs at the new keys (at open, before anything reads them), then
-/// drops the former trees; answers how many links moved. A crash part way
-/// leaves the former trees in place and the next open goes on: a slug
-/// already pointing at a new key is left as it is.
+/// their slugs at the new keys and drops the former trees (`layout`);
+/// answers how many links moved. A slug already pointing at a new key (a
+/// move cut short) stays as it is; one whose link is gone is removed.
 pub(super) fn move_links_of_former_layout(
     db: &sled::Db,
     links: &sled::Tree,
     slugs: &sled::Tree,
 ) -> StoreResult<usize> {
-    if !db
-        .tree_names()
-        .iter()
-        .any(|name| name == FORMER_LINKS.as_bytes())
-    {
+    if !layout::has_tree(db, FORMER_LINKS) {
         return Ok(0);
     }
     let former = db.open_tree(FORMER_LINKS)?;
-    let mut moved = 0;
-    let mut batch = sled::Batch::default();
-    for entry in former.iter() {
-        let (_, value) = entry?;
-        let link: Link = codec::decode(&value)?;
-        batch.insert(&keys::pair(&link.workspace_id, &link.id)[..], value);
-        moved += 1;
-        if moved % MOVE_BATCH == 0 {
-            links.apply_batch(std::mem::take(&mut batch))?;
-        }
-    }
-    links.apply_batch(batch)?;
-    let mut batch = sled::Batch::default();
-    let mut pointed = 0;
-    for entry in slugs.iter() {
-        let (slug, value) = entry?;
-        // A former value is the link ID alone; a new one is 32 bytes.
-        let Some(id) = (value.len() == 16)
-            .then(|| LinkId::from_slice(&value))
-            .flatten()
-        else {
-            continue;
-        };
-        match former.get(id.as_bytes())? {
-            Some(raw) => {
-                let link: Link = codec::decode(&raw)?;
-                batch.insert(slug, &keys::pair(&link.workspace_id, &id)[..]);
+    let key_of = |raw: &[u8]| -> StoreResult<sled::IVec> {
+        let link: Link = codec::decode(raw)?;
+        Ok(keys::pair(&link.workspace_id, &link.id).to_vec().into())
+    };
+    let moved = layout::write_in_batches(
+        links,
+        former.iter().map(|entry| {
+            let (_, value) = entry?;
+            Ok((key_of(&value)?, Some(value)))
+        }),
+    )?;
+    let repointed = slugs.iter().filter_map(|entry| {
+        let step = || -> StoreResult<Option<(sled::IVec, Option<sled::IVec>)>> {
+            let (slug, value) = entry?;
+            // A former value is the link ID alone; a new one is 32 bytes.
+            if value.len() != 16 {
+                return Ok(None);
             }
-            // A slug whose link is gone points nowhere: no link, no slug.
-            None => batch.remove(slug),
-        }
-        pointed += 1;
-        if pointed % MOVE_BATCH == 0 {
-            slugs.apply_batch(std::mem::take(&mut batch))?;
-        }
-    }
-    slugs.apply_batch(batch)?;
-    // sled recovers a prefix of its log, so once the drops are durable the
-    // moved links and slugs are too.
-    db.drop_tree(FORMER_LINKS)?;
-    db.drop_tree(FORMER_BY_WORKSPACE)?;
+            let link = former.get(&value)?;
+            Ok(Some((slug, link.map(|raw| key_of(&raw)).transpose()?)))
+        };
+        step().transpose()
+    });
+    // sled's iterator reads on from the last key it returned, so writing
+    // the slugs it has passed does not disturb it.
+    layout::write_in_batches(slugs, repointed)?;
+    layout::drop_trees(db, &[FORMER_LINKS, FORMER_BY_WORKSPACE])?;
     Ok(moved)
 }
 

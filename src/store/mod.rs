@@ -10,6 +10,7 @@ mod consumers;
 mod events;
 mod forms;
 pub mod keys;
+mod layout;
 mod links;
 mod retention;
 mod scan;

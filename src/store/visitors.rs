@@ -11,7 +11,7 @@ use sled::transaction::ConflictableTransactionError;
 use super::codec::{self, Record};
 use super::scan::{self, Page};
 use super::segment::{self, Segment};
-use super::{ConsumerRecord, Store, StoreError, StoreResult, keys};
+use super::{ConsumerRecord, Store, StoreError, StoreResult, keys, layout};
 use crate::domain::ScanEvent;
 use crate::domain::visitor::VisitorProfile;
 use crate::enrich::fingerprint::Fingerprint;
@@ -29,44 +29,32 @@ const FORMER_BY_WORKSPACE: &str = "visitors_by_workspace";
 /// per new visitor, in the Recorder's transaction); erasure now finds the
 /// entry in the registry itself.
 const FORMER_FINGERPRINTS: &str = "visitor_fingerprints";
-/// Profiles moved per sled batch.
-const MOVE_BATCH: usize = 10_000;
-
 /// Moves the profiles a store of the former layout holds into `profiles`
-/// (at open, before anything reads them), then drops the former trees;
-/// answers how many moved. A crash part way leaves the former trees in
-/// place, and the next open moves them again (same keys, same bytes).
+/// and drops the former trees (`layout`); answers how many moved.
 pub(super) fn move_profiles_of_former_layout(
     db: &sled::Db,
     profiles: &sled::Tree,
 ) -> StoreResult<usize> {
-    let names = db.tree_names();
-    if names
-        .iter()
-        .any(|name| name == FORMER_FINGERPRINTS.as_bytes())
-    {
-        db.drop_tree(FORMER_FINGERPRINTS)?;
-    }
-    if !names.iter().any(|name| name == FORMER_PROFILES.as_bytes()) {
-        return Ok(0);
-    }
-    let former = db.open_tree(FORMER_PROFILES)?;
-    let mut moved = 0;
-    let mut batch = sled::Batch::default();
-    for entry in former.iter() {
-        let (_, value) = entry?;
-        let profile: VisitorProfile = codec::decode(&value)?;
-        batch.insert(&keys::pair(&profile.workspace_id, &profile.id)[..], value);
-        moved += 1;
-        if moved % MOVE_BATCH == 0 {
-            profiles.apply_batch(std::mem::take(&mut batch))?;
-        }
-    }
-    profiles.apply_batch(batch)?;
-    // sled recovers a prefix of its log, so once the drops are durable the
-    // moved profiles are too.
-    db.drop_tree(FORMER_PROFILES)?;
-    db.drop_tree(FORMER_BY_WORKSPACE)?;
+    let moved = if layout::has_tree(db, FORMER_PROFILES) {
+        let former = db.open_tree(FORMER_PROFILES)?;
+        layout::write_in_batches(
+            profiles,
+            former.iter().map(|entry| {
+                let (_, value) = entry?;
+                let p: VisitorProfile = codec::decode(&value)?;
+                Ok((
+                    keys::pair(&p.workspace_id, &p.id).to_vec().into(),
+                    Some(value),
+                ))
+            }),
+        )?
+    } else {
+        0
+    };
+    layout::drop_trees(
+        db,
+        &[FORMER_PROFILES, FORMER_BY_WORKSPACE, FORMER_FINGERPRINTS],
+    )?;
     Ok(moved)
 }
 
