@@ -354,8 +354,8 @@ fn not_an_id(req: &HttpRequest, state: &AppState, raw_id: &str) -> Option<HttpRe
 }
 
 /// The caller's visitor `raw_id`; another workspace's is as absent as none.
-/// The caller's visitor `raw_id`. A visitor exists from its first committed
-/// scan (its registry entry is written with that scan), but its profile
+/// A visitor exists from its first committed scan (its registry and index
+/// entries are written with that scan), but its profile
 /// appears when the Visitors worker has folded the scan in, a moment later
 /// (longer on a busy server): for a visitor of this workspace without a
 /// profile yet, that moment is waited for, up to `PROFILE_SETTLE_TIMEOUT`,
