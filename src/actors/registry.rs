@@ -362,6 +362,18 @@ mod tests {
         device("phone", "81.2.69.1", &SALT)
     }
 
+    impl Fixture {
+        /// The Recorder commits the fixture's scan, its visitor's first.
+        fn commit_first_scan(&self) -> Vec<NewVisitor> {
+            let new = self.registry.new_in(std::slice::from_ref(&self.event));
+            self.store
+                .commit_scans_with(std::slice::from_ref(&self.event), &new)
+                .unwrap();
+            self.registry.committed(&new);
+            new
+        }
+    }
+
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8).unwrap();
@@ -419,11 +431,7 @@ mod tests {
     #[test]
     fn once_filled_the_filter_spares_the_store_lookup_of_devices_never_seen() {
         let f = fixture();
-        let new = f.registry.new_in(std::slice::from_ref(&f.event));
-        f.store
-            .commit_scans_with(std::slice::from_ref(&f.event), &new)
-            .unwrap();
-        f.registry.committed(&new);
+        f.commit_first_scan();
         // One device in 200 other workspaces: 200 strangers (each workspace
         // keys its fingerprints with a key of its own).
         let stranger = me();
@@ -501,11 +509,7 @@ mod tests {
     #[test]
     fn a_stored_visitor_is_forgotten_through_its_registry_entry() {
         let f = fixture();
-        let new = f.registry.new_in(std::slice::from_ref(&f.event));
-        f.store
-            .commit_scans_with(std::slice::from_ref(&f.event), &new)
-            .unwrap();
-        f.registry.committed(&new);
+        let new = f.commit_first_scan();
         let id = f.event.visitor_id.unwrap();
         assert_eq!(f.registry.visitor_cached(&f.ws, &me()).unwrap(), Ok(id));
         // Another workspace's erasure of the same ID finds nothing.

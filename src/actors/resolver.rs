@@ -319,29 +319,14 @@ impl Handler<DeleteLink> for Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Destination, LinkStatus};
+    use crate::domain::Destination;
 
     fn cache_on(store: &Store, entries: usize) -> LinkCache {
         LinkCache::new(store.clone(), entries, Arc::new(Metrics::default()))
     }
 
     fn stored_link(store: &Store, slug: &str, destination: &str) -> Link {
-        let link = NewLink {
-            slug: None,
-            destination: Destination::parse(destination).unwrap(),
-            name: None,
-            tags: Vec::new(),
-            conversion_tracking: false,
-            fallback_destination: None,
-            expires_at: None,
-            form: None,
-            status: LinkStatus::Active,
-        }
-        .into_link(
-            WorkspaceId::generate(),
-            Slug::parse(slug).unwrap(),
-            Timestamp::now(),
-        );
+        let link = Link::sample(WorkspaceId::generate(), slug, destination);
         assert_eq!(store.insert_link(&link).unwrap(), LinkWrite::Written);
         link
     }

@@ -230,6 +230,26 @@ impl Link {
     }
 }
 
+#[cfg(test)]
+impl Link {
+    /// An active link of workspace `ws` with `slug` and `destination` and
+    /// nothing else set, for tests.
+    pub fn sample(ws: WorkspaceId, slug: &str, destination: &str) -> Link {
+        NewLink {
+            slug: None,
+            destination: Destination::parse(destination).unwrap(),
+            name: None,
+            tags: Vec::new(),
+            conversion_tracking: false,
+            fallback_destination: None,
+            expires_at: None,
+            form: None,
+            status: LinkStatus::Active,
+        }
+        .into_link(ws, Slug::parse(slug).unwrap(), Timestamp::now())
+    }
+}
+
 /// A validated request to create a link; `slug: None` means generate one.
 #[derive(Debug, Clone)]
 pub struct NewLink {

@@ -256,19 +256,7 @@ mod tests {
     }
 
     fn link(ws: WorkspaceId, slug: &str) -> Link {
-        use crate::domain::{Destination, NewLink, Slug, Timestamp};
-        NewLink {
-            slug: None,
-            destination: Destination::parse("https://example.com/").unwrap(),
-            name: None,
-            tags: Vec::new(),
-            conversion_tracking: false,
-            fallback_destination: None,
-            expires_at: None,
-            form: None,
-            status: LinkStatus::Active,
-        }
-        .into_link(ws, Slug::parse(slug).unwrap(), Timestamp::now())
+        Link::sample(ws, slug, "https://example.com/")
     }
 
     #[test]
