@@ -258,7 +258,7 @@ impl DeliveryCore {
     /// The attempt of a message taken from the outbox; `None` when it is no
     /// longer pending.
     fn job(&self, hook: &Webhook, msg: MessageId, now: Timestamp) -> StoreResult<Option<Job>> {
-        let Some(m) = self.hub.store.webhook_message(&msg)? else {
+        let Some(m) = self.hub.store.webhook_message(&hook.id, &msg)? else {
             return Ok(None);
         };
         if m.state != MessageState::Pending {
@@ -344,21 +344,21 @@ impl DeliveryCore {
     /// already, in one transaction; answers how many it failed.
     fn fail_messages(
         &self,
-        msgs: &[MessageId],
+        msgs: &[(WebhookId, MessageId)],
         reason: Reason,
         now: Timestamp,
     ) -> StoreResult<u64> {
         self.hub.store.webhook_tx(|tx| {
             let mut failed = 0;
-            for msg in msgs {
-                let Some(mut m) = tx.message(msg)? else {
+            for (hook, msg) in msgs {
+                let Some(mut m) = tx.message(hook, msg)? else {
                     continue;
                 };
                 if m.state != MessageState::Pending {
                     continue;
                 }
                 if let Some(id) = m.next_delivery
-                    && let Some(mut d) = tx.delivery(&id)?
+                    && let Some(mut d) = tx.delivery(hook, &id)?
                 {
                     d.status = DeliveryStatus::Failed;
                     d.error = Some(reason.as_str().to_owned());
@@ -386,8 +386,7 @@ impl DeliveryCore {
     ) -> StoreResult<u64> {
         let mut failed = 0;
         for (i, part) in victims.chunks(FAIL_PER_TX).enumerate() {
-            let msgs: Vec<MessageId> = part.iter().map(|(_, m)| *m).collect();
-            match self.fail_messages(&msgs, reason, now) {
+            match self.fail_messages(part, reason, now) {
                 Ok(n) => failed += n,
                 Err(e) => {
                     let mut outbox = self.hub.outbox();
@@ -503,10 +502,10 @@ fn record_outcome(
     now: Timestamp,
 ) -> Result<Option<Recorded>, TxError> {
     let ok = outcome.error.is_none();
-    let Some(mut m) = tx.message(&job.message)? else {
+    let Some(mut m) = tx.message(&job.hook, &job.message)? else {
         return Ok(None);
     };
-    let mut d = match tx.delivery(&job.delivery)? {
+    let mut d = match tx.delivery(&job.hook, &job.delivery)? {
         Some(d) => d,
         None => Delivery::pending(
             job.delivery,

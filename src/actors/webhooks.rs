@@ -307,9 +307,7 @@ pub fn store_messages(
     store.webhook_tx(|tx| {
         let mut written = Vec::new();
         for (m, d) in new {
-            if tx.message(&m.id)?.is_none() {
-                tx.put_message(m)?;
-                tx.put_delivery(d)?;
+            if tx.add_message(m, d)? {
                 written.push(PendingMessage {
                     hook: m.hook_id,
                     message: m.id,

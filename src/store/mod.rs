@@ -143,14 +143,10 @@ struct Trees {
     webhooks: sled::Tree,
     /// key = workspace_id (16) ++ webhook_id (16) → value = empty
     webhooks_by_workspace: sled::Tree,
-    /// key = message_id (16) → value = webhook Message
-    webhook_messages: sled::Tree,
-    /// key = webhook_id (16) ++ message_id (16) → value = empty
-    webhook_messages_by_hook: sled::Tree,
-    /// key = delivery_id (16) → value = Delivery (one attempt)
-    webhook_deliveries: sled::Tree,
-    /// key = webhook_id (16) ++ delivery_id (16) → value = empty
-    webhook_deliveries_by_hook: sled::Tree,
+    /// key = webhook_id (16) ++ message_id (16) → value = webhook Message
+    hook_messages: sled::Tree,
+    /// key = webhook_id (16) ++ delivery_id (16) → value = Delivery (one attempt)
+    hook_deliveries: sled::Tree,
     /// key = message_id (16) → value = webhook_id (16): the pending messages
     webhook_outbox: sled::Tree,
 }
@@ -236,10 +232,8 @@ impl Store {
             meta: open("meta")?,
             webhooks: open("webhooks")?,
             webhooks_by_workspace: open("webhooks_by_workspace")?,
-            webhook_messages: open("webhook_messages")?,
-            webhook_messages_by_hook: open("webhook_messages_by_hook")?,
-            webhook_deliveries: open("webhook_deliveries")?,
-            webhook_deliveries_by_hook: open("webhook_deliveries_by_hook")?,
+            hook_messages: open(webhooks::MESSAGES_TREE)?,
+            hook_deliveries: open(webhooks::DELIVERIES_TREE)?,
             webhook_outbox: open("webhook_outbox")?,
             db,
             path: path.to_path_buf(),
@@ -262,6 +256,17 @@ impl Store {
             tracing::info!(
                 profiles = moved,
                 "visitor profiles moved to their workspace-keyed tree"
+            );
+        }
+        let moved = webhooks::move_webhook_records_of_former_layout(
+            &trees.db,
+            &trees.hook_messages,
+            &trees.hook_deliveries,
+        )?;
+        if moved > 0 {
+            tracing::info!(
+                records = moved,
+                "webhook messages and deliveries moved to their hook-keyed trees"
             );
         }
         compact::clean_leftovers(path);

@@ -2,11 +2,16 @@
 //!
 //! - `webhooks`: hook ID → `Webhook`; `webhooks_by_workspace`: workspace ID
 //!   ++ hook ID → empty.
-//! - `webhook_messages`: message ID → `Message`; `webhook_messages_by_hook`:
-//!   hook ID ++ message ID → empty (message IDs carry their event's time).
-//! - `webhook_deliveries`: delivery ID → `Delivery`;
-//!   `webhook_deliveries_by_hook`: hook ID ++ delivery ID → empty.
+//! - `hook_messages`: hook ID ++ message ID → `Message` (message IDs carry
+//!   their event's time, so a hook's messages are one time-ordered range).
+//! - `hook_deliveries`: hook ID ++ delivery ID → `Delivery`.
 //! - `webhook_outbox`: message ID → hook ID, exactly the pending messages.
+//!
+//! A message costs the Webhooks worker three sled keys (message, outbox
+//! entry, first delivery record); stores of an earlier version, which kept
+//! messages and deliveries under their own IDs with an index per hook
+//! beside them (five keys), are moved at open
+//! (`move_webhook_records_of_former_layout`).
 //!
 //! Every change of a message, its delivery records and its hook's counters
 //! happens in one transaction over these trees (`Store::webhook_tx`), which
@@ -18,12 +23,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::codec::{self, Record};
 use super::scan::{self, Page};
-use super::{ConsumerRecord, Store, StoreError, StoreResult, keys};
+use super::{ConsumerRecord, Store, StoreError, StoreResult, keys, layout};
 use crate::domain::Timestamp;
 use crate::domain::webhook::{Delivery, DeliveryStatus, Message, MessageState, Webhook};
-use crate::ids::{
-    DeliveryId, DeliveryKind, MessageId, MessageKind, WebhookId, WebhookKind, WorkspaceId,
-};
+use crate::ids::{DeliveryId, MessageId, MessageKind, WebhookId, WebhookKind, WorkspaceId};
 
 /// Delivery records examined at most to fill one page of a filtered list.
 const DELIVERY_SCAN_BUDGET: usize = 10_000;
@@ -51,9 +54,7 @@ fn abort(e: StoreError) -> TxError {
 pub struct WebhookTx<'a> {
     hooks: &'a TransactionalTree,
     messages: &'a TransactionalTree,
-    messages_by_hook: &'a TransactionalTree,
     deliveries: &'a TransactionalTree,
-    deliveries_by_hook: &'a TransactionalTree,
     outbox: &'a TransactionalTree,
     consumers: &'a TransactionalTree,
 }
@@ -73,20 +74,24 @@ impl WebhookTx<'_> {
         Ok(())
     }
 
-    pub fn message(&self, id: &MessageId) -> Result<Option<Message>, TxError> {
+    pub fn message(&self, hook: &WebhookId, id: &MessageId) -> Result<Option<Message>, TxError> {
         self.messages
-            .get(id.as_bytes())?
+            .get(keys::pair(hook, id))?
             .map(|v| codec::decode(&v).map_err(abort))
             .transpose()
     }
 
-    /// Writes a message with its hook index entry, and keeps the outbox
-    /// entry exactly while it is pending.
+    /// Writes a message, and keeps its outbox entry exactly while it is
+    /// pending.
     pub fn put_message(&self, m: &Message) -> Result<(), TxError> {
-        self.messages
-            .insert(&m.id.as_bytes()[..], codec::encode(m).map_err(abort)?)?;
-        self.messages_by_hook
-            .insert(&keys::pair(&m.hook_id, &m.id)[..], &[])?;
+        self.messages.insert(
+            &keys::pair(&m.hook_id, &m.id)[..],
+            codec::encode(m).map_err(abort)?,
+        )?;
+        self.put_outbox_entry(m)
+    }
+
+    fn put_outbox_entry(&self, m: &Message) -> Result<(), TxError> {
         if m.state == MessageState::Pending {
             self.outbox
                 .insert(&m.id.as_bytes()[..], &m.hook_id.as_bytes()[..])?;
@@ -96,18 +101,33 @@ impl WebhookTx<'_> {
         Ok(())
     }
 
-    pub fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, TxError> {
+    /// Writes a new message with the record of its first delivery, unless a
+    /// message with its ID is stored already (then nothing changes); answers
+    /// whether it wrote. One read of the message's key, the insert's own.
+    pub fn add_message(&self, m: &Message, first: &Delivery) -> Result<bool, TxError> {
+        let key = keys::pair(&m.hook_id, &m.id);
+        let bytes = codec::encode(m).map_err(abort)?;
+        if let Some(stored) = self.messages.insert(&key[..], bytes)? {
+            self.messages.insert(&key[..], stored)?;
+            return Ok(false);
+        }
+        self.put_outbox_entry(m)?;
+        self.put_delivery(first)?;
+        Ok(true)
+    }
+
+    pub fn delivery(&self, hook: &WebhookId, id: &DeliveryId) -> Result<Option<Delivery>, TxError> {
         self.deliveries
-            .get(id.as_bytes())?
+            .get(keys::pair(hook, id))?
             .map(|v| codec::decode(&v).map_err(abort))
             .transpose()
     }
 
     pub fn put_delivery(&self, d: &Delivery) -> Result<(), TxError> {
-        self.deliveries
-            .insert(&d.id.as_bytes()[..], codec::encode(d).map_err(abort)?)?;
-        self.deliveries_by_hook
-            .insert(&keys::pair(&d.hook_id, &d.id)[..], &[])?;
+        self.deliveries.insert(
+            &keys::pair(&d.hook_id, &d.id)[..],
+            codec::encode(d).map_err(abort)?,
+        )?;
         Ok(())
     }
 
@@ -126,6 +146,62 @@ pub struct PendingMessage {
     pub due: Timestamp,
 }
 
+/// The trees of messages and of delivery records.
+pub(super) const MESSAGES_TREE: &str = "hook_messages";
+pub(super) const DELIVERIES_TREE: &str = "hook_deliveries";
+
+/// The former layout: records under their own IDs, an index per hook beside.
+const FORMER_MESSAGES: &str = "webhook_messages";
+const FORMER_MESSAGES_BY_HOOK: &str = "webhook_messages_by_hook";
+const FORMER_DELIVERIES: &str = "webhook_deliveries";
+const FORMER_DELIVERIES_BY_HOOK: &str = "webhook_deliveries_by_hook";
+
+/// Moves the records of the tree `former` into `tree` under hook ID ++
+/// record ID (`hook_of` reads a record's hook); answers how many.
+fn move_records<R: Record>(
+    db: &sled::Db,
+    former: &str,
+    tree: &sled::Tree,
+    hook_of: impl Fn(&R) -> WebhookId,
+) -> StoreResult<usize> {
+    if !layout::has_tree(db, former) {
+        return Ok(0);
+    }
+    let former = db.open_tree(former)?;
+    layout::write_in_batches(
+        tree,
+        former.iter().map(|entry| {
+            let (id, value) = entry?;
+            let hook = hook_of(&codec::decode::<R>(&value)?);
+            let key = [hook.as_bytes(), &id[..]].concat();
+            Ok((key.into(), Some(value)))
+        }),
+    )
+}
+
+/// Moves the messages and delivery records a store of an earlier version
+/// holds under their own IDs to `messages` and `deliveries`, keyed by hook
+/// and ID, and drops the former trees and their per-hook indexes
+/// (`layout`); answers how many records moved.
+pub(super) fn move_webhook_records_of_former_layout(
+    db: &sled::Db,
+    messages: &sled::Tree,
+    deliveries: &sled::Tree,
+) -> StoreResult<usize> {
+    let moved = move_records(db, FORMER_MESSAGES, messages, |m: &Message| m.hook_id)?
+        + move_records(db, FORMER_DELIVERIES, deliveries, |d: &Delivery| d.hook_id)?;
+    layout::drop_trees(
+        db,
+        &[
+            FORMER_MESSAGES,
+            FORMER_MESSAGES_BY_HOOK,
+            FORMER_DELIVERIES,
+            FORMER_DELIVERIES_BY_HOOK,
+        ],
+    )?;
+    Ok(moved)
+}
+
 impl Store {
     /// Runs `f` in one transaction over the webhook trees (and `consumers`).
     /// sled may run `f` more than once when transactions conflict.
@@ -133,34 +209,20 @@ impl Store {
         let t = &self.inner;
         let result = (
             &t.webhooks,
-            &t.webhook_messages,
-            &t.webhook_messages_by_hook,
-            &t.webhook_deliveries,
-            &t.webhook_deliveries_by_hook,
+            &t.hook_messages,
+            &t.hook_deliveries,
             &t.webhook_outbox,
             &t.consumers,
         )
-            .transaction(
-                |(
+            .transaction(|(hooks, messages, deliveries, outbox, consumers)| {
+                f(&WebhookTx {
                     hooks,
                     messages,
-                    messages_by_hook,
                     deliveries,
-                    deliveries_by_hook,
                     outbox,
                     consumers,
-                )| {
-                    f(&WebhookTx {
-                        hooks,
-                        messages,
-                        messages_by_hook,
-                        deliveries,
-                        deliveries_by_hook,
-                        outbox,
-                        consumers,
-                    })
-                },
-            )?;
+                })
+            })?;
         Ok(result)
     }
 
@@ -273,13 +335,13 @@ impl Store {
     }
 
     /// Removes up to `max` messages and `max` deliveries of hook `id` (with
-    /// their index and outbox entries); answers how many records it removed,
+    /// the messages' outbox entries); answers how many records it removed,
     /// 0 when none are left.
     pub fn purge_webhook_records(&self, id: &WebhookId, max: usize) -> StoreResult<usize> {
         let t = &self.inner;
         let mut removed = 0;
         let messages: Vec<sled::IVec> = t
-            .webhook_messages_by_hook
+            .hook_messages
             .scan_prefix(id.as_bytes())
             .keys()
             .take(max)
@@ -288,53 +350,56 @@ impl Store {
             let Some(msg) = keys::pair_suffix::<MessageKind>(&key) else {
                 continue;
             };
-            (
-                &t.webhook_messages,
-                &t.webhook_messages_by_hook,
-                &t.webhook_outbox,
-            )
-                .transaction(|(m, by_hook, outbox)| {
-                    m.remove(&msg.as_bytes()[..])?;
-                    by_hook.remove(&key)?;
-                    outbox.remove(&msg.as_bytes()[..])?;
-                    Ok::<_, TxError>(())
-                })?;
+            (&t.hook_messages, &t.webhook_outbox).transaction(|(m, outbox)| {
+                m.remove(&key)?;
+                outbox.remove(&msg.as_bytes()[..])?;
+                Ok::<_, TxError>(())
+            })?;
             removed += 1;
         }
         let deliveries: Vec<sled::IVec> = t
-            .webhook_deliveries_by_hook
+            .hook_deliveries
             .scan_prefix(id.as_bytes())
             .keys()
             .take(max)
             .collect::<Result<_, _>>()?;
         for key in deliveries {
-            let Some(d) = keys::pair_suffix::<DeliveryKind>(&key) else {
-                continue;
-            };
-            (&t.webhook_deliveries, &t.webhook_deliveries_by_hook).transaction(
-                |(d_tree, idx)| {
-                    d_tree.remove(&d.as_bytes()[..])?;
-                    idx.remove(&key)?;
-                    Ok::<_, TxError>(())
-                },
-            )?;
+            t.hook_deliveries.remove(&key)?;
             removed += 1;
         }
         Ok(removed)
     }
 
-    pub fn webhook_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
+    pub fn webhook_message(
+        &self,
+        hook: &WebhookId,
+        id: &MessageId,
+    ) -> StoreResult<Option<Message>> {
         self.inner
-            .webhook_messages
-            .get(id.as_bytes())?
+            .hook_messages
+            .get(keys::pair(hook, id))?
             .map(|v| codec::decode(&v))
             .transpose()
     }
 
-    pub fn webhook_delivery(&self, id: &DeliveryId) -> StoreResult<Option<Delivery>> {
+    /// Message `id` of whichever hook has it (tests only: a scan of every
+    /// message).
+    #[cfg(test)]
+    pub fn webhook_message_in_any_hook(&self, id: &MessageId) -> Option<Message> {
+        self.inner.hook_messages.iter().find_map(|entry| {
+            let (key, value) = entry.unwrap();
+            (&key[16..] == id.as_bytes()).then(|| codec::decode(&value).unwrap())
+        })
+    }
+
+    pub fn webhook_delivery(
+        &self,
+        hook: &WebhookId,
+        id: &DeliveryId,
+    ) -> StoreResult<Option<Delivery>> {
         self.inner
-            .webhook_deliveries
-            .get(id.as_bytes())?
+            .hook_deliveries
+            .get(keys::pair(hook, id))?
             .map(|v| codec::decode(&v))
             .transpose()
     }
@@ -343,11 +408,13 @@ impl Store {
     pub fn pending_webhook_messages(&self) -> StoreResult<Vec<PendingMessage>> {
         let mut out = Vec::new();
         for entry in self.inner.webhook_outbox.iter() {
-            let (key, _) = entry?;
-            let Some(id) = MessageId::from_slice(&key) else {
+            let (key, hook) = entry?;
+            let (Some(id), Some(hook)) =
+                (MessageId::from_slice(&key), WebhookId::from_slice(&hook))
+            else {
                 continue;
             };
-            if let Some(m) = self.webhook_message(&id)?
+            if let Some(m) = self.webhook_message(&hook, &id)?
                 && m.state == MessageState::Pending
             {
                 out.push(PendingMessage {
@@ -369,13 +436,13 @@ impl Store {
         let start = keys::pair_raw(id, &MessageId::lower_bound_bytes(since.as_millis()));
         let end = keys::pair_raw(id, &[0xff; 16]);
         self.inner
-            .webhook_messages_by_hook
+            .hook_messages
             .range(start..=end)
             .keys()
             .map(|k| {
                 let k = k?;
                 keys::pair_suffix::<MessageKind>(&k)
-                    .ok_or_else(|| StoreError::Codec("message index key".into()))
+                    .ok_or_else(|| StoreError::Codec("message key".into()))
             })
             .collect()
     }
@@ -393,17 +460,13 @@ impl Store {
         let (start, end) = (keys::pair_raw(id, &[0; 16]), keys::pair_raw(id, &below));
         let candidates = self
             .inner
-            .webhook_deliveries_by_hook
+            .hook_deliveries
             .range(start..end)
             .rev()
             .map(|entry| {
-                let (key, _) = entry?;
-                let found = match keys::pair_suffix::<DeliveryKind>(&key) {
-                    Some(d) => self
-                        .webhook_delivery(&d)?
-                        .filter(|d| status.is_none_or(|s| d.status == s)),
-                    None => None,
-                };
+                let (key, value) = entry?;
+                let d: Delivery = codec::decode(&value)?;
+                let found = status.is_none_or(|s| d.status == s).then_some(d);
                 Ok((key[16..].to_vec(), found))
             });
         scan::paginate(candidates, limit, DELIVERY_SCAN_BUDGET)
@@ -421,53 +484,147 @@ impl Store {
         let bound = keys::pair_raw(id, &MessageId::lower_bound_bytes(cutoff.as_millis()));
         let start = keys::pair_raw(id, &[0; 16]);
         let t = &self.inner;
-        let messages = prune_finished(
-            (&t.webhook_messages, &t.webhook_messages_by_hook),
-            start..bound,
-            max,
-            |v| Ok(codec::decode::<Message>(v)?.state != MessageState::Pending),
-        )?;
-        let deliveries = prune_finished(
-            (&t.webhook_deliveries, &t.webhook_deliveries_by_hook),
-            start..bound,
-            max,
-            |v| Ok(codec::decode::<Delivery>(v)?.status != DeliveryStatus::Pending),
-        )?;
+        let messages = prune_finished(&t.hook_messages, start..bound, max, |v| {
+            Ok(codec::decode::<Message>(v)?.state != MessageState::Pending)
+        })?;
+        let deliveries = prune_finished(&t.hook_deliveries, start..bound, max, |v| {
+            Ok(codec::decode::<Delivery>(v)?.status != DeliveryStatus::Pending)
+        })?;
         Ok(messages + deliveries)
     }
 }
 
-/// Removes up to `max` records whose index keys (owner ++ record ID) fall in
-/// `range`, each with its index entry in one transaction, when `finished`
-/// says so of the stored record (or it is gone); answers how many.
+/// Removes up to `max` records of `tree` whose keys (hook ++ record ID)
+/// fall in `range` when `finished` says so of them; answers how many. Each
+/// is removed only if it is still the value that was judged finished.
 fn prune_finished(
-    (records, index): (&sled::Tree, &sled::Tree),
+    tree: &sled::Tree,
     range: std::ops::Range<[u8; 32]>,
     max: usize,
     finished: impl Fn(&[u8]) -> StoreResult<bool>,
 ) -> StoreResult<usize> {
-    let old: Vec<sled::IVec> = index
-        .range(range)
-        .keys()
-        .take(max)
-        .collect::<Result<_, _>>()?;
     let mut removed = 0;
-    for key in old {
-        let Some(id) = key.get(16..32) else {
-            continue;
-        };
-        let done = (records, index).transaction(|(r, idx)| {
-            let done = match r.get(id)? {
-                Some(v) => finished(&v).map_err(abort)?,
-                None => true,
-            };
-            if done {
-                r.remove(id)?;
-                idx.remove(&key)?;
-            }
-            Ok::<_, TxError>(done)
-        })?;
-        removed += usize::from(done);
+    for entry in tree.range(range).take(max) {
+        let (key, value) = entry?;
+        if finished(&value)? {
+            let gone = tree.compare_and_swap(&key, Some(&value), None::<&[u8]>)?;
+            removed += usize::from(gone.is_ok());
+        }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::webhooks::new_message;
+    use crate::domain::webhook::EventType;
+
+    fn hook(ws: WorkspaceId) -> Webhook {
+        Webhook::new(
+            ws,
+            "https://hooks.example/x".into(),
+            vec![EventType::QrScanned],
+            None,
+            vec![7; 24],
+            Timestamp::from_millis(1_700_000_000_000),
+        )
+    }
+
+    #[test]
+    fn messages_and_deliveries_of_the_former_layout_move_to_their_hook_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = WorkspaceId::generate();
+        let (a, b) = (hook(ws), hook(ws));
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        let made: Vec<(Message, Delivery)> = [&a, &a, &b]
+            .into_iter()
+            .map(|h| {
+                new_message(
+                    MessageId::generate(),
+                    h,
+                    EventType::QrScanned,
+                    b"{}".to_vec(),
+                    now,
+                )
+            })
+            .collect();
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            let db = &store.inner.db;
+            let trees = [
+                FORMER_MESSAGES,
+                FORMER_MESSAGES_BY_HOOK,
+                FORMER_DELIVERIES,
+                FORMER_DELIVERIES_BY_HOOK,
+            ]
+            .map(|name| db.open_tree(name).unwrap());
+            for h in [&a, &b] {
+                store.insert_webhook(h).unwrap();
+            }
+            for (m, d) in &made {
+                trees[0]
+                    .insert(m.id.as_bytes(), codec::encode(m).unwrap())
+                    .unwrap();
+                trees[1]
+                    .insert(keys::pair(&m.hook_id, &m.id), &[][..])
+                    .unwrap();
+                trees[2]
+                    .insert(d.id.as_bytes(), codec::encode(d).unwrap())
+                    .unwrap();
+                trees[3]
+                    .insert(keys::pair(&d.hook_id, &d.id), &[][..])
+                    .unwrap();
+                store
+                    .inner
+                    .webhook_outbox
+                    .insert(m.id.as_bytes(), m.hook_id.as_bytes())
+                    .unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        for (m, d) in &made {
+            assert_eq!(
+                store.webhook_message(&m.hook_id, &m.id).unwrap().as_ref(),
+                Some(m)
+            );
+            assert_eq!(
+                store.webhook_delivery(&d.hook_id, &d.id).unwrap().as_ref(),
+                Some(d)
+            );
+        }
+        let other = if made[0].0.hook_id == a.id { &b } else { &a };
+        assert_eq!(
+            store.webhook_message(&other.id, &made[0].0.id).unwrap(),
+            None,
+            "a message is found under its own hook only"
+        );
+        assert_eq!(store.pending_webhook_messages().unwrap().len(), 3);
+        let listed = store
+            .list_webhook_deliveries(&a.id, None, None, 10)
+            .unwrap()
+            .items;
+        assert_eq!(listed.len(), 2);
+        assert_eq!(
+            store.webhook_messages_since(&b.id, now).unwrap(),
+            [made[2].0.id]
+        );
+        let names = store.inner.db.tree_names();
+        for former in [
+            FORMER_MESSAGES,
+            FORMER_MESSAGES_BY_HOOK,
+            FORMER_DELIVERIES,
+            FORMER_DELIVERIES_BY_HOOK,
+        ] {
+            assert!(
+                !names.iter().any(|n| n == former.as_bytes()),
+                "{former} dropped"
+            );
+        }
+        // Purging a hook's records removes them and their outbox entries.
+        while store.purge_webhook_records(&a.id, 1).unwrap() > 0 {}
+        assert_eq!(store.webhook_message(&a.id, &made[0].0.id).unwrap(), None);
+        assert_eq!(store.pending_webhook_messages().unwrap().len(), 1);
+    }
 }

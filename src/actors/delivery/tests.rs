@@ -79,7 +79,7 @@ impl Fixture {
     }
 
     fn message(&self, id: &MessageId) -> Message {
-        self.store.webhook_message(id).unwrap().unwrap()
+        self.store.webhook_message_in_any_hook(id).unwrap()
     }
 
     fn reload(&self, hook: &Webhook) -> Webhook {
@@ -193,7 +193,7 @@ fn webhook_success_after_failures_resets_and_auto_disable_fails_the_rest() {
         // Put the others back: only one attempt per call.
         let mut outbox = f.hub.outbox();
         for m in &msgs {
-            if f.store.webhook_message(m).unwrap().unwrap().state == MessageState::Pending {
+            if f.store.webhook_message_in_any_hook(m).unwrap().state == MessageState::Pending {
                 outbox.done(hook.id, *m);
                 outbox.add(hook.id, *m, at(t));
             }
@@ -347,7 +347,7 @@ fn webhook_pruning_removes_only_finished_records_made_before_the_cutoff() {
     let mut f = fixture(&[]);
     let hook = f.hook();
     let msgs = f.messages(&hook, 2, at(t0()));
-    assert!(f.store.webhook_message(&msgs[0]).unwrap().is_some());
+    assert!(f.store.webhook_message_in_any_hook(&msgs[0]).is_some());
     // The first is delivered; the second stays pending.
     let jobs = f.core.run_once(at(t0())).unwrap();
     let first = jobs.iter().find(|j| j.message == msgs[0]).unwrap();
@@ -366,8 +366,8 @@ fn webhook_pruning_removes_only_finished_records_made_before_the_cutoff() {
         .unwrap();
     // The delivered message and its one delivery record; nothing pending.
     assert_eq!(removed, 2);
-    assert!(f.store.webhook_message(&msgs[0]).unwrap().is_none());
-    assert!(f.store.webhook_message(&msgs[1]).unwrap().is_some());
+    assert!(f.store.webhook_message_in_any_hook(&msgs[0]).is_none());
+    assert!(f.store.webhook_message_in_any_hook(&msgs[1]).is_some());
     assert_eq!(
         f.store
             .prune_webhook_records(&hook.id, cutoff, 100)

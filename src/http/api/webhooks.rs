@@ -503,7 +503,7 @@ enum Requeue {
 /// (trigger `manual`), in one transaction.
 fn requeue(store: &Store, hook: &Webhook, msg: &MessageId, now: Timestamp) -> StoreResult<Requeue> {
     store.webhook_tx(|tx| {
-        let Some(mut m) = tx.message(msg)? else {
+        let Some(mut m) = tx.message(&hook.id, msg)? else {
             return Ok(Requeue::Missing);
         };
         if m.hook_id != hook.id {
@@ -591,7 +591,7 @@ fn recover(store: &Store, hub: &WebhookHub, hook: &Webhook, since: Timestamp) ->
     let mut queued = 0;
     for msg in store.webhook_messages_since(&hook.id, since)? {
         let failed = store
-            .webhook_message(&msg)?
+            .webhook_message(&hook.id, &msg)?
             .is_some_and(|m| m.state == MessageState::Failed);
         if !failed {
             continue;
