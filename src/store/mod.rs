@@ -102,6 +102,9 @@ struct Trees {
     bodies: bodies::Bodies,
     /// The bodies of webhook messages, in files of their own (`webhooks.rs`).
     message_bodies: bodies::Bodies,
+    /// Held (shared) by writes of message bodies until their pointers are
+    /// committed, and (exclusive) by the removal of unreferenced files.
+    message_body_writes: std::sync::RwLock<()>,
     /// key = workspace_id (16) → value = Workspace
     workspaces: sled::Tree,
     /// key = SHA-256 of the token (32) → value = Token
@@ -245,6 +248,7 @@ impl Store {
             blobs: blobs::Blobs::new(dir.clone()),
             bodies,
             message_bodies,
+            message_body_writes: std::sync::RwLock::new(()),
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
         let links_moved =

@@ -17,13 +17,14 @@
 //! and it is most of the message's bytes: it is kept in append-only files
 //! under `messages/` (`bodies.rs`), and the record in sled holds a pointer
 //! to it (`MESSAGE_WITH_BODY_FILE`). In sled every split of a leaf and
-//! every consolidation logs the leaf's values again, so a kilobyte per
-//! message there cost the Webhooks worker most of its time. Bodies are
-//! fsynced before the transaction that points at them (once per call of
-//! `add_webhook_messages`), so a stored pointer always has its body; a body
-//! whose transaction never committed is garbage, given back with its file
-//! (`remove_unreferenced_message_bodies`). Records written before, with the
-//! body inline, still read.
+//! every consolidation logs the leaf's values again, a kilobyte per message
+//! each time. Bodies are fsynced before the transaction that points at them
+//! (once per call of `add_webhook_messages`), so a stored pointer always
+//! has its body; a body whose transaction never committed is garbage, given
+//! back with its file (`remove_unreferenced_message_bodies`, which waits
+//! for the writes in progress, so it never takes a file whose pointers are
+//! about to be committed). Records written before, with the body inline,
+//! still read, and stay inline when written again.
 //!
 //! Every change of a message, its delivery records and its hook's counters
 //! happens in one transaction over these trees (`Store::webhook_tx`), which
@@ -65,6 +66,7 @@ fn abort(e: StoreError) -> TxError {
 /// The webhook trees inside one transaction, with typed reads and writes
 /// that keep the indexes in step.
 pub struct WebhookTx<'a> {
+    /// For reading message bodies (only `add_webhook_messages` appends).
     bodies: &'a Bodies,
     hooks: &'a TransactionalTree,
     messages: &'a TransactionalTree,
@@ -96,18 +98,16 @@ impl WebhookTx<'_> {
     }
 
     /// Writes a stored message again (its state changed), and keeps its
-    /// outbox entry exactly while it is pending. Its body is the one stored:
-    /// bodies never change.
+    /// outbox entry exactly while it is pending. Its body is the one stored
+    /// (bodies never change): in its file, or inline in a record of an
+    /// earlier version.
     pub fn put_message(&self, m: &Message) -> Result<(), TxError> {
         let key = keys::pair(&m.hook_id, &m.id);
-        let pointer = match self.messages.get(key)?.and_then(|raw| body_pointer(&raw)) {
-            Some(p) => p,
-            // A record of an earlier version, its body inline: moved to a
-            // file now. (A retried transaction appends it again: garbage.)
-            None => self.bodies.append_durable(&[&m.body]).map_err(abort)?[0],
+        let record = match self.messages.get(key)?.and_then(|raw| body_pointer(&raw)) {
+            Some(p) => encode_message(m, &p),
+            None => codec::encode(m),
         };
-        self.messages
-            .insert(&key[..], encode_message(m, &pointer).map_err(abort)?)?;
+        self.messages.insert(&key[..], record.map_err(abort)?)?;
         self.put_outbox_entry(m)
     }
 
@@ -490,6 +490,12 @@ impl Store {
             }
             return Ok(Vec::new());
         }
+        // Until the pointers are committed, no file they point into may go.
+        let _writing = self
+            .inner
+            .message_body_writes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bodies: Vec<&[u8]> = new.iter().map(|(m, _)| m.body.as_slice()).collect();
         let pointers = self.inner.message_bodies.append_durable(&bodies)?;
         let with_pointers: Vec<_> = new.iter().zip(&pointers).collect();
@@ -521,6 +527,10 @@ impl Store {
     /// (pruned and purged messages leave them behind); answers how many.
     pub fn remove_unreferenced_message_bodies(&self) -> StoreResult<usize> {
         let t = &self.inner;
+        let _no_write_in_progress = t
+            .message_body_writes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let below = t.message_bodies.current_file();
         let mut live = std::collections::HashSet::new();
         for raw in t.hook_messages.iter().values() {
@@ -772,7 +782,7 @@ mod tests {
                 "{former} dropped"
             );
         }
-        // A moved record holds its body inline until its state next changes.
+        // A moved record holds its body inline, also once written again.
         let raw = |m: &Message| {
             store
                 .inner
@@ -785,7 +795,7 @@ mod tests {
         assert_eq!(body_pointer(&raw(&first)), None);
         first.attempts = 1;
         store.webhook_tx(|tx| tx.put_message(&first)).unwrap();
-        assert!(body_pointer(&raw(&first)).is_some());
+        assert_eq!(body_pointer(&raw(&first)), None);
         assert_eq!(
             store.webhook_message(&first.hook_id, &first.id).unwrap(),
             Some(first)
