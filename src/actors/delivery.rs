@@ -470,12 +470,7 @@ impl DeliveryCore {
                 .prune_webhook_records(&hook, cutoff, PRUNE_BATCH)?;
         }
         if removed > 0 {
-            let files = self.hub.store.remove_unreferenced_message_bodies()?;
-            tracing::debug!(
-                removed,
-                files,
-                "pruned old webhook messages and delivery records"
-            );
+            tracing::debug!(removed, "pruned old webhook messages and delivery records");
         }
         Ok(())
     }

@@ -298,14 +298,28 @@ pub fn new_message(
 }
 
 /// Writes new messages (only those not stored yet) and, when given, a
-/// consumer's record (with the last part), in transactions of at most
-/// `MESSAGES_PER_TX`; answers the messages written.
+/// consumer's record, in one transaction; answers the messages written.
 pub fn store_messages(
     store: &Store,
     new: &[(Message, Delivery)],
     consumer: Option<(&str, &ConsumerRecord)>,
 ) -> StoreResult<Vec<PendingMessage>> {
-    store.add_webhook_messages(new, MESSAGES_PER_TX, consumer)
+    store.webhook_tx(|tx| {
+        let mut written = Vec::new();
+        for (m, d) in new {
+            if tx.add_message(m, d)? {
+                written.push(PendingMessage {
+                    hook: m.hook_id,
+                    message: m.id,
+                    due: m.next_attempt_at,
+                });
+            }
+        }
+        if let Some((name, record)) = consumer {
+            tx.save_consumer(name, record)?;
+        }
+        Ok(written)
+    })
 }
 
 /// The body of every message: `{"type", "timestamp", "data"}`.
@@ -604,16 +618,22 @@ impl Consumer for Webhooks {
     }
 
     /// Derives the folded events' messages and writes them in transactions
-    /// of at most `MESSAGES_PER_TX`, the last with the consumer's record
-    /// (their bodies first, in one fsynced write); they are scheduled once
-    /// written. A crash between two parts loses
+    /// of at most `MESSAGES_PER_TX`, the last with the consumer's record;
+    /// each part is scheduled once written. A crash between two parts loses
     /// nothing: the position was not saved, so the events are derived again
     /// and the messages already written are skipped (their IDs come from
     /// the event, hook and type).
     fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
         let new = self.derive(store, Timestamp::now())?;
-        let written = store_messages(store, &new, Some((Self::NAME, record)))?;
-        self.hub.queue(&written);
+        let mut parts = new.chunks(MESSAGES_PER_TX).peekable();
+        while let Some(part) = parts.next() {
+            let last = parts.peek().is_none();
+            let written = store_messages(store, part, last.then_some((Self::NAME, record)))?;
+            self.hub.queue(&written);
+        }
+        if new.is_empty() {
+            store_messages(store, &[], Some((Self::NAME, record)))?;
+        }
         self.events.clear();
         Ok(())
     }

@@ -1,6 +1,4 @@
-//! Event segment bodies, kept in append-only files beside sled. (Webhook
-//! message bodies are kept the same way, in a directory of their own:
-//! `webhooks.rs`.)
+//! Event segment bodies, kept in append-only files beside sled.
 //!
 //! An event segment is tens of KB. Stored as a sled value, a leaf of the
 //! events tree held up to 17 of them: every split and consolidation of that
@@ -216,7 +214,7 @@ impl Bodies {
         let mut pointers = Vec::with_capacity(bodies.len());
         for body in bodies {
             let len = u32::try_from(body.len())
-                .map_err(|_| super::StoreError::Codec("a body too large for one file".into()))?;
+                .map_err(|_| super::StoreError::Codec("event segment too large".into()))?;
             pointers.push(Pointer {
                 file: w.number,
                 offset: w.len + buf.len() as u64,

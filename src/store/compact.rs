@@ -156,7 +156,6 @@ pub fn compact(path: &Path, cache_mb: u64) -> StoreResult<CompactReport> {
     {
         let target = open_sled(&fresh, cache_mb)?;
         let bodies = super::bodies::Bodies::open(fresh.join(super::bodies::DIR))?;
-        let message_bodies = super::bodies::Bodies::open(fresh.join(super::webhooks::BODIES_DIR))?;
         for (name, _) in &expected {
             let from = source.open_tree(name)?;
             let to = target.open_tree(name)?;
@@ -164,8 +163,6 @@ pub fn compact(path: &Path, cache_mb: u64) -> StoreResult<CompactReport> {
             // live ones: the space retention freed is given back), and so
             // are segments stored inline by older versions.
             let segments = name.as_ref() == EVENTS_TREE.as_bytes();
-            // So are the bodies of webhook messages.
-            let messages = name.as_ref() == super::webhooks::MESSAGES_TREE.as_bytes();
             let mut batch = sled::Batch::default();
             let mut pending = 0;
             for entry in from.iter() {
@@ -175,13 +172,6 @@ pub fn compact(path: &Path, cache_mb: u64) -> StoreResult<CompactReport> {
                         StoreError::Codec("an event segment's body is missing".into())
                     })?;
                     v = bodies.append(&[&body])?[0].encode()[..].into();
-                }
-                if let Some(p) = super::webhooks::body_pointer(&v).filter(|_| messages) {
-                    let body = store.inner.message_bodies.read(&p)?.ok_or_else(|| {
-                        StoreError::Codec("a webhook message's body is missing".into())
-                    })?;
-                    let moved = message_bodies.append(&[&body])?[0];
-                    v = super::webhooks::with_body_pointer(&v, &moved).into();
                 }
                 batch.insert(k, v);
                 pending += 1;
@@ -193,7 +183,6 @@ pub fn compact(path: &Path, cache_mb: u64) -> StoreResult<CompactReport> {
             to.apply_batch(batch)?;
         }
         bodies.sync()?;
-        message_bodies.sync()?;
         target.flush()?;
     }
     // Reopening runs sled's recovery on the copy: what it counts is what a
@@ -372,45 +361,6 @@ mod tests {
         assert_eq!(store.purged_scans(&link).unwrap(), 200);
         // Compacting a store in use is refused.
         assert!(matches!(compact(dir.path(), 8), Err(StoreError::Locked(_))));
-    }
-
-    #[test]
-    fn compaction_copies_the_bodies_of_webhook_messages() {
-        use crate::domain::Timestamp;
-        use crate::domain::webhook::{EventType, Webhook};
-        use crate::ids::MessageId;
-        let dir = tempfile::tempdir().unwrap();
-        let ws = WorkspaceId::generate();
-        let now = Timestamp::from_millis(1_700_000_000_000);
-        let hook = Webhook::new(
-            ws,
-            "https://hooks.example/x".into(),
-            vec![EventType::QrScanned],
-            None,
-            vec![7; 24],
-            now,
-        );
-        let message = crate::actors::webhooks::new_message(
-            MessageId::generate(),
-            &hook,
-            EventType::QrScanned,
-            b"{\"kept\": true}".to_vec(),
-            now,
-        );
-        {
-            let store = Store::open(dir.path(), 8).unwrap();
-            store.insert_webhook(&hook).unwrap();
-            store
-                .add_webhook_messages(std::slice::from_ref(&message), 128, None)
-                .unwrap();
-        }
-        compact(dir.path(), 8).unwrap();
-        let store = Store::open(dir.path(), 8).unwrap();
-        let (m, _) = &message;
-        assert_eq!(
-            store.webhook_message(&m.hook_id, &m.id).unwrap().as_ref(),
-            Some(m)
-        );
     }
 
     #[test]

@@ -100,11 +100,6 @@ struct Trees {
     blobs: blobs::Blobs,
     /// The bodies of event segments, in files of their own (`bodies.rs`).
     bodies: bodies::Bodies,
-    /// The bodies of webhook messages, in files of their own (`webhooks.rs`).
-    message_bodies: bodies::Bodies,
-    /// Held (shared) by writes of message bodies until their pointers are
-    /// committed, and (exclusive) by the removal of unreferenced files.
-    message_body_writes: std::sync::RwLock<()>,
     /// key = workspace_id (16) → value = Workspace
     workspaces: sled::Tree,
     /// key = SHA-256 of the token (32) → value = Token
@@ -215,7 +210,6 @@ impl Store {
         // sled keeps its log in `db` under its directory (sled 0.34's layout).
         let log = std::fs::File::open(dir.join("db")).map_err(sled::Error::Io)?;
         let bodies = bodies::Bodies::open(dir.join(bodies::DIR))?;
-        let message_bodies = bodies::Bodies::open(dir.join(webhooks::BODIES_DIR))?;
         let open = |name: &str| db.open_tree(name);
         let trees = Trees {
             workspaces: open("workspaces")?,
@@ -247,8 +241,6 @@ impl Store {
             log,
             blobs: blobs::Blobs::new(dir.clone()),
             bodies,
-            message_bodies,
-            message_body_writes: std::sync::RwLock::new(()),
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
         let links_moved =

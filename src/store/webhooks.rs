@@ -13,19 +13,6 @@
 //! beside them (five keys), are moved at open
 //! (`move_webhook_records_of_former_layout`).
 //!
-//! A message's body (the JSON sent, about 1 KB for a scan) never changes,
-//! and it is most of the message's bytes: it is kept in append-only files
-//! under `messages/` (`bodies.rs`), and the record in sled holds a pointer
-//! to it (`MESSAGE_WITH_BODY_FILE`). In sled every split of a leaf and
-//! every consolidation logs the leaf's values again, a kilobyte per message
-//! each time. Bodies are fsynced before the transaction that points at them
-//! (once per call of `add_webhook_messages`), so a stored pointer always
-//! has its body; a body whose transaction never committed is garbage, given
-//! back with its file (`remove_unreferenced_message_bodies`, which waits
-//! for the writes in progress, so it never takes a file whose pointers are
-//! about to be committed). Records written before, with the body inline,
-//! still read, and stay inline when written again.
-//!
 //! Every change of a message, its delivery records and its hook's counters
 //! happens in one transaction over these trees (`Store::webhook_tx`), which
 //! also holds the `consumers` tree, so the Webhooks worker saves new
@@ -34,7 +21,6 @@
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use super::bodies::{Bodies, POINTER_LEN, Pointer};
 use super::codec::{self, Record};
 use super::scan::{self, Page};
 use super::{ConsumerRecord, Store, StoreError, StoreResult, keys, layout};
@@ -66,8 +52,6 @@ fn abort(e: StoreError) -> TxError {
 /// The webhook trees inside one transaction, with typed reads and writes
 /// that keep the indexes in step.
 pub struct WebhookTx<'a> {
-    /// For reading message bodies (only `add_webhook_messages` appends).
-    bodies: &'a Bodies,
     hooks: &'a TransactionalTree,
     messages: &'a TransactionalTree,
     deliveries: &'a TransactionalTree,
@@ -93,21 +77,17 @@ impl WebhookTx<'_> {
     pub fn message(&self, hook: &WebhookId, id: &MessageId) -> Result<Option<Message>, TxError> {
         self.messages
             .get(keys::pair(hook, id))?
-            .map(|v| decode_message(self.bodies, &v).map_err(abort))
+            .map(|v| codec::decode(&v).map_err(abort))
             .transpose()
     }
 
-    /// Writes a stored message again (its state changed), and keeps its
-    /// outbox entry exactly while it is pending. Its body is the one stored
-    /// (bodies never change): in its file, or inline in a record of an
-    /// earlier version.
+    /// Writes a message, and keeps its outbox entry exactly while it is
+    /// pending.
     pub fn put_message(&self, m: &Message) -> Result<(), TxError> {
-        let key = keys::pair(&m.hook_id, &m.id);
-        let record = match self.messages.get(key)?.and_then(|raw| body_pointer(&raw)) {
-            Some(p) => encode_message(m, &p),
-            None => codec::encode(m),
-        };
-        self.messages.insert(&key[..], record.map_err(abort)?)?;
+        self.messages.insert(
+            &keys::pair(&m.hook_id, &m.id)[..],
+            codec::encode(m).map_err(abort)?,
+        )?;
         self.put_outbox_entry(m)
     }
 
@@ -121,13 +101,12 @@ impl WebhookTx<'_> {
         Ok(())
     }
 
-    /// Writes a new message, its body already at `body`, with the record of
-    /// its first delivery, unless a message with its ID is stored already
-    /// (then nothing changes); answers whether it wrote. One read of the
-    /// message's key, the insert's own.
-    fn add_message(&self, m: &Message, body: &Pointer, first: &Delivery) -> Result<bool, TxError> {
+    /// Writes a new message with the record of its first delivery, unless a
+    /// message with its ID is stored already (then nothing changes); answers
+    /// whether it wrote. One read of the message's key, the insert's own.
+    pub fn add_message(&self, m: &Message, first: &Delivery) -> Result<bool, TxError> {
         let key = keys::pair(&m.hook_id, &m.id);
-        let bytes = encode_message(m, body).map_err(abort)?;
+        let bytes = codec::encode(m).map_err(abort)?;
         if let Some(stored) = self.messages.insert(&key[..], bytes)? {
             self.messages.insert(&key[..], stored)?;
             return Ok(false);
@@ -165,71 +144,6 @@ pub struct PendingMessage {
     pub hook: WebhookId,
     pub message: MessageId,
     pub due: Timestamp,
-}
-
-/// Where message bodies are kept, under the store's directory.
-pub(super) const BODIES_DIR: &str = "messages";
-
-/// The first byte of a message record whose body is in a file: then the
-/// body's pointer, then the message without its body as `codec` writes it.
-/// (A record that starts with `Message::VERSION` holds its body inline.)
-const MESSAGE_WITH_BODY_FILE: u8 = 0x80;
-
-fn encode_message(m: &Message, body: &Pointer) -> StoreResult<Vec<u8>> {
-    let bare = Message {
-        body: Vec::new(),
-        ..m.clone()
-    };
-    let record = codec::encode(&bare)?;
-    let mut out = Vec::with_capacity(1 + POINTER_LEN + record.len());
-    out.push(MESSAGE_WITH_BODY_FILE);
-    out.extend_from_slice(&body.encode());
-    out.extend_from_slice(&record);
-    Ok(out)
-}
-
-/// A stored message record: the message (its body empty when it is in a
-/// file) and the pointer to its body, if in a file.
-fn message_record(raw: &[u8]) -> StoreResult<(Message, Option<Pointer>)> {
-    match raw.split_first() {
-        Some((&MESSAGE_WITH_BODY_FILE, rest)) => {
-            let pointer = rest.get(..POINTER_LEN).and_then(Pointer::decode);
-            let (Some(pointer), Some(record)) = (pointer, rest.get(POINTER_LEN..)) else {
-                return Err(StoreError::Codec(
-                    "a webhook message record is cut short".into(),
-                ));
-            };
-            Ok((codec::decode(record)?, Some(pointer)))
-        }
-        _ => Ok((codec::decode(raw)?, None)),
-    }
-}
-
-/// The pointer to the body of a stored message, if its body is in a file.
-pub(super) fn body_pointer(raw: &[u8]) -> Option<Pointer> {
-    match raw.split_first() {
-        Some((&MESSAGE_WITH_BODY_FILE, rest)) => rest.get(..POINTER_LEN).and_then(Pointer::decode),
-        _ => None,
-    }
-}
-
-/// `raw`, a record with its body in a file, pointing at `body` instead
-/// (compaction's copy).
-pub(super) fn with_body_pointer(raw: &[u8], body: &Pointer) -> Vec<u8> {
-    let mut out = raw.to_vec();
-    out[1..1 + POINTER_LEN].copy_from_slice(&body.encode());
-    out
-}
-
-/// A stored message with its body.
-fn decode_message(bodies: &Bodies, raw: &[u8]) -> StoreResult<Message> {
-    let (mut m, pointer) = message_record(raw)?;
-    if let Some(p) = pointer {
-        m.body = bodies
-            .read(&p)?
-            .ok_or_else(|| StoreError::Codec("a webhook message's body is missing".into()))?;
-    }
-    Ok(m)
 }
 
 /// The trees of messages and of delivery records.
@@ -302,7 +216,6 @@ impl Store {
         )
             .transaction(|(hooks, messages, deliveries, outbox, consumers)| {
                 f(&WebhookTx {
-                    bodies: &t.message_bodies,
                     hooks,
                     messages,
                     deliveries,
@@ -423,8 +336,7 @@ impl Store {
 
     /// Removes up to `max` messages and `max` deliveries of hook `id` (with
     /// the messages' outbox entries); answers how many records it removed,
-    /// 0 when none are left (then the files of bodies no message points
-    /// into any more are deleted).
+    /// 0 when none are left.
     pub fn purge_webhook_records(&self, id: &WebhookId, max: usize) -> StoreResult<usize> {
         let t = &self.inner;
         let mut removed = 0;
@@ -455,10 +367,6 @@ impl Store {
             t.hook_deliveries.remove(&key)?;
             removed += 1;
         }
-        if removed == 0 {
-            // The last step: the hook's message bodies go with their files.
-            self.remove_unreferenced_message_bodies()?;
-        }
         Ok(removed)
     }
 
@@ -470,75 +378,8 @@ impl Store {
         self.inner
             .hook_messages
             .get(keys::pair(hook, id))?
-            .map(|v| decode_message(&self.inner.message_bodies, &v))
+            .map(|v| codec::decode(&v))
             .transpose()
-    }
-
-    /// Writes `new` messages (those not stored yet), each with the record
-    /// of its first delivery, in transactions of at most `per_tx`, the last
-    /// with `consumer`'s record when given; answers the messages written.
-    /// Their bodies are appended and fsynced first, in one write.
-    pub fn add_webhook_messages(
-        &self,
-        new: &[(Message, Delivery)],
-        per_tx: usize,
-        consumer: Option<(&str, &ConsumerRecord)>,
-    ) -> StoreResult<Vec<PendingMessage>> {
-        if new.is_empty() {
-            if let Some((name, record)) = consumer {
-                self.webhook_tx(|tx| tx.save_consumer(name, record))?;
-            }
-            return Ok(Vec::new());
-        }
-        // Until the pointers are committed, no file they point into may go.
-        let _writing = self
-            .inner
-            .message_body_writes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bodies: Vec<&[u8]> = new.iter().map(|(m, _)| m.body.as_slice()).collect();
-        let pointers = self.inner.message_bodies.append_durable(&bodies)?;
-        let with_pointers: Vec<_> = new.iter().zip(&pointers).collect();
-        let mut written = Vec::new();
-        let mut parts = with_pointers.chunks(per_tx.max(1)).peekable();
-        while let Some(part) = parts.next() {
-            let last = parts.peek().is_none();
-            written.extend(self.webhook_tx(|tx| {
-                let mut written = Vec::new();
-                for ((m, d), body) in part {
-                    if tx.add_message(m, body, d)? {
-                        written.push(PendingMessage {
-                            hook: m.hook_id,
-                            message: m.id,
-                            due: m.next_attempt_at,
-                        });
-                    }
-                }
-                if last && let Some((name, record)) = consumer {
-                    tx.save_consumer(name, record)?;
-                }
-                Ok(written)
-            })?);
-        }
-        Ok(written)
-    }
-
-    /// Deletes the files of message bodies no stored message points into
-    /// (pruned and purged messages leave them behind); answers how many.
-    pub fn remove_unreferenced_message_bodies(&self) -> StoreResult<usize> {
-        let t = &self.inner;
-        let _no_write_in_progress = t
-            .message_body_writes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let below = t.message_bodies.current_file();
-        let mut live = std::collections::HashSet::new();
-        for raw in t.hook_messages.iter().values() {
-            if let Some(p) = body_pointer(&raw?) {
-                live.insert(p.file);
-            }
-        }
-        t.message_bodies.remove_unreferenced(&live, below)
     }
 
     /// Message `id` of whichever hook has it (tests only: a scan of every
@@ -547,8 +388,7 @@ impl Store {
     pub fn webhook_message_in_any_hook(&self, id: &MessageId) -> Option<Message> {
         self.inner.hook_messages.iter().find_map(|entry| {
             let (key, value) = entry.unwrap();
-            (&key[16..] == id.as_bytes())
-                .then(|| decode_message(&self.inner.message_bodies, &value).unwrap())
+            (&key[16..] == id.as_bytes()).then(|| codec::decode(&value).unwrap())
         })
     }
 
@@ -645,7 +485,7 @@ impl Store {
         let start = keys::pair_raw(id, &[0; 16]);
         let t = &self.inner;
         let messages = prune_finished(&t.hook_messages, start..bound, max, |v| {
-            Ok(message_record(v)?.0.state != MessageState::Pending)
+            Ok(codec::decode::<Message>(v)?.state != MessageState::Pending)
         })?;
         let deliveries = prune_finished(&t.hook_deliveries, start..bound, max, |v| {
             Ok(codec::decode::<Delivery>(v)?.status != DeliveryStatus::Pending)
@@ -782,99 +622,9 @@ mod tests {
                 "{former} dropped"
             );
         }
-        // A moved record holds its body inline, also once written again.
-        let raw = |m: &Message| {
-            store
-                .inner
-                .hook_messages
-                .get(keys::pair(&m.hook_id, &m.id))
-                .unwrap()
-                .unwrap()
-        };
-        let mut first = made[0].0.clone();
-        assert_eq!(body_pointer(&raw(&first)), None);
-        first.attempts = 1;
-        store.webhook_tx(|tx| tx.put_message(&first)).unwrap();
-        assert_eq!(body_pointer(&raw(&first)), None);
-        assert_eq!(
-            store.webhook_message(&first.hook_id, &first.id).unwrap(),
-            Some(first)
-        );
         // Purging a hook's records removes them and their outbox entries.
         while store.purge_webhook_records(&a.id, 1).unwrap() > 0 {}
         assert_eq!(store.webhook_message(&a.id, &made[0].0.id).unwrap(), None);
         assert_eq!(store.pending_webhook_messages().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn message_bodies_live_in_files_that_go_once_no_message_points_into_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let ws = WorkspaceId::generate();
-        let (a, b) = (hook(ws), hook(ws));
-        let now = Timestamp::from_millis(1_700_000_000_000);
-        let message = |h: &Webhook, n: usize| {
-            let body = format!("{{\"n\": {n}, \"pad\": \"{}\"}}", "x".repeat(900));
-            new_message(
-                MessageId::generate(),
-                h,
-                EventType::QrScanned,
-                body.into_bytes(),
-                now,
-            )
-        };
-        let store = Store::open(dir.path(), 4).unwrap();
-        let files = || bodies_files(&dir.path().join(super::super::FORMAT_DIR));
-        let first: Vec<_> = (0..3).map(|n| message(&a, n)).collect();
-        let written = store.add_webhook_messages(&first, 2, None).unwrap();
-        assert_eq!(written.len(), 3, "two transactions of at most 2");
-        // Written again (derived again after a crash): nothing changes.
-        assert!(
-            store
-                .add_webhook_messages(&first, 2, None)
-                .unwrap()
-                .is_empty()
-        );
-        store.inner.message_bodies.roll().unwrap();
-        let second: Vec<_> = (3..5).map(|n| message(&b, n)).collect();
-        store.add_webhook_messages(&second, 128, None).unwrap();
-        for (m, d) in first.iter().chain(&second) {
-            let raw = store
-                .inner
-                .hook_messages
-                .get(keys::pair(&m.hook_id, &m.id))
-                .unwrap()
-                .unwrap();
-            assert!(
-                raw.len() < 300,
-                "the body is not in sled: {} bytes",
-                raw.len()
-            );
-            assert_eq!(
-                store.webhook_message(&m.hook_id, &m.id).unwrap().as_ref(),
-                Some(m)
-            );
-            assert_eq!(
-                store.webhook_delivery(&d.hook_id, &d.id).unwrap().as_ref(),
-                Some(d)
-            );
-        }
-        assert_eq!(store.pending_webhook_messages().unwrap().len(), 5);
-        // Two files (the first holds duplicates' bodies too: garbage).
-        assert_eq!(files(), 2);
-        while store.purge_webhook_records(&a.id, 10).unwrap() > 0 {}
-        assert_eq!(files(), 1, "the first hook's file is gone");
-        for (m, _) in &second {
-            assert_eq!(
-                store.webhook_message(&m.hook_id, &m.id).unwrap().as_ref(),
-                Some(m)
-            );
-        }
-    }
-
-    /// Message body files under the store's directory.
-    fn bodies_files(format_dir: &std::path::Path) -> usize {
-        std::fs::read_dir(format_dir.join(BODIES_DIR))
-            .unwrap()
-            .count()
     }
 }
