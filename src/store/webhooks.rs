@@ -562,19 +562,15 @@ mod tests {
             for h in [&a, &b] {
                 store.insert_webhook(h).unwrap();
             }
+            // A record under its own ID, and its hook's index entry.
+            let former = |n: usize, hook: &WebhookId, id: &[u8; 16], record: Vec<u8>| {
+                trees[n].insert(id, record).unwrap();
+                let entry = [hook.as_bytes(), &id[..]].concat();
+                trees[n + 1].insert(entry, &[][..]).unwrap();
+            };
             for (m, d) in &made {
-                trees[0]
-                    .insert(m.id.as_bytes(), codec::encode(m).unwrap())
-                    .unwrap();
-                trees[1]
-                    .insert(keys::pair(&m.hook_id, &m.id), &[][..])
-                    .unwrap();
-                trees[2]
-                    .insert(d.id.as_bytes(), codec::encode(d).unwrap())
-                    .unwrap();
-                trees[3]
-                    .insert(keys::pair(&d.hook_id, &d.id), &[][..])
-                    .unwrap();
+                former(0, &m.hook_id, m.id.as_bytes(), codec::encode(m).unwrap());
+                former(2, &d.hook_id, d.id.as_bytes(), codec::encode(d).unwrap());
                 store
                     .inner
                     .webhook_outbox
