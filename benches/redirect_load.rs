@@ -10,6 +10,9 @@
 //!   delivered to a local receiver (run last: its server may keep
 //!   delivering a backlog after it is dropped).
 //!
+//! scanhop runs with its logging installed as the binary installs it (the
+//! default `[log]` settings, written to a file).
+//!
 //! For each run it also reports where the CPU went (by thread, from
 //! `/proc/self/task`), the Recorder's CPU per committed event, the bytes
 //! stored per event, and whether every answered scan was stored.
@@ -319,6 +322,15 @@ fn main() {
         geo_support::NETWORKS
     );
     let (city, asn) = geo_support::write_databases(geo_dir.path());
+    // scanhop's logging as the binary installs it, with the default `[log]`
+    // settings (an access line per API request, none per scan), so every
+    // scenario measures the service as it ships; written to a file here
+    // instead of stderr.
+    let log_settings = Settings::load_with_env(None, std::env::vars())
+        .expect("settings")
+        .log;
+    let log_file = std::fs::File::create(geo_dir.path().join("scanhop.log")).expect("log file");
+    let _log_guard = scanhop::logging::init(&log_settings, log_file).expect("logging");
     let geo_env = vec![
         (
             "SCANHOP__GEOIP__CITY_DB".to_owned(),

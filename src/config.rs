@@ -214,7 +214,11 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// One access line per API and operations request.
     pub access: bool,
+    /// With `access`, a line per scan of a short link as well (the scan is
+    /// stored as an event either way).
+    pub access_redirects: bool,
 }
 
 /// The plan whose retention is set per workspace (`scanhop workspace set-plan

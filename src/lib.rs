@@ -11,6 +11,7 @@ pub mod enrich;
 pub mod export;
 pub mod http;
 pub mod ids;
+pub mod logging;
 pub mod metrics;
 pub mod qr;
 pub mod random;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use scanhop::app::{Application, termination_signal};
-use scanhop::config::{LogFormat, Settings};
+use scanhop::config::Settings;
 use scanhop::domain::TokenType;
 use scanhop::ids::{LinkId, TokenId, WorkspaceId};
 use scanhop::store::Store;
@@ -194,24 +194,10 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Logs go to stderr through a background writer, so a request never waits
-/// on the terminal or a pipe; the guard flushes what is queued at exit.
-fn init_logging(settings: &Settings) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
-        .unwrap_or_else(|_| "info".into());
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
-    }
-    guard
-}
-
 fn serve(settings: Settings) -> CliResult {
-    let _log_guard = init_logging(&settings);
+    // Logs go to stderr from a background writer (`scanhop::logging`).
+    let _log_guard = scanhop::logging::init(&settings.log, std::io::stderr())
+        .map_err(|e| -> Box<dyn std::error::Error> { e })?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings)?;
         if let Some(token) = app.first_token() {

@@ -28,9 +28,14 @@ const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-
 /// crate's, through actix-web's `unicode` feature (regex-lite's took about 4%
 /// of an HTTP worker's CPU per scan). A slug never holds `/`, so
 /// `/{slug}/form` is never shadowed by it.
+/// The name of the scan resource (`/{slug}`): the access log leaves its
+/// requests out unless `log.access_redirects` is set.
+pub const SCAN_ROUTE: &str = "scan";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/{slug}")
+            .name(SCAN_ROUTE)
             .route(web::get().to(scan))
             .route(web::head().to(scan))
             .default_service(web::to(|req: HttpRequest| async move {

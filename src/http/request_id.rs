@@ -1,6 +1,7 @@
 //! `X-Request-Id` on every response: echoed when the client sent a sane one,
 //! generated otherwise, and visible to error bodies through a task-local.
-//! With `log.access`, this middleware also writes the access line.
+//! With `log.access`, this middleware also writes the access line (for a
+//! scan of a short link only with `log.access_redirects`).
 //!
 //! This runs on every redirect, so it allocates nothing: a generated ID is a
 //! random per-process prefix and a counter, as 16 hex digits in a fixed buffer.
@@ -96,7 +97,14 @@ pub async fn middleware(
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
         res.headers_mut().insert(HEADER, value);
     }
-    if let Some((started, method)) = started {
+    let logged = |res: &ServiceResponse<BoxBody>| {
+        res.request().match_name() != Some(super::redirect::SCAN_ROUTE)
+            || res
+                .request()
+                .app_data::<web::Data<AppState>>()
+                .is_some_and(|s| s.settings.log.access_redirects)
+    };
+    if let Some((started, method)) = started.filter(|_| logged(&res)) {
         // The route pattern, not the path: no IDs, slugs or query strings.
         let route = res
             .request()

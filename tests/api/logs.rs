@@ -14,6 +14,7 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
         ("SCANHOP__LOG__FORMAT", "json"),
         ("SCANHOP__LOG__LEVEL", "trace"),
         ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("SCANHOP__LOG__ACCESS_REDIRECTS", "true"),
     ];
     let mut server = BinaryServer::start_logging_to_file(&dir.path().join("data"), &env, &log_path);
     let token = server.token.clone().unwrap();
@@ -135,4 +136,54 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
             "{line}"
         );
     }
+}
+
+#[actix_rt::test]
+async fn by_default_api_requests_have_an_access_line_and_scans_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    // The default level (the helper starts servers at `warn`).
+    let env = [
+        ("SCANHOP__LOG__FORMAT", "json"),
+        ("SCANHOP__LOG__LEVEL", "info"),
+    ];
+    let mut server = BinaryServer::start_logging_to_file(&dir.path().join("data"), &env, &log_path);
+    let token = server.token.clone().unwrap();
+    let c = awc::Client::builder()
+        .disable_redirects()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let r = c
+        .post(format!("{}/v1/links", server.base))
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .send_json(&json!({"destination": "https://example.com/", "slug": "quiet"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    for path in ["/quiet", "/quiet", "/no-such-slug"] {
+        let r = c
+            .get(format!("{}{path}", server.base))
+            .insert_header(("User-Agent", IPHONE_UA))
+            .send()
+            .await
+            .unwrap();
+        assert!([302, 404].contains(&r.status().as_u16()));
+    }
+    let r = c
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    server.signal(libc::SIGTERM);
+    let _ = actix_web::rt::task::spawn_blocking(move || server.wait()).await;
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let routes: Vec<String> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "scanhop::access")
+        .map(|l| l["fields"]["route"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(routes, ["/v1/links", "/healthz"], "{logs}");
 }
