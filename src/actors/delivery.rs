@@ -170,13 +170,23 @@ impl Reason {
 pub struct DeliveryCore {
     hub: Arc<WebhookHub>,
     last_prune_ms: i64,
+    /// Messages failed `outbox_full` not yet logged, and when the last such
+    /// line was written: under a sustained overload every step fails some,
+    /// and one line a step (dozens a second) would bury the rest of the log.
+    outbox_full_unlogged: u64,
+    outbox_full_logged_ms: Option<i64>,
 }
+
+/// At most one `outbox_full` line this often.
+const OUTBOX_FULL_LOG_EVERY_MS: i64 = 60_000;
 
 impl DeliveryCore {
     pub fn new(hub: Arc<WebhookHub>) -> DeliveryCore {
         DeliveryCore {
             hub,
             last_prune_ms: i64::MIN,
+            outbox_full_unlogged: 0,
+            outbox_full_logged_ms: None,
         }
     }
 
@@ -430,7 +440,7 @@ impl DeliveryCore {
 
     /// Fails the oldest queued messages of the hooks with the most while the
     /// outbox holds more than its capacity.
-    fn enforce_capacity(&self, now: Timestamp) -> StoreResult<()> {
+    fn enforce_capacity(&mut self, now: Timestamp) -> StoreResult<()> {
         let capacity = self.settings().outbox_capacity;
         let victims = {
             let mut outbox = self.hub.outbox();
@@ -440,12 +450,19 @@ impl DeliveryCore {
         if victims.is_empty() {
             return Ok(());
         }
-        let failed = self.fail_all(&victims, Reason::OutboxFull, now)?;
-        tracing::warn!(
-            failed,
-            capacity,
-            "webhook outbox full: failed the oldest pending messages of the endpoints with the most (reason outbox_full)"
-        );
+        self.outbox_full_unlogged += self.fail_all(&victims, Reason::OutboxFull, now)?;
+        let due = self
+            .outbox_full_logged_ms
+            .is_none_or(|at| now.as_millis() - at >= OUTBOX_FULL_LOG_EVERY_MS);
+        if due {
+            tracing::warn!(
+                failed = self.outbox_full_unlogged,
+                capacity,
+                "webhook outbox full: failed the oldest pending messages of the endpoints with the most (reason outbox_full), since the last such line"
+            );
+            self.outbox_full_unlogged = 0;
+            self.outbox_full_logged_ms = Some(now.as_millis());
+        }
         Ok(())
     }
 

@@ -283,6 +283,30 @@ fn webhook_outbox_over_capacity_fails_the_oldest_of_the_busiest_endpoint() {
 }
 
 #[test]
+fn outbox_full_is_logged_at_most_once_a_minute_with_the_count_since() {
+    let mut f = fixture(&[("OUTBOX_CAPACITY", "2")]);
+    let hook = f.hook();
+    f.set_status(&hook, WebhookStatus::Paused);
+    f.messages(&hook, 3, at(t0()));
+    f.core.run_once(at(t0())).unwrap();
+    assert_eq!(f.core.outbox_full_logged_ms, Some(t0()));
+    assert_eq!(f.core.outbox_full_unlogged, 0);
+    // Within the minute: counted, not logged.
+    for step in 1..=3 {
+        f.messages(&hook, 2, at(t0()));
+        f.core.run_once(at(t0() + step * 1_000)).unwrap();
+    }
+    assert_eq!(f.core.outbox_full_unlogged, 6);
+    assert_eq!(f.core.outbox_full_logged_ms, Some(t0()));
+    // A minute on: one line for all of them.
+    f.messages(&hook, 1, at(t0()));
+    f.core.run_once(at(t0() + 60_000)).unwrap();
+    assert_eq!(f.core.outbox_full_unlogged, 0);
+    assert_eq!(f.core.outbox_full_logged_ms, Some(t0() + 60_000));
+    assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 8);
+}
+
+#[test]
 fn webhook_messages_derived_again_after_a_crash_are_the_same_messages() {
     let f = fixture(&[]);
     let hook = f.hook();
