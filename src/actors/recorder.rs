@@ -42,7 +42,7 @@ use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
 use crate::enrich::fingerprint::Fingerprint;
 use crate::ids::EventId;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::store::Store;
 use crate::store::scan_log::{self, LoggedScan, ScanLog};
 
@@ -220,6 +220,36 @@ impl Intake {
             id,
             wake,
             wake_log,
+        }
+    }
+
+    /// Queues `scan`. When the queue is full it waits for space
+    /// (`Overflow::Wait`, counting the wait in `waits`) or answers
+    /// `Push::Full` (`Overflow::Drop`); `None` once the intake is closed.
+    async fn push(&self, mut scan: Queued, waits: &Counter) -> Option<Push> {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            // Registering for a wake-up locks the `Notify` that both HTTP
+            // workers share, so it is done only once the queue is full; the
+            // push is then tried again, so space freed in between is seen.
+            let mut space = pin!(self.space.notified());
+            let pushed = match self.try_push(scan) {
+                Push::Full(returned) if self.overflow == Overflow::Wait => {
+                    space.as_mut().enable();
+                    self.try_push(*returned)
+                }
+                pushed => pushed,
+            };
+            match pushed {
+                Push::Full(returned) if self.overflow == Overflow::Wait => {
+                    waits.inc();
+                    scan = *returned;
+                    space.await;
+                }
+                pushed => return Some(pushed),
+            }
         }
     }
 
@@ -438,40 +468,28 @@ impl RecorderHandle {
         device: Option<Fingerprint>,
     ) -> Result<RecordOutcome, RecordError> {
         let intake = &self.intake;
-        let mut event = Queued { event, device };
-        let (seq, id) = loop {
-            if intake.closed.load(Ordering::Acquire) {
-                return Err(RecordError::Closed);
+        let scan = Queued { event, device };
+        let waits = &self.metrics.recorder_backpressure_waits;
+        let (seq, id) = match intake.push(scan, waits).await {
+            None => return Err(RecordError::Closed),
+            Some(Push::Full(_)) => {
+                self.metrics.scans_dropped_queue_full.inc();
+                return Ok(RecordOutcome::Dropped);
             }
-            let mut space = pin!(intake.space.notified());
-            space.as_mut().enable();
-            match intake.try_push(event) {
-                Push::Queued {
-                    seq,
-                    id,
-                    wake,
-                    wake_log,
-                } => {
-                    if wake_log {
-                        intake.log_wake.notify_one();
-                    }
-                    if wake && !intake.wake_pending.swap(true, Ordering::AcqRel) {
-                        // A full mailbox means the Recorder is already busy; its tick will come.
-                        let _ = self.addr.try_send(Wake);
-                    }
-                    break (seq, id);
+            Some(Push::Queued {
+                seq,
+                id,
+                wake,
+                wake_log,
+            }) => {
+                if wake_log {
+                    intake.log_wake.notify_one();
                 }
-                Push::Full(returned) => match intake.overflow {
-                    Overflow::Drop => {
-                        self.metrics.scans_dropped_queue_full.inc();
-                        return Ok(RecordOutcome::Dropped);
-                    }
-                    Overflow::Wait => {
-                        self.metrics.recorder_backpressure_waits.inc();
-                        event = *returned;
-                        space.await;
-                    }
-                },
+                if wake && !intake.wake_pending.swap(true, Ordering::AcqRel) {
+                    // A full mailbox means the Recorder is already busy; its tick will come.
+                    let _ = self.addr.try_send(Wake);
+                }
+                (seq, id)
             }
         };
         if intake.durability == Durability::Strict {
@@ -824,6 +842,54 @@ mod tests {
         push(&intake, 2);
         assert_eq!(commit_next(&intake, intake.last_queued()), 2);
         assert_eq!(intake.depth(), 0);
+    }
+
+    fn scan() -> Queued {
+        Queued {
+            event: ScanEvent::sample(
+                EventId::from_bytes([0; 16]),
+                crate::ids::WorkspaceId::generate(),
+                crate::ids::LinkId::generate(),
+            ),
+            device: None,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_full_queue_waits_for_space_drops_or_refuses_once_closed_as_configured() {
+        let waits = Counter::default();
+        let full = || {
+            let mut i = intake(Durability::Batched, 100);
+            i.capacity = 2;
+            push(&i, 2);
+            i
+        };
+        // Wait: the push waits until the Recorder takes a batch and says so.
+        let waiting = full();
+        let mut pushed = pin!(waiting.push(scan(), &waits));
+        let early = tokio::time::timeout(Duration::from_millis(50), pushed.as_mut()).await;
+        assert!(early.is_err(), "pushed into a full queue");
+        assert_eq!(waits.get(), 1);
+        assert_eq!(waiting.take_batch(1).map(|(b, _)| b.len()), Some(2));
+        waiting.space.notify_waiters();
+        let done = tokio::time::timeout(Duration::from_secs(5), pushed)
+            .await
+            .expect("woken once there is space");
+        assert!(matches!(done, Some(Push::Queued { seq: 3, .. })));
+        assert_eq!(waiting.depth(), 1);
+        // Drop: answered at once.
+        let mut dropping = full();
+        dropping.overflow = Overflow::Drop;
+        assert!(matches!(
+            dropping.push(scan(), &waits).await,
+            Some(Push::Full(_))
+        ));
+        assert_eq!((dropping.depth(), waits.get()), (2, 1));
+        // Closed: nothing is queued.
+        let closed = intake(Durability::Batched, 100);
+        closed.closed.store(true, Ordering::Release);
+        assert!(closed.push(scan(), &waits).await.is_none());
+        assert_eq!(closed.depth(), 0);
     }
 
     #[test]
