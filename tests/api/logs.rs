@@ -6,22 +6,58 @@ use serde_json::{Value, json};
 
 use crate::helpers::{BinaryServer, IPHONE_UA};
 
+/// The binary with `env`, logging to a file in its own temp dir, and a
+/// client that does not follow redirects.
+struct Logged {
+    _dir: tempfile::TempDir,
+    log_path: std::path::PathBuf,
+    server: BinaryServer,
+    client: awc::Client,
+}
+
+impl Logged {
+    fn start(env: &[(&str, &str)]) -> Logged {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("server.log");
+        let server = BinaryServer::start_logging_to_file(&dir.path().join("data"), env, &log_path);
+        let client = awc::Client::builder()
+            .disable_redirects()
+            .timeout(Duration::from_secs(10))
+            .finish();
+        Logged {
+            _dir: dir,
+            log_path,
+            server,
+            client,
+        }
+    }
+
+    /// Stops the server (SIGTERM) and answers its whole log with the JSON
+    /// access lines in it.
+    async fn stop(self) -> (String, Vec<Value>) {
+        let mut server = self.server;
+        server.signal(libc::SIGTERM);
+        let _ = actix_web::rt::task::spawn_blocking(move || server.wait()).await;
+        let logs = std::fs::read_to_string(&self.log_path).unwrap();
+        let access = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["target"] == "scanhop::access")
+            .collect();
+        (logs, access)
+    }
+}
+
 #[actix_rt::test]
 async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("server.log");
-    let env = [
+    let logged = Logged::start(&[
         ("SCANHOP__LOG__FORMAT", "json"),
         ("SCANHOP__LOG__LEVEL", "trace"),
         ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
         ("SCANHOP__LOG__ACCESS_REDIRECTS", "true"),
-    ];
-    let mut server = BinaryServer::start_logging_to_file(&dir.path().join("data"), &env, &log_path);
+    ]);
+    let (server, c) = (&logged.server, &logged.client);
     let token = server.token.clone().unwrap();
-    let c = awc::Client::builder()
-        .disable_redirects()
-        .timeout(Duration::from_secs(10))
-        .finish();
     let auth = ("Authorization", format!("Bearer {token}"));
     let mut r = c
         .post(format!("{}/v1/tokens", server.base))
@@ -93,10 +129,7 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     actix_rt::time::sleep(Duration::from_millis(500)).await;
-    server.signal(libc::SIGTERM);
-    let _ = actix_web::rt::task::spawn_blocking(move || server.wait()).await;
-
-    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let (logs, access) = logged.stop().await;
     for (what, secret) in [
         ("first token", token.as_str()),
         ("created token", new_secret.as_str()),
@@ -108,11 +141,6 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
     ] {
         assert!(!logs.contains(secret), "{what} appears in the logs");
     }
-    let access: Vec<Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["target"] == "scanhop::access")
-        .collect();
     assert_eq!(access.len(), 8, "one line per request:\n{logs}");
     assert!(
         logs.lines().count() > access.len() + 5,
@@ -140,19 +168,13 @@ async fn logs_have_a_line_per_request_and_no_token_secret_or_ip_at_any_level() {
 
 #[actix_rt::test]
 async fn by_default_api_requests_have_an_access_line_and_scans_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("server.log");
     // The default level (the helper starts servers at `warn`).
-    let env = [
+    let logged = Logged::start(&[
         ("SCANHOP__LOG__FORMAT", "json"),
         ("SCANHOP__LOG__LEVEL", "info"),
-    ];
-    let mut server = BinaryServer::start_logging_to_file(&dir.path().join("data"), &env, &log_path);
+    ]);
+    let (server, c) = (&logged.server, &logged.client);
     let token = server.token.clone().unwrap();
-    let c = awc::Client::builder()
-        .disable_redirects()
-        .timeout(Duration::from_secs(10))
-        .finish();
     let r = c
         .post(format!("{}/v1/links", server.base))
         .insert_header(("Authorization", format!("Bearer {token}")))
@@ -175,15 +197,10 @@ async fn by_default_api_requests_have_an_access_line_and_scans_do_not() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    server.signal(libc::SIGTERM);
-    let _ = actix_web::rt::task::spawn_blocking(move || server.wait()).await;
-
-    let logs = std::fs::read_to_string(&log_path).unwrap();
-    let routes: Vec<String> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["target"] == "scanhop::access")
-        .map(|l| l["fields"]["route"].as_str().unwrap().to_owned())
+    let (logs, access) = logged.stop().await;
+    let routes: Vec<&str> = access
+        .iter()
+        .map(|l| l["fields"]["route"].as_str().unwrap())
         .collect();
     assert_eq!(routes, ["/v1/links", "/healthz"], "{logs}");
 }
