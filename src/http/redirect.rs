@@ -23,15 +23,15 @@ use crate::ids::EventId;
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const REFERRER_POLICY: HeaderValue = HeaderValue::from_static("no-referrer-when-downgrade");
 
+/// The name of the scan resource (`/{slug}`): the access log leaves its
+/// requests out unless `log.access_redirects` is set.
+pub const SCAN_ROUTE: &str = "scan";
+
 /// Before `/{slug}` the router only compares static paths (the `/v1` prefix,
 /// the operations endpoints), so a scan costs one regex match: the `regex`
 /// crate's, through actix-web's `unicode` feature (regex-lite's took about 4%
 /// of an HTTP worker's CPU per scan). A slug never holds `/`, so
 /// `/{slug}/form` is never shadowed by it.
-/// The name of the scan resource (`/{slug}`): the access log leaves its
-/// requests out unless `log.access_redirects` is set.
-pub const SCAN_ROUTE: &str = "scan";
-
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/{slug}")
