@@ -83,10 +83,12 @@ pub async fn middleware(
         .get(&HEADER)
         .and_then(RequestId::accepted)
         .unwrap_or_else(RequestId::generate);
-    let access_log = req
+    let (access, access_redirects) = req
         .app_data::<web::Data<AppState>>()
-        .is_some_and(|s| s.settings.log.access)
-        && tracing::enabled!(target: "scanhop::access", tracing::Level::INFO);
+        .map_or((false, false), |s| {
+            (s.settings.log.access, s.settings.log.access_redirects)
+        });
+    let access_log = access && tracing::enabled!(target: "scanhop::access", tracing::Level::INFO);
     let started = access_log.then(|| (Instant::now(), req.method().clone()));
     // Handlers' and extractors' errors become responses inside this scope, so
     // their bodies carry the ID; an `Err` here would come from actix itself.
@@ -97,14 +99,9 @@ pub async fn middleware(
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
         res.headers_mut().insert(HEADER, value);
     }
-    let logged = |res: &ServiceResponse<BoxBody>| {
-        res.request().match_name() != Some(super::redirect::SCAN_ROUTE)
-            || res
-                .request()
-                .app_data::<web::Data<AppState>>()
-                .is_some_and(|s| s.settings.log.access_redirects)
-    };
-    if let Some((started, method)) = started.filter(|_| logged(&res)) {
+    let logged =
+        access_redirects || res.request().match_name() != Some(super::redirect::SCAN_ROUTE);
+    if let Some((started, method)) = started.filter(|_| logged) {
         // The route pattern, not the path: no IDs, slugs or query strings.
         let route = res
             .request()
