@@ -1,10 +1,26 @@
-//! Links and their slugs, kept in step in one transaction each. A link is
-//! stored under `workspace ID ++ link ID`, so a workspace's links are one
-//! key range, and a slug maps to that key: two sled keys per link.
+//! Links and their slugs, in buckets (`bucket.rs`): sled 0.34's memory
+//! grows with the number of its keys, so links do not have one each.
+//!
+//! - `link_buckets`: key = workspace ID (16) ++ the first link ID of the
+//!   bucket (16); value = a bucket of up to `LINKS_PER_BUCKET` links of that
+//!   workspace (link ID → record), every one at or after the key and before
+//!   the next bucket's key. A workspace's links are one key range, in ID
+//!   order (IDs are UUIDv7: newest last), and a link is found by seeking to
+//!   the last bucket key at or before `workspace ID ++ link ID`.
+//! - `slug_buckets`: key = 2 bytes of a fixed hash of the slug; value = a
+//!   bucket of slug → workspace ID ++ link ID. At most 65,536 keys whatever
+//!   the number of links.
+//!
+//! Writes rewrite the buckets they touch (a few KB), under one lock and in
+//! one transaction over both trees; readers see one write or the other.
+
+use std::collections::BTreeMap;
+use std::sync::PoisonError;
 
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 
+use super::bucket::{self, Bucket, Entries};
 use super::codec::{self, Record};
 use super::scan::{self, Page};
 use super::{Store, StoreError, StoreResult, keys, layout};
@@ -14,29 +30,25 @@ use crate::ids::{LinkId, WorkspaceId};
 /// Links examined at most to fill one page of a filtered link list.
 const LINK_SCAN_BUDGET: usize = 10_000;
 
+/// Links a bucket holds before it splits.
+const LINKS_PER_BUCKET: usize = 32;
+
+/// Bytes of records past which a bucket of two or more links splits (one
+/// link with a long destination, tags and form fields can be several KB).
+/// A sled leaf holds up to 17 buckets, and sled writes a page larger than a
+/// quarter of its log segment to a blob file of its own (see
+/// `LOG_SEGMENT_SIZE`): 128 KiB in a store made with sled's default segment.
+const BUCKET_BYTES: usize = 6 * 1024;
+
 impl Record for Link {
     const VERSION: u8 = 1;
 }
-
-/// The one way a link write can be refused: another link holds the slug.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlugTaken;
 
 /// What a link write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkWrite {
     Written,
     SlugTaken,
-}
-
-type TxResult = Result<(), ConflictableTransactionError<SlugTaken>>;
-
-fn link_write(result: Result<(), TransactionError<SlugTaken>>) -> StoreResult<LinkWrite> {
-    match result {
-        Ok(()) => Ok(LinkWrite::Written),
-        Err(TransactionError::Abort(SlugTaken)) => Ok(LinkWrite::SlugTaken),
-        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
-    }
 }
 
 /// Filters of `GET /v1/links`.
@@ -53,32 +65,121 @@ impl LinkQuery {
     }
 }
 
-/// The tree of links, keyed `workspace ID ++ link ID`.
-pub(super) const LINKS_TREE: &str = "workspace_links";
-/// The trees of the former layout: links keyed by link ID alone, slugs
-/// mapping to the link ID, and beside them an index of each workspace's
-/// links (three keys per link).
+/// The tree of link buckets.
+pub(super) const LINK_BUCKETS_TREE: &str = "link_buckets";
+/// The tree of slug buckets.
+pub(super) const SLUG_BUCKETS_TREE: &str = "slug_buckets";
+/// The trees of the layout before buckets: a link under `workspace ID ++
+/// link ID`, a slug mapping to that key (two sled keys per link).
+const KEYED_LINKS: &str = "workspace_links";
+const KEYED_SLUGS: &str = "slugs";
+/// The trees of the layout before that: links keyed by link ID alone, slugs
+/// (in `slugs`) mapping to the link ID, and beside them an index of each
+/// workspace's links (three keys per link).
 const FORMER_LINKS: &str = "links";
 const FORMER_BY_WORKSPACE: &str = "links_by_workspace";
-/// Moves the links a store of the former layout holds into `links`, points
-/// their slugs at the new keys and drops the former trees (`layout`);
-/// answers how many links moved. A slug already pointing at a new key (a
-/// move cut short) stays as it is; one whose link is gone is removed.
-pub(super) fn move_links_of_former_layout(
+
+/// The slug bucket of `slug`: the top 16 bits of its 64-bit FNV-1a hash
+/// (fixed, so the same in every version and on every machine).
+fn slug_bucket_key(slug: &str) -> [u8; 2] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in slug.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let top = (h >> 48) as u16;
+    top.to_be_bytes()
+}
+
+/// A bucket key to write (`Some`) or remove (`None`).
+type Put = (Vec<u8>, Option<Vec<u8>>);
+
+/// Sets `bucket` under `key`, or removes the key when it is empty.
+fn put(key: &[u8], bucket: &Bucket) -> Put {
+    let value = (!bucket.is_empty()).then(|| bucket.encode());
+    (key.to_vec(), value)
+}
+
+/// Moves the links a store of an earlier layout holds into buckets and
+/// drops the former trees (`layout`); answers how many links moved. The
+/// new trees are emptied first: while a former tree is still there, what
+/// they hold is a move cut short, done again from the start.
+pub(super) fn move_links_of_former_layouts(
     db: &sled::Db,
     links: &sled::Tree,
     slugs: &sled::Tree,
 ) -> StoreResult<usize> {
-    if !layout::has_tree(db, FORMER_LINKS) {
+    if layout::has_tree(db, FORMER_LINKS) {
+        move_links_of_former_layout(db)?;
+    }
+    if !layout::has_tree(db, KEYED_LINKS) {
         return Ok(0);
     }
+    let keyed = db.open_tree(KEYED_LINKS)?;
+    let keyed_slugs = db.open_tree(KEYED_SLUGS)?;
+    links.clear()?;
+    slugs.clear()?;
+    // Links in key order: each workspace's in ID order, in full buckets.
+    let mut buckets: Vec<(Vec<u8>, Bucket)> = Vec::new();
+    let mut moved = 0;
+    for entry in keyed.iter() {
+        let (key, value) = entry?;
+        let (ws, id) = key.split_at(16);
+        let full = buckets.last().is_none_or(|(k, b)| {
+            k[..16] != *ws || b.len() == LINKS_PER_BUCKET || b.size() >= BUCKET_BYTES
+        });
+        if full {
+            buckets.push((key.to_vec(), Bucket::default()));
+        }
+        if let Some((_, b)) = buckets.last_mut() {
+            b.insert(id, value.to_vec());
+        }
+        moved += 1;
+    }
+    layout::write_in_batches(
+        links,
+        buckets
+            .into_iter()
+            .map(|(k, b)| Ok((k.into(), Some(b.encode().into())))),
+    )?;
+    // sled's iterator yields the slugs in order, so each bucket's entries
+    // arrive sorted.
+    let mut by_bucket: BTreeMap<[u8; 2], Vec<bucket::Entry>> = BTreeMap::new();
+    for entry in keyed_slugs.iter() {
+        let (slug, key) = entry?;
+        let Ok(text) = std::str::from_utf8(&slug) else {
+            continue;
+        };
+        by_bucket
+            .entry(slug_bucket_key(text))
+            .or_default()
+            .push((slug.to_vec(), key.to_vec()));
+    }
+    layout::write_in_batches(
+        slugs,
+        by_bucket.into_iter().map(|(k, entries)| {
+            let value = Bucket::from_sorted(entries).encode();
+            Ok((k.to_vec().into(), Some(value.into())))
+        }),
+    )?;
+    layout::drop_trees(db, &[KEYED_LINKS, KEYED_SLUGS])?;
+    Ok(moved)
+}
+
+/// Moves the links of the oldest layout into `workspace_links`, points their
+/// slugs at the new keys and drops the oldest trees; the move into buckets
+/// follows. A slug already pointing at a new key (a move cut short) stays as
+/// it is; one whose link is gone is removed.
+fn move_links_of_former_layout(db: &sled::Db) -> StoreResult<()> {
     let former = db.open_tree(FORMER_LINKS)?;
+    let links = db.open_tree(KEYED_LINKS)?;
+    let slugs = db.open_tree(KEYED_SLUGS)?;
     let key_of = |raw: &[u8]| -> StoreResult<sled::IVec> {
         let link: Link = codec::decode(raw)?;
         Ok(keys::pair(&link.workspace_id, &link.id).to_vec().into())
     };
-    let moved = layout::write_in_batches(
-        links,
+    layout::write_in_batches(
+        &links,
         former.iter().map(|entry| {
             let (_, value) = entry?;
             Ok((key_of(&value)?, Some(value)))
@@ -98,68 +199,183 @@ pub(super) fn move_links_of_former_layout(
     });
     // sled's iterator reads on from the last key it returned, so writing
     // the slugs it has passed does not disturb it.
-    layout::write_in_batches(slugs, repointed)?;
-    layout::drop_trees(db, &[FORMER_LINKS, FORMER_BY_WORKSPACE])?;
-    Ok(moved)
+    layout::write_in_batches(&slugs, repointed)?;
+    layout::drop_trees(db, &[FORMER_LINKS, FORMER_BY_WORKSPACE])
+}
+
+/// The slug buckets one write reads and changes.
+#[derive(Default)]
+struct SlugBuckets(BTreeMap<[u8; 2], Bucket>);
+
+impl SlugBuckets {
+    fn bucket(&mut self, store: &Store, slug: &str) -> StoreResult<&mut Bucket> {
+        let key = slug_bucket_key(slug);
+        match self.0.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                Ok(e.insert(match store.inner.slug_buckets.get(key)? {
+                    Some(raw) => Bucket::decode(&raw)?,
+                    None => Bucket::default(),
+                }))
+            }
+        }
+    }
+
+    fn puts(&self) -> Vec<Put> {
+        self.0.iter().map(|(k, b)| put(k, b)).collect()
+    }
 }
 
 impl Store {
+    /// The bucket that holds (or would hold) the link under `key` (workspace
+    /// ID ++ link ID): its sled key and value.
+    fn link_bucket(&self, key: &[u8; 32]) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+        let mut start = [0u8; 32];
+        start[..16].copy_from_slice(&key[..16]);
+        Ok(self
+            .inner
+            .link_buckets
+            .range(start..=*key)
+            .next_back()
+            .transpose()?)
+    }
+
+    /// The writes that set `link` (new or replacing itself) in its bucket,
+    /// splitting the bucket when it grows past its bounds.
+    fn link_puts(&self, link: &Link) -> StoreResult<Vec<Put>> {
+        let key = keys::pair(&link.workspace_id, &link.id);
+        let id = link.id.as_bytes();
+        let mut puts = Vec::with_capacity(3);
+        let (bucket_key, mut bucket) = match self.link_bucket(&key)? {
+            Some((k, raw)) => (k.to_vec(), Bucket::decode(&raw)?),
+            None => {
+                // Before every bucket of the workspace: into its first one,
+                // which the link now starts, if it has any.
+                let end = keys::pair_raw(&link.workspace_id, &[0xff; 16]);
+                match self
+                    .inner
+                    .link_buckets
+                    .range(key..=end)
+                    .next()
+                    .transpose()?
+                {
+                    Some((k, raw)) => {
+                        puts.push((k.to_vec(), None));
+                        (key.to_vec(), Bucket::decode(&raw)?)
+                    }
+                    None => (key.to_vec(), Bucket::default()),
+                }
+            }
+        };
+        bucket.insert(id, codec::encode(link)?);
+        if bucket.len() > LINKS_PER_BUCKET || (bucket.len() > 1 && bucket.size() > BUCKET_BYTES) {
+            let upper = bucket.split_after_insert_of(id);
+            if let Some(first) = upper.first_key() {
+                puts.push(put(&[&key[..16], first].concat(), &upper));
+            }
+        }
+        puts.push(put(&bucket_key, &bucket));
+        Ok(puts)
+    }
+
+    /// The writes that take the link under `key` out of its bucket.
+    fn link_removal(&self, key: &[u8; 32]) -> StoreResult<Vec<Put>> {
+        let Some((bucket_key, raw)) = self.link_bucket(key)? else {
+            return Ok(Vec::new());
+        };
+        let mut bucket = Bucket::decode(&raw)?;
+        if !bucket.remove(&key[16..]) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![put(&bucket_key, &bucket)])
+    }
+
+    /// Writes both trees' changes in one transaction.
+    fn apply_link_writes(&self, links: &[Put], slugs: &[Put]) -> StoreResult<()> {
+        let t = &self.inner;
+        (&t.link_buckets, &t.slug_buckets)
+            .transaction(|(lt, st)| {
+                for (tree, writes) in [(lt, links), (st, slugs)] {
+                    for (key, value) in writes {
+                        match value {
+                            Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
+                            None => tree.remove(key.as_slice())?,
+                        };
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => e.into(),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Codec("a link write was aborted".into())
+                }
+            })
+    }
+
     /// Stores a new link, unless its slug is in use.
     pub fn insert_link(&self, link: &Link) -> StoreResult<LinkWrite> {
-        let t = &self.inner;
-        let bytes = codec::encode(link)?;
+        let _one_writer = self
+            .inner
+            .link_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut slugs = SlugBuckets::default();
+        let bucket = slugs.bucket(self, link.slug.as_str())?;
+        if bucket.get(link.slug.as_str().as_bytes()).is_some() {
+            return Ok(LinkWrite::SlugTaken);
+        }
         let key = keys::pair(&link.workspace_id, &link.id);
-        link_write(
-            (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
-                if slugs.get(link.slug.as_str())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(SlugTaken));
-                }
-                slugs.insert(link.slug.as_str(), &key[..])?;
-                links.insert(&key[..], bytes.as_slice())?;
-                Ok(())
-            }),
-        )
+        bucket.insert(link.slug.as_str().as_bytes(), key.to_vec());
+        self.apply_link_writes(&self.link_puts(link)?, &slugs.puts())?;
+        Ok(LinkWrite::Written)
     }
 
     /// Replaces `old` with `new` (same ID and workspace), moving the slug
     /// when it changed, unless the new slug is in use.
     pub fn replace_link(&self, old: &Link, new: &Link) -> StoreResult<LinkWrite> {
-        let t = &self.inner;
-        let bytes = codec::encode(new)?;
-        let key = keys::pair(&new.workspace_id, &new.id);
-        link_write(
-            (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
-                if old.slug != new.slug {
-                    if slugs.get(new.slug.as_str())?.is_some() {
-                        return Err(ConflictableTransactionError::Abort(SlugTaken));
-                    }
-                    slugs.remove(old.slug.as_str())?;
-                    slugs.insert(new.slug.as_str(), &key[..])?;
-                }
-                links.insert(&key[..], bytes.as_slice())?;
-                Ok(())
-            }),
-        )
+        let _one_writer = self
+            .inner
+            .link_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut slugs = SlugBuckets::default();
+        if old.slug != new.slug {
+            let key = keys::pair(&new.workspace_id, &new.id);
+            let bucket = slugs.bucket(self, new.slug.as_str())?;
+            if bucket.get(new.slug.as_str().as_bytes()).is_some() {
+                return Ok(LinkWrite::SlugTaken);
+            }
+            bucket.insert(new.slug.as_str().as_bytes(), key.to_vec());
+            slugs
+                .bucket(self, old.slug.as_str())?
+                .remove(old.slug.as_str().as_bytes());
+        }
+        self.apply_link_writes(&self.link_puts(new)?, &slugs.puts())?;
+        Ok(LinkWrite::Written)
     }
 
     /// Deletes a link and frees its slug; its events stay.
     pub fn delete_link(&self, link: &Link) -> StoreResult<()> {
-        let t = &self.inner;
-        link_write(
-            (&t.links, &t.slugs).transaction(|(links, slugs)| -> TxResult {
-                links.remove(&keys::pair(&link.workspace_id, &link.id)[..])?;
-                slugs.remove(link.slug.as_str())?;
-                Ok(())
-            }),
-        )?;
-        Ok(())
+        let _one_writer = self
+            .inner
+            .link_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut slugs = SlugBuckets::default();
+        slugs
+            .bucket(self, link.slug.as_str())?
+            .remove(link.slug.as_str().as_bytes());
+        let key = keys::pair(&link.workspace_id, &link.id);
+        self.apply_link_writes(&self.link_removal(&key)?, &slugs.puts())
     }
 
-    fn link_at(&self, key: &[u8]) -> StoreResult<Option<Link>> {
-        self.inner
-            .links
-            .get(key)?
-            .map(|v| codec::decode(&v))
+    fn link_at(&self, key: &[u8; 32]) -> StoreResult<Option<Link>> {
+        let Some((_, raw)) = self.link_bucket(key)? else {
+            return Ok(None);
+        };
+        bucket::find(&raw, &key[16..])?
+            .map(codec::decode)
             .transpose()
     }
 
@@ -170,12 +386,11 @@ impl Store {
     }
 
     /// The link `id` of whichever workspace holds it. For the command line
-    /// only: it reads every link's key.
+    /// only: it reads every link.
     pub fn link_in_any_workspace(&self, id: &LinkId) -> StoreResult<Option<Link>> {
-        for key in self.inner.links.iter().keys() {
-            let key = key?;
-            if key.get(16..) == Some(&id.as_bytes()[..]) {
-                return self.link_at(&key);
+        for entry in self.inner.link_buckets.iter().values() {
+            if let Some(record) = bucket::find(&entry?, id.as_bytes())? {
+                return codec::decode(record).map(Some);
             }
         }
         Ok(None)
@@ -184,8 +399,16 @@ impl Store {
     /// The link that holds `slug` now, if any (for the command line, and for
     /// the Resolver's cache when a scanned slug is not in it).
     pub fn link_by_slug(&self, slug: &str) -> StoreResult<Option<Link>> {
-        match self.inner.slugs.get(slug)? {
-            Some(key) => self.link_at(&key),
+        let Some(raw) = self.inner.slug_buckets.get(slug_bucket_key(slug))? else {
+            return Ok(None);
+        };
+        match bucket::find(&raw, slug.as_bytes())? {
+            Some(key) => match <[u8; 32]>::try_from(key) {
+                Ok(key) => self.link_at(&key),
+                Err(_) => Err(StoreError::Codec(
+                    "a slug's link key is not 32 bytes".into(),
+                )),
+            },
             None => Ok(None),
         }
     }
@@ -200,10 +423,23 @@ impl Store {
     ) -> StoreResult<Page<Link>> {
         let below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
         let (start, end) = (keys::pair_raw(ws, &[0; 16]), keys::pair_raw(ws, &below));
-        let candidates = self.inner.links.range(start..end).rev().map(|entry| {
-            let (key, value) = entry?;
-            let link: Link = codec::decode(&value)?;
-            Ok((key[16..].to_vec(), query.matches(&link).then_some(link)))
+        // Every link below the cursor is in a bucket whose key is below it.
+        let buckets = self.inner.link_buckets.range(start..end).rev();
+        let candidates = buckets.flat_map(move |entry| {
+            let links = || -> StoreResult<Vec<scan::Candidate<Link>>> {
+                let (_, raw) = entry?;
+                let mut out = Vec::new();
+                for e in Entries::new(&raw)? {
+                    let (id, record) = e?;
+                    if id < &below[..] {
+                        let link: Link = codec::decode(record)?;
+                        out.push(Ok((id.to_vec(), query.matches(&link).then_some(link))));
+                    }
+                }
+                out.reverse();
+                Ok(out)
+            };
+            links().unwrap_or_else(|e| vec![Err(e)])
         });
         scan::paginate(candidates, limit, LINK_SCAN_BUDGET)
     }
@@ -211,9 +447,8 @@ impl Store {
     /// How many links workspace `ws` has.
     pub fn count_links(&self, ws: &WorkspaceId) -> StoreResult<u64> {
         let mut n = 0;
-        for key in self.inner.links.scan_prefix(ws.as_bytes()).keys() {
-            key?;
-            n += 1;
+        for raw in self.inner.link_buckets.scan_prefix(ws.as_bytes()).values() {
+            n += Entries::new(&raw?)?.len() as u64;
         }
         Ok(n)
     }
@@ -259,6 +494,238 @@ mod tests {
         Link::sample(ws, slug, "https://example.com/")
     }
 
+    /// Every link of `ws` by listing, newest first, `page` at a time.
+    fn listed(store: &Store, ws: WorkspaceId, page: usize) -> Vec<LinkId> {
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let p = store
+                .list_links(&ws, &LinkQuery::default(), cursor.as_deref(), page)
+                .unwrap();
+            out.extend(p.items.into_iter().map(|l| l.id));
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    fn newest_first(links: &[&Link]) -> Vec<LinkId> {
+        let mut ids: Vec<LinkId> = links.iter().map(|l| l.id).collect();
+        ids.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+        ids
+    }
+
+    fn assert_found(store: &Store, l: &Link) {
+        assert_eq!(
+            store.link_by_slug(l.slug.as_str()).unwrap().as_ref(),
+            Some(l)
+        );
+        assert_eq!(
+            store.owned_link(&l.workspace_id, &l.id).unwrap().as_ref(),
+            Some(l)
+        );
+        assert_eq!(
+            store.link_in_any_workspace(&l.id).unwrap().as_ref(),
+            Some(l)
+        );
+    }
+
+    fn assert_gone(store: &Store, l: &Link) {
+        assert_eq!(store.link_by_slug(l.slug.as_str()).unwrap(), None);
+        assert_eq!(store.owned_link(&l.workspace_id, &l.id).unwrap(), None);
+        assert_eq!(store.link_in_any_workspace(&l.id).unwrap(), None);
+    }
+
+    #[test]
+    fn links_in_buckets_are_found_listed_renamed_and_deleted_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let (ws, other) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let links: Vec<Link> = (0..300).map(|i| link(ws, &format!("l{i}"))).collect();
+        let theirs = link(other, "theirs");
+        // Newest first for a third, then the rest in ascending order: both
+        // ways of splitting a bucket.
+        let (first, rest) = links.split_at(100);
+        for l in first.iter().rev().chain(rest).chain([&theirs]) {
+            assert_eq!(store.insert_link(l).unwrap(), LinkWrite::Written);
+        }
+        assert_eq!(
+            store.insert_link(&link(other, "l7")).unwrap(),
+            LinkWrite::SlugTaken,
+            "a slug is taken across workspaces"
+        );
+        let buckets = store.inner.link_buckets.len();
+        assert!(
+            (300 / LINKS_PER_BUCKET + 2..=300 / (LINKS_PER_BUCKET / 2) + 2).contains(&buckets),
+            "{buckets} buckets for 301 links"
+        );
+        for l in &links {
+            assert_found(&store, l);
+        }
+        let all: Vec<&Link> = links.iter().collect();
+        assert_eq!(listed(&store, ws, 7), newest_first(&all));
+        assert_eq!(listed(&store, other, 7), [theirs.id]);
+        assert_eq!(store.count_links(&ws).unwrap(), 300);
+
+        // Rename every fifth, delete every third.
+        let mut kept = Vec::new();
+        for (i, l) in links.iter().enumerate() {
+            if i % 3 == 0 {
+                store.delete_link(l).unwrap();
+                assert_gone(&store, l);
+                continue;
+            }
+            let mut now = l.clone();
+            if i % 5 == 0 {
+                now.slug = crate::domain::Slug::parse(&format!("renamed-{i}")).unwrap();
+                assert_eq!(store.replace_link(l, &now).unwrap(), LinkWrite::Written);
+                assert_eq!(store.link_by_slug(l.slug.as_str()).unwrap(), None);
+            }
+            kept.push(now);
+        }
+        for l in &kept {
+            assert_found(&store, l);
+        }
+        let kept_refs: Vec<&Link> = kept.iter().collect();
+        assert_eq!(listed(&store, ws, 13), newest_first(&kept_refs));
+        assert_eq!(store.count_links(&ws).unwrap(), kept.len() as u64);
+        assert_found(&store, &theirs);
+
+        // Deleting every link leaves no bucket behind.
+        for l in &kept {
+            store.delete_link(l).unwrap();
+        }
+        store.delete_link(&theirs).unwrap();
+        assert_eq!(store.inner.link_buckets.len(), 0);
+        assert_eq!(store.inner.slug_buckets.len(), 0);
+        assert_eq!(listed(&store, ws, 7), []);
+    }
+
+    #[test]
+    fn a_bucket_of_large_links_splits_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let long = format!("https://example.com/{}", "a".repeat(1900));
+        let links: Vec<Link> = (0..40)
+            .map(|i| Link::sample(ws, &format!("big{i}"), &long))
+            .collect();
+        for l in &links {
+            store.insert_link(l).unwrap();
+        }
+        let record = codec::encode(&links[0]).unwrap().len();
+        for raw in store.inner.link_buckets.iter().values() {
+            let raw = raw.unwrap();
+            assert!(
+                raw.len() <= BUCKET_BYTES + record + 64,
+                "{} bytes",
+                raw.len()
+            );
+        }
+        assert!(store.inner.link_buckets.len() >= 40 * record / (BUCKET_BYTES + record));
+        for l in &links {
+            assert_found(&store, l);
+        }
+    }
+
+    #[test]
+    fn slugs_that_share_a_bucket_are_kept_apart() {
+        // Two slugs with the same bucket key, found by trying.
+        let mut seen = std::collections::HashMap::new();
+        let (a, b) = (0..)
+            .find_map(|i| {
+                let slug = format!("s{i}");
+                let key = slug_bucket_key(&slug);
+                seen.insert(key, slug.clone())
+                    .map(|earlier| (earlier, slug))
+            })
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let (la, lb) = (link(ws, &a), link(ws, &b));
+        store.insert_link(&la).unwrap();
+        store.insert_link(&lb).unwrap();
+        assert_found(&store, &la);
+        assert_found(&store, &lb);
+        assert_eq!(store.inner.slug_buckets.len(), 1);
+        // `a` renamed to a free slug, then to `b`'s.
+        let mut renamed = la.clone();
+        renamed.slug = crate::domain::Slug::parse(&format!("{a}x")).unwrap();
+        assert_eq!(
+            store.replace_link(&la, &renamed).unwrap(),
+            LinkWrite::Written
+        );
+        assert_found(&store, &renamed);
+        assert_found(&store, &lb);
+        assert_eq!(store.link_by_slug(&a).unwrap(), None);
+        let mut clash = renamed.clone();
+        clash.slug = lb.slug.clone();
+        assert_eq!(
+            store.replace_link(&renamed, &clash).unwrap(),
+            LinkWrite::SlugTaken
+        );
+        assert_found(&store, &renamed);
+        // And back to `a`, then `b` deleted: `a` stays.
+        assert_eq!(
+            store.replace_link(&renamed, &la).unwrap(),
+            LinkWrite::Written
+        );
+        store.delete_link(&lb).unwrap();
+        assert_found(&store, &la);
+        assert_eq!(store.link_by_slug(&b).unwrap(), None);
+    }
+
+    #[test]
+    fn links_of_the_keyed_layout_move_into_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let links: Vec<Link> = (0..150)
+            .map(|i| link(if i % 3 == 0 { ws2 } else { ws1 }, &format!("k{i}")))
+            .collect();
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            let db = &store.inner.db;
+            let keyed = db.open_tree(KEYED_LINKS).unwrap();
+            let slugs = db.open_tree(KEYED_SLUGS).unwrap();
+            for l in &links {
+                let key = keys::pair(&l.workspace_id, &l.id);
+                keyed.insert(key, codec::encode(l).unwrap()).unwrap();
+                slugs.insert(l.slug.as_str(), &key[..]).unwrap();
+            }
+            // A move cut short left a bucket behind.
+            store
+                .inner
+                .link_buckets
+                .insert(keys::pair(&ws1, &links[1].id), &b"\0\x05cut"[..])
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        for l in &links {
+            assert_found(&store, l);
+        }
+        for ws in [ws1, ws2] {
+            let mine: Vec<&Link> = links.iter().filter(|l| l.workspace_id == ws).collect();
+            assert_eq!(listed(&store, ws, 9), newest_first(&mine));
+            assert_eq!(store.count_links(&ws).unwrap(), mine.len() as u64);
+        }
+        // Full buckets: 100 and 50 links.
+        assert_eq!(store.inner.link_buckets.len(), 4 + 2);
+        let names = store.inner.db.tree_names();
+        for gone in [KEYED_LINKS, KEYED_SLUGS] {
+            assert!(
+                !names.iter().any(|n| n == gone.as_bytes()),
+                "{gone} dropped"
+            );
+        }
+        // New links go on into the buckets.
+        let late = link(ws2, "late");
+        store.insert_link(&late).unwrap();
+        assert_found(&store, &late);
+    }
+
     #[test]
     fn links_of_the_former_layout_move_to_their_workspace_keys_with_their_slugs() {
         let dir = tempfile::tempdir().unwrap();
@@ -269,6 +736,7 @@ mod tests {
             let db = &store.inner.db;
             let former = db.open_tree(FORMER_LINKS).unwrap();
             let by_ws = db.open_tree(FORMER_BY_WORKSPACE).unwrap();
+            let slugs = db.open_tree(KEYED_SLUGS).unwrap();
             for l in [&a, &b, &c] {
                 former
                     .insert(l.id.as_bytes(), codec::encode(l).unwrap())
@@ -276,66 +744,34 @@ mod tests {
                 by_ws
                     .insert(keys::pair(&l.workspace_id, &l.id), &[][..])
                     .unwrap();
-                store
-                    .inner
-                    .slugs
-                    .insert(l.slug.as_str(), l.id.as_bytes())
-                    .unwrap();
+                slugs.insert(l.slug.as_str(), l.id.as_bytes()).unwrap();
             }
             // A move cut short by a crash: `alpha` already moved, its slug
             // pointing at its new key; and a slug left behind by a link
             // that is gone.
             let key = keys::pair(&ws1, &a.id);
-            store
-                .inner
-                .links
+            db.open_tree(KEYED_LINKS)
+                .unwrap()
                 .insert(key, codec::encode(&a).unwrap())
                 .unwrap();
-            store.inner.slugs.insert("alpha", &key[..]).unwrap();
-            store
-                .inner
-                .slugs
+            slugs.insert("alpha", &key[..]).unwrap();
+            slugs
                 .insert("orphan", LinkId::generate().as_bytes())
                 .unwrap();
             store.flush().unwrap();
         }
         let store = Store::open(dir.path(), 4).unwrap();
         for l in [&a, &b, &c] {
-            assert_eq!(
-                store.link_by_slug(l.slug.as_str()).unwrap().as_ref(),
-                Some(l)
-            );
-            assert_eq!(
-                store.owned_link(&l.workspace_id, &l.id).unwrap().as_ref(),
-                Some(l)
-            );
-            assert_eq!(
-                store.link_in_any_workspace(&l.id).unwrap().as_ref(),
-                Some(l)
-            );
+            assert_found(&store, l);
         }
         assert_eq!(store.link_by_slug("orphan").unwrap(), None);
-        assert_eq!(
-            store.inner.slugs.get("orphan").unwrap(),
-            None,
-            "the orphan slug is freed"
-        );
         // Another workspace's link is as absent as none.
         assert_eq!(store.owned_link(&ws2, &a.id).unwrap(), None);
-        let listed = |ws| -> Vec<LinkId> {
-            store
-                .list_links(&ws, &LinkQuery::default(), None, 10)
-                .unwrap()
-                .items
-                .into_iter()
-                .map(|l| l.id)
-                .collect()
-        };
-        assert_eq!(listed(ws1), [b.id, a.id]);
-        assert_eq!(listed(ws2), [c.id]);
+        assert_eq!(listed(&store, ws1, 10), [b.id, a.id]);
+        assert_eq!(listed(&store, ws2, 10), [c.id]);
         assert_eq!(store.count_links(&ws1).unwrap(), 2);
         let names = store.inner.db.tree_names();
-        for former in [FORMER_LINKS, FORMER_BY_WORKSPACE] {
+        for former in [FORMER_LINKS, FORMER_BY_WORKSPACE, KEYED_LINKS, KEYED_SLUGS] {
             assert!(
                 !names.iter().any(|n| n == former.as_bytes()),
                 "{former} dropped"

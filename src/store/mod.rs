@@ -4,6 +4,7 @@
 
 mod blobs;
 mod bodies;
+mod bucket;
 mod codec;
 mod compact;
 mod consumers;
@@ -106,10 +107,14 @@ struct Trees {
     tokens: sled::Tree,
     /// key = workspace_id (16) ++ token_id (16) → value = token digest (32)
     tokens_by_workspace: sled::Tree,
-    /// key = workspace_id (16) ++ link_id (16) → value = Link
-    links: sled::Tree,
-    /// key = slug bytes → value = workspace_id (16) ++ link_id (16)
-    slugs: sled::Tree,
+    /// key = workspace_id (16) ++ first link_id (16) → value = a bucket of
+    /// that workspace's links, link_id → Link (`links.rs`)
+    link_buckets: sled::Tree,
+    /// key = 2 bytes of the slug's hash → value = a bucket of slug →
+    /// workspace_id (16) ++ link_id (16) (`links.rs`)
+    slug_buckets: sled::Tree,
+    /// Held by every link write: a write reads the buckets it rewrites.
+    link_writes: Mutex<()>,
     /// key = first event_id of a segment (16) → value = pointer to the
     /// segment's body (`bodies.rs`), or (written before) the segment itself
     events: sled::Tree,
@@ -215,8 +220,9 @@ impl Store {
             workspaces: open("workspaces")?,
             tokens: open("tokens")?,
             tokens_by_workspace: open("tokens_by_workspace")?,
-            links: open(links::LINKS_TREE)?,
-            slugs: open("slugs")?,
+            link_buckets: open(links::LINK_BUCKETS_TREE)?,
+            slug_buckets: open(links::SLUG_BUCKETS_TREE)?,
+            link_writes: Mutex::new(()),
             events: open(EVENTS_TREE)?,
             events_by_link: open("events_by_link")?,
             events_by_workspace: open("events_by_workspace")?,
@@ -243,13 +249,13 @@ impl Store {
             bodies,
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
-        let links_moved =
-            links::move_links_of_former_layout(&trees.db, &trees.links, &trees.slugs)?;
+        let links_moved = links::move_links_of_former_layouts(
+            &trees.db,
+            &trees.link_buckets,
+            &trees.slug_buckets,
+        )?;
         if links_moved > 0 {
-            tracing::info!(
-                links = links_moved,
-                "links moved to their workspace-keyed tree"
-            );
+            tracing::info!(links = links_moved, "links moved into buckets");
         }
         let moved = visitors::move_profiles_of_former_layout(&trees.db, &trees.visitor_profiles)?;
         if moved > 0 {

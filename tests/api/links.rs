@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 #[actix_rt::test]
 async fn creating_a_link_returns_the_full_object() {
@@ -300,4 +300,92 @@ async fn listing_links_is_newest_first_with_filters_and_pages() {
     app.get(&format!("/v1/links?tag=odd&page_token={token}"))
         .await
         .assert_problem(400, "bad_request");
+}
+
+/// Every link of the workspace by listing, 25 a page: (ID, slug), newest first.
+async fn listed(app: &TestApp) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut path = "/v1/links?page_size=25".to_owned();
+    loop {
+        let page = app.get(&path).await.json();
+        for l in page["data"].as_array().unwrap() {
+            out.push((
+                l["id"].as_str().unwrap().to_owned(),
+                l["slug"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page["next_page_token"].as_str() {
+            Some(t) => path = format!("/v1/links?page_size=25&page_token={t}"),
+            None => return out,
+        }
+    }
+}
+
+/// Links are stored several to a sled key: enough of them to fill a few of
+/// those buckets, with a link cache too small to hold them, so every scan
+/// reads its link from the store.
+#[actix_rt::test]
+async fn many_links_are_listed_found_and_scanned_through_edits_and_deletes() {
+    let app = spawn_app_with(&[("SCANHOP__RESOLVER__CACHE_ENTRIES", "4")]).await;
+    let mut ids = Vec::new();
+    for i in 0..90 {
+        let link = app
+            .create_link(json!({"destination": format!("https://example.com/{i}"), "slug": format!("many-{i}")}))
+            .await;
+        ids.push(link["id"].as_str().unwrap().to_owned());
+    }
+    let all = listed(&app).await;
+    let newest_first: Vec<&String> = ids.iter().rev().collect();
+    assert_eq!(
+        all.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        newest_first
+    );
+
+    // Every third deleted, every fourth of the rest renamed.
+    let mut live = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if i % 3 == 0 {
+            assert_eq!(
+                app.delete(&format!("/v1/links/{id}")).await.status.as_u16(),
+                204
+            );
+        } else if i % 4 == 0 {
+            let r = app
+                .patch(
+                    &format!("/v1/links/{id}"),
+                    json!({"slug": format!("renamed-{i}")}),
+                )
+                .await;
+            assert_eq!(r.status.as_u16(), 200);
+            live.push((id.clone(), format!("renamed-{i}")));
+        } else {
+            live.push((id.clone(), format!("many-{i}")));
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let old = app.scan(&format!("many-{i}")).await;
+        if i % 3 == 0 {
+            assert_eq!(old.status.as_u16(), 404, "deleted many-{i}");
+            app.get(&format!("/v1/links/{id}"))
+                .await
+                .assert_problem(404, "not_found");
+        } else if i % 4 == 0 {
+            assert_eq!(old.status.as_u16(), 404, "renamed many-{i}");
+        } else {
+            assert_eq!(old.status.as_u16(), 302, "many-{i}");
+            assert_eq!(
+                old.header("location"),
+                Some(format!("https://example.com/{i}").as_str())
+            );
+        }
+    }
+    for (id, slug) in &live {
+        assert_eq!(app.scan(slug).await.status.as_u16(), 302, "{slug}");
+        assert_eq!(
+            app.get(&format!("/v1/links/{id}")).await.json()["slug"],
+            slug.as_str()
+        );
+    }
+    live.reverse();
+    assert_eq!(listed(&app).await, live);
 }
