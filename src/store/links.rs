@@ -31,14 +31,14 @@ use crate::ids::{LinkId, WorkspaceId};
 const LINK_SCAN_BUDGET: usize = 10_000;
 
 /// Links a bucket holds before it splits.
-const LINKS_PER_BUCKET: usize = 32;
+const LINKS_PER_BUCKET: usize = 16;
 
 /// Bytes of records past which a bucket of two or more links splits (one
 /// link with a long destination, tags and form fields can be several KB).
 /// A sled leaf holds up to 17 buckets, and sled writes a page larger than a
 /// quarter of its log segment to a blob file of its own (see
 /// `LOG_SEGMENT_SIZE`): 128 KiB in a store made with sled's default segment.
-const BUCKET_BYTES: usize = 6 * 1024;
+const BUCKET_BYTES: usize = 4 * 1024;
 
 impl Record for Link {
     const VERSION: u8 = 1;
@@ -712,7 +712,10 @@ mod tests {
             assert_eq!(store.count_links(&ws).unwrap(), mine.len() as u64);
         }
         // Full buckets: 100 and 50 links.
-        assert_eq!(store.inner.link_buckets.len(), 4 + 2);
+        assert_eq!(
+            store.inner.link_buckets.len(),
+            100usize.div_ceil(LINKS_PER_BUCKET) + 50usize.div_ceil(LINKS_PER_BUCKET)
+        );
         let names = store.inner.db.tree_names();
         for gone in [KEYED_LINKS, KEYED_SLUGS] {
             assert!(
