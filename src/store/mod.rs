@@ -255,7 +255,10 @@ impl Store {
             &trees.slug_buckets,
         )?;
         if links_moved > 0 {
-            tracing::info!(links = links_moved, "links moved into buckets");
+            tracing::info!(
+                links = links_moved,
+                "links moved into buckets; `scanhop compact` (server stopped) gives back the disk and memory the move used"
+            );
         }
         let moved = visitors::move_profiles_of_former_layout(&trees.db, &trees.visitor_profiles)?;
         if moved > 0 {
