@@ -15,7 +15,7 @@
 //! one transaction over both trees; readers see one write or the other.
 
 use std::collections::BTreeMap;
-use std::sync::PoisonError;
+use std::sync::{MutexGuard, PoisonError};
 
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
@@ -119,29 +119,29 @@ pub(super) fn move_links_of_former_layouts(
     let keyed_slugs = db.open_tree(KEYED_SLUGS)?;
     links.clear()?;
     slugs.clear()?;
-    // Links in key order: each workspace's in ID order, in full buckets.
-    let mut buckets: Vec<(Vec<u8>, Bucket)> = Vec::new();
+    // Links in key order: each workspace's in ID order, in full buckets,
+    // written as they fill.
     let mut moved = 0;
-    for entry in keyed.iter() {
-        let (key, value) = entry?;
-        let (ws, id) = key.split_at(16);
-        let full = buckets.last().is_none_or(|(k, b)| {
-            k[..16] != *ws || b.len() == LINKS_PER_BUCKET || b.size() >= BUCKET_BYTES
-        });
-        if full {
-            buckets.push((key.to_vec(), Bucket::default()));
+    let mut entries = keyed.iter().peekable();
+    let buckets = std::iter::from_fn(|| {
+        let (key, value) = match entries.next()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let mut bucket = Bucket::from_sorted(vec![(key[16..].to_vec(), value.to_vec())]);
+        while bucket.len() < LINKS_PER_BUCKET && bucket.size() < BUCKET_BYTES {
+            match entries.peek() {
+                Some(Ok((next, _))) if next[..16] == key[..16] => {}
+                _ => break,
+            }
+            if let Some(Ok((next, value))) = entries.next() {
+                bucket.insert(&next[16..], value.to_vec());
+            }
         }
-        if let Some((_, b)) = buckets.last_mut() {
-            b.insert(id, value.to_vec());
-        }
-        moved += 1;
-    }
-    layout::write_in_batches(
-        links,
-        buckets
-            .into_iter()
-            .map(|(k, b)| Ok((k.into(), Some(b.encode().into())))),
-    )?;
+        moved += bucket.len();
+        Some(Ok((key, Some(bucket.encode().into()))))
+    });
+    layout::write_in_batches(links, buckets)?;
     // sled's iterator yields the slugs in order, so each bucket's entries
     // arrive sorted.
     let mut by_bucket: BTreeMap<[u8; 2], Vec<bucket::Entry>> = BTreeMap::new();
@@ -219,6 +219,25 @@ impl SlugBuckets {
                 }))
             }
         }
+    }
+
+    /// Points `link`'s slug at it, unless another link holds the slug;
+    /// answers whether it did.
+    fn claim(&mut self, store: &Store, link: &Link) -> StoreResult<bool> {
+        let slug = link.slug.as_str();
+        let bucket = self.bucket(store, slug)?;
+        if bucket.get(slug.as_bytes()).is_some() {
+            return Ok(false);
+        }
+        let key = keys::pair(&link.workspace_id, &link.id);
+        bucket.insert(slug.as_bytes(), key.to_vec());
+        Ok(true)
+    }
+
+    /// Frees `slug`.
+    fn release(&mut self, store: &Store, slug: &str) -> StoreResult<()> {
+        self.bucket(store, slug)?.remove(slug.as_bytes());
+        Ok(())
     }
 
     fn puts(&self) -> Vec<Put> {
@@ -313,20 +332,21 @@ impl Store {
             })
     }
 
-    /// Stores a new link, unless its slug is in use.
-    pub fn insert_link(&self, link: &Link) -> StoreResult<LinkWrite> {
-        let _one_writer = self
-            .inner
+    /// Held by every link write: a write reads the buckets it rewrites.
+    fn link_writer(&self) -> MutexGuard<'_, ()> {
+        self.inner
             .link_writes
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores a new link, unless its slug is in use.
+    pub fn insert_link(&self, link: &Link) -> StoreResult<LinkWrite> {
+        let _one_writer = self.link_writer();
         let mut slugs = SlugBuckets::default();
-        let bucket = slugs.bucket(self, link.slug.as_str())?;
-        if bucket.get(link.slug.as_str().as_bytes()).is_some() {
+        if !slugs.claim(self, link)? {
             return Ok(LinkWrite::SlugTaken);
         }
-        let key = keys::pair(&link.workspace_id, &link.id);
-        bucket.insert(link.slug.as_str().as_bytes(), key.to_vec());
         self.apply_link_writes(&self.link_puts(link)?, &slugs.puts())?;
         Ok(LinkWrite::Written)
     }
@@ -334,22 +354,13 @@ impl Store {
     /// Replaces `old` with `new` (same ID and workspace), moving the slug
     /// when it changed, unless the new slug is in use.
     pub fn replace_link(&self, old: &Link, new: &Link) -> StoreResult<LinkWrite> {
-        let _one_writer = self
-            .inner
-            .link_writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one_writer = self.link_writer();
         let mut slugs = SlugBuckets::default();
         if old.slug != new.slug {
-            let key = keys::pair(&new.workspace_id, &new.id);
-            let bucket = slugs.bucket(self, new.slug.as_str())?;
-            if bucket.get(new.slug.as_str().as_bytes()).is_some() {
+            if !slugs.claim(self, new)? {
                 return Ok(LinkWrite::SlugTaken);
             }
-            bucket.insert(new.slug.as_str().as_bytes(), key.to_vec());
-            slugs
-                .bucket(self, old.slug.as_str())?
-                .remove(old.slug.as_str().as_bytes());
+            slugs.release(self, old.slug.as_str())?;
         }
         self.apply_link_writes(&self.link_puts(new)?, &slugs.puts())?;
         Ok(LinkWrite::Written)
@@ -357,15 +368,9 @@ impl Store {
 
     /// Deletes a link and frees its slug; its events stay.
     pub fn delete_link(&self, link: &Link) -> StoreResult<()> {
-        let _one_writer = self
-            .inner
-            .link_writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one_writer = self.link_writer();
         let mut slugs = SlugBuckets::default();
-        slugs
-            .bucket(self, link.slug.as_str())?
-            .remove(link.slug.as_str().as_bytes());
+        slugs.release(self, link.slug.as_str())?;
         let key = keys::pair(&link.workspace_id, &link.id);
         self.apply_link_writes(&self.link_removal(&key)?, &slugs.puts())
     }
