@@ -426,27 +426,71 @@ impl Store {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Page<Link>> {
-        let below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
-        let (start, end) = (keys::pair_raw(ws, &[0; 16]), keys::pair_raw(ws, &below));
-        // Every link below the cursor is in a bucket whose key is below it.
-        let buckets = self.inner.link_buckets.range(start..end).rev();
-        let candidates = buckets.flat_map(move |entry| {
-            let links = || -> StoreResult<Vec<scan::Candidate<Link>>> {
-                let (_, raw) = entry?;
-                let mut out = Vec::new();
-                for e in Entries::new(&raw)? {
-                    let (id, record) = e?;
-                    if id < &below[..] {
-                        let link: Link = codec::decode(record)?;
-                        out.push(Ok((id.to_vec(), query.matches(&link).then_some(link))));
-                    }
+        let mut below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
+        let mut failed = false;
+        let buckets = std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            match self.links_below(ws, query, &mut below) {
+                Ok(found) => found,
+                Err(e) => {
+                    failed = true;
+                    Some(vec![Err(e)])
                 }
-                out.reverse();
-                Ok(out)
-            };
-            links().unwrap_or_else(|e| vec![Err(e)])
+            }
         });
-        scan::paginate(candidates, limit, LINK_SCAN_BUDGET)
+        scan::paginate(buckets.flatten(), limit, LINK_SCAN_BUDGET)
+    }
+
+    /// The links below `below` in the next bucket down of workspace `ws`,
+    /// newest first, as listing candidates; `below` moves to the oldest of
+    /// them. Each bucket is sought afresh rather than walked to with one
+    /// iterator: a bucket split by a write beside the listing then moves no
+    /// link past it. `None`: no link is left below.
+    fn links_below(
+        &self,
+        ws: &WorkspaceId,
+        query: &LinkQuery,
+        below: &mut [u8; 16],
+    ) -> StoreResult<Option<Vec<scan::Candidate<Link>>>> {
+        let id16 = |b: &[u8]| {
+            <[u8; 16]>::try_from(b).map_err(|_| StoreError::Codec("a link bucket's ID".into()))
+        };
+        let start = keys::pair_raw(ws, &[0; 16]);
+        loop {
+            // Every link below `below` is in a bucket whose key is below it.
+            let end = keys::pair_raw(ws, below);
+            let Some((key, raw)) = self
+                .inner
+                .link_buckets
+                .range(start..end)
+                .next_back()
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            let mut out = Vec::new();
+            let mut oldest = None;
+            for e in Entries::new(&raw)? {
+                let (id, record) = e?;
+                if id < &below[..] {
+                    let link: Link = codec::decode(record)?;
+                    oldest.get_or_insert(id16(id)?);
+                    out.push(Ok((id.to_vec(), query.matches(&link).then_some(link))));
+                }
+            }
+            // A bucket whose first links were deleted may hold none below:
+            // then on below its key.
+            *below = match oldest {
+                Some(id) => id,
+                None => id16(key.get(16..).unwrap_or_default())?,
+            };
+            if !out.is_empty() {
+                out.reverse();
+                return Ok(Some(out));
+            }
+        }
     }
 
     /// How many links workspace `ws` has.
@@ -605,6 +649,57 @@ mod tests {
         assert_eq!(store.inner.link_buckets.len(), 0);
         assert_eq!(store.inner.slug_buckets.len(), 0);
         assert_eq!(listed(&store, ws, 7), []);
+    }
+
+    #[test]
+    fn a_listing_misses_no_link_when_a_bucket_splits_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let links: Vec<Link> = (0..20).map(|i| link(ws, &format!("s{i}"))).collect();
+        for l in &links {
+            store.insert_link(l).unwrap();
+        }
+        let all = LinkQuery::default();
+        let mut below = [0xff; 16];
+        let first = store.links_below(&ws, &all, &mut below).unwrap().unwrap();
+        assert_eq!(first.len(), 20 - LINKS_PER_BUCKET);
+        // A link of the lower bucket grows past its bytes: the bucket
+        // splits in half between two steps of the walk.
+        let mut big = links[LINKS_PER_BUCKET / 2].clone();
+        let long =
+            crate::domain::Destination::parse(&format!("https://example.com/{}", "b".repeat(2000)))
+                .unwrap();
+        big.destination = long.clone();
+        big.fallback_destination = Some(long);
+        let buckets = store.inner.link_buckets.len();
+        store
+            .replace_link(&links[LINKS_PER_BUCKET / 2], &big)
+            .unwrap();
+        assert_eq!(store.inner.link_buckets.len(), buckets + 1, "a split");
+        let mut ids: Vec<Vec<u8>> = first.into_iter().map(|c| c.unwrap().0).collect();
+        while let Some(more) = store.links_below(&ws, &all, &mut below).unwrap() {
+            ids.extend(more.into_iter().map(|c| c.unwrap().0));
+        }
+        let mut wanted: Vec<Vec<u8>> = links.iter().map(|l| l.id.as_bytes().to_vec()).collect();
+        wanted.reverse();
+        assert_eq!(ids, wanted);
+
+        // The lower bucket's first links deleted: its key stays below the
+        // links it holds, and a listing below them finds nothing there.
+        for l in &links[..3] {
+            store.delete_link(l).unwrap();
+        }
+        let page = store
+            .list_links(&ws, &all, Some(links[2].id.as_bytes()), 10)
+            .unwrap();
+        assert!(page.items.is_empty());
+        assert_eq!(page.next_cursor, None);
+        let page = store
+            .list_links(&ws, &all, Some(links[5].id.as_bytes()), 10)
+            .unwrap();
+        let ids: Vec<LinkId> = page.items.iter().map(|l| l.id).collect();
+        assert_eq!(ids, [links[4].id, links[3].id]);
     }
 
     #[test]
