@@ -316,13 +316,26 @@ impl Consumer for Counters {
     }
 
     /// Moves the pending deltas into the store with the record, atomically.
+    /// Readers see the stored tallies plus the pending ones, so the pending
+    /// map may not empty before the store has them; but the reading and
+    /// merging of the stored tallies happens under the read lock, beside
+    /// readers, and only the transaction under the write lock (this worker is
+    /// the only writer of both, so nothing changes in between).
     fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
+        let merged = {
+            let pending = self
+                .view
+                .pending
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            store.merged_tallies(&pending)?
+        };
         let mut pending = self
             .view
             .pending
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        store.add_tallies(Self::NAME, record, &pending)?;
+        store.put_tallies(Self::NAME, record, &merged)?;
         pending.clear();
         Ok(())
     }

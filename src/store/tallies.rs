@@ -51,10 +51,6 @@ fn day_of_key(key: &[u8]) -> Option<Day> {
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
-
 impl Store {
     /// The stored tallies of one owner from `from` to `to` (inclusive), by day.
     pub fn tallies(
@@ -95,17 +91,45 @@ impl Store {
         record: &ConsumerRecord,
         deltas: &HashMap<TallyKey, Tally>,
     ) -> StoreResult<()> {
+        let merged = self.merged_tallies(deltas)?;
+        self.put_tallies(name, record, &merged)
+    }
+
+    /// The stored tallies of `deltas`' keys with the deltas added, encoded
+    /// for `put_tallies`. Read outside any transaction: the Counters worker
+    /// is the tallies' only writer, so they are still current when it puts
+    /// them.
+    pub fn merged_tallies(
+        &self,
+        deltas: &HashMap<TallyKey, Tally>,
+    ) -> StoreResult<Vec<([u8; 21], Vec<u8>)>> {
+        deltas
+            .iter()
+            .map(|(key, delta)| {
+                let key = key.encode();
+                let mut tally: Tally = match self.inner.tallies.get(key)? {
+                    Some(v) => codec::decode(&v)?,
+                    None => Tally::default(),
+                };
+                tally.merge(delta);
+                Ok((key, codec::encode(&tally)?))
+            })
+            .collect()
+    }
+
+    /// Writes `merged` (from `merged_tallies`) and consumer `name`'s record,
+    /// in one transaction.
+    pub fn put_tallies(
+        &self,
+        name: &str,
+        record: &ConsumerRecord,
+        merged: &[([u8; 21], Vec<u8>)],
+    ) -> StoreResult<()> {
         let encoded_record = codec::encode(record)?;
-        let keyed: Vec<([u8; 21], &Tally)> = deltas.iter().map(|(k, t)| (k.encode(), t)).collect();
         (&self.inner.tallies, &self.inner.consumers).transaction(
             |(tallies, consumers)| -> TxResult {
-                for (key, delta) in &keyed {
-                    let mut tally: Tally = match tallies.get(key)? {
-                        Some(v) => codec::decode(&v).map_err(abort)?,
-                        None => Tally::default(),
-                    };
-                    tally.merge(delta);
-                    tallies.insert(&key[..], codec::encode(&tally).map_err(abort)?)?;
+                for (key, value) in merged {
+                    tallies.insert(&key[..], value.as_slice())?;
                 }
                 consumers.insert(name.as_bytes(), encoded_record.as_slice())?;
                 Ok(())
