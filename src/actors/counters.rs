@@ -15,7 +15,7 @@
 //! that still holds events, from the stored events (see `rebucket`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::Recipient;
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,16 @@ impl CounterView {
         })
     }
 
+    /// The pending deltas, for reading (readers and the checkpoint's merge).
+    fn read_pending(&self) -> RwLockReadGuard<'_, HashMap<TallyKey, Tally>> {
+        self.pending.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pending deltas, for the worker's folding and its checkpoint.
+    fn write_pending(&self) -> RwLockWriteGuard<'_, HashMap<TallyKey, Tally>> {
+        self.pending.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// One owner's tallies from `from` to `to` inclusive, by day.
     pub fn days(
         &self,
@@ -68,7 +78,7 @@ impl CounterView {
         from: Day,
         to: Day,
     ) -> StoreResult<BTreeMap<Day, Tally>> {
-        let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        let pending = self.read_pending();
         let mut out: BTreeMap<Day, Tally> = self
             .store
             .tallies(scope, owner, from, to)?
@@ -287,11 +297,7 @@ impl Consumer for Counters {
             };
             folded.push((e, Day::of(e.timestamp_ms(), &tz)));
         }
-        let mut pending = self
-            .view
-            .pending
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut pending = self.view.write_pending();
         for (e, day) in folded {
             let key = |scope, owner: [u8; 16], day| TallyKey { scope, owner, day };
             let ws = *e.workspace_id.as_bytes();
@@ -323,18 +329,10 @@ impl Consumer for Counters {
     /// the only writer of both, so nothing changes in between).
     fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
         let merged = {
-            let pending = self
-                .view
-                .pending
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let pending = self.view.read_pending();
             store.merged_tallies(&pending)?
         };
-        let mut pending = self
-            .view
-            .pending
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut pending = self.view.write_pending();
         store.put_tallies(Self::NAME, record, &merged)?;
         pending.clear();
         Ok(())
@@ -579,9 +577,10 @@ mod tests {
             owner: *link.as_bytes(),
             day: Day(20260506),
         };
-        store
-            .add_tallies("unused", &record, &HashMap::from([(key, purged)]))
+        let merged = store
+            .merged_tallies(&HashMap::from([(key, purged)]))
             .unwrap();
+        store.put_tallies("unused", &record, &merged).unwrap();
         let mut stored = event("2026-05-06T23:00:00Z", 1, ws, link, false);
         stored.visitor_id = Some(visitor);
         store.commit_scans(&[stored]).unwrap();

@@ -83,18 +83,6 @@ impl Store {
             .collect()
     }
 
-    /// Adds `deltas` to the stored tallies and saves consumer `name`'s
-    /// record, in one transaction.
-    pub fn add_tallies(
-        &self,
-        name: &str,
-        record: &ConsumerRecord,
-        deltas: &HashMap<TallyKey, Tally>,
-    ) -> StoreResult<()> {
-        let merged = self.merged_tallies(deltas)?;
-        self.put_tallies(name, record, &merged)
-    }
-
     /// The stored tallies of `deltas`' keys with the deltas added, encoded
     /// for `put_tallies`. Read outside any transaction: the Counters worker
     /// is the tallies' only writer, so they are still current when it puts
