@@ -23,7 +23,8 @@
 //! (`LOAD_ONLY="=full tracking"` for the one of that exact name);
 //! `LOAD_CLIENT=wrk` to drive both servers with wrk instead of the bench's
 //! own client; `LOAD_NEW_EVERY=1` to make every scan a device never seen,
-//! default one in 10).
+//! default one in 10; `LOAD_PEOPLE=1` to make every scan a person never
+//! seen: a new client address each time, with a known browser user agent).
 
 #[path = "support/geo.rs"]
 mod geo_support;
@@ -395,8 +396,16 @@ fn main() {
         Client::Own => "the bench's client",
         Client::Wrk(_) => "wrk -t1 with a Lua script",
     };
+    let scans = if load::people() {
+        "every scan a person never seen (a new client address)".to_owned()
+    } else {
+        format!(
+            "64 devices, one scan in {} with a user agent never seen",
+            load::miss_every()
+        )
+    };
     println!(
-        "\n{CONNECTIONS} connections, {secs} s per run after 1 s warm-up, {client_name} on one thread, servers with 2 workers\n"
+        "\n{CONNECTIONS} connections, {secs} s per run after 1 s warm-up, {client_name} on one thread, servers with 2 workers; {scans}\n"
     );
     let rounds: usize = std::env::var("LOAD_ROUNDS")
         .ok()

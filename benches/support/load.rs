@@ -25,6 +25,39 @@ pub fn miss_every() -> u64 {
         .unwrap_or(10)
 }
 
+/// `LOAD_PEOPLE=1`: every scan comes from a client address never seen
+/// before, with its connection's browser user agent: a new person per scan,
+/// as when a printed code is scanned by a crowd. (`LOAD_NEW_EVERY` makes new
+/// devices by new user agents instead, which also defeats the caches keyed by
+/// user agent.)
+pub fn people() -> bool {
+    std::env::var("LOAD_PEOPLE").is_ok_and(|v| v == "1")
+}
+
+/// The client address of the `n`-th new person: inside the bench's GeoIP
+/// networks (120,000 networks of 256 addresses from `1.0.0.0`: see
+/// `support/geo.rs`), none repeated for 30 million scans.
+pub fn person_address(n: u64) -> std::net::Ipv4Addr {
+    const NETWORKS: u64 = 120_000;
+    let network = n % NETWORKS;
+    let host = 1 + (n / NETWORKS) % 254;
+    std::net::Ipv4Addr::from(((1u64 << 24) + (network << 8) + host) as u32)
+}
+
+/// Numbers the new people of a run across its connections.
+static PEOPLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `head` with its `X-Forwarded-For` address replaced by `client`.
+fn with_client(head: &str, client: std::net::Ipv4Addr) -> String {
+    const FIELD: &str = "X-Forwarded-For: ";
+    let Some(at) = head.find(FIELD) else {
+        return head.to_owned();
+    };
+    let start = at + FIELD.len();
+    let end = head[start..].find("\r\n").map_or(head.len(), |e| start + e);
+    format!("{}{client}{}", &head[..start], &head[end..])
+}
+
 pub struct Outcome {
     /// Answers with the expected status after the warm-up.
     pub requests: u64,
@@ -141,6 +174,7 @@ async fn connection(
         .collect();
     let mut n: u64 = 0;
     let miss_every = miss_every();
+    let people = people();
     while !until.reached() {
         if stream.is_none() {
             stream = TcpStream::connect(addr).await.ok();
@@ -155,7 +189,11 @@ async fn connection(
         n += 1;
         let which = (n as usize) % heads.len();
         let started = Instant::now();
-        let sent = if n.is_multiple_of(miss_every) {
+        let sent = if people {
+            let client = person_address(PEOPLE.fetch_add(1, Ordering::Relaxed));
+            let fresh = format!("{}\r\n\r\n", with_client(&heads[which], client));
+            s.write_all(fresh.as_bytes()).await
+        } else if n.is_multiple_of(miss_every) {
             let fresh = format!("{} Build/{n}-{:p}\r\n\r\n", heads[which], &buf);
             s.write_all(fresh.as_bytes()).await
         } else {

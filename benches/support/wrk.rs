@@ -1,7 +1,8 @@
 //! The same load from an outside client: `wrk` (Debian's package), one
 //! thread, 64 connections, with a Lua script that sends the load client's
 //! requests in turn (each its own `X-Forwarded-For` and browser user agent,
-//! one in ten with a user agent never seen before). wrk costs more CPU per
+//! one in ten with a user agent never seen before; with `LOAD_PEOPLE=1`,
+//! every one from a client address never seen). wrk costs more CPU per
 //! request than the bench's own client, so the same server reaches a higher
 //! ratio under it: both are reported.
 
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::load::{CONNECTIONS, Outcome, miss_every};
+use super::load::{CONNECTIONS, Outcome, miss_every, people};
 
 /// Whether `wrk` can be run.
 pub fn available() -> bool {
@@ -25,6 +26,8 @@ pub fn write_script(path: &Path, heads: &[(String, String)]) {
         lua.push_str(&format!("  {{ [==[{client}]==], [==[{ua}]==] }},\n"));
     }
     let miss_every = miss_every();
+    // `LOAD_PEOPLE=1`: a new client address per scan, as `load::person_address`.
+    let people = if people() { "true" } else { "false" };
     lua.push_str(&format!(
         r#"}}
 local reqs = {{}}
@@ -40,9 +43,18 @@ end
 function init(args)
   for i, h in ipairs(heads) do reqs[i] = head(h, h[2]) end
 end
+local people = {people}
+local function person(k)
+  local v = 16777216 + (k % 120000) * 256 + 1 + math.floor(k / 120000) % 254
+  return math.floor(v / 16777216) .. "." .. math.floor(v / 65536) % 256 .. "."
+    .. math.floor(v / 256) % 256 .. "." .. v % 256
+end
 function request()
   n = n + 1
   local i = n % #reqs + 1
+  if people then
+    return head({{ person(n) }}, heads[i][2])
+  end
   if n % {miss_every} == 0 then
     return head(heads[i], heads[i][2] .. " Build/" .. n)
   end
