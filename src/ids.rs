@@ -66,6 +66,15 @@ impl<K: IdKind> Id<K> {
         Self::from_uuid(Uuid::now_v7())
     }
 
+    /// A new ID carrying millisecond `ms` (since the Unix epoch) as its
+    /// time, random otherwise.
+    pub fn generate_at(ms: i64) -> Self {
+        let ms = ms.max(0) as u64;
+        let nanos = (ms % 1000) as u32 * 1_000_000;
+        let at = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, nanos);
+        Self::from_uuid(Uuid::new_v7(at))
+    }
+
     pub fn from_uuid(uuid: Uuid) -> Self {
         Id {
             uuid,
@@ -275,5 +284,16 @@ mod tests {
         assert!(
             EventId::lower_bound_bytes(a.timestamp_ms() + 1).as_slice() > a.as_bytes().as_slice()
         );
+    }
+
+    #[test]
+    fn an_id_made_for_a_time_carries_it_and_differs_from_its_twin() {
+        let ms = 1_764_000_000_123;
+        let (a, b) = (VisitorId::generate_at(ms), VisitorId::generate_at(ms));
+        assert_eq!((a.timestamp_ms(), b.timestamp_ms()), (ms, ms));
+        assert_ne!(a, b);
+        assert_eq!(a.uuid.get_version_num(), 7);
+        assert!(VisitorId::lower_bound_bytes(ms).as_slice() <= a.as_bytes().as_slice());
+        assert!(VisitorId::lower_bound_bytes(ms + 1).as_slice() > a.as_bytes().as_slice());
     }
 }

@@ -325,11 +325,14 @@ impl Intake {
 /// its visitor (known, pending or new). A failed lookup leaves the scan
 /// without a visitor, as the redirect would have: it still counts.
 fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Vec<ScanEvent> {
+    // A new visitor's ID carries the time of the batch's first ID, which
+    // is its segment's key (`store::events`, "Home segments").
+    let at_ms = scans.first().map_or(0, |s| s.event.id.timestamp_ms());
     scans
         .into_iter()
         .map(|Queued { mut event, device }| {
             if let Some(fp) = device {
-                match registry.resolve(&event.workspace_id, fp) {
+                match registry.resolve(&event.workspace_id, fp, at_ms) {
                     Ok(v) => event.visitor_id = Some(v),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot look up the visitor of a scan")

@@ -201,7 +201,7 @@ impl VisitorRegistry {
     pub fn visitor_for(&self, ws: &WorkspaceId, device: &Device) -> StoreResult<VisitorId> {
         match self.visitor_cached(ws, device)? {
             Ok(v) => Ok(v),
-            Err(fp) => self.resolve(ws, fp),
+            Err(fp) => self.resolve(ws, fp, crate::domain::Timestamp::now().as_millis()),
         }
     }
 
@@ -222,8 +222,12 @@ impl VisitorRegistry {
         Ok(pending.by_fingerprint.get(&key).copied().ok_or(fp))
     }
 
-    /// The visitor of fingerprint `fp` in `ws`: known, pending, or new.
-    pub fn resolve(&self, ws: &WorkspaceId, fp: Fingerprint) -> StoreResult<VisitorId> {
+    /// The visitor of fingerprint `fp` in `ws`: known, pending, or new. A
+    /// new visitor's ID carries millisecond `at_ms`: the Recorder passes the
+    /// time of its batch's first event ID, so the segment of the visitor's
+    /// first events is found from its ID and needs no index entry (see
+    /// "Home segments" in `store::events`).
+    pub fn resolve(&self, ws: &WorkspaceId, fp: Fingerprint, at_ms: i64) -> StoreResult<VisitorId> {
         let key = (*ws, fp);
         if let Some(v) = self.cache.get(&key) {
             return Ok(v);
@@ -247,7 +251,7 @@ impl VisitorRegistry {
             self.cache.insert(key, v);
             return Ok(v);
         }
-        let v = VisitorId::generate();
+        let v = VisitorId::generate_at(at_ms);
         pending.by_fingerprint.insert(key, v);
         pending.by_visitor.insert(v, key);
         Ok(v)

@@ -9,6 +9,21 @@
 //! positions of that owner's events, and the link totals, in one
 //! transaction. Reads find an event by seeking to the last segment starting
 //! at or before its ID.
+//!
+//! **Home segments.** A visitor's index entry is left out of every segment
+//! whose key (its first ID) carries the same millisecond as the visitor's
+//! ID. The Recorder gives a new visitor an ID carrying the time of its
+//! batch's first ID (`VisitorRegistry::resolve`), so the segment of a
+//! visitor's first scans, its home, is found from the visitor's ID alone:
+//! the segments keyed within that millisecond (usually one) that have no
+//! entry of the visitor, their positions read from the segment itself
+//! (`home_keys`, `entry_segment`). Most visitors scan once, and their
+//! entry was one sled key of a new visitor's two in the Recorder's
+//! transaction. Walks take a home as an entry with empty positions (no
+//! stored entry is empty). A rewrite by the Purger writes the entries of
+//! every owner of the segment, so a home may get an entry later: it is then
+//! read through it. The visitor's ID is not an event ID, and an erasure
+//! detaches the home's events like any other (`detach_visitor_step`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -134,6 +149,25 @@ fn group<K: IdKind>(
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
+/// A home segment's key as a walk's entry: empty positions (see the module
+/// documentation).
+fn home_entry(key: [u8; 32]) -> (sled::IVec, sled::IVec) {
+    (sled::IVec::from(&key[..]), sled::IVec::default())
+}
+
+/// Positions of visitor `v`'s events in `seg`.
+pub(super) fn positions_of(seg: &Segment, v: &VisitorId) -> StoreResult<Vec<u16>> {
+    let mut out = Vec::new();
+    for pos in 0..seg.len() {
+        if seg.event(pos)?.visitor_id == Some(*v) {
+            // A segment holds at most `u16::MAX` events (`Settings` bounds
+            // the batch size), so a position always fits.
+            out.push(pos as u16);
+        }
+    }
+    Ok(out)
+}
+
 /// One segment of a batch, encoded, with its index entries.
 struct Written {
     first: EventId,
@@ -152,6 +186,14 @@ struct Bounds {
 
 /// Index entries (key, positions) in walking order.
 type IndexEntries<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+
+/// The index a query walks: its tree, the owner's prefix in it, and for a
+/// visitor the keys of its home segments without an entry (`home_keys`).
+struct Walked<'a> {
+    tree: &'a sled::Tree,
+    owner: &'a [u8; 16],
+    homes: Vec<[u8; 32]>,
+}
 
 /// The order of a walk through an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +279,11 @@ impl Store {
                     value,
                     by_link: group(part, &first, |e| Some(e.link_id)),
                     by_ws: group(part, &first, |e| Some(e.workspace_id)),
-                    by_visitor: group(part, &first, |e| e.visitor_id),
+                    // No entry in a home segment (see the module documentation).
+                    by_visitor: group(part, &first, |e| {
+                        e.visitor_id
+                            .filter(|v| v.timestamp_ms() != first.timestamp_ms())
+                    }),
                 }
             })
             .collect();
@@ -435,6 +481,26 @@ impl Store {
         let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
             return Ok(None);
         };
+        if positions.is_empty() {
+            // A home segment (see the module documentation): positions read
+            // from the segment, unless a rewrite has given it an entry since.
+            let Some(visitor) = VisitorId::from_slice(key) else {
+                return Ok(None);
+            };
+            let Some(stored) = self.segment(segment_id.as_bytes())? else {
+                return Ok(None);
+            };
+            match index.get(key)? {
+                Some(entry) => positions = entry,
+                None => {
+                    let found = positions_of(&Segment::parse(&stored.body)?, &visitor)?;
+                    if found.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some((stored, segment::encode_positions(&found).into())));
+                }
+            }
+        }
         // A segment is rewritten once per Purger pass at most: a few tries do.
         for _ in 0..16 {
             let Some(stored) = self.segment(segment_id.as_bytes())? else {
@@ -477,7 +543,8 @@ impl Store {
     /// events are all of one workspace, so its first indexed one tells).
     pub fn visitor_has_events_in(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<bool> {
         let index = &self.inner.events_by_visitor;
-        for entry in index.scan_prefix(id.as_bytes()) {
+        let homes = self.home_keys(id)?.into_iter().map(|h| Ok(home_entry(h)));
+        for entry in homes.chain(index.scan_prefix(id.as_bytes())) {
             let (key, positions) = entry?;
             let Some((stored, positions)) = self.entry_segment(index, &key, positions)? else {
                 continue;
@@ -526,22 +593,58 @@ impl Store {
         let Some(bounds) = ascending_bounds(q, None, until) else {
             return Ok(0);
         };
-        let (tree, owner) = self.event_index(q);
+        let Walked { tree, owner, homes } = self.event_index(q)?;
         let mut n = 0u64;
-        for entry in self.index_range(tree, owner, bounds, Direction::OldestFirst)? {
-            let (_, positions) = entry?;
+        for entry in self.index_range(tree, owner, homes, bounds, Direction::OldestFirst)? {
+            let (key, mut positions) = entry?;
+            if positions.is_empty() {
+                match self.entry_segment(tree, &key, positions)? {
+                    Some((_, found)) => positions = found,
+                    None => continue,
+                }
+            }
             n += segment::decode_positions(&positions).count() as u64;
         }
         Ok(n)
     }
 
-    /// The index tree a query walks, and the owner prefix in it.
-    fn event_index<'a>(&'a self, q: &'a EventQuery) -> (&'a sled::Tree, &'a [u8; 16]) {
-        match &q.index {
-            EventIndex::Workspace => (&self.inner.events_by_workspace, q.workspace_id.as_bytes()),
-            EventIndex::Link(id) => (&self.inner.events_by_link, id.as_bytes()),
-            EventIndex::Visitor(id) => (&self.inner.events_by_visitor, id.as_bytes()),
+    /// The index a query walks.
+    fn event_index<'a>(&'a self, q: &'a EventQuery) -> StoreResult<Walked<'a>> {
+        let t = &self.inner;
+        let (tree, owner, homes) = match &q.index {
+            EventIndex::Workspace => (
+                &t.events_by_workspace,
+                q.workspace_id.as_bytes(),
+                Vec::new(),
+            ),
+            EventIndex::Link(id) => (&t.events_by_link, id.as_bytes(), Vec::new()),
+            EventIndex::Visitor(id) => (&t.events_by_visitor, id.as_bytes(), self.home_keys(id)?),
+        };
+        Ok(Walked { tree, owner, homes })
+    }
+
+    /// The visitor index keys (`visitor ++ segment`) of the segments keyed
+    /// within the millisecond of `v`'s ID that have no entry of `v`: its
+    /// home segments (see the module documentation), ascending. Such a
+    /// segment may hold no event of `v` at all: its positions, read from
+    /// the segment, are then empty (`entry_segment` answers `None`).
+    pub(super) fn home_keys(&self, v: &VisitorId) -> StoreResult<Vec<[u8; 32]>> {
+        let t = &self.inner;
+        let ms = v.timestamp_ms();
+        let within =
+            EventId::lower_bound_bytes(ms)..EventId::lower_bound_bytes(ms.saturating_add(1));
+        let mut out = Vec::new();
+        for entry in t.events.range(within) {
+            let (segment, _) = entry?;
+            let Some(segment) = EventId::from_slice(&segment) else {
+                continue;
+            };
+            let key = keys::pair(v, &segment);
+            if !t.events_by_visitor.contains_key(key)? {
+                out.push(key);
+            }
         }
+        Ok(out)
     }
 
     /// The owner's index entries that may hold events within `bounds`, in
@@ -549,31 +652,67 @@ impl Store {
     /// every event it holds: the range ends at the upper bound (events at or
     /// above it inside the last segment are met one by one), and an
     /// oldest-first walk starts at the segment that holds the lower bound.
+    ///
+    /// `homes` (a visitor's home segments without an entry, ascending) take
+    /// their places among the entries as entries with empty positions.
     fn index_range<'a>(
         &self,
         tree: &'a sled::Tree,
         owner: &[u8; 16],
+        homes: Vec<[u8; 32]>,
         bounds: Bounds,
         dir: Direction,
     ) -> StoreResult<IndexEntries<'a>> {
         let key = |suffix: &[u8; 16]| -> Vec<u8> { [&owner[..], &suffix[..]].concat() };
         let end = key(&bounds.upper.unwrap_or([0xff; 16]));
-        Ok(match dir {
-            Direction::NewestFirst => Box::new(tree.range(key(&[0; 16])..end).rev()),
-            Direction::OldestFirst => {
-                let start = match bounds.lower {
-                    None => key(&[0; 16]),
-                    Some(lower) => match tree.range(key(&[0; 16])..=key(&lower)).next_back() {
-                        Some(entry) => entry?.0.to_vec(),
-                        None => key(&lower),
+        let start = match (dir, bounds.lower) {
+            (Direction::OldestFirst, Some(lower)) => {
+                let lower = key(&lower);
+                let entry = match tree.range(key(&[0; 16])..=lower.clone()).next_back() {
+                    Some(entry) => Some(entry?.0.to_vec()),
+                    None => None,
+                };
+                // The segment holding the lower bound may be a home.
+                let home = homes.iter().rev().find(|h| h[..] <= lower[..]);
+                entry.max(home.map(|h| h.to_vec())).unwrap_or(lower)
+            }
+            _ => key(&[0; 16]),
+        };
+        if start >= end {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let entries: IndexEntries<'a> = match dir {
+            Direction::NewestFirst => Box::new(tree.range(start.clone()..end.clone()).rev()),
+            Direction::OldestFirst => Box::new(tree.range(start.clone()..end.clone())),
+        };
+        let mut homes: std::collections::VecDeque<[u8; 32]> = homes
+            .into_iter()
+            .filter(|h| start[..] <= h[..] && h[..] < end[..])
+            .collect();
+        if homes.is_empty() {
+            return Ok(entries);
+        }
+        if dir == Direction::NewestFirst {
+            homes = homes.into_iter().rev().collect();
+        }
+        // Each home merged in at its place in the walk's order.
+        let mut entries = entries.peekable();
+        Ok(Box::new(std::iter::from_fn(move || {
+            if let Some(h) = homes.front() {
+                let home_first = match entries.peek() {
+                    None => true,
+                    Some(Err(_)) => false,
+                    Some(Ok((k, _))) => match dir {
+                        Direction::NewestFirst => k[..] < h[..],
+                        Direction::OldestFirst => k[..] > h[..],
                     },
                 };
-                if start >= end {
-                    return Ok(Box::new(std::iter::empty()));
+                if home_first {
+                    return homes.pop_front().map(home_entry).map(Ok);
                 }
-                Box::new(tree.range(start..end))
             }
-        })
+            entries.next()
+        })))
     }
 
     /// The one walk behind both listings: the index entries of `q` in `dir`
@@ -586,11 +725,11 @@ impl Store {
         dir: Direction,
         limit: usize,
     ) -> StoreResult<(Page<ScanEvent>, u64)> {
-        let (tree, owner) = self.event_index(q);
+        let Walked { tree, owner, homes } = self.event_index(q)?;
         let examined = std::cell::Cell::new(0u64);
         let mut tagged: HashMap<LinkId, bool> = HashMap::new();
         let candidates = self
-            .index_range(tree, owner, bounds, dir)?
+            .index_range(tree, owner, homes, bounds, dir)?
             .flat_map(move |entry| self.segment_candidates(tree, entry, bounds, dir))
             // `None`: past the end of the bounds, where the walk ends.
             .map_while(|c| c)
@@ -792,6 +931,83 @@ mod tests {
     }
 
     /// Non-bot scans of `link` at each millisecond of `ms`.
+    #[test]
+    fn a_visitors_home_segment_needs_no_entry_and_is_listed_counted_purged_and_detached() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        // v's first scans are in the segment keyed at ms 1,000, its home (its
+        // ID carries that millisecond); w's ID carries it too, but w first
+        // scans in the next segment.
+        let (v, w) = (VisitorId::generate_at(1_000), VisitorId::generate_at(1_000));
+        let by = |ms, who: Option<VisitorId>| ScanEvent {
+            visitor_id: who,
+            ..event(ms, ws, link, false)
+        };
+        store
+            .commit_scans(&[by(1_000, Some(v)), by(1_001, None), by(1_002, Some(v))])
+            .unwrap();
+        store
+            .commit_scans(&[by(2_000, Some(v)), by(2_001, Some(w))])
+            .unwrap();
+        let entries = |who: &VisitorId| {
+            let index = &store.inner.events_by_visitor;
+            index.scan_prefix(who.as_bytes()).count()
+        };
+        assert_eq!((entries(&v), entries(&w)), (1, 1), "no entry in the home");
+        let of = |who| query(ws, EventIndex::Visitor(who));
+        let count = |who| store.count_event_candidates(&of(who), None).unwrap();
+        for page in [1, 2, 10] {
+            assert_eq!(walk(&store, &of(v), page), [2_000, 1_002, 1_000]);
+            assert_eq!(walk_up(&store, &of(v), None, page), [1_000, 1_002, 2_000]);
+            assert_eq!(walk(&store, &of(w), page), [2_001]);
+        }
+        let from = EventQuery {
+            from_ms: Some(1_001),
+            ..of(v)
+        };
+        assert_eq!(walk_up(&store, &from, None, 1), [1_002, 2_000]);
+        let to = EventQuery {
+            to_ms: Some(1_002),
+            ..of(v)
+        };
+        assert_eq!(walk(&store, &to, 1), [1_000]);
+        assert_eq!((count(v), count(w)), (3, 1));
+        assert!(store.visitor_has_events_in(&ws, &v).unwrap());
+        assert!(
+            !store
+                .visitor_has_events_in(&WorkspaceId::generate(), &v)
+                .unwrap()
+        );
+
+        // Retention rewrites the home: v's remaining event there gets an
+        // entry, and is listed once.
+        assert_eq!(purge_before(&store, ws, 1_001), 1);
+        assert_eq!(entries(&v), 2);
+        assert_eq!(walk(&store, &of(v), 1), [2_000, 1_002]);
+        assert_eq!(walk_up(&store, &of(v), None, 1), [1_002, 2_000]);
+        assert_eq!(count(v), 2);
+
+        // A home without an entry is detached like any other segment.
+        let u = VisitorId::generate_at(3_000);
+        store
+            .commit_scans(&[by(3_000, Some(u)), by(3_001, Some(v)), by(3_002, Some(u))])
+            .unwrap();
+        assert_eq!(entries(&u), 0);
+        assert_eq!(walk(&store, &of(u), 1), [3_002, 3_000]);
+        while store.detach_visitor_step(&u, 1).unwrap() > 0 {}
+        assert!(walk(&store, &of(u), 1).is_empty());
+        assert_eq!(count(u), 0);
+        assert!(!store.visitor_has_events_in(&ws, &u).unwrap());
+        let all = walk(&store, &query(ws, EventIndex::Workspace), 10);
+        assert_eq!(all, [3_002, 3_001, 3_000, 2_001, 2_000, 1_002, 1_001]);
+        let page = store
+            .list_events(&query(ws, EventIndex::Workspace), None, 10)
+            .unwrap();
+        assert!(page.items.iter().all(|e| e.visitor_id != Some(u)));
+        assert_eq!(walk(&store, &of(v), 1), [3_001, 2_000, 1_002]);
+    }
+
     fn scans(ws: WorkspaceId, link: LinkId, ms: std::ops::RangeInclusive<i64>) -> Vec<ScanEvent> {
         ms.map(|ms| event(ms, ws, link, false)).collect()
     }

@@ -521,7 +521,14 @@ mod tests {
                     assert_eq!(seen.get(&(0, e.id)), Some(&1), "link entry of {}", e.id);
                     assert_eq!(seen.get(&(1, e.id)), Some(&1), "workspace entry");
                     let visitor = seen.get(&(2, e.id)).copied();
-                    assert_eq!(visitor, e.visitor_id.map(|_| 1), "visitor entry");
+                    // In a home segment (`store::events`) the visitor has no
+                    // entry unless a rewrite gave it one.
+                    let home = e.visitor_id.is_some_and(|v| {
+                        v.timestamp_ms() == EventId::from_slice(&key).unwrap().timestamp_ms()
+                    });
+                    if !(home && visitor.is_none()) {
+                        assert_eq!(visitor, e.visitor_id.map(|_| 1), "visitor entry");
+                    }
                     stored += 1;
                 }
             }

@@ -284,16 +284,27 @@ impl Store {
     /// events: each segment holding some is rewritten with their
     /// `visitor_id` cleared, and its visitor index entry removed, in one
     /// transaction per segment. Positions do not move, so the other index
-    /// entries into the segment stay right. Answers how many segments it
-    /// rewrote (0: none is left).
+    /// entries into the segment stay right. The visitor's home segments
+    /// (no entry: see `store::events`) are rewritten the same way while they
+    /// hold an event of it. Answers how many segments it went through (0:
+    /// none is left).
     pub fn detach_visitor_step(&self, id: &VisitorId, max_segments: usize) -> StoreResult<usize> {
         let t = &self.inner;
-        let entries: Vec<(sled::IVec, sled::IVec)> = t
+        let mut entries: Vec<(sled::IVec, sled::IVec)> = t
             .events_by_visitor
             .scan_prefix(id.as_bytes())
             .take(max_segments)
             .collect::<Result<_, _>>()?;
-        for (key, positions) in &entries {
+        let indexed = entries.len();
+        for key in self.home_keys(id)? {
+            entries.push((sled::IVec::from(&key[..]), sled::IVec::default()));
+        }
+        let mut done_segments = 0;
+        for (n, (key, positions)) in entries.iter().enumerate() {
+            if done_segments == max_segments.max(1) {
+                break;
+            }
+            let home = n >= indexed;
             let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
                 continue;
             };
@@ -301,13 +312,20 @@ impl Store {
             // read, rewrite and check in the transaction that it is unchanged.
             loop {
                 let Some(before) = self.segment(segment_id.as_bytes())? else {
-                    t.events_by_visitor.remove(key)?;
+                    if !home {
+                        t.events_by_visitor.remove(key)?;
+                        done_segments += 1;
+                    }
                     break;
                 };
                 let seg = Segment::parse(&before.body)?;
                 let mut events: Vec<ScanEvent> = (0..seg.len())
                     .map(|i| seg.event(i))
                     .collect::<StoreResult<_>>()?;
+                if home && !events.iter().any(|e| e.visitor_id == Some(*id)) {
+                    // A segment of the same millisecond, not the visitor's.
+                    break;
+                }
                 for pos in segment::decode_positions(positions) {
                     if let Some(e) = events.get_mut(pos)
                         && e.visitor_id == Some(*id)
@@ -330,11 +348,12 @@ impl Store {
                     Ok::<_, ConflictableTransactionError<StoreError>>(true)
                 })?;
                 if done {
+                    done_segments += 1;
                     break;
                 }
             }
         }
-        Ok(entries.len())
+        Ok(done_segments)
     }
 }
 
