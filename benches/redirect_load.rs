@@ -24,7 +24,8 @@
 //! `LOAD_CLIENT=wrk` to drive both servers with wrk instead of the bench's
 //! own client; `LOAD_NEW_EVERY=1` to make every scan a device never seen,
 //! default one in 10; `LOAD_PEOPLE=1` to make every scan a person never
-//! seen: a new client address each time, with a known browser user agent).
+//! seen: a new client network and language each time, with a known browser
+//! user agent).
 
 #[path = "support/geo.rs"]
 mod geo_support;
@@ -397,7 +398,7 @@ fn main() {
         Client::Wrk(_) => "wrk -t1 with a Lua script",
     };
     let scans = if load::people() {
-        "every scan a person never seen (a new client address)".to_owned()
+        "every scan a person never seen (a new client network and language)".to_owned()
     } else {
         format!(
             "64 devices, one scan in {} with a user agent never seen",

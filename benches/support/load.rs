@@ -25,37 +25,79 @@ pub fn miss_every() -> u64 {
         .unwrap_or(10)
 }
 
-/// `LOAD_PEOPLE=1`: every scan comes from a client address never seen
-/// before, with its connection's browser user agent: a new person per scan,
-/// as when a printed code is scanned by a crowd. (`LOAD_NEW_EVERY` makes new
+/// `LOAD_PEOPLE=1`: every scan comes from a person never seen before (a
+/// client network and language never seen together, `person`), with its
+/// connection's browser user agent, as when a printed code is scanned by a
+/// crowd. (`LOAD_NEW_EVERY` makes new
 /// devices by new user agents instead, which also defeats the caches keyed by
 /// user agent.)
 pub fn people() -> bool {
     std::env::var("LOAD_PEOPLE").is_ok_and(|v| v == "1")
 }
 
-/// The client address of the `n`-th new person: inside the bench's GeoIP
-/// networks (120,000 networks of 256 addresses from `1.0.0.0`: see
-/// `support/geo.rs`), none repeated for 30 million scans.
-pub fn person_address(n: u64) -> std::net::Ipv4Addr {
+/// Accept-Language values of the new people: a device's fingerprint keys on
+/// its user agent, language and /24 network, and the bench's GeoIP
+/// databases hold 120,000 networks, so the language tells apart people of
+/// one network.
+pub const PEOPLE_LANGUAGES: [&str; 32] = [
+    "de-AT,de;q=0.9",
+    "en-US,en;q=0.9",
+    "en-GB,en;q=0.9",
+    "fr-FR,fr;q=0.9",
+    "es-ES,es;q=0.9",
+    "it-IT,it;q=0.9",
+    "nl-NL,nl;q=0.9",
+    "pt-BR,pt;q=0.9",
+    "pl-PL,pl;q=0.9",
+    "sv-SE,sv;q=0.9",
+    "da-DK,da;q=0.9",
+    "fi-FI,fi;q=0.9",
+    "nb-NO,nb;q=0.9",
+    "cs-CZ,cs;q=0.9",
+    "hu-HU,hu;q=0.9",
+    "ro-RO,ro;q=0.9",
+    "el-GR,el;q=0.9",
+    "tr-TR,tr;q=0.9",
+    "ru-RU,ru;q=0.9",
+    "uk-UA,uk;q=0.9",
+    "ja-JP,ja;q=0.9",
+    "ko-KR,ko;q=0.9",
+    "zh-CN,zh;q=0.9",
+    "zh-TW,zh;q=0.9",
+    "ar-SA,ar;q=0.9",
+    "he-IL,he;q=0.9",
+    "hi-IN,hi;q=0.9",
+    "th-TH,th;q=0.9",
+    "vi-VN,vi;q=0.9",
+    "id-ID,id;q=0.9",
+    "de-CH,de;q=0.9",
+    "fr-CA,fr;q=0.9",
+];
+
+/// The client address and language of the `n`-th new person: an address
+/// inside the bench's GeoIP networks (120,000 networks of 256 addresses from
+/// `1.0.0.0`: see `support/geo.rs`) and one of `PEOPLE_LANGUAGES`, no pair
+/// repeated for 3.84 million scans.
+pub fn person(n: u64) -> (std::net::Ipv4Addr, &'static str) {
     const NETWORKS: u64 = 120_000;
     let network = n % NETWORKS;
-    let host = 1 + (n / NETWORKS) % 254;
-    std::net::Ipv4Addr::from(((1u64 << 24) + (network << 8) + host) as u32)
+    let round = n / NETWORKS;
+    let host = 1 + round % 254;
+    let address = std::net::Ipv4Addr::from(((1u64 << 24) + (network << 8) + host) as u32);
+    (address, PEOPLE_LANGUAGES[(round % 32) as usize])
 }
 
 /// Numbers the new people of a run across its connections.
 static PEOPLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// `head` with its `X-Forwarded-For` address replaced by `client`.
-fn with_client(head: &str, client: std::net::Ipv4Addr) -> String {
-    const FIELD: &str = "X-Forwarded-For: ";
-    let Some(at) = head.find(FIELD) else {
+/// `head` with the value of its header `field` (as `"Name: "`) replaced.
+fn with_header(head: &str, field: &str, value: &str) -> String {
+    let Some(at) = head.find(field) else {
         return head.to_owned();
     };
-    let start = at + FIELD.len();
+    let start = at + field.len();
     let end = head[start..].find("\r\n").map_or(head.len(), |e| start + e);
-    format!("{}{client}{}", &head[..start], &head[end..])
+    format!("{}{value}{}", &head[..start], &head[end..])
 }
 
 pub struct Outcome {
@@ -190,8 +232,12 @@ async fn connection(
         let which = (n as usize) % heads.len();
         let started = Instant::now();
         let sent = if people {
-            let client = person_address(PEOPLE.fetch_add(1, Ordering::Relaxed));
-            let fresh = format!("{}\r\n\r\n", with_client(&heads[which], client));
+            let (client, language) = person(PEOPLE.fetch_add(1, Ordering::Relaxed));
+            let head = with_header(&heads[which], "X-Forwarded-For: ", &client.to_string());
+            let fresh = format!(
+                "{}\r\n\r\n",
+                with_header(&head, "Accept-Language: ", language)
+            );
             s.write_all(fresh.as_bytes()).await
         } else if n.is_multiple_of(miss_every) {
             let fresh = format!("{} Build/{n}-{:p}\r\n\r\n", heads[which], &buf);

@@ -2,7 +2,7 @@
 //! thread, 64 connections, with a Lua script that sends the load client's
 //! requests in turn (each its own `X-Forwarded-For` and browser user agent,
 //! one in ten with a user agent never seen before; with `LOAD_PEOPLE=1`,
-//! every one from a client address never seen). wrk costs more CPU per
+//! every one a person never seen: `load::person`). wrk costs more CPU per
 //! request than the bench's own client, so the same server reaches a higher
 //! ratio under it: both are reported.
 
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::load::{CONNECTIONS, Outcome, miss_every, people};
+use super::load::{CONNECTIONS, Outcome, PEOPLE_LANGUAGES, miss_every, people};
 
 /// Whether `wrk` can be run.
 pub fn available() -> bool {
@@ -26,16 +26,21 @@ pub fn write_script(path: &Path, heads: &[(String, String)]) {
         lua.push_str(&format!("  {{ [==[{client}]==], [==[{ua}]==] }},\n"));
     }
     let miss_every = miss_every();
-    // `LOAD_PEOPLE=1`: a new client address per scan, as `load::person_address`.
+    // `LOAD_PEOPLE=1`: a new person per scan, as `load::person`.
     let people = if people() { "true" } else { "false" };
+    let languages: Vec<String> = PEOPLE_LANGUAGES
+        .iter()
+        .map(|l| format!("\"{l}\""))
+        .collect();
+    let languages = languages.join(", ");
     lua.push_str(&format!(
         r#"}}
 local reqs = {{}}
 local n = 0
-local function head(h, ua)
+local function head(h, ua, language)
   return wrk.format("GET", wrk.path, {{
     ["Host"] = "127.0.0.1",
-    ["Accept-Language"] = "de-AT,de;q=0.9",
+    ["Accept-Language"] = language or "de-AT,de;q=0.9",
     ["X-Forwarded-For"] = h[1],
     ["User-Agent"] = ua,
   }})
@@ -44,16 +49,20 @@ function init(args)
   for i, h in ipairs(heads) do reqs[i] = head(h, h[2]) end
 end
 local people = {people}
+local languages = {{ {languages} }}
 local function person(k)
-  local v = 16777216 + (k % 120000) * 256 + 1 + math.floor(k / 120000) % 254
-  return math.floor(v / 16777216) .. "." .. math.floor(v / 65536) % 256 .. "."
+  local round = math.floor(k / 120000)
+  local v = 16777216 + (k % 120000) * 256 + 1 + round % 254
+  local address = math.floor(v / 16777216) .. "." .. math.floor(v / 65536) % 256 .. "."
     .. math.floor(v / 256) % 256 .. "." .. v % 256
+  return address, languages[round % 32 + 1]
 end
 function request()
   n = n + 1
   local i = n % #reqs + 1
   if people then
-    return head({{ person(n) }}, heads[i][2])
+    local address, language = person(n)
+    return head({{ address }}, heads[i][2], language)
   end
   if n % {miss_every} == 0 then
     return head(heads[i], heads[i][2] .. " Build/" .. n)
