@@ -159,7 +159,7 @@ fn home_entry(key: [u8; 32]) -> (sled::IVec, sled::IVec) {
 pub(super) fn positions_of(seg: &Segment, v: &VisitorId) -> StoreResult<Vec<u16>> {
     let mut out = Vec::new();
     for pos in 0..seg.len() {
-        if seg.event(pos)?.visitor_id == Some(*v) {
+        if seg.visitor(pos)? == Some(*v) {
             // A segment holds at most `u16::MAX` events (`Settings` bounds
             // the batch size), so a position always fits.
             out.push(pos as u16);
@@ -543,8 +543,9 @@ impl Store {
     /// events are all of one workspace, so its first indexed one tells).
     pub fn visitor_has_events_in(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<bool> {
         let index = &self.inner.events_by_visitor;
+        // Homes last: reading one decodes its segment's visitors.
         let homes = self.home_keys(id)?.into_iter().map(|h| Ok(home_entry(h)));
-        for entry in homes.chain(index.scan_prefix(id.as_bytes())) {
+        for entry in index.scan_prefix(id.as_bytes()).chain(homes) {
             let (key, positions) = entry?;
             let Some((stored, positions)) = self.entry_segment(index, &key, positions)? else {
                 continue;

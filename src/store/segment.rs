@@ -19,7 +19,7 @@ use super::codec::{self, Record};
 mod compact;
 use super::{StoreError, StoreResult};
 use crate::domain::ScanEvent;
-use crate::ids::EventId;
+use crate::ids::{EventId, VisitorId};
 
 /// Bincode records, every string in full.
 const V1: u8 = 1;
@@ -141,6 +141,14 @@ impl<'a> Segment<'a> {
         }
     }
 
+    /// The visitor of the event at `pos`, without decoding all of it.
+    pub fn visitor(&self, pos: usize) -> StoreResult<Option<VisitorId>> {
+        match &self.dict {
+            None => Ok(self.event(pos)?.visitor_id),
+            Some(_) => compact::visitor(self.record(pos)?),
+        }
+    }
+
     /// The encoded record at `pos`, as stored.
     fn record(&self, pos: usize) -> StoreResult<&'a [u8]> {
         if pos >= self.count {
@@ -235,6 +243,7 @@ mod tests {
         for (i, e) in events.iter().enumerate() {
             assert_eq!(seg.find(&e.id), Some(i));
             assert_eq!(&seg.event(i).unwrap(), e);
+            assert_eq!(seg.visitor(i).unwrap(), e.visitor_id);
         }
         assert_eq!(seg.last_id(), Some(events[49].id));
         assert_eq!(seg.find(&EventId::generate()), None);
@@ -306,6 +315,7 @@ mod tests {
         let seg = Segment::parse(&v2).unwrap();
         for (i, e) in events.iter().enumerate() {
             assert_eq!(&seg.event(i).unwrap(), e);
+            assert_eq!(seg.visitor(i).unwrap(), e.visitor_id);
         }
         assert!(
             v2.len() * 2 < v1.len(),
@@ -320,6 +330,7 @@ mod tests {
         let events = realistic(40);
         let v1 = encode_v1(&events);
         let seg = Segment::parse(&v1).unwrap();
+        assert_eq!(seg.visitor(7).unwrap(), events[7].visitor_id);
         for (i, e) in events.iter().enumerate() {
             assert_eq!(seg.find(&e.id), Some(i));
             assert_eq!(&seg.event(i).unwrap(), e);

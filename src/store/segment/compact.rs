@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use compact_str::CompactString;
 
 use crate::domain::{DeviceType, ScanEvent, ScanMethod};
-use crate::ids::{EventId, Id, IdKind};
+use crate::ids::{EventId, Id, IdKind, VisitorId};
 use crate::store::{StoreError, StoreResult};
 
 const BOT: u8 = 1;
@@ -221,6 +221,21 @@ pub fn encode(e: &ScanEvent, dict: &mut Dictionary, out: &mut Vec<u8>) {
         put_varint(out, u64::from(asn));
     }
     out.extend_from_slice(&e.ip_hash);
+}
+
+/// The visitor of the event whose record is `record`, read without
+/// decoding the rest of it.
+pub fn visitor(record: &[u8]) -> StoreResult<Option<VisitorId>> {
+    let mut r = Reader {
+        bytes: record,
+        at: 0,
+    };
+    if r.byte()? & VISITOR == 0 {
+        return Ok(None);
+    }
+    r.varint()?;
+    r.varint()?;
+    Ok(Some(Id::from_bytes(r.fixed::<16>()?)))
 }
 
 /// The event `id` whose record is `record`.
