@@ -239,7 +239,7 @@ impl Store {
     }
 
     /// `commit_scans`, with the registry entries of the visitors first seen
-    /// in this batch in the same transaction. Answers the size of the
+    /// in this batch, written just before its transaction. Answers the size of the
     /// segments written, in bytes. A batch of large events is written as
     /// several segments, each a contiguous ID range (`MAX_SEGMENT_BYTES`).
     pub fn commit_scans_with(
@@ -293,6 +293,20 @@ impl Store {
         } else {
             t.bodies.append(&values)?
         };
+        if !new.is_empty() {
+            // The registry entries of the batch's new visitors, ahead of the
+            // transaction and outside it: sled recovers a prefix of what was
+            // written, so an event is never stored without its visitor's
+            // entry, and an entry whose events were lost is a visitor
+            // without events yet, whose device's next scan finds it. A
+            // batch spares the read a transactional insert makes first.
+            let mut batch = sled::Batch::default();
+            for v in new {
+                let key = super::visitors::registry_key(&v.workspace_id, &v.fingerprint);
+                batch.insert(&key[..], &v.visitor_id.as_bytes()[..]);
+            }
+            t.visitor_registry.apply_batch(batch)?;
+        }
         let mut totals: HashMap<LinkId, u64> = HashMap::new();
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
@@ -303,10 +317,9 @@ impl Store {
             &t.events_by_workspace,
             &t.events_by_visitor,
             &t.counters,
-            &t.visitor_registry,
         );
         trees.transaction(
-            |(ev, link_idx, ws_idx, visitor_idx, counters, registry)| -> TxResult {
+            |(ev, link_idx, ws_idx, visitor_idx, counters)| -> TxResult {
                 for (w, pointer) in segments.iter().zip(&pointers) {
                     ev.insert(w.first.as_bytes(), &pointer.encode()[..])?;
                     for (index, entries) in [
@@ -323,10 +336,6 @@ impl Store {
                     let key = keys::counter(keys::CounterKind::LinkTotal, link);
                     let now = counters.get(key)?.map(|v| decode_count(&v)).unwrap_or(0);
                     counters.insert(&key, &(now + add).to_be_bytes())?;
-                }
-                for v in new {
-                    let key = super::visitors::registry_key(&v.workspace_id, &v.fingerprint);
-                    registry.insert(&key[..], &v.visitor_id.as_bytes()[..])?;
                 }
                 Ok(())
             },

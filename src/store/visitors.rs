@@ -1,7 +1,7 @@
 //! The visitor registry: which visitor a fingerprint belongs to, per
-//! workspace. An entry is written in the same transaction as the first event
-//! of its visitor (`Store::commit_scans_with`), so after any crash a stored
-//! event's visitor is always the one its device maps to.
+//! workspace. An entry is written just before the transaction of the first
+//! event of its visitor (`Store::commit_scans_with`), so after any crash a
+//! stored event's visitor is always the one its device maps to.
 
 use std::collections::HashMap;
 
