@@ -151,7 +151,7 @@ type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
 /// A home segment's key as a walk's entry: empty positions (see the module
 /// documentation).
-fn home_entry(key: [u8; 32]) -> (sled::IVec, sled::IVec) {
+pub(super) fn home_entry(key: [u8; 32]) -> (sled::IVec, sled::IVec) {
     (sled::IVec::from(&key[..]), sled::IVec::default())
 }
 

@@ -296,9 +296,11 @@ impl Store {
             .take(max_segments)
             .collect::<Result<_, _>>()?;
         let indexed = entries.len();
-        for key in self.home_keys(id)? {
-            entries.push((sled::IVec::from(&key[..]), sled::IVec::default()));
-        }
+        entries.extend(
+            self.home_keys(id)?
+                .into_iter()
+                .map(super::events::home_entry),
+        );
         let mut done_segments = 0;
         for (n, (key, positions)) in entries.iter().enumerate() {
             if done_segments == max_segments.max(1) {
