@@ -69,10 +69,14 @@ impl<K: IdKind> Id<K> {
     /// A new ID carrying millisecond `ms` (since the Unix epoch) as its
     /// time, random otherwise.
     pub fn generate_at(ms: i64) -> Self {
+        Self::at(ms, &crate::random::bytes())
+    }
+
+    /// The UUIDv7 ID of millisecond `ms` whose 74 random bits are taken from
+    /// `random` (the version and variant bits replace the rest).
+    pub fn at(ms: i64, random: &[u8; 10]) -> Self {
         let ms = ms.max(0) as u64;
-        let nanos = (ms % 1000) as u32 * 1_000_000;
-        let at = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, nanos);
-        Self::from_uuid(Uuid::new_v7(at))
+        Self::from_uuid(uuid::Builder::from_unix_timestamp_millis(ms, random).into_uuid())
     }
 
     pub fn from_uuid(uuid: Uuid) -> Self {

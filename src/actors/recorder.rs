@@ -97,33 +97,7 @@ struct Queue {
     log_asleep: bool,
     /// The last event ID given out.
     last_id: EventId,
-    random: RandomBytes,
-}
-
-/// Random bytes from the OS, fetched in blocks.
-struct RandomBytes {
-    block: Box<[u8; 4096]>,
-    used: usize,
-}
-
-impl RandomBytes {
-    fn new() -> RandomBytes {
-        RandomBytes {
-            block: Box::new([0; 4096]),
-            used: 4096,
-        }
-    }
-
-    fn take(&mut self) -> [u8; 10] {
-        if self.used + 10 > self.block.len() {
-            crate::random::fill(&mut self.block[..]);
-            self.used = 0;
-        }
-        let mut out = [0u8; 10];
-        out.copy_from_slice(&self.block[self.used..self.used + 10]);
-        self.used += 10;
-        out
-    }
+    random: crate::random::Block,
 }
 
 impl Queue {
@@ -135,7 +109,7 @@ impl Queue {
             logged: 0,
             log_asleep: false,
             last_id,
-            random: RandomBytes::new(),
+            random: crate::random::Block::default(),
         }
     }
 
@@ -147,9 +121,7 @@ impl Queue {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let fresh = EventId::from_uuid(
-            uuid::Builder::from_unix_timestamp_millis(now_ms, &self.random.take()).into_uuid(),
-        );
+        let fresh = EventId::at(now_ms as i64, &self.random.take());
         let id = if fresh > self.last_id {
             fresh
         } else {

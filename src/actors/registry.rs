@@ -94,6 +94,8 @@ impl Known {
 struct Pending {
     by_fingerprint: HashMap<(WorkspaceId, Fingerprint), VisitorId>,
     by_visitor: HashMap<VisitorId, (WorkspaceId, Fingerprint)>,
+    /// The random bits of new visitors' IDs, fetched in blocks.
+    random: crate::random::Block,
 }
 
 /// What the redirect reads of a scan to find its visitor.
@@ -251,7 +253,7 @@ impl VisitorRegistry {
             self.cache.insert(key, v);
             return Ok(v);
         }
-        let v = VisitorId::generate_at(at_ms);
+        let v = VisitorId::at(at_ms, &pending.random.take());
         pending.by_fingerprint.insert(key, v);
         pending.by_visitor.insert(v, key);
         Ok(v)
