@@ -12,9 +12,10 @@
 //! - A device never seen gets a fresh visitor ID, held in `pending` until the
 //!   Recorder commits the first event carrying it: the Recorder writes the
 //!   registry entry just before the transaction of that event (`new_in`;
-//!   sled recovers a prefix of its writes), so a `kill -9` can never leave a
-//!   stored event whose device maps to another visitor. Two first scans of one device racing each other find the same
-//!   pending entry, so a device never gets two visitors.
+//!   sled recovers a prefix of its writes), so a `kill -9` can never leave
+//!   a stored event whose device maps to another visitor. Two first scans
+//!   of one device racing each other find the same pending entry, so a
+//!   device never gets two visitors.
 //!
 //! - Most devices a Recorder resolves were never seen (a first scan), and
 //!   the store lookup of an absent key walks sled's tree all the same. A

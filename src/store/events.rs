@@ -149,6 +149,13 @@ fn group<K: IdKind>(
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
+/// Whether the segment keyed `segment` is a home of `visitor` (see the
+/// module documentation): then the visitor has no index entry for it, unless
+/// a rewrite gave it one. `home_keys` finds these segments by the same rule.
+pub(super) fn is_home(visitor: &VisitorId, segment: &EventId) -> bool {
+    visitor.timestamp_ms() == segment.timestamp_ms()
+}
+
 /// A home segment's key as a walk's entry: empty positions (see the module
 /// documentation).
 pub(super) fn home_entry(key: [u8; 32]) -> (sled::IVec, sled::IVec) {
@@ -281,8 +288,7 @@ impl Store {
                     by_ws: group(part, &first, |e| Some(e.workspace_id)),
                     // No entry in a home segment (see the module documentation).
                     by_visitor: group(part, &first, |e| {
-                        e.visitor_id
-                            .filter(|v| v.timestamp_ms() != first.timestamp_ms())
+                        e.visitor_id.filter(|v| !is_home(v, &first))
                     }),
                 }
             })

@@ -523,9 +523,10 @@ mod tests {
                     let visitor = seen.get(&(2, e.id)).copied();
                     // In a home segment (`store::events`) the visitor has no
                     // entry unless a rewrite gave it one.
-                    let home = e.visitor_id.is_some_and(|v| {
-                        v.timestamp_ms() == EventId::from_slice(&key).unwrap().timestamp_ms()
-                    });
+                    let segment = EventId::from_slice(&key).unwrap();
+                    let home = e
+                        .visitor_id
+                        .is_some_and(|v| super::super::events::is_home(&v, &segment));
                     if !(home && visitor.is_none()) {
                         assert_eq!(visitor, e.visitor_id.map(|_| 1), "visitor entry");
                     }
