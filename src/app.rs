@@ -109,7 +109,6 @@ impl Application {
             settings.privacy.fingerprint_scope,
             settings.privacy.visitor_cache_entries,
         ));
-        registry.fill_known_in_background();
         workers.add(DeliveryWorker::start(webhooks.clone()));
         let (recorder, handle) = Recorder::start(
             store.clone(),

@@ -11,25 +11,22 @@
 //!   Recorder's commit time into the redirect's tail latency.
 //! - A device never seen gets a fresh visitor ID, held in `pending` until the
 //!   Recorder commits the first event carrying it: the Recorder writes the
-//!   registry entry just before the transaction of that event (`new_in`;
-//!   sled recovers a prefix of its writes), so a `kill -9` can never leave
-//!   a stored event whose device maps to another visitor. Two first scans
+//!   registry entry in the transaction of that event (`new_in`), so a
+//!   `kill -9` can never leave a stored event whose device maps to another
+//!   visitor. Two first scans
 //!   of one device racing each other find the same pending entry, so a
 //!   device never gets two visitors.
 //!
-//! - Most devices a Recorder resolves were never seen (a first scan), and
-//!   the store lookup of an absent key walks sled's tree all the same. A
-//!   Bloom filter of the stored entries (`Known`, 2 MiB) answers "certainly
-//!   absent" for them without that read, once it is filled from the store
-//!   (a background thread at start; until then every lookup reads).
+//! - Most devices a Recorder resolves were never seen (a first scan): the
+//!   store answers "absent" from its index in memory, without a read
+//!   (`store::registry`).
 //!
 //! Each workspace has its own fingerprint key, made on first use and kept in
 //! the store; workspaces therefore never share a visitor.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use quick_cache::sync::Cache;
 
@@ -38,58 +35,7 @@ use crate::domain::ScanEvent;
 use crate::enrich::fingerprint::{Fingerprint, FingerprintKey, fingerprint};
 use crate::enrich::privacy::Salt;
 use crate::ids::{VisitorId, WorkspaceId};
-use crate::store::{NewVisitor, Store, StoreResult, registry_key};
-
-/// Bits of the filter of stored registry entries: 2 MiB, whatever the number
-/// of visitors. Up to about 1.7 million entries, 1% of absent devices still
-/// read the store; beyond that more do (answers stay exact).
-const KNOWN_BITS: usize = 1 << 24;
-/// Bits set per entry.
-const KNOWN_HASHES: u64 = 7;
-
-/// Which registry entries may be stored: a Bloom filter over their keys.
-/// "Absent" is certain once `filled`: every stored entry was added, by the
-/// fill at start or as the Recorder committed it. An erased entry stays
-/// "maybe", which only costs a read.
-struct Known {
-    bits: Box<[AtomicU64]>,
-    filled: AtomicBool,
-}
-
-impl Known {
-    fn new() -> Known {
-        Known {
-            bits: (0..KNOWN_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
-            filled: AtomicBool::new(false),
-        }
-    }
-
-    /// The filter's bit positions for `key` (a workspace ID, then a keyed
-    /// fingerprint whose bytes are already uniformly random).
-    fn positions(key: &[u8]) -> impl Iterator<Item = usize> + use<> {
-        let word = |at: usize| {
-            key.get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-        };
-        let h1 = word(16) ^ word(8).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let h2 = word(24) | 1;
-        (0..KNOWN_HASHES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) as usize) % KNOWN_BITS)
-    }
-
-    fn insert(&self, key: &[u8]) {
-        for bit in Self::positions(key) {
-            self.bits[bit / 64].fetch_or(1 << (bit % 64), Ordering::Relaxed);
-        }
-    }
-
-    /// False only when no stored entry has `key`.
-    fn may_hold(&self, key: &[u8]) -> bool {
-        !self.filled.load(Ordering::Acquire)
-            || Self::positions(key)
-                .all(|bit| self.bits[bit / 64].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0)
-    }
-}
+use crate::store::{NewVisitor, Store, StoreResult};
 
 #[derive(Default)]
 struct Pending {
@@ -115,9 +61,6 @@ pub struct VisitorRegistry {
     keys: RwLock<HashMap<WorkspaceId, FingerprintKey>>,
     cache: Cache<(WorkspaceId, Fingerprint), VisitorId>,
     pending: Mutex<Pending>,
-    known: Known,
-    /// Store lookups `resolve` made (the filter spares the others).
-    lookups: AtomicU64,
 }
 
 impl VisitorRegistry {
@@ -128,39 +71,7 @@ impl VisitorRegistry {
             keys: RwLock::default(),
             cache: Cache::new(cache_entries.max(1)),
             pending: Mutex::default(),
-            known: Known::new(),
-            lookups: AtomicU64::new(0),
         }
-    }
-
-    /// Fills the filter of stored entries from the store; until it is
-    /// filled, every device `resolve` does not know is looked up there.
-    pub fn fill_known(&self) -> StoreResult<()> {
-        self.store
-            .for_each_registry_key(|key| self.known.insert(key))?;
-        self.known.filled.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// `fill_known` on a thread of its own (at start: reading a million
-    /// entries takes about a second).
-    pub fn fill_known_in_background(self: &Arc<Self>) {
-        let registry = self.clone();
-        let started = std::thread::Builder::new()
-            .name("registry-fill".into())
-            .spawn(move || {
-                if let Err(e) = registry.fill_known() {
-                    tracing::warn!(error = %e, "cannot read the visitor registry; every new device is looked up in the store");
-                }
-            });
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "cannot start filling the visitor registry's filter");
-        }
-    }
-
-    /// Store lookups `resolve` has made.
-    pub fn lookups(&self) -> u64 {
-        self.lookups.load(Ordering::Relaxed)
     }
 
     /// The name of a workspace's fingerprint key in the store.
@@ -241,13 +152,7 @@ impl VisitorRegistry {
         }
         // Under the lock: a racing first scan of the same device waits here
         // and then finds the pending entry.
-        let stored = if self.known.may_hold(&registry_key(ws, &fp)) {
-            self.lookups.fetch_add(1, Ordering::Relaxed);
-            self.store.visitor_of(ws, &fp)?
-        } else {
-            None
-        };
-        if let Some(v) = stored {
+        if let Some(v) = self.store.visitor_of(ws, &fp)? {
             // Still under the lock, which `forget` holds throughout: an
             // erasure either comes after this (and removes the entry) or
             // before the read (which then finds nothing).
@@ -291,10 +196,6 @@ impl VisitorRegistry {
         }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for n in new {
-            // Whatever happens next, the entry is stored: the filter must
-            // not call it absent.
-            self.known
-                .insert(&registry_key(&n.workspace_id, &n.fingerprint));
             // A visitor erased while its first batch was being written is
             // no longer pending: it must not come back through the cache.
             if pending.by_visitor.remove(&n.visitor_id).is_none() {
@@ -424,63 +325,51 @@ mod tests {
             1,
             "the other workspace's is still pending"
         );
-        // A restarted registry finds it in the store.
+        // A restarted registry finds it in the store, and so does a
+        // reopened store (its index is filled from the stored batches).
         let again = VisitorRegistry::new(store.clone(), FingerprintScope::Persistent, 10);
         assert_eq!(again.visitor_for(&ws, &me).unwrap(), v);
         assert_ne!(again.visitor_for(&other_ws, &me).unwrap(), v);
-        // So does one whose filter is filled (and it reads the store for it).
-        let filled = VisitorRegistry::new(store, FingerprintScope::Persistent, 10);
-        filled.fill_known().unwrap();
-        assert_eq!(filled.visitor_for(&ws, &me).unwrap(), v);
-        assert_eq!(filled.lookups(), 1);
+        let dir = _dir;
+        drop((again, registry, store));
+        let store = Store::open(dir.path(), 8).unwrap();
+        let reopened = VisitorRegistry::new(store, FingerprintScope::Persistent, 10);
+        assert_eq!(reopened.visitor_for(&ws, &me).unwrap(), v);
     }
 
     #[test]
-    fn once_filled_the_filter_spares_the_store_lookup_of_devices_never_seen() {
+    fn strangers_in_many_workspaces_are_new_and_the_stored_device_is_found_among_them() {
         let f = fixture();
         f.commit_first_scan();
         // One device in 200 other workspaces: 200 strangers (each workspace
-        // keys its fingerprints with a key of its own).
-        let stranger = me();
+        // keys its fingerprints with a key of its own), committed in one
+        // batch.
         let stranger_ws: Vec<WorkspaceId> = (0..200).map(|_| WorkspaceId::generate()).collect();
-        // Not filled: every device the cache does not know is looked up.
-        let cold = VisitorRegistry::new(f.store.clone(), FingerprintScope::Persistent, 10);
-        for ws in &stranger_ws {
-            cold.visitor_for(ws, &stranger).unwrap();
-        }
-        assert_eq!(cold.lookups(), 200);
-        // Filled: the strangers are new without a lookup, bar the filter's
-        // rare false positive; the stored device is still found.
-        let warm = VisitorRegistry::new(f.store.clone(), FingerprintScope::Persistent, 10);
-        warm.fill_known().unwrap();
-        for ws in &stranger_ws {
-            warm.visitor_for(ws, &stranger).unwrap();
-        }
-        assert!(warm.lookups() <= 2, "{} lookups", warm.lookups());
-        let before = warm.lookups();
+        let events: Vec<ScanEvent> = stranger_ws
+            .iter()
+            .map(|ws| ScanEvent {
+                visitor_id: Some(f.registry.visitor_for(ws, &me()).unwrap()),
+                ..ScanEvent::sample(EventId::generate(), *ws, LinkId::generate())
+            })
+            .collect();
+        let mut ids: Vec<VisitorId> = events.iter().filter_map(|e| e.visitor_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 200);
+        assert!(!ids.contains(&f.event.visitor_id.unwrap()));
+        let new = f.registry.new_in(&events);
+        assert_eq!(new.len(), 200);
+        f.store.commit_scans_with(&events, &new).unwrap();
+        f.registry.committed(&new);
+        let fresh = VisitorRegistry::new(f.store.clone(), FingerprintScope::Persistent, 10);
         assert_eq!(
-            warm.visitor_for(&f.ws, &me()).unwrap(),
+            fresh.visitor_for(&f.ws, &me()).unwrap(),
             f.event.visitor_id.unwrap()
         );
-        assert_eq!(warm.lookups(), before + 1);
-        // A visitor committed after the fill is in the filter too.
-        let ws = WorkspaceId::generate();
-        let v = warm.visitor_for(&ws, &me()).unwrap();
-        let event = ScanEvent {
-            visitor_id: Some(v),
-            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
-        };
-        let new = warm.new_in(std::slice::from_ref(&event));
-        f.store.commit_scans_with(&[event], &new).unwrap();
-        warm.committed(&new);
-        let restarted_cache =
-            VisitorRegistry::new(f.store.clone(), FingerprintScope::Persistent, 10);
-        restarted_cache.fill_known().unwrap();
-        assert_eq!(restarted_cache.visitor_for(&ws, &me()).unwrap(), v);
-        assert!(
-            warm.known
-                .may_hold(&registry_key(&ws, &warm.fingerprint(&ws, &me()).unwrap()))
-        );
+        for (ws, e) in stranger_ws.iter().zip(&events) {
+            assert_eq!(fresh.visitor_for(ws, &me()).unwrap(), e.visitor_id.unwrap());
+        }
+        assert_eq!(fresh.pending_len(), 0, "every one was found in the store");
     }
 
     #[test]

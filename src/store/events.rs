@@ -299,20 +299,10 @@ impl Store {
         } else {
             t.bodies.append(&values)?
         };
-        if !new.is_empty() {
-            // The registry entries of the batch's new visitors, ahead of the
-            // transaction and outside it: sled recovers a prefix of what was
-            // written, so an event is never stored without its visitor's
-            // entry, and an entry whose events were lost is a visitor
-            // without events yet, whose device's next scan finds it. A
-            // batch spares the read a transactional insert makes first.
-            let mut batch = sled::Batch::default();
-            for v in new {
-                let key = super::visitors::registry_key(&v.workspace_id, &v.fingerprint);
-                batch.insert(&key[..], &v.visitor_id.as_bytes()[..]);
-            }
-            t.visitor_registry.apply_batch(batch)?;
-        }
+        // The registry entries of the batch's new visitors: one value, keyed
+        // by the batch's first event ID (`registry.rs`).
+        let registry = (!new.is_empty()).then(|| super::registry::batch_value(new));
+        let first_id = events[0].id;
         let mut totals: HashMap<LinkId, u64> = HashMap::new();
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
@@ -323,9 +313,13 @@ impl Store {
             &t.events_by_workspace,
             &t.events_by_visitor,
             &t.counters,
+            &t.registry_batches,
         );
         trees.transaction(
-            |(ev, link_idx, ws_idx, visitor_idx, counters)| -> TxResult {
+            |(ev, link_idx, ws_idx, visitor_idx, counters, registry_batches)| -> TxResult {
+                if let Some(value) = &registry {
+                    registry_batches.insert(first_id.as_bytes(), value.as_slice())?;
+                }
                 for (w, pointer) in segments.iter().zip(&pointers) {
                     ev.insert(w.first.as_bytes(), &pointer.encode()[..])?;
                     for (index, entries) in [
@@ -346,6 +340,9 @@ impl Store {
                 Ok(())
             },
         )?;
+        if let Some(value) = &registry {
+            self.registry_committed(&first_id, value);
+        }
         self.committed_event(events.last().map(|e| e.id));
         Ok(segments.iter().map(|w| w.value.len()).sum())
     }

@@ -13,6 +13,7 @@ mod forms;
 pub mod keys;
 mod layout;
 mod links;
+mod registry;
 mod retention;
 mod scan;
 pub mod scan_log;
@@ -37,7 +38,7 @@ pub use links::{LinkQuery, LinkWrite};
 pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
 pub use tallies::{TallyKey, TallyScope};
-pub use visitors::{NewVisitor, StoredAttributes, registry_key};
+pub use visitors::{NewVisitor, StoredAttributes};
 pub use webhooks::{PendingMessage, TxError, WebhookTx};
 
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
@@ -126,8 +127,11 @@ struct Trees {
     events_by_visitor: sled::Tree,
     /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
     counters: sled::Tree,
-    /// key = workspace_id (16) ++ fingerprint (16) → value = visitor_id (16)
-    visitor_registry: sled::Tree,
+    /// key = the first event ID (16) of a Recorder batch → value = the
+    /// registry entries of the visitors first seen in it (`registry`)
+    registry_batches: sled::Tree,
+    /// Where each registry entry's batch is, in memory (`registry`).
+    registry: std::sync::RwLock<registry::RegistryIndex>,
     /// key = workspace_id (16) ++ visitor_id (16) → value = VisitorProfile
     /// (by the Visitors worker): a workspace's visitors are one key range.
     visitor_profiles: sled::Tree,
@@ -216,6 +220,7 @@ impl Store {
         let log = std::fs::File::open(dir.join("db")).map_err(sled::Error::Io)?;
         let bodies = bodies::Bodies::open(dir.join(bodies::DIR))?;
         let open = |name: &str| db.open_tree(name);
+        let registry_batches = open(registry::BATCHES_TREE)?;
         let trees = Trees {
             workspaces: open("workspaces")?,
             tokens: open("tokens")?,
@@ -229,7 +234,8 @@ impl Store {
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
             tallies: open("tallies")?,
-            visitor_registry: open("visitor_registry")?,
+            registry: std::sync::RwLock::new(registry::open_index(&db, &registry_batches)?),
+            registry_batches,
             visitor_profiles: open(visitors::PROFILES_TREE)?,
             visitor_attributes: open("visitor_attributes")?,
             form_completions: open("form_completions")?,

@@ -1,7 +1,6 @@
-//! The visitor registry: which visitor a fingerprint belongs to, per
-//! workspace. An entry is written just before the transaction of the first
-//! event of its visitor (`Store::commit_scans_with`), so after any crash a
-//! stored event's visitor is always the one its device maps to.
+//! Visitors as stored beside their events: profiles (written by the
+//! Visitors worker), attributes (by `identify`), the listings, and erasure.
+//! Which visitor a device's fingerprint belongs to is `registry.rs`.
 
 use std::collections::HashMap;
 
@@ -66,52 +65,7 @@ pub struct NewVisitor {
     pub visitor_id: VisitorId,
 }
 
-/// `workspace (16) ++ fingerprint (16)`.
-pub fn registry_key(ws: &WorkspaceId, fp: &Fingerprint) -> [u8; 32] {
-    let mut key = [0u8; 32];
-    key[..16].copy_from_slice(ws.as_bytes());
-    key[16..].copy_from_slice(fp);
-    key
-}
-
 impl Store {
-    /// The fingerprint of visitor `id` of workspace `ws`, if its registry
-    /// entry is stored. Erasure only: this reads every registry entry of the
-    /// workspace (no second key per visitor maps it back, which would cost
-    /// every new visitor a write).
-    pub fn visitor_fingerprint(
-        &self,
-        ws: &WorkspaceId,
-        id: &VisitorId,
-    ) -> StoreResult<Option<Fingerprint>> {
-        for entry in self.inner.visitor_registry.scan_prefix(ws.as_bytes()) {
-            let (key, value) = entry?;
-            if value.as_ref() == id.as_bytes() {
-                return Ok(key.get(16..32).and_then(|fp| fp.try_into().ok()));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Removes registry entry `fp` of workspace `ws` if it still maps to
-    /// visitor `id`.
-    pub fn forget_fingerprint(
-        &self,
-        ws: &WorkspaceId,
-        fp: &Fingerprint,
-        id: &VisitorId,
-    ) -> StoreResult<()> {
-        self.inner
-            .visitor_registry
-            .compare_and_swap(
-                registry_key(ws, fp),
-                Some(&id.as_bytes()[..]),
-                None as Option<&[u8]>,
-            )?
-            .ok();
-        Ok(())
-    }
-
     /// Deletes what is stored of visitor `id` beside its events: profile,
     /// attributes and registry entry `fingerprint` (if it still maps to
     /// `id`: a scan committed after the registry forgot the device may
@@ -123,41 +77,23 @@ impl Store {
         fingerprint: Option<Fingerprint>,
     ) -> StoreResult<()> {
         let t = &self.inner;
-        (
+        let removed = (
             &t.visitor_profiles,
             &t.visitor_attributes,
-            &t.visitor_registry,
+            &t.registry_batches,
         )
-            .transaction(|(profiles, attributes, reg)| -> TxResult {
+            .transaction(|(profiles, attributes, registry)| {
                 profiles.remove(&keys::pair(ws, id)[..])?;
                 attributes.remove(&id.as_bytes()[..])?;
-                if let Some(fp) = &fingerprint {
-                    let key = registry_key(ws, fp);
-                    if reg.get(key)?.as_deref() == Some(&id.as_bytes()[..]) {
-                        reg.remove(&key[..])?;
-                    }
+                match &fingerprint {
+                    Some(fp) => self.remove_registry_entry(registry, ws, fp, id),
+                    None => Ok(None),
                 }
-                Ok(())
             })?;
-        Ok(())
-    }
-
-    /// Calls `f` with the key of every registry entry (`registry_key`),
-    /// in key order.
-    pub fn for_each_registry_key(&self, mut f: impl FnMut(&[u8])) -> StoreResult<()> {
-        for key in self.inner.visitor_registry.iter().keys() {
-            f(&key?);
+        if let Some(fp) = &fingerprint {
+            self.registry_removed(ws, fp, removed);
         }
         Ok(())
-    }
-
-    /// The visitor fingerprint `fp` belongs to in `ws`, if any.
-    pub fn visitor_of(&self, ws: &WorkspaceId, fp: &Fingerprint) -> StoreResult<Option<VisitorId>> {
-        Ok(self
-            .inner
-            .visitor_registry
-            .get(registry_key(ws, fp))?
-            .and_then(|v| VisitorId::from_slice(&v)))
     }
 }
 
