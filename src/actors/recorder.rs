@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use super::registry::VisitorRegistry;
 use super::threads;
@@ -98,6 +98,9 @@ struct Queue {
     /// The last event ID given out.
     last_id: EventId,
     random: crate::random::Block,
+    /// Strict mode: the redirects waiting for their scan to be durable, in
+    /// sequence order, each woken alone when its scan is (`advance_durable`).
+    waiters: VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
 impl Queue {
@@ -110,6 +113,7 @@ impl Queue {
             log_asleep: false,
             last_id,
             random: crate::random::Block::default(),
+            waiters: VecDeque::new(),
         }
     }
 
@@ -155,12 +159,13 @@ struct Intake {
 
 enum Push {
     Queued {
-        seq: u64,
         id: EventId,
         /// A full batch waits: wake the Recorder.
         wake: bool,
         /// Strict mode: wake the log thread.
         wake_log: bool,
+        /// Strict mode: answered once the scan is durable.
+        durable: Option<oneshot::Receiver<()>>,
     },
     /// The queue is full; the scan comes back (boxed: this is the rare path).
     Full(Box<Queued>),
@@ -187,11 +192,18 @@ impl Intake {
         // The Recorder only needs a wake when a full batch is waiting.
         let wake = q.events.len() >= self.batch_size;
         let wake_log = std::mem::take(&mut q.log_asleep);
+        // Registered with the push, under its lock: the scan cannot be
+        // durable before its waiter is there.
+        let durable = (self.durability == Durability::Strict).then(|| {
+            let (tx, rx) = oneshot::channel();
+            q.waiters.push_back((seq, tx));
+            rx
+        });
         Push::Queued {
-            seq,
             id,
             wake,
             wake_log,
+            durable,
         }
     }
 
@@ -284,6 +296,18 @@ impl Intake {
             *d = (*d).max(seq);
             later
         });
+        // Only the redirects whose scans are durable now are woken: a
+        // channel every waiter watched woke them all at each fsync, most
+        // only to wait again.
+        let ready: Vec<oneshot::Sender<()>> = {
+            let mut q = self.lock();
+            let n = q.waiters.partition_point(|(s, _)| *s <= seq);
+            q.waiters.drain(..n).map(|(_, tx)| tx).collect()
+        };
+        for tx in ready {
+            // Its redirect may have given up waiting (`ack_timeout`).
+            let _ = tx.send(());
+        }
     }
 
     /// Wakes the log thread (to see new events, or that the queue closed).
@@ -445,17 +469,17 @@ impl RecorderHandle {
         let intake = &self.intake;
         let scan = Queued { event, device };
         let waits = &self.metrics.recorder_backpressure_waits;
-        let (seq, id) = match intake.push(scan, waits).await {
+        let (id, durable) = match intake.push(scan, waits).await {
             None => return Err(RecordError::Closed),
             Some(Push::Full(_)) => {
                 self.metrics.scans_dropped_queue_full.inc();
                 return Ok(RecordOutcome::Dropped);
             }
             Some(Push::Queued {
-                seq,
                 id,
                 wake,
                 wake_log,
+                durable,
             }) => {
                 if wake_log {
                     intake.log_wake.notify_one();
@@ -464,13 +488,12 @@ impl RecorderHandle {
                     // A full mailbox means the Recorder is already busy; its tick will come.
                     let _ = self.addr.try_send(Wake);
                 }
-                (seq, id)
+                (id, durable)
             }
         };
-        if intake.durability == Durability::Strict {
-            let mut rx = intake.durable.subscribe();
-            let done = tokio::time::timeout(intake.ack_timeout, rx.wait_for(|c| *c >= seq)).await;
-            if !matches!(done, Ok(Ok(_))) {
+        if let Some(durable) = durable {
+            let done = tokio::time::timeout(intake.ack_timeout, durable).await;
+            if !matches!(done, Ok(Ok(()))) {
                 return Err(RecordError::NotDurable);
             }
         }
@@ -850,7 +873,8 @@ mod tests {
         let done = tokio::time::timeout(Duration::from_secs(5), pushed)
             .await
             .expect("woken once there is space");
-        assert!(matches!(done, Some(Push::Queued { seq: 3, .. })));
+        assert!(matches!(done, Some(Push::Queued { .. })));
+        assert_eq!(waiting.last_queued(), 3);
         assert_eq!(waiting.depth(), 1);
         // Drop: answered at once.
         let mut dropping = full();
@@ -886,6 +910,40 @@ mod tests {
         intake.closed.store(true, Ordering::Release);
         assert_eq!(commit_next(&intake, intake.last_queued()), 2);
         assert_eq!(intake.depth(), 0);
+    }
+
+    #[test]
+    fn a_strict_scan_is_answered_once_durable_and_no_earlier() {
+        let intake = intake(Durability::Strict, 8);
+        let mut waiting: Vec<oneshot::Receiver<()>> = (0..3)
+            .map(|_| match intake.try_push(scan()) {
+                Push::Queued {
+                    durable: Some(rx), ..
+                } => rx,
+                _ => panic!("a strict push waits for durability"),
+            })
+            .collect();
+        intake.advance_durable(2);
+        for rx in &mut waiting[..2] {
+            assert_eq!(rx.try_recv(), Ok(()));
+        }
+        assert!(
+            waiting[2].try_recv().is_err(),
+            "the third is not durable yet"
+        );
+        // An older sequence number (the store's flush after the log's) wakes
+        // no one early.
+        intake.advance_durable(1);
+        assert!(waiting[2].try_recv().is_err());
+        intake.advance_durable(3);
+        assert_eq!(waiting[2].try_recv(), Ok(()));
+        assert!(intake.lock().waiters.is_empty());
+        // Batched mode: nobody waits.
+        let batched = self::intake(Durability::Batched, 8);
+        assert!(matches!(
+            batched.try_push(scan()),
+            Push::Queued { durable: None, .. }
+        ));
     }
 
     #[test]
