@@ -233,6 +233,9 @@ pub struct Message {
     pub hook_id: WebhookId,
     pub workspace_id: WorkspaceId,
     pub event_type: EventType,
+    /// Written and read as one run of bytes (the same encoding as a
+    /// sequence of `u8`, without a call per byte).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub created_at: Timestamp,
     pub state: MessageState,
@@ -475,6 +478,35 @@ pub fn webhook_url(raw: &str, allow_private: bool) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_stored_as_before_as_bytes() {
+        // Messages stored before the body was written as bytes (a sequence
+        // of u8) read the same, and are written the same.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Former {
+            body: Vec<u8>,
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Now {
+            #[serde(with = "serde_bytes")]
+            body: Vec<u8>,
+        }
+        let config = bincode::config::standard();
+        for body in [
+            Vec::new(),
+            b"{}".to_vec(),
+            (0..=255u8).cycle().take(1000).collect(),
+        ] {
+            let former =
+                bincode::serde::encode_to_vec(Former { body: body.clone() }, config).unwrap();
+            let now = bincode::serde::encode_to_vec(Now { body: body.clone() }, config).unwrap();
+            assert_eq!(former, now);
+            let (read, _): (Now, usize) =
+                bincode::serde::decode_from_slice(&former, config).unwrap();
+            assert_eq!(read.body, body);
+        }
+    }
 
     #[test]
     fn webhook_signature_matches_the_standard_webhooks_test_vector() {
