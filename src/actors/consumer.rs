@@ -22,7 +22,7 @@ use super::recorder::ScansCommitted;
 use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::ConsumerSettings;
 use crate::domain::{ScanEvent, Timestamp};
-use crate::ids::EventId;
+use crate::ids::{EventId, VisitorId};
 use crate::store::{ConsumerRecord, Store, StoreError, StoreResult};
 
 /// Pages of events read per step when catching up, so one step stays short
@@ -37,6 +37,18 @@ pub trait Consumer: Unpin + Send + 'static {
 
     /// Folds `events` (ascending IDs, each after the previous position) into `state`.
     fn apply(&mut self, state: &mut Self::State, events: &[ScanEvent]);
+
+    /// `apply` for a batch as the Recorder hands it on: `new_visitors` are
+    /// the visitors first seen in it, which no earlier event carries.
+    /// Events read from the store come through `apply`, without that.
+    fn apply_committed(
+        &mut self,
+        state: &mut Self::State,
+        events: &[ScanEvent],
+        _new_visitors: &[VisitorId],
+    ) {
+        self.apply(state, events)
+    }
 
     /// Stores `record` (position, count and encoded `State`) at a checkpoint.
     /// A consumer whose derived data lives in trees of its own overrides this
@@ -170,10 +182,18 @@ impl<C: Consumer> ConsumerWorker<C> {
     }
 
     fn fold(&mut self, events: &[ScanEvent]) {
+        self.fold_committed(events, None);
+    }
+
+    /// `fold`, with the batch's new visitors when the Recorder gave them.
+    fn fold_committed(&mut self, events: &[ScanEvent], new_visitors: Option<&[VisitorId]>) {
         let Some(last) = events.last() else {
             return;
         };
-        self.consumer.apply(&mut self.state, events);
+        match new_visitors {
+            Some(new) => self.consumer.apply_committed(&mut self.state, events, new),
+            None => self.consumer.apply(&mut self.state, events),
+        }
         self.position = Some(last.id);
         self.dirty = true;
         self.unsaved += events.len();
@@ -190,11 +210,16 @@ impl<C: Consumer> ConsumerWorker<C> {
     /// than the timer's checkpoints (the worker runs at a low priority), and
     /// what a consumer holds until its checkpoint (a webhook message per
     /// event) must not grow with the backlog.
-    pub fn on_batch(&mut self, after: Option<EventId>, events: &[ScanEvent]) -> StoreResult<()> {
+    pub fn on_batch(
+        &mut self,
+        after: Option<EventId>,
+        events: &[ScanEvent],
+        new_visitors: &[VisitorId],
+    ) -> StoreResult<()> {
         match events.last() {
             // Already read from the store.
             Some(last) if self.position >= Some(last.id) => return Ok(()),
-            Some(_) if self.position == after => self.fold(events),
+            Some(_) if self.position == after => self.fold_committed(events, Some(new_visitors)),
             // A gap: something before this batch was not seen yet.
             Some(_) => {
                 self.catch_up(PAGES_PER_STEP)?;
@@ -332,7 +357,7 @@ impl<C: Consumer> Handler<ScansCommitted> for ConsumerWorker<C> {
     type Result = ();
 
     fn handle(&mut self, msg: ScansCommitted, _: &mut Self::Context) {
-        if let Err(e) = self.on_batch(msg.after, &msg.events) {
+        if let Err(e) = self.on_batch(msg.after, &msg.events, &msg.new_visitors) {
             self.status.ran(false);
             tracing::error!(worker = C::NAME, error = %e, "consumer failed to read events; retrying at the next tick");
         }
@@ -425,10 +450,10 @@ mod tests {
         let after = committed.last().copied();
         store.commit_scans(&batches[3]).unwrap();
         committed.extend(batches[3].iter().map(|e| e.id));
-        w.on_batch(after, &batches[3]).unwrap();
+        w.on_batch(after, &batches[3], &[]).unwrap();
         assert_eq!(w.state(), &committed);
         // The same wake-up again changes nothing.
-        w.on_batch(after, &batches[3]).unwrap();
+        w.on_batch(after, &batches[3], &[]).unwrap();
         assert_eq!(w.state(), &committed);
         // A dropped wake-up leaves a gap: the next one makes it read the store.
         let before_gap = committed.last().copied();
@@ -438,7 +463,7 @@ mod tests {
         store.commit_scans(&batches[5]).unwrap();
         committed.extend(batches[5].iter().map(|e| e.id));
         assert_ne!(before_gap, after_dropped);
-        w.on_batch(after_dropped, &batches[5]).unwrap();
+        w.on_batch(after_dropped, &batches[5], &[]).unwrap();
         assert_eq!(w.state(), &committed);
         // Not yet checkpointed: a restart now resumes from the stored record.
         let stored = store.consumer("tally").unwrap().unwrap();
@@ -466,7 +491,7 @@ mod tests {
         for _ in 0..40 {
             let b = batch(5);
             store.commit_scans(&b).unwrap();
-            w.on_batch(after, &b).unwrap();
+            w.on_batch(after, &b, &[]).unwrap();
             after = b.last().map(|e| e.id);
             folded += b.len();
             let stored = store.consumer("tally").unwrap().map_or(0, |r| r.events) as usize;

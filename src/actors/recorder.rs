@@ -41,7 +41,7 @@ use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
 use crate::enrich::fingerprint::Fingerprint;
-use crate::ids::EventId;
+use crate::ids::{EventId, VisitorId};
 use crate::metrics::{Counter, Metrics};
 use crate::store::Store;
 use crate::store::scan_log::{self, LoggedScan, ScanLog};
@@ -59,6 +59,9 @@ pub struct ScansCommitted {
     pub after: Option<EventId>,
     /// The batch, ascending IDs.
     pub events: Arc<[ScanEvent]>,
+    /// The visitors first seen in this batch: no event before it carries
+    /// them (`Consumer::apply_committed`).
+    pub new_visitors: Arc<[VisitorId]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -524,6 +527,8 @@ struct Pending {
     events: Vec<ScanEvent>,
     last_seq: u64,
     written: bool,
+    /// Once written: the visitors its registry entries made.
+    new_visitors: Vec<VisitorId>,
 }
 
 pub struct Recorder {
@@ -634,6 +639,7 @@ impl Recorder {
                         events: resolve_visitors(&self.registry, scans),
                         last_seq,
                         written: false,
+                        new_visitors: Vec::new(),
                     });
                 self.intake.space.notify_waiters();
             }
@@ -657,6 +663,7 @@ impl Recorder {
                 }
                 self.registry.committed(&new_visitors);
                 pending.written = true;
+                pending.new_visitors = new_visitors.iter().map(|n| n.visitor_id).collect();
             }
             let Some(done) = self.pending.take() else {
                 return true;
@@ -666,7 +673,7 @@ impl Recorder {
             self.intake.committed.send_replace(done.last_seq);
             self.retry_delay = Duration::from_millis(10);
             self.retry_at = None;
-            self.hand_on(done.events);
+            self.hand_on(done.events, done.new_visitors);
         }
     }
 
@@ -677,7 +684,7 @@ impl Recorder {
         false
     }
 
-    fn hand_on(&mut self, events: Vec<ScanEvent>) {
+    fn hand_on(&mut self, events: Vec<ScanEvent>, new_visitors: Vec<VisitorId>) {
         let after = self.last_committed;
         self.last_committed = events.last().map(|e| e.id).or(after);
         if self.downstream.is_empty() {
@@ -686,6 +693,7 @@ impl Recorder {
         let batch = ScansCommitted {
             after,
             events: events.into(),
+            new_visitors: new_visitors.into(),
         };
         for recipient in &self.downstream {
             // A full mailbox drops the wake-up only: the consumer reads what it

@@ -67,13 +67,10 @@ impl Visitors {
     pub fn starter(view: Arc<VisitorView>, settings: ConsumerSettings) -> ConsumerStarter {
         ConsumerWorker::starter(Visitors { view }, settings)
     }
-}
 
-impl Consumer for Visitors {
-    const NAME: &'static str = "visitors";
-    type State = ();
-
-    fn apply(&mut self, _: &mut (), events: &[ScanEvent]) {
+    /// Folds `events` into the pending profiles; a visitor in `new` has no
+    /// stored profile to start from.
+    fn fold(&self, events: &[ScanEvent], new: &HashSet<&VisitorId>) {
         let mut pending = self
             .view
             .pending
@@ -91,11 +88,15 @@ impl Consumer for Visitors {
             let profile = match pending.entry(v) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    let stored = self.view.store.visitor(&e.workspace_id, &v).unwrap_or_else(|err| {
-                        // Unreadable: start over from this event rather than stall.
-                        tracing::error!(error = %err, visitor = %v, "cannot read a visitor profile");
+                    let stored = if new.contains(&v) {
                         None
-                    });
+                    } else {
+                        self.view.store.visitor(&e.workspace_id, &v).unwrap_or_else(|err| {
+                            // Unreadable: start over from this event rather than stall.
+                            tracing::error!(error = %err, visitor = %v, "cannot read a visitor profile");
+                            None
+                        })
+                    };
                     slot.insert(stored.unwrap_or_else(|| {
                         VisitorProfile::new(
                             v,
@@ -108,6 +109,22 @@ impl Consumer for Visitors {
             profile.add_event(e);
         }
     }
+}
+
+impl Consumer for Visitors {
+    const NAME: &'static str = "visitors";
+    type State = ();
+
+    fn apply(&mut self, _: &mut (), events: &[ScanEvent]) {
+        self.fold(events, &HashSet::new());
+    }
+
+    /// A batch's new visitors have no stored profile: nothing folded before
+    /// carried them, so their profiles start here without a store read
+    /// (most visitors of a printed code's crowd scan once).
+    fn apply_committed(&mut self, _: &mut (), events: &[ScanEvent], new_visitors: &[VisitorId]) {
+        self.fold(events, &new_visitors.iter().collect());
+    }
 
     fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
         let mut pending = self
@@ -118,5 +135,41 @@ impl Consumer for Visitors {
         store.save_visitors(Self::NAME, record, &pending)?;
         pending.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{EventId, LinkId};
+
+    #[test]
+    fn a_new_visitor_starts_without_a_read_and_its_next_batch_continues_its_stored_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let view = VisitorView::new(store.clone());
+        let mut worker = Visitors { view: view.clone() };
+        let (ws, v) = (WorkspaceId::generate(), VisitorId::generate());
+        let scan = || ScanEvent {
+            visitor_id: Some(v),
+            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
+        };
+        let record = |events| ConsumerRecord {
+            position: None,
+            events,
+            state: Vec::new(),
+        };
+        // Its first batch: new, two scans.
+        worker.apply_committed(&mut (), &[scan(), scan()], &[v]);
+        worker.persist(&store, &record(2)).unwrap();
+        assert_eq!(store.visitor(&ws, &v).unwrap().unwrap().event_count, 2);
+        // A later batch (not new there), and events read from the store:
+        // both start from the stored profile.
+        worker.apply_committed(&mut (), &[scan()], &[]);
+        worker.persist(&store, &record(3)).unwrap();
+        worker.apply(&mut (), &[scan()]);
+        worker.persist(&store, &record(4)).unwrap();
+        let profile = view.profile(&ws, &v).unwrap().unwrap();
+        assert_eq!(profile.event_count, 4);
     }
 }
