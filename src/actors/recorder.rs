@@ -150,9 +150,6 @@ struct Intake {
     ack_timeout: Duration,
     /// The sequence number of the last event committed to the store.
     committed: watch::Sender<u64>,
-    /// Strict mode: the sequence number of the last event durable (in the
-    /// fsynced scan log, or committed and flushed), which redirects wait for.
-    durable: watch::Sender<u64>,
     /// Strict mode: wakes the log thread (`log_scans`).
     log_wake: Condvar,
     space: Notify,
@@ -292,13 +289,10 @@ impl Intake {
         self.lock().events.len()
     }
 
-    /// Publishes `seq` as durable unless a later one is.
+    /// Strict mode: every event up to sequence number `seq` is durable (in
+    /// the fsynced scan log, or committed and flushed); wakes their
+    /// redirects.
     fn advance_durable(&self, seq: u64) {
-        self.durable.send_if_modified(|d| {
-            let later = seq > *d;
-            *d = (*d).max(seq);
-            later
-        });
         // Only the redirects whose scans are durable now are woken: a
         // channel every waiter watched woke them all at each fsync, most
         // only to wait again.
@@ -578,7 +572,6 @@ impl Recorder {
             durability,
             ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
             committed: watch::Sender::new(0),
-            durable: watch::Sender::new(0),
             log_wake: Condvar::new(),
             space: Notify::new(),
             wake_pending: AtomicBool::new(false),
@@ -794,7 +787,6 @@ mod tests {
             durability,
             ack_timeout: Duration::from_secs(1),
             committed: watch::Sender::new(0),
-            durable: watch::Sender::new(0),
             log_wake: Condvar::new(),
             space: Notify::new(),
             wake_pending: AtomicBool::new(false),
@@ -969,12 +961,11 @@ mod tests {
             let metrics = Arc::new(Metrics::default());
             std::thread::spawn(move || log_scans(&intake, &Mutex::new(log), &store, &metrics))
         };
-        let mut durable = intake.durable.subscribe();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while *durable.borrow_and_update() < queued as u64 && Instant::now() < deadline {
+        while intake.lock().logged < queued as u64 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(*durable.borrow(), queued as u64);
+        assert_eq!(intake.lock().logged, queued as u64);
         assert_eq!(intake.last_queued(), queued as u64, "all may be committed");
         intake.closed.store(true, Ordering::Release);
         intake.wake_log();
