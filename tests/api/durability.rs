@@ -256,6 +256,16 @@ async fn strict_mode_commits_the_scan_log_again_after_a_power_cut() {
     let server = BinaryServer::start(&data, &env);
     let token = server.token.clone().expect("first start prints a token");
     create_tracked_link(&server.base, &token).await;
+    // The first scan makes the workspace's fingerprint key, and storing a
+    // new secret flushes the whole store: done before the burst, so that no
+    // flush but the hourly one can make the burst's scans durable there.
+    let first = client()
+        .get(format!("{}/burst", server.base))
+        .insert_header(("User-Agent", IPHONE_UA))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 302);
     disk.sync();
     let (_, acked) = burst_then_signal(server, 300, async {}, libc::SIGKILL).await;
     assert!(
