@@ -296,13 +296,16 @@ impl Store {
         ws: &WorkspaceId,
         id: &VisitorId,
     ) -> StoreResult<Option<Fingerprint>> {
-        let ms = &id.as_bytes()[..6];
-        let mut end = [0xffu8; 16];
-        end[..6].copy_from_slice(ms);
-        let mut start = [0u8; 16];
-        start[..6].copy_from_slice(ms);
-        let home = self.inner.registry_batches.range(start..=end);
-        for kv in home.chain(self.inner.registry_batches.iter()) {
+        let ms = id.timestamp_ms();
+        let home = EventId::lower_bound_bytes(ms)..EventId::lower_bound_bytes(ms.saturating_add(1));
+        let batches = &self.inner.registry_batches;
+        // Then every other batch (a visitor stored by an earlier version).
+        let rest = batches.iter().filter(|kv| {
+            kv.as_ref().map_or(true, |(k, _)| {
+                !(home.start[..] <= k[..] && k[..] < home.end[..])
+            })
+        });
+        for kv in batches.range(home.clone()).chain(rest) {
             let (_, value) = kv?;
             for e in entries(&value)?.chunks_exact(ENTRY) {
                 if &e[..16] == ws.as_bytes() && &e[KEY..] == id.as_bytes() {
