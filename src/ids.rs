@@ -174,12 +174,40 @@ impl<K: IdKind> Hash for Id<K> {
     }
 }
 
+/// The longest prefix an ID kind may have (checked by a test of every kind).
+const PREFIX_MAX: usize = 8;
+
+/// An ID's text form, `prefix_suffix`, built on the stack: JSON writes IDs
+/// by the thousand (listings, exports, webhook bodies) without an
+/// allocation or a pass through `fmt` each.
+pub struct IdText {
+    buf: [u8; PREFIX_MAX + 1 + ENCODED_LEN],
+    len: usize,
+}
+
+impl IdText {
+    pub fn as_str(&self) -> &str {
+        // Built from an ASCII prefix, `_` and the ASCII alphabet.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl<K: IdKind> Id<K> {
+    /// The text form, `prefix_suffix`, as `Display` writes it.
+    pub fn text(&self) -> IdText {
+        let prefix = &K::PREFIX.as_bytes()[..K::PREFIX.len().min(PREFIX_MAX)];
+        let mut buf = [0u8; PREFIX_MAX + 1 + ENCODED_LEN];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()] = b'_';
+        let len = prefix.len() + 1 + ENCODED_LEN;
+        buf[prefix.len() + 1..len].copy_from_slice(&self.encode());
+        IdText { buf, len }
+    }
+}
+
 impl<K: IdKind> fmt::Display for Id<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let encoded = self.encode();
-        // The alphabet is ASCII, so the encoding is always valid UTF-8.
-        let suffix = std::str::from_utf8(&encoded).map_err(|_| fmt::Error)?;
-        write!(f, "{}_{}", K::PREFIX, suffix)
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -205,7 +233,7 @@ impl<K: IdKind> FromStr for Id<K> {
 impl<K: IdKind> Serialize for Id<K> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
-            serializer.collect_str(self)
+            serializer.serialize_str(self.text().as_str())
         } else {
             self.uuid.serialize(serializer)
         }
@@ -258,6 +286,34 @@ mod tests {
             "lnk_01h455vb4pex5vsknk084sn02q".parse::<LinkId>().unwrap(),
             id
         );
+    }
+
+    fn text_is_prefix_and_suffix<K: IdKind>() {
+        assert!(K::PREFIX.len() <= PREFIX_MAX, "{}", K::PREFIX);
+        for id in [
+            Id::<K>::generate(),
+            Id::from_bytes([0; 16]),
+            Id::from_bytes([0xff; 16]),
+        ] {
+            let suffix = id.encode().map(char::from).iter().collect::<String>();
+            let text = format!("{}_{suffix}", K::PREFIX);
+            assert_eq!(id.text().as_str(), text);
+            assert_eq!(id.to_string(), text);
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{text}\""));
+            assert_eq!(text.parse::<Id<K>>().unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn every_kind_writes_its_whole_prefix_an_underscore_and_the_suffix() {
+        text_is_prefix_and_suffix::<WorkspaceKind>();
+        text_is_prefix_and_suffix::<TokenKind>();
+        text_is_prefix_and_suffix::<LinkKind>();
+        text_is_prefix_and_suffix::<EventKind>();
+        text_is_prefix_and_suffix::<VisitorKind>();
+        text_is_prefix_and_suffix::<WebhookKind>();
+        text_is_prefix_and_suffix::<MessageKind>();
+        text_is_prefix_and_suffix::<DeliveryKind>();
     }
 
     #[test]

@@ -331,40 +331,51 @@ struct Envelope<D: Serialize> {
     data: D,
 }
 
-/// The link of a scan as messages show it.
+/// The link of a scan as messages show it (borrowed from the link).
 #[derive(Serialize)]
-struct LinkData {
+struct LinkData<'a> {
     id: LinkId,
-    name: Option<String>,
-    slug: String,
+    name: Option<&'a str>,
+    slug: &'a str,
     short_url: String,
-    destination: String,
-    tags: Vec<String>,
+    destination: &'a str,
+    tags: &'a [String],
 }
 
 #[derive(Serialize)]
-struct VisitorData {
+struct VisitorData<'a> {
     id: VisitorId,
-    attributes: serde_json::Map<String, serde_json::Value>,
+    attributes: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
-struct StepData {
+struct StepData<'a> {
     kind: &'static str,
     action: &'static str,
-    answers: serde_json::Map<String, serde_json::Value>,
+    answers: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
-struct ScanData {
+struct ScanData<'a> {
     event: EventView,
     /// `null` when the link was deleted since.
-    link: Option<LinkData>,
+    link: Option<LinkData<'a>>,
     /// `null` until the scan has a visitor.
-    visitor: Option<VisitorData>,
+    visitor: Option<VisitorData<'a>>,
     scan_id: EventId,
     #[serde(skip_serializing_if = "Option::is_none")]
-    step: Option<StepData>,
+    step: Option<StepData<'a>>,
+}
+
+/// Room for a scan's body: most are under a kilobyte, so one allocation
+/// each and no growing.
+const BODY_CAPACITY: usize = 1_536;
+
+/// `value` as JSON bytes, written into one buffer of `BODY_CAPACITY`.
+fn to_body<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    let mut body = Vec::with_capacity(BODY_CAPACITY);
+    serde_json::to_writer(&mut body, value).map_err(codec_error)?;
+    Ok(body)
 }
 
 fn codec_error(e: serde_json::Error) -> StoreError {
@@ -383,6 +394,7 @@ pub fn scan_body(
     answers: Option<&serde_json::Map<String, serde_json::Value>>,
     settings: &Settings,
 ) -> StoreResult<Vec<u8>> {
+    let none = serde_json::Map::new();
     let step = (event_type == EventType::StepCompleted).then(|| StepData {
         kind: "exit",
         action: if answers.is_some() {
@@ -390,7 +402,7 @@ pub fn scan_body(
         } else {
             "redirect"
         },
-        answers: answers.cloned().unwrap_or_default(),
+        answers: answers.unwrap_or(&none),
     });
     let envelope = Envelope {
         event_type,
@@ -399,21 +411,18 @@ pub fn scan_body(
             event: EventView::from(event.clone()),
             link: link.map(|l| LinkData {
                 id: l.id,
-                name: l.name.clone(),
-                slug: l.slug.as_str().to_owned(),
+                name: l.name.as_deref(),
+                slug: l.slug.as_str(),
                 short_url: settings.short_url(l.slug.as_str()),
-                destination: l.destination.as_str().to_owned(),
-                tags: l.tags.clone(),
+                destination: l.destination.as_str(),
+                tags: &l.tags,
             }),
-            visitor: event.visitor_id.map(|id| VisitorData {
-                id,
-                attributes: attributes.clone(),
-            }),
+            visitor: event.visitor_id.map(|id| VisitorData { id, attributes }),
             scan_id: event.id,
             step,
         },
     };
-    serde_json::to_vec(&envelope).map_err(codec_error)
+    to_body(&envelope)
 }
 
 /// The body of a `visitor.identified` message: the visitor with all its
@@ -427,7 +436,7 @@ pub fn identified_body(
 ) -> StoreResult<Vec<u8>> {
     #[derive(Serialize)]
     struct IdentifiedData<'a> {
-        visitor: VisitorData,
+        visitor: VisitorData<'a>,
         attributes: &'a serde_json::Map<String, serde_json::Value>,
         scan_id: EventId,
     }
@@ -437,7 +446,7 @@ pub fn identified_body(
         data: IdentifiedData {
             visitor: VisitorData {
                 id: visitor,
-                attributes: attributes.clone(),
+                attributes,
             },
             attributes: set,
             scan_id,
@@ -533,6 +542,7 @@ impl Webhooks {
         let mut links: HashMap<LinkId, Option<Link>> = HashMap::new();
         let mut attributes: HashMap<VisitorId, serde_json::Map<String, serde_json::Value>> =
             HashMap::new();
+        let no_attributes = serde_json::Map::new();
         let mut out = Vec::new();
         for e in &self.events {
             let ws_hooks = match hooks.entry(e.workspace_id) {
@@ -560,14 +570,12 @@ impl Webhooks {
                     }
                     let attrs = match e.visitor_id {
                         Some(v) => match attributes.entry(v) {
-                            Entry::Occupied(o) => o.into_mut().clone(),
-                            Entry::Vacant(slot) => {
-                                slot.insert(stored_attributes(store, &v)?).clone()
-                            }
+                            Entry::Occupied(o) => o.into_mut(),
+                            Entry::Vacant(slot) => slot.insert(stored_attributes(store, &v)?),
                         },
-                        None => serde_json::Map::new(),
+                        None => &no_attributes,
                     };
-                    let body = scan_body(ty, e, link.as_ref(), &attrs, None, &self.hub.settings)?;
+                    let body = scan_body(ty, e, link.as_ref(), attrs, None, &self.hub.settings)?;
                     out.push(new_message(
                         message_id(&e.id, &hook.id, ty),
                         hook,
@@ -709,5 +717,86 @@ mod tests {
             scan_body(EventType::QrScanned, &event, None, &none, None, &settings).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&scanned).unwrap();
         assert!(v["data"].get("step").is_none());
+    }
+
+    #[test]
+    fn a_scan_body_carries_the_whole_event_its_link_and_its_visitor() {
+        let settings = Settings::load_with_env(None, Vec::new()).unwrap();
+        let ws = WorkspaceId::generate();
+        let mut link = Link::sample(ws, "menu", "https://example.com/menu");
+        link.name = Some("Menu \"dinner\"".into());
+        link.tags = vec!["table".into(), "ünïcode".into()];
+        let mut event = ScanEvent::sample(EventId::generate(), ws, link.id);
+        event.visitor_id = Some(VisitorId::generate());
+        event.os = Some("iOS".into());
+        event.os_version = Some("17.4".into());
+        event.browser = Some("Mobile Safari".into());
+        event.browser_version = Some("17.4".into());
+        event.country = Some("FR".into());
+        event.region = Some("Île-de-France".into());
+        event.city = Some("Paris, a city name longer than twenty-four bytes".into());
+        event.isp = Some("Orange".into());
+        event.asn = Some(3215);
+        event.language = Some("fr".into());
+        event.referer = Some("https://news.example/?q=\"x\"".into());
+        event.ip_hash = [0xab; 32];
+        let attributes: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"email": "a@b.example", "vip": true}"#).unwrap();
+        let answers: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"size": "L"}"#).unwrap();
+        let body = scan_body(
+            EventType::StepCompleted,
+            &event,
+            Some(&link),
+            &attributes,
+            Some(&answers),
+            &settings,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let expected_event = serde_json::json!({
+            "id": event.id.to_string(),
+            "link_id": link.id.to_string(),
+            "visitor_id": event.visitor_id.unwrap().to_string(),
+            "timestamp": Timestamp::from_millis(event.timestamp_ms()).to_string(),
+            "method": "GET",
+            "device_type": "mobile",
+            "os": "iOS",
+            "os_version": "17.4",
+            "browser": "Mobile Safari",
+            "browser_version": "17.4",
+            "country": "FR",
+            "region": "Île-de-France",
+            "city": "Paris, a city name longer than twenty-four bytes",
+            "isp": "Orange",
+            "asn": 3215,
+            "language": "fr",
+            "referer": "https://news.example/?q=\"x\"",
+            "destination": "https://e.com/",
+            "ip_hash": "ab".repeat(32),
+            "bot": false,
+        });
+        assert_eq!(v["data"]["event"], expected_event);
+        let expected_link = serde_json::json!({
+            "id": link.id.to_string(),
+            "name": "Menu \"dinner\"",
+            "slug": "menu",
+            "short_url": settings.short_url("menu"),
+            "destination": "https://example.com/menu",
+            "tags": ["table", "ünïcode"],
+        });
+        assert_eq!(v["data"]["link"], expected_link);
+        assert_eq!(
+            v["data"]["visitor"],
+            serde_json::json!({
+                "id": event.visitor_id.unwrap().to_string(),
+                "attributes": {"email": "a@b.example", "vip": true},
+            })
+        );
+        assert_eq!(
+            v["data"]["step"],
+            serde_json::json!({"kind": "exit", "action": "form", "answers": {"size": "L"}})
+        );
+        assert_eq!(v["timestamp"], expected_event["timestamp"]);
     }
 }

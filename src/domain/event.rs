@@ -95,21 +95,46 @@ pub struct EventView {
     pub timestamp: Timestamp,
     pub method: ScanMethod,
     pub device_type: DeviceType,
-    pub os: Option<String>,
-    pub os_version: Option<String>,
-    pub browser: Option<String>,
-    pub browser_version: Option<String>,
-    pub country: Option<String>,
-    pub region: Option<String>,
-    pub city: Option<String>,
-    pub isp: Option<String>,
+    // The event's own compact strings, moved rather than copied.
+    #[schema(value_type = Option<String>)]
+    pub os: Option<CompactString>,
+    #[schema(value_type = Option<String>)]
+    pub os_version: Option<CompactString>,
+    #[schema(value_type = Option<String>)]
+    pub browser: Option<CompactString>,
+    #[schema(value_type = Option<String>)]
+    pub browser_version: Option<CompactString>,
+    #[schema(value_type = Option<String>)]
+    pub country: Option<CompactString>,
+    #[schema(value_type = Option<String>)]
+    pub region: Option<CompactString>,
+    #[schema(value_type = Option<String>)]
+    pub city: Option<CompactString>,
+    #[schema(value_type = Option<String>)]
+    pub isp: Option<CompactString>,
     pub asn: Option<u32>,
-    pub language: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub language: Option<CompactString>,
     pub referer: Option<String>,
     pub destination: String,
     /// Hex SHA-256 of a daily salt and the client IP.
-    pub ip_hash: String,
+    #[schema(value_type = String)]
+    pub ip_hash: HexDigest,
     pub bot: bool,
+}
+
+/// A SHA-256 digest, written as 64 lower-case hex digits (built on the
+/// stack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexDigest(pub [u8; 32]);
+
+impl Serialize for HexDigest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = [0u8; 64];
+        // `encode_to_slice` fails only on a wrong output length.
+        hex::encode_to_slice(self.0, &mut out).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(std::str::from_utf8(&out).map_err(serde::ser::Error::custom)?)
+    }
 }
 
 impl From<ScanEvent> for EventView {
@@ -121,19 +146,19 @@ impl From<ScanEvent> for EventView {
             visitor_id: e.visitor_id,
             method: e.method,
             device_type: e.device_type,
-            os: e.os.map(String::from),
-            os_version: e.os_version.map(String::from),
-            browser: e.browser.map(String::from),
-            browser_version: e.browser_version.map(String::from),
-            country: e.country.map(String::from),
-            region: e.region.map(String::from),
-            city: e.city.map(String::from),
-            isp: e.isp.map(String::from),
+            os: e.os,
+            os_version: e.os_version,
+            browser: e.browser,
+            browser_version: e.browser_version,
+            country: e.country,
+            region: e.region,
+            city: e.city,
+            isp: e.isp,
             asn: e.asn,
-            language: e.language.map(String::from),
+            language: e.language,
             referer: e.referer,
             destination: e.destination,
-            ip_hash: hex::encode(e.ip_hash),
+            ip_hash: HexDigest(e.ip_hash),
             bot: e.bot,
         }
     }
