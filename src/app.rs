@@ -246,6 +246,7 @@ impl Application {
         if let Err(e) = state.store.flush() {
             tracing::error!(error = %e, "final flush failed");
         }
+        state.workers.stop_threads();
         tracing::info!(left, "stopped");
         match served {
             Ok(result) => result,

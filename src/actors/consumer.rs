@@ -169,7 +169,8 @@ impl<C: Consumer> ConsumerWorker<C> {
             wake: addr.clone().recipient(),
             poke: addr.clone().recipient(),
             handle: WorkerHandle::new(C::NAME, Stage::Consumers, &addr, status)
-                .with_progress(progress),
+                .with_progress(progress)
+                .on_arbiter(arbiter.handle()),
         }
     }
 

@@ -655,6 +655,7 @@ impl DeliveryWorker {
         });
         hub.set_delivery(addr.clone().recipient());
         WorkerHandle::new("webhook_delivery", Stage::Delivery, &addr, status)
+            .on_arbiter(arbiter.handle())
     }
 
     fn step(&mut self, ctx: &mut Context<Self>) {

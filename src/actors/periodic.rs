@@ -61,7 +61,7 @@ impl<T: PeriodicTask> Periodic<T> {
             status: status.clone(),
         };
         let addr = Periodic::start_in_arbiter(arbiter, move |_| actor);
-        WorkerHandle::new(T::NAME, T::STAGE, &addr, status)
+        WorkerHandle::new(T::NAME, T::STAGE, &addr, status).on_arbiter(arbiter.clone())
     }
 
     fn step(&mut self, trigger: Trigger) {

@@ -606,7 +606,8 @@ impl Recorder {
         let status = recorder.status.clone();
         let arbiter = super::threads::named_arbiter("recorder");
         let addr = Recorder::start_in_arbiter(&arbiter.handle(), move |_| recorder);
-        let worker = WorkerHandle::new("recorder", Stage::Intake, &addr, status);
+        let worker = WorkerHandle::new("recorder", Stage::Intake, &addr, status)
+            .on_arbiter(arbiter.handle());
         Ok((
             RecorderHandle {
                 intake,

@@ -86,6 +86,8 @@ pub struct WorkerHandle {
     drain: Recipient<Drain>,
     status: Arc<WorkerStatus>,
     progress: Option<Arc<ConsumerProgress>>,
+    /// The thread it runs on, stopped at shutdown once everything drained.
+    arbiter: Option<ArbiterHandle>,
 }
 
 impl WorkerHandle {
@@ -104,7 +106,14 @@ impl WorkerHandle {
             drain: addr.clone().recipient(),
             status,
             progress: None,
+            arbiter: None,
         }
+    }
+
+    /// The worker runs on `arbiter`, which `Workers::stop_threads` stops.
+    pub fn on_arbiter(mut self, arbiter: ArbiterHandle) -> Self {
+        self.arbiter = Some(arbiter);
+        self
     }
 
     /// A consumer's handle also reports its lag and durable event count.
@@ -146,6 +155,16 @@ impl Workers {
             .filter(|h| !h.is_ready())
             .map(|h| h.name)
             .collect()
+    }
+
+    /// Stops the workers' threads (after `drain`): their actors, and the
+    /// store handles they hold, are dropped, so a process that serves again
+    /// (tests, the benches) keeps no threads or open stores of a stopped
+    /// server.
+    pub fn stop_threads(&self) {
+        for arbiter in self.handles.iter().filter_map(|h| h.arbiter.as_ref()) {
+            arbiter.stop();
+        }
     }
 
     /// Drains stage by stage; each stage gets `per_stage` to finish. Returns

@@ -396,3 +396,80 @@ async fn sigterm_during_a_burst_turns_readyz_503_then_drains_every_worker_in_ord
     let store = Store::open(&data, 16).unwrap();
     assert_tally_matches_the_store(&store);
 }
+
+/// A server embedded in a process that goes on (the benches, an embedder)
+/// leaves nothing running once `run_until` returns: its workers' threads
+/// stop, without stopping the actix system around it, and its store can be
+/// opened again. Run alone in a process of its own (the test binary again),
+/// so no other test's threads are counted.
+#[test]
+fn a_stopped_server_keeps_no_worker_thread_or_store_open() {
+    let run = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "workers::stopped_server_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SCANHOP_TEST_STOPPED_SERVER", "1")
+        .output()
+        .expect("runs");
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run alone by a_stopped_server_keeps_no_worker_thread_or_store_open"]
+fn stopped_server_process() {
+    if std::env::var_os("SCANHOP_TEST_STOPPED_SERVER").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let settings = crate::helpers::test_settings(&dir, &[]);
+    let path = settings.storage.path.clone();
+    let before = thread_names();
+    let (served_tx, served_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let app = scanhop::app::Application::build(settings).expect("app builds");
+            let url = format!("http://127.0.0.1:{}/no-such-link", app.port());
+            let stop = async move {
+                // One request served before stopping.
+                let (status, _) = get_text(url).await;
+                served_tx.send(status).expect("the test waits");
+            };
+            app.run_until(stop).await.expect("serves");
+        });
+    });
+    assert_eq!(served_rx.recv().unwrap(), 404);
+    server.join().unwrap();
+    // sled's I/O threads are a pool of the process, shared by every store.
+    // A stopped thread ends on its own, soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = thread_names()
+            .into_iter()
+            .filter(|n| !before.contains(n) && !n.starts_with("sled-io"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "threads left running: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Store::open(&path, 8).expect("the stopped server holds no store handle");
+}
+
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("Linux /proc");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
