@@ -86,6 +86,50 @@ pub(super) fn find<'a>(raw: &'a [u8], key: &[u8]) -> StoreResult<Option<&'a [u8]
     Ok(None)
 }
 
+/// The entries below `below` (an ID) of the next bucket down among the
+/// buckets of `tree` keyed `owner (16) ++ first ID (16)`, newest first, as
+/// (ID, value); `below` moves to the oldest of them. Each bucket is sought
+/// afresh rather than walked to with one iterator: a bucket split by a
+/// write beside a listing then moves no entry past it. `None`: no entry is
+/// left below.
+pub(super) fn entries_below(
+    tree: &sled::Tree,
+    owner: &[u8; 16],
+    below: &mut [u8; 16],
+) -> StoreResult<Option<Vec<Entry>>> {
+    let id16 =
+        |b: &[u8]| <[u8; 16]>::try_from(b).map_err(|_| StoreError::Codec("a bucket's ID".into()));
+    let start = [&owner[..], &[0; 16]].concat();
+    loop {
+        // Every entry below `below` is in a bucket whose key is below it.
+        let end = [&owner[..], &below[..]].concat();
+        let Some((key, raw)) = tree
+            .range(start.as_slice()..end.as_slice())
+            .next_back()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for e in Entries::new(&raw)? {
+            let (id, value) = e?;
+            if id < &below[..] {
+                out.push((id.to_vec(), value.to_vec()));
+            }
+        }
+        // A bucket whose first entries were removed may hold none below:
+        // then on below its key.
+        *below = match out.first() {
+            Some((id, _)) => id16(id)?,
+            None => id16(key.get(16..).unwrap_or_default())?,
+        };
+        if !out.is_empty() {
+            out.reverse();
+            return Ok(Some(out));
+        }
+    }
+}
+
 impl Bucket {
     pub(super) fn decode(raw: &[u8]) -> StoreResult<Bucket> {
         let entries = Entries::new(raw)?
@@ -165,6 +209,28 @@ impl Bucket {
             }
             Err(_) => false,
         }
+    }
+
+    /// The entries in order, cut into buckets of at most `max_entries` and,
+    /// beyond one entry, at most `max_bytes` of keys and values each.
+    pub(super) fn into_chunks(self, max_entries: usize, max_bytes: usize) -> Vec<Bucket> {
+        let mut chunks = Vec::new();
+        let mut current = Bucket::default();
+        let mut bytes = 0;
+        for (k, v) in self.entries {
+            let size = k.len() + v.len();
+            let full = current.len() >= max_entries || bytes + size > max_bytes;
+            if !current.is_empty() && full {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += size;
+            current.entries.push((k, v));
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        chunks
     }
 
     /// Moves the upper half of the entries into a bucket of their own; the

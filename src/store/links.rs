@@ -444,53 +444,25 @@ impl Store {
     }
 
     /// The links below `below` in the next bucket down of workspace `ws`,
-    /// newest first, as listing candidates; `below` moves to the oldest of
-    /// them. Each bucket is sought afresh rather than walked to with one
-    /// iterator: a bucket split by a write beside the listing then moves no
-    /// link past it. `None`: no link is left below.
+    /// newest first, as listing candidates (`bucket::entries_below`).
     fn links_below(
         &self,
         ws: &WorkspaceId,
         query: &LinkQuery,
         below: &mut [u8; 16],
     ) -> StoreResult<Option<Vec<scan::Candidate<Link>>>> {
-        let id16 = |b: &[u8]| {
-            <[u8; 16]>::try_from(b).map_err(|_| StoreError::Codec("a link bucket's ID".into()))
+        let Some(entries) = bucket::entries_below(&self.inner.link_buckets, ws.as_bytes(), below)?
+        else {
+            return Ok(None);
         };
-        let start = keys::pair_raw(ws, &[0; 16]);
-        loop {
-            // Every link below `below` is in a bucket whose key is below it.
-            let end = keys::pair_raw(ws, below);
-            let Some((key, raw)) = self
-                .inner
-                .link_buckets
-                .range(start..end)
-                .next_back()
-                .transpose()?
-            else {
-                return Ok(None);
-            };
-            let mut out = Vec::new();
-            let mut oldest = None;
-            for e in Entries::new(&raw)? {
-                let (id, record) = e?;
-                if id < &below[..] {
-                    let link: Link = codec::decode(record)?;
-                    oldest.get_or_insert(id16(id)?);
-                    out.push(Ok((id.to_vec(), query.matches(&link).then_some(link))));
-                }
-            }
-            // A bucket whose first links were deleted may hold none below:
-            // then on below its key.
-            *below = match oldest {
-                Some(id) => id,
-                None => id16(key.get(16..).unwrap_or_default())?,
-            };
-            if !out.is_empty() {
-                out.reverse();
-                return Ok(Some(out));
-            }
-        }
+        let candidates = entries
+            .into_iter()
+            .map(|(id, record)| {
+                let link: Link = codec::decode(&record)?;
+                Ok((id, query.matches(&link).then_some(link)))
+            })
+            .collect();
+        Ok(Some(candidates))
     }
 
     /// How many links workspace `ws` has.

@@ -132,9 +132,14 @@ struct Trees {
     registry_batches: sled::Tree,
     /// Where each registry entry's batch is, in memory (`registry`).
     registry: std::sync::RwLock<registry::RegistryIndex>,
-    /// key = workspace_id (16) ++ visitor_id (16) → value = VisitorProfile
-    /// (by the Visitors worker): a workspace's visitors are one key range.
+    /// key = workspace_id (16) ++ first visitor_id (16) → value = a bucket
+    /// of that workspace's profiles, visitor_id → VisitorProfile (by the
+    /// Visitors worker; `visitors.rs`): a workspace's visitors are one key
+    /// range.
     visitor_profiles: sled::Tree,
+    /// Held by every write of profiles: a write reads the buckets it
+    /// rewrites.
+    profile_writes: Mutex<()>,
     /// key = visitor_id (16) → value = attributes (by `identify`)
     visitor_attributes: sled::Tree,
     /// key = scan (event) id (16) → value = FormCompletion
@@ -236,7 +241,8 @@ impl Store {
             tallies: open("tallies")?,
             registry: std::sync::RwLock::new(registry::open_index(&db, &registry_batches)?),
             registry_batches,
-            visitor_profiles: open(visitors::PROFILES_TREE)?,
+            visitor_profiles: open(visitors::PROFILE_BUCKETS_TREE)?,
+            profile_writes: Mutex::new(()),
             visitor_attributes: open("visitor_attributes")?,
             form_completions: open("form_completions")?,
             purged: open("purged")?,
@@ -266,7 +272,7 @@ impl Store {
                 "links moved into buckets; `scanhop compact` (server stopped) gives back the disk and memory the move used"
             );
         }
-        let moved = visitors::move_profiles_of_former_layout(&trees.db, &trees.visitor_profiles)?;
+        let moved = visitors::move_profiles_of_former_layouts(&trees.db, &trees.visitor_profiles)?;
         if moved > 0 {
             tracing::info!(
                 profiles = moved,

@@ -1,12 +1,26 @@
 //! Visitors as stored beside their events: profiles (written by the
 //! Visitors worker), attributes (by `identify`), the listings, and erasure.
 //! Which visitor a device's fingerprint belongs to is `registry.rs`.
+//!
+//! Profiles are kept in buckets (`bucket.rs`), as links are: key =
+//! workspace ID (16) ++ the first visitor ID of the bucket (16); value = up
+//! to `PROFILES_PER_BUCKET` profiles of that workspace (visitor ID →
+//! profile), each at or after the key and before the next bucket's key. A
+//! workspace's visitors are one key range in ID order (newest last), and a
+//! profile is found by seeking to the last bucket key at or before
+//! `workspace ID ++ visitor ID`. Most visitors are new (a person scans a
+//! code once), and new visitors' IDs ascend, so a checkpoint's new profiles
+//! fill the workspace's last buckets: one sled key per 16 of them instead
+//! of one each (sled 0.34 pays per key written: its traversal, the
+//! transaction's bookkeeping, the leaf's copy and splits).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{MutexGuard, PoisonError};
 
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
+use super::bucket::{self, Bucket};
 use super::codec::{self, Record};
 use super::scan::{self, Page};
 use super::segment::{self, Segment};
@@ -16,9 +30,19 @@ use crate::domain::visitor::VisitorProfile;
 use crate::enrich::fingerprint::Fingerprint;
 use crate::ids::{EventKind, VisitorId, WorkspaceId};
 
-/// The tree of visitor profiles, keyed `workspace ID ++ visitor ID`, so a
-/// workspace's visitors are one key range and a profile is one key.
-pub(super) const PROFILES_TREE: &str = "visitor_profiles";
+/// The tree of visitor profiles in buckets (above).
+pub(super) const PROFILE_BUCKETS_TREE: &str = "visitor_profile_buckets";
+/// The layout before the buckets: a key per profile, `workspace ID ++
+/// visitor ID`.
+const KEYED_PROFILES: &str = "visitor_profiles";
+/// Profiles per bucket at most, and bytes of a bucket's profiles beyond
+/// which it splits (unless it holds one).
+const PROFILES_PER_BUCKET: usize = 16;
+const PROFILE_BUCKET_BYTES: usize = 4 * 1024;
+
+/// A write to the buckets' tree: a bucket to store under a key, or `None`
+/// to remove the key.
+type Put = (Vec<u8>, Option<Vec<u8>>);
 /// The trees of the former layout: profiles keyed by visitor ID alone, and
 /// beside them an index of each workspace's visitors (a second key per
 /// visitor, written with its first profile).
@@ -28,16 +52,22 @@ const FORMER_BY_WORKSPACE: &str = "visitors_by_workspace";
 /// per new visitor, in the Recorder's transaction); erasure now finds the
 /// entry in the registry itself.
 const FORMER_FINGERPRINTS: &str = "visitor_fingerprints";
-/// Moves the profiles a store of the former layout holds into `profiles`
-/// and drops the former trees (`layout`); answers how many moved.
-pub(super) fn move_profiles_of_former_layout(
+/// Moves the profiles a store of an earlier layout holds into `buckets`
+/// and drops the former trees (`layout`); answers how many moved. Profiles
+/// under their visitor ID alone move to a key each first, as that version
+/// did, then every keyed profile moves into buckets. Each step writes what
+/// it moves before it drops its source, and the buckets a workspace's
+/// profiles make depend only on them, so a move cut short is done again
+/// whole at the next open.
+pub(super) fn move_profiles_of_former_layouts(
     db: &sled::Db,
-    profiles: &sled::Tree,
+    buckets: &sled::Tree,
 ) -> StoreResult<usize> {
-    let moved = if layout::has_tree(db, FORMER_PROFILES) {
+    if layout::has_tree(db, FORMER_PROFILES) {
         let former = db.open_tree(FORMER_PROFILES)?;
+        let keyed = db.open_tree(KEYED_PROFILES)?;
         layout::write_in_batches(
-            profiles,
+            &keyed,
             former.iter().map(|entry| {
                 let (_, value) = entry?;
                 let p: VisitorProfile = codec::decode(&value)?;
@@ -46,14 +76,52 @@ pub(super) fn move_profiles_of_former_layout(
                     Some(value),
                 ))
             }),
-        )?
-    } else {
-        0
-    };
+        )?;
+    }
     layout::drop_trees(
         db,
         &[FORMER_PROFILES, FORMER_BY_WORKSPACE, FORMER_FINGERPRINTS],
     )?;
+    if !layout::has_tree(db, KEYED_PROFILES) {
+        return Ok(0);
+    }
+    let keyed = db.open_tree(KEYED_PROFILES)?;
+    let moved = keyed.len();
+    // Each workspace's profiles in ID order, cut into buckets.
+    let mut writes: Vec<StoreResult<(sled::IVec, Option<sled::IVec>)>> = Vec::new();
+    let mut workspace: Option<[u8; 16]> = None;
+    let mut pending = Bucket::default();
+    let flush = |ws: &[u8; 16], pending: Bucket, writes: &mut Vec<_>| {
+        for chunk in pending.into_chunks(PROFILES_PER_BUCKET, PROFILE_BUCKET_BYTES) {
+            if let Some(first) = chunk.first_key() {
+                let key = [&ws[..], first].concat();
+                writes.push(Ok((key.into(), Some(chunk.encode().into()))));
+            }
+        }
+    };
+    for entry in keyed.iter() {
+        let (key, value) = entry?;
+        let (Some(ws), Some(id)) = (key.get(..16), key.get(16..32)) else {
+            continue;
+        };
+        let ws: [u8; 16] = ws
+            .try_into()
+            .map_err(|_| StoreError::Codec("profile key".into()))?;
+        if workspace.is_some_and(|w| w != ws) {
+            flush(
+                &workspace.unwrap_or(ws),
+                std::mem::take(&mut pending),
+                &mut writes,
+            );
+        }
+        workspace = Some(ws);
+        pending.insert(id, value.to_vec());
+    }
+    if let Some(ws) = workspace {
+        flush(&ws, pending, &mut writes);
+    }
+    layout::write_in_batches(buckets, writes.into_iter())?;
+    layout::drop_trees(db, &[KEYED_PROFILES])?;
     Ok(moved)
 }
 
@@ -77,13 +145,20 @@ impl Store {
         fingerprint: Option<Fingerprint>,
     ) -> StoreResult<()> {
         let t = &self.inner;
+        let _one_writer = self.profile_writer();
+        let profile = self.profile_removal(&keys::pair(ws, id))?;
         let removed = (
             &t.visitor_profiles,
             &t.visitor_attributes,
             &t.registry_batches,
         )
             .transaction(|(profiles, attributes, registry)| {
-                profiles.remove(&keys::pair(ws, id)[..])?;
+                for (key, value) in &profile {
+                    match value {
+                        Some(v) => profiles.insert(key.as_slice(), v.as_slice())?,
+                        None => profiles.remove(key.as_slice())?,
+                    };
+                }
                 attributes.remove(&id.as_bytes()[..])?;
                 match &fingerprint {
                     Some(fp) => self.remove_registry_entry(registry, ws, fp, id),
@@ -117,14 +192,120 @@ const VISITOR_SCAN_BUDGET: usize = 10_000;
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
+/// The smallest key of `key`'s workspace.
+fn workspace_start(key: &[u8; 32]) -> [u8; 32] {
+    let mut start = [0u8; 32];
+    start[..16].copy_from_slice(&key[..16]);
+    start
+}
+
+fn bucket_key(key: &[u8]) -> StoreResult<[u8; 32]> {
+    key.try_into()
+        .map_err(|_| StoreError::Codec("a profile bucket's key is not 32 bytes".into()))
+}
+
 impl Store {
+    /// Held by every write of profiles: a write reads the buckets it
+    /// rewrites.
+    fn profile_writer(&self) -> MutexGuard<'_, ()> {
+        self.inner
+            .profile_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bucket that holds (or would hold) the profile under `key`
+    /// (workspace ID ++ visitor ID): its sled key and value.
+    fn profile_bucket(&self, key: &[u8; 32]) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+        let start = workspace_start(key);
+        Ok(self
+            .inner
+            .visitor_profiles
+            .range(start..=*key)
+            .next_back()
+            .transpose()?)
+    }
+
     /// The stored profile of visitor `id` of workspace `ws`.
     pub fn visitor(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<Option<VisitorProfile>> {
-        self.inner
-            .visitor_profiles
-            .get(keys::pair(ws, id))?
-            .map(|v| codec::decode(&v))
+        let Some((_, raw)) = self.profile_bucket(&keys::pair(ws, id))? else {
+            return Ok(None);
+        };
+        bucket::find(&raw, id.as_bytes())?
+            .map(codec::decode)
             .transpose()
+    }
+
+    /// The writes that set each of `profiles` (workspace ID ++ visitor ID,
+    /// encoded profile; ascending keys) in its bucket, cutting a bucket
+    /// that grows past its bounds into several. Holds `profile_writer`.
+    fn profile_puts(&self, profiles: Vec<([u8; 32], Vec<u8>)>) -> StoreResult<Vec<Put>> {
+        let mut puts = Vec::new();
+        let mut touched: BTreeMap<[u8; 32], Bucket> = BTreeMap::new();
+        // A workspace's first stored bucket, moved down to a profile before
+        // it: its stored key → its key now.
+        let mut moved: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
+        for (key, bytes) in profiles {
+            let slot = match self.profile_bucket(&key)? {
+                Some((stored, raw)) => {
+                    let stored = bucket_key(&stored)?;
+                    let slot = moved.get(&stored).copied().unwrap_or(stored);
+                    if let std::collections::btree_map::Entry::Vacant(v) = touched.entry(slot) {
+                        v.insert(Bucket::decode(&raw)?);
+                    }
+                    slot
+                }
+                // No stored bucket at or before `key`: one this call started
+                // for an earlier profile, else the workspace's first stored
+                // bucket (after `key`), which `key` now starts, else a new one.
+                None => match touched.range(workspace_start(&key)..=key).next_back() {
+                    Some((slot, _)) => *slot,
+                    None => {
+                        let mut end = [0xff; 32];
+                        end[..16].copy_from_slice(&key[..16]);
+                        let first = self.inner.visitor_profiles.range(key..=end).next();
+                        let bucket = match first.transpose()? {
+                            Some((stored, raw)) => {
+                                puts.push((stored.to_vec(), None));
+                                moved.insert(bucket_key(&stored)?, key);
+                                Bucket::decode(&raw)?
+                            }
+                            None => Bucket::default(),
+                        };
+                        touched.insert(key, bucket);
+                        key
+                    }
+                },
+            };
+            if let Some(b) = touched.get_mut(&slot) {
+                b.insert(&key[16..], bytes);
+            }
+        }
+        for (key, bucket) in touched {
+            let chunks = bucket.into_chunks(PROFILES_PER_BUCKET, PROFILE_BUCKET_BYTES);
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let chunk_key = match (i, chunk.first_key()) {
+                    (0, _) | (_, None) => key.to_vec(),
+                    (_, Some(first)) => [&key[..16], first].concat(),
+                };
+                puts.push((chunk_key, Some(chunk.encode())));
+            }
+        }
+        Ok(puts)
+    }
+
+    /// The writes that take the profile under `key` out of its bucket.
+    /// Holds `profile_writer`.
+    fn profile_removal(&self, key: &[u8; 32]) -> StoreResult<Vec<Put>> {
+        let Some((stored, raw)) = self.profile_bucket(key)? else {
+            return Ok(Vec::new());
+        };
+        let mut bucket = Bucket::decode(&raw)?;
+        if !bucket.remove(&key[16..]) {
+            return Ok(Vec::new());
+        }
+        let value = (!bucket.is_empty()).then(|| bucket.encode());
+        Ok(vec![(stored.to_vec(), value)])
     }
 
     /// Writes `profiles` (whole) and consumer `name`'s record, in one
@@ -136,14 +317,20 @@ impl Store {
         profiles: &HashMap<VisitorId, VisitorProfile>,
     ) -> StoreResult<()> {
         let encoded_record = codec::encode(record)?;
-        let encoded: Vec<(&VisitorProfile, Vec<u8>)> = profiles
+        let mut encoded: Vec<([u8; 32], Vec<u8>)> = profiles
             .values()
-            .map(|p| Ok((p, codec::encode(p)?)))
+            .map(|p| Ok((keys::pair(&p.workspace_id, &p.id), codec::encode(p)?)))
             .collect::<StoreResult<_>>()?;
+        encoded.sort_unstable_by_key(|(key, _)| *key);
         let t = &self.inner;
+        let _one_writer = self.profile_writer();
+        let puts = self.profile_puts(encoded)?;
         (&t.visitor_profiles, &t.consumers).transaction(|(visitors, consumers)| -> TxResult {
-            for (p, bytes) in &encoded {
-                visitors.insert(&keys::pair(&p.workspace_id, &p.id)[..], bytes.as_slice())?;
+            for (key, value) in &puts {
+                match value {
+                    Some(v) => visitors.insert(key.as_slice(), v.as_slice())?,
+                    None => visitors.remove(key.as_slice())?,
+                };
             }
             consumers.insert(name.as_bytes(), encoded_record.as_slice())?;
             Ok(())
@@ -152,7 +339,9 @@ impl Store {
     }
 
     /// A workspace's visitors, newest first, below `cursor` (a visitor ID),
-    /// those for which `keep` is true.
+    /// those for which `keep` is true. Each bucket down is sought afresh
+    /// (`bucket::entries_below`), so a checkpoint splitting a bucket beside
+    /// the listing moves no profile past it.
     pub fn list_visitors(
         &self,
         ws: &WorkspaceId,
@@ -160,19 +349,28 @@ impl Store {
         limit: usize,
         mut keep: impl FnMut(&VisitorProfile) -> StoreResult<bool>,
     ) -> StoreResult<Page<VisitorProfile>> {
-        let below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
-        let (start, end) = (keys::pair_raw(ws, &[0; 16]), keys::pair_raw(ws, &below));
-        let candidates = self
-            .inner
-            .visitor_profiles
-            .range(start..end)
-            .rev()
-            .map(|entry| {
-                let (key, value) = entry?;
-                let profile: VisitorProfile = codec::decode(&value)?;
-                let found = keep(&profile)?.then_some(profile);
-                Ok((key[16..].to_vec(), found))
-            });
+        let mut below = scan::cursor_id(cursor)?.unwrap_or([0xff; 16]);
+        let mut failed = false;
+        let tree = &self.inner.visitor_profiles;
+        let profiles = std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            match bucket::entries_below(tree, ws.as_bytes(), &mut below) {
+                Ok(found) => found.map(|entries| entries.into_iter().map(Ok).collect()),
+                Err(e) => {
+                    failed = true;
+                    Some(vec![Err(e)])
+                }
+            }
+        })
+        .flat_map(|entries: Vec<StoreResult<bucket::Entry>>| entries);
+        let candidates = profiles.map(|found| {
+            let (id, raw) = found?;
+            let profile: VisitorProfile = codec::decode(&raw)?;
+            let found = keep(&profile)?.then_some(profile);
+            Ok((id, found))
+        });
         scan::paginate(candidates, limit, VISITOR_SCAN_BUDGET)
     }
 
@@ -372,9 +570,8 @@ mod tests {
                     .unwrap();
             }
             // A move cut short by a crash: one profile already moved.
-            store
-                .inner
-                .visitor_profiles
+            db.open_tree(KEYED_PROFILES)
+                .unwrap()
                 .insert(keys::pair(&ws1, &a.id), codec::encode(&a).unwrap())
                 .unwrap();
             store.flush().unwrap();
@@ -395,7 +592,12 @@ mod tests {
         // A profile is found only under its own workspace.
         assert_eq!(store.visitor(&ws1, &c.id).unwrap(), None);
         let names = store.inner.db.tree_names();
-        for former in [FORMER_PROFILES, FORMER_BY_WORKSPACE, FORMER_FINGERPRINTS] {
+        for former in [
+            FORMER_PROFILES,
+            FORMER_BY_WORKSPACE,
+            FORMER_FINGERPRINTS,
+            KEYED_PROFILES,
+        ] {
             assert!(
                 !names.iter().any(|n| n == former.as_bytes()),
                 "{former} dropped"
@@ -405,5 +607,211 @@ mod tests {
         // Opened again: nothing left to move, nothing lost.
         let store = Store::open(dir.path(), 4).unwrap();
         assert_eq!(store.visitor(&ws1, &b.id).unwrap(), Some(b));
+    }
+
+    fn record(n: u64) -> ConsumerRecord {
+        ConsumerRecord {
+            position: None,
+            events: n,
+            state: Vec::new(),
+        }
+    }
+
+    /// A profile first seen at millisecond `ms`, with `links` distinct links
+    /// (a larger profile).
+    fn profile_at(ws: WorkspaceId, ms: i64, links: usize) -> VisitorProfile {
+        let mut p = VisitorProfile::new(VisitorId::generate_at(ms), ws, Timestamp::from_millis(ms));
+        for _ in 0..links {
+            p.links
+                .insert(u64::from_be_bytes(crate::random::bytes::<8>()));
+        }
+        p.event_count = ms as u64;
+        p
+    }
+
+    fn listed_in_pages(store: &Store, ws: &WorkspaceId, page: usize) -> Vec<VisitorProfile> {
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let found = store
+                .list_visitors(ws, cursor.as_deref(), page, |_| Ok(true))
+                .unwrap();
+            out.extend(found.items);
+            match found.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    fn newest_first(
+        profiles: &HashMap<VisitorId, VisitorProfile>,
+        ws: &WorkspaceId,
+    ) -> Vec<VisitorProfile> {
+        let mut all: Vec<VisitorProfile> = profiles
+            .values()
+            .filter(|p| p.workspace_id == *ws)
+            .cloned()
+            .collect();
+        all.sort_by_key(|p| std::cmp::Reverse(p.id));
+        all
+    }
+
+    fn buckets_of(store: &Store, ws: &WorkspaceId) -> usize {
+        store
+            .inner
+            .visitor_profiles
+            .scan_prefix(ws.as_bytes())
+            .count()
+    }
+
+    #[test]
+    fn profiles_in_buckets_are_found_listed_updated_and_erased_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let mut all: HashMap<VisitorId, VisitorProfile> = HashMap::new();
+        // A first checkpoint: 50 new visitors in one workspace, 20 in another.
+        let mut batch = HashMap::new();
+        for i in 0..70 {
+            let ws = if i < 50 { ws1 } else { ws2 };
+            let p = profile_at(ws, 1_000_000 + i, 0);
+            batch.insert(p.id, p);
+        }
+        store.save_visitors("visitors", &record(1), &batch).unwrap();
+        all.extend(batch);
+        assert_eq!(
+            buckets_of(&store, &ws1),
+            4,
+            "50 new profiles fill 16, 16, 16, 2"
+        );
+        assert_eq!(buckets_of(&store, &ws2), 2);
+        // The next: some return (in several buckets), more are new, and
+        // two were first seen before every stored one of ws1.
+        let mut batch = HashMap::new();
+        let returning: Vec<VisitorId> = all
+            .values()
+            .filter(|p| p.workspace_id == ws1)
+            .map(|p| p.id)
+            .step_by(7)
+            .collect();
+        for id in &returning {
+            let mut p = all[id].clone();
+            p.event_count += 100;
+            batch.insert(p.id, p);
+        }
+        for ms in [10, 20] {
+            let p = profile_at(ws1, ms, 0);
+            batch.insert(p.id, p);
+        }
+        for i in 0..30 {
+            let p = profile_at(ws1, 2_000_000 + i, 0);
+            batch.insert(p.id, p);
+        }
+        store.save_visitors("visitors", &record(2), &batch).unwrap();
+        all.extend(batch);
+        for p in all.values() {
+            assert_eq!(
+                store.visitor(&p.workspace_id, &p.id).unwrap().as_ref(),
+                Some(p)
+            );
+            let other = if p.workspace_id == ws1 { ws2 } else { ws1 };
+            assert_eq!(
+                store.visitor(&other, &p.id).unwrap(),
+                None,
+                "only in its workspace"
+            );
+        }
+        for ws in [ws1, ws2] {
+            for page in [1, 7, 16, 100] {
+                assert_eq!(listed_in_pages(&store, &ws, page), newest_first(&all, &ws));
+            }
+        }
+        // Every bucket holds at most 16, each at or after its key.
+        for entry in store.inner.visitor_profiles.iter() {
+            let (key, raw) = entry.unwrap();
+            let b = Bucket::decode(&raw).unwrap();
+            assert!(!b.is_empty() && b.len() <= PROFILES_PER_BUCKET);
+            assert_eq!(b.first_key().unwrap(), &key[16..]);
+        }
+        // Erased from the first, a middle and the last bucket: gone, the
+        // others stay; a bucket emptied goes.
+        let order = newest_first(&all, &ws1);
+        for p in [&order[0], &order[order.len() / 2], &order[order.len() - 1]] {
+            store.erase_visitor_records(&p.id, &ws1, None).unwrap();
+            all.remove(&p.id);
+            assert_eq!(store.visitor(&ws1, &p.id).unwrap(), None);
+        }
+        assert_eq!(listed_in_pages(&store, &ws1, 9), newest_first(&all, &ws1));
+        let ws2_ids: Vec<VisitorId> = newest_first(&all, &ws2).iter().map(|p| p.id).collect();
+        for id in &ws2_ids {
+            store.erase_visitor_records(id, &ws2, None).unwrap();
+        }
+        assert_eq!(buckets_of(&store, &ws2), 0);
+        assert!(listed_in_pages(&store, &ws2, 5).is_empty());
+        // Reopened, everything reads the same.
+        drop(store);
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(listed_in_pages(&store, &ws1, 13), newest_first(&all, &ws1));
+    }
+
+    #[test]
+    fn a_bucket_of_large_profiles_splits_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        // Each profile well over a kilobyte: a few to a bucket.
+        let batch: HashMap<VisitorId, VisitorProfile> = (0..10)
+            .map(|i| profile_at(ws, 5_000 + i, 100))
+            .map(|p| (p.id, p))
+            .collect();
+        store.save_visitors("visitors", &record(1), &batch).unwrap();
+        let buckets = buckets_of(&store, &ws);
+        assert!(buckets >= 3, "{buckets} buckets");
+        for entry in store.inner.visitor_profiles.iter() {
+            let (_, raw) = entry.unwrap();
+            let b = Bucket::decode(&raw).unwrap();
+            assert!(b.len() == 1 || b.size() <= PROFILE_BUCKET_BYTES);
+        }
+        assert_eq!(listed_in_pages(&store, &ws, 4), newest_first(&batch, &ws));
+    }
+
+    #[test]
+    fn keyed_profiles_move_into_buckets_per_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let profiles: HashMap<VisitorId, VisitorProfile> = (0..40)
+            .map(|i| profile_at(if i < 37 { ws1 } else { ws2 }, 100 + i, 0))
+            .map(|p| (p.id, p))
+            .collect();
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            let keyed = store.inner.db.open_tree(KEYED_PROFILES).unwrap();
+            for p in profiles.values() {
+                keyed
+                    .insert(
+                        keys::pair(&p.workspace_id, &p.id),
+                        codec::encode(p).unwrap(),
+                    )
+                    .unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(buckets_of(&store, &ws1), 3);
+        assert_eq!(buckets_of(&store, &ws2), 1);
+        for ws in [ws1, ws2] {
+            assert_eq!(
+                listed_in_pages(&store, &ws, 10),
+                newest_first(&profiles, &ws)
+            );
+        }
+        for p in profiles.values() {
+            assert_eq!(
+                store.visitor(&p.workspace_id, &p.id).unwrap().as_ref(),
+                Some(p)
+            );
+        }
+        assert!(!layout::has_tree(&store.inner.db, KEYED_PROFILES));
     }
 }
