@@ -276,7 +276,7 @@ impl Store {
         if moved > 0 {
             tracing::info!(
                 profiles = moved,
-                "visitor profiles moved to their workspace-keyed tree"
+                "visitor profiles moved into buckets of their workspace"
             );
         }
         let moved = webhooks::move_webhook_records_of_former_layout(
