@@ -177,6 +177,11 @@ impl Bucket {
         self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
     }
 
+    #[cfg(test)]
+    pub(super) fn entries_for_test(&self) -> &[Entry] {
+        &self.entries
+    }
+
     pub(super) fn first_key(&self) -> Option<&[u8]> {
         self.entries.first().map(|(k, _)| k.as_slice())
     }

@@ -240,42 +240,80 @@ impl Store {
     /// encoded profile; ascending keys) in its bucket, cutting a bucket
     /// that grows past its bounds into several. Holds `profile_writer`.
     fn profile_puts(&self, profiles: Vec<([u8; 32], Vec<u8>)>) -> StoreResult<Vec<Put>> {
+        use std::ops::Bound::{Excluded, Included};
+        let tree = &self.inner.visitor_profiles;
         let mut puts = Vec::new();
         let mut touched: BTreeMap<[u8; 32], Bucket> = BTreeMap::new();
         // A workspace's first stored bucket, moved down to a profile before
         // it: its stored key → its key now.
         let mut moved: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
+        // The bucket the last profile went to, and the key of the next
+        // stored bucket after it (`None`: the workspace's last): the
+        // profiles below that key go there too, without a seek each (a
+        // checkpoint's new visitors all go to the last bucket).
+        let mut run: Option<([u8; 32], Option<[u8; 32]>)> = None;
+        // The first stored bucket key of `key`'s workspace after `from`.
+        let next_stored = |from: std::ops::Bound<&[u8; 32]>, key: &[u8; 32]| {
+            let mut end = [0xff; 32];
+            end[..16].copy_from_slice(&key[..16]);
+            tree.range::<&[u8; 32], _>((from, Included(&end)))
+                .next()
+                .transpose()
+                .map_err(StoreError::from)
+        };
         for (key, bytes) in profiles {
-            let slot = match self.profile_bucket(&key)? {
-                Some((stored, raw)) => {
-                    let stored = bucket_key(&stored)?;
-                    let slot = moved.get(&stored).copied().unwrap_or(stored);
-                    if let std::collections::btree_map::Entry::Vacant(v) = touched.entry(slot) {
-                        v.insert(Bucket::decode(&raw)?);
-                    }
+            let in_run = run.filter(|(slot, limit)| {
+                slot[..16] == key[..16] && *slot <= key && limit.is_none_or(|l| key < l)
+            });
+            let slot = match in_run {
+                Some((slot, _)) => slot,
+                None => {
+                    let (slot, after) = match self.profile_bucket(&key)? {
+                        Some((stored, raw)) => {
+                            let stored = bucket_key(&stored)?;
+                            let slot = moved.get(&stored).copied().unwrap_or(stored);
+                            if let std::collections::btree_map::Entry::Vacant(v) =
+                                touched.entry(slot)
+                            {
+                                v.insert(Bucket::decode(&raw)?);
+                            }
+                            (slot, next_stored(Excluded(&stored), &key)?)
+                        }
+                        // No stored bucket at or before `key`: one this call
+                        // started for an earlier profile, else the
+                        // workspace's first stored bucket (after `key`),
+                        // which `key` now starts, else a new one.
+                        None => match touched.range(workspace_start(&key)..=key).next_back() {
+                            Some((slot, _)) => {
+                                let slot = *slot;
+                                let mut after = next_stored(Included(&key), &key)?;
+                                if let Some((k, _)) = &after
+                                    && moved.contains_key(&bucket_key(k)?)
+                                {
+                                    after = next_stored(Excluded(&bucket_key(k)?), &key)?;
+                                }
+                                (slot, after)
+                            }
+                            None => {
+                                let (bucket, after) = match next_stored(Included(&key), &key)? {
+                                    Some((stored, raw)) => {
+                                        let stored = bucket_key(&stored)?;
+                                        puts.push((stored.to_vec(), None));
+                                        moved.insert(stored, key);
+                                        let after = next_stored(Excluded(&stored), &key)?;
+                                        (Bucket::decode(&raw)?, after)
+                                    }
+                                    None => (Bucket::default(), None),
+                                };
+                                touched.insert(key, bucket);
+                                (key, after)
+                            }
+                        },
+                    };
+                    let limit = after.map(|(k, _)| bucket_key(&k)).transpose()?;
+                    run = Some((slot, limit));
                     slot
                 }
-                // No stored bucket at or before `key`: one this call started
-                // for an earlier profile, else the workspace's first stored
-                // bucket (after `key`), which `key` now starts, else a new one.
-                None => match touched.range(workspace_start(&key)..=key).next_back() {
-                    Some((slot, _)) => *slot,
-                    None => {
-                        let mut end = [0xff; 32];
-                        end[..16].copy_from_slice(&key[..16]);
-                        let first = self.inner.visitor_profiles.range(key..=end).next();
-                        let bucket = match first.transpose()? {
-                            Some((stored, raw)) => {
-                                puts.push((stored.to_vec(), None));
-                                moved.insert(bucket_key(&stored)?, key);
-                                Bucket::decode(&raw)?
-                            }
-                            None => Bucket::default(),
-                        };
-                        touched.insert(key, bucket);
-                        key
-                    }
-                },
             };
             if let Some(b) = touched.get_mut(&slot) {
                 b.insert(&key[16..], bytes);
@@ -727,12 +765,24 @@ mod tests {
                 assert_eq!(listed_in_pages(&store, &ws, page), newest_first(&all, &ws));
             }
         }
-        // Every bucket holds at most 16, each at or after its key.
-        for entry in store.inner.visitor_profiles.iter() {
-            let (key, raw) = entry.unwrap();
-            let b = Bucket::decode(&raw).unwrap();
+        // Every bucket holds at most 16, from its key to before the next's.
+        let buckets: Vec<(sled::IVec, Bucket)> = store
+            .inner
+            .visitor_profiles
+            .iter()
+            .map(|e| e.unwrap())
+            .map(|(k, raw)| (k, Bucket::decode(&raw).unwrap()))
+            .collect();
+        for (i, (key, b)) in buckets.iter().enumerate() {
             assert!(!b.is_empty() && b.len() <= PROFILES_PER_BUCKET);
             assert_eq!(b.first_key().unwrap(), &key[16..]);
+            if let Some((next, _)) = buckets.get(i + 1).filter(|(n, _)| n[..16] == key[..16]) {
+                let last = b.entries_for_test().last().unwrap().0.clone();
+                assert!(
+                    last.as_slice() < &next[16..],
+                    "bucket {i} reaches into the next"
+                );
+            }
         }
         // Erased from the first, a middle and the last bucket: gone, the
         // others stay; a bucket emptied goes.
