@@ -86,6 +86,32 @@ pub(super) fn find<'a>(raw: &'a [u8], key: &[u8]) -> StoreResult<Option<&'a [u8]
     Ok(None)
 }
 
+/// The bucket of `tree` (keyed `owner (16) ++ first ID (16)`) that holds,
+/// or would hold, the entry under `key` (owner ++ ID): the last bucket key
+/// at or before it, with its value.
+pub(super) fn holding(
+    tree: &sled::Tree,
+    key: &[u8; 32],
+) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+    let mut start = [0u8; 32];
+    start[..16].copy_from_slice(&key[..16]);
+    Ok(tree.range(start..=*key).next_back().transpose()?)
+}
+
+/// The bucket holding the entry under `key` (`holding`), without that
+/// entry: its sled key and what is left of it; `None` when no bucket holds
+/// the entry.
+pub(super) fn without(
+    tree: &sled::Tree,
+    key: &[u8; 32],
+) -> StoreResult<Option<(sled::IVec, Bucket)>> {
+    let Some((stored, raw)) = holding(tree, key)? else {
+        return Ok(None);
+    };
+    let mut bucket = Bucket::decode(&raw)?;
+    Ok(bucket.remove(&key[16..]).then_some((stored, bucket)))
+}
+
 /// The entries below `below` (an ID) of the next bucket down among the
 /// buckets of `tree` keyed `owner (16) ++ first ID (16)`, newest first, as
 /// (ID, value); `below` moves to the oldest of them. Each bucket is sought

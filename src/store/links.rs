@@ -249,14 +249,7 @@ impl Store {
     /// The bucket that holds (or would hold) the link under `key` (workspace
     /// ID ++ link ID): its sled key and value.
     fn link_bucket(&self, key: &[u8; 32]) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
-        let mut start = [0u8; 32];
-        start[..16].copy_from_slice(&key[..16]);
-        Ok(self
-            .inner
-            .link_buckets
-            .range(start..=*key)
-            .next_back()
-            .transpose()?)
+        bucket::holding(&self.inner.link_buckets, key)
     }
 
     /// The writes that set `link` (new or replacing itself) in its bucket,
@@ -299,14 +292,10 @@ impl Store {
 
     /// The writes that take the link under `key` out of its bucket.
     fn link_removal(&self, key: &[u8; 32]) -> StoreResult<Vec<Put>> {
-        let Some((bucket_key, raw)) = self.link_bucket(key)? else {
-            return Ok(Vec::new());
-        };
-        let mut bucket = Bucket::decode(&raw)?;
-        if !bucket.remove(&key[16..]) {
-            return Ok(Vec::new());
-        }
-        Ok(vec![put(&bucket_key, &bucket)])
+        Ok(bucket::without(&self.inner.link_buckets, key)?
+            .map(|(stored, rest)| put(&stored, &rest))
+            .into_iter()
+            .collect())
     }
 
     /// Writes both trees' changes in one transaction.

@@ -217,13 +217,7 @@ impl Store {
     /// The bucket that holds (or would hold) the profile under `key`
     /// (workspace ID ++ visitor ID): its sled key and value.
     fn profile_bucket(&self, key: &[u8; 32]) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
-        let start = workspace_start(key);
-        Ok(self
-            .inner
-            .visitor_profiles
-            .range(start..=*key)
-            .next_back()
-            .transpose()?)
+        bucket::holding(&self.inner.visitor_profiles, key)
     }
 
     /// The stored profile of visitor `id` of workspace `ws`.
@@ -332,18 +326,13 @@ impl Store {
         Ok(puts)
     }
 
-    /// The writes that take the profile under `key` out of its bucket.
-    /// Holds `profile_writer`.
+    /// The writes that take the profile under `key` out of its bucket (and
+    /// the bucket, when it was the last). Holds `profile_writer`.
     fn profile_removal(&self, key: &[u8; 32]) -> StoreResult<Vec<Put>> {
-        let Some((stored, raw)) = self.profile_bucket(key)? else {
-            return Ok(Vec::new());
-        };
-        let mut bucket = Bucket::decode(&raw)?;
-        if !bucket.remove(&key[16..]) {
-            return Ok(Vec::new());
-        }
-        let value = (!bucket.is_empty()).then(|| bucket.encode());
-        Ok(vec![(stored.to_vec(), value)])
+        Ok(bucket::without(&self.inner.visitor_profiles, key)?
+            .map(|(stored, rest)| (stored.to_vec(), (!rest.is_empty()).then(|| rest.encode())))
+            .into_iter()
+            .collect())
     }
 
     /// Writes `profiles` (whole) and consumer `name`'s record, in one
