@@ -853,4 +853,53 @@ mod tests {
         }
         assert!(!layout::has_tree(&store.inner.db, KEYED_PROFILES));
     }
+
+    #[test]
+    fn listings_beside_checkpoints_that_split_buckets_miss_and_repeat_no_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let old: HashMap<VisitorId, VisitorProfile> = (0..64)
+            .map(|i| profile_at(ws, 1_000 + i, 0))
+            .map(|p| (p.id, p))
+            .collect();
+        store.save_visitors("visitors", &record(1), &old).unwrap();
+        let wanted: Vec<VisitorId> = newest_first(&old, &ws).iter().map(|p| p.id).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // Checkpoints beside the listings: profiles of the stored buckets
+            // grow past a bucket's bytes (splitting it), and new ones come.
+            scope.spawn(|| {
+                let mut grown = old.clone();
+                for round in 0..40_i64 {
+                    let mut batch = HashMap::new();
+                    for p in grown
+                        .values_mut()
+                        .filter(|p| p.id.as_bytes()[15] % 5 == (round % 5) as u8)
+                    {
+                        for _ in 0..20 {
+                            p.links
+                                .insert(u64::from_be_bytes(crate::random::bytes::<8>()));
+                        }
+                        batch.insert(p.id, p.clone());
+                    }
+                    let new = profile_at(ws, 2_000 + round, 0);
+                    batch.insert(new.id, new);
+                    store.save_visitors("visitors", &record(2), &batch).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+            let mut listings = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || listings < 5 {
+                let listed: Vec<VisitorId> = listed_in_pages(&store, &ws, 7)
+                    .into_iter()
+                    .map(|p| p.id)
+                    .filter(|id| old.contains_key(id))
+                    .collect();
+                assert_eq!(listed, wanted, "listing {listings}");
+                listings += 1;
+            }
+        });
+        assert!(store.inner.visitor_profiles.len() > 5, "the buckets split");
+    }
 }
