@@ -87,17 +87,23 @@ pub(super) fn move_profiles_of_former_layouts(
     }
     let keyed = db.open_tree(KEYED_PROFILES)?;
     let moved = keyed.len();
-    // Each workspace's profiles in ID order, cut into buckets.
-    let mut writes: Vec<StoreResult<(sled::IVec, Option<sled::IVec>)>> = Vec::new();
+    // Each workspace's profiles in ID order, cut into buckets greedily and
+    // written as they fill: every bucket but the last of what is pending is
+    // final whatever follows, so memory holds about one batch of them.
     let mut workspace: Option<[u8; 16]> = None;
     let mut pending = Bucket::default();
-    let flush = |ws: &[u8; 16], pending: Bucket, writes: &mut Vec<_>| {
-        for chunk in pending.into_chunks(PROFILES_PER_BUCKET, PROFILE_BUCKET_BYTES) {
-            if let Some(first) = chunk.first_key() {
-                let key = [&ws[..], first].concat();
-                writes.push(Ok((key.into(), Some(chunk.encode().into()))));
-            }
-        }
+    let write = |ws: &[u8; 16], pending: Bucket, keep_last: bool| -> StoreResult<Bucket> {
+        let mut chunks = pending.into_chunks(PROFILES_PER_BUCKET, PROFILE_BUCKET_BYTES);
+        let kept = match keep_last {
+            true => chunks.pop().unwrap_or_default(),
+            false => Bucket::default(),
+        };
+        let writes = chunks.into_iter().filter_map(|chunk| {
+            let key = [&ws[..], chunk.first_key()?].concat();
+            Some(Ok((key.into(), Some(chunk.encode().into()))))
+        });
+        layout::write_in_batches(buckets, writes)?;
+        Ok(kept)
     };
     for entry in keyed.iter() {
         let (key, value) = entry?;
@@ -107,20 +113,18 @@ pub(super) fn move_profiles_of_former_layouts(
         let ws: [u8; 16] = ws
             .try_into()
             .map_err(|_| StoreError::Codec("profile key".into()))?;
-        if workspace.is_some_and(|w| w != ws) {
-            flush(
-                &workspace.unwrap_or(ws),
-                std::mem::take(&mut pending),
-                &mut writes,
-            );
+        if let Some(done) = workspace.filter(|w| *w != ws) {
+            write(&done, std::mem::take(&mut pending), false)?;
         }
         workspace = Some(ws);
         pending.insert(id, value.to_vec());
+        if pending.len() >= PROFILES_PER_BUCKET * 64 {
+            pending = write(&ws, pending, true)?;
+        }
     }
     if let Some(ws) = workspace {
-        flush(&ws, pending, &mut writes);
+        write(&ws, pending, false)?;
     }
-    layout::write_in_batches(buckets, writes.into_iter())?;
     layout::drop_trees(db, &[KEYED_PROFILES])?;
     Ok(moved)
 }
@@ -819,8 +823,9 @@ mod tests {
     fn keyed_profiles_move_into_buckets_per_workspace() {
         let dir = tempfile::tempdir().unwrap();
         let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
-        let profiles: HashMap<VisitorId, VisitorProfile> = (0..40)
-            .map(|i| profile_at(if i < 37 { ws1 } else { ws2 }, 100 + i, 0))
+        // More than one pass of the move's batches in the first workspace.
+        let profiles: HashMap<VisitorId, VisitorProfile> = (0..2_540)
+            .map(|i| profile_at(if i < 2_537 { ws1 } else { ws2 }, 100 + i, 0))
             .map(|p| (p.id, p))
             .collect();
         {
@@ -837,11 +842,11 @@ mod tests {
             store.flush().unwrap();
         }
         let store = Store::open(dir.path(), 4).unwrap();
-        assert_eq!(buckets_of(&store, &ws1), 3);
+        assert_eq!(buckets_of(&store, &ws1), 2_537_usize.div_ceil(16));
         assert_eq!(buckets_of(&store, &ws2), 1);
         for ws in [ws1, ws2] {
             assert_eq!(
-                listed_in_pages(&store, &ws, 10),
+                listed_in_pages(&store, &ws, 100),
                 newest_first(&profiles, &ws)
             );
         }
