@@ -83,12 +83,12 @@ impl Pointer {
         if value.len() != POINTER_LEN || value[0] != POINTER_TAG {
             return None;
         }
-        let u32_at = |i: usize| u32::from_be_bytes(value[i..i + 4].try_into().unwrap());
+        let u32_at = |i: usize| Some(u32::from_be_bytes(value.get(i..i + 4)?.try_into().ok()?));
         Some(Pointer {
-            file: u32_at(1),
-            offset: u64::from_be_bytes(value[5..13].try_into().unwrap()),
-            len: u32_at(13),
-            crc: u32_at(17),
+            file: u32_at(1)?,
+            offset: u64::from_be_bytes(value.get(5..13)?.try_into().ok()?),
+            len: u32_at(13)?,
+            crc: u32_at(17)?,
         })
     }
 }
