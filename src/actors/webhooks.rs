@@ -452,7 +452,7 @@ pub fn identified_body(
             scan_id,
         },
     };
-    serde_json::to_vec(&envelope).map_err(codec_error)
+    to_body(&envelope)
 }
 
 /// Messages of type `ty` about `link` for every hook of `ws` that wants
@@ -498,14 +498,13 @@ pub fn test_body(hook: &Webhook, now: Timestamp) -> StoreResult<Vec<u8>> {
     struct TestData {
         webhook_id: WebhookId,
     }
-    serde_json::to_vec(&Envelope {
+    to_body(&Envelope {
         event_type: EventType::WebhookTest,
         timestamp: now,
         data: TestData {
             webhook_id: hook.id,
         },
     })
-    .map_err(codec_error)
 }
 
 /// Messages written per transaction by the consumer. sled's cost per write

@@ -196,13 +196,6 @@ const VISITOR_SCAN_BUDGET: usize = 10_000;
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
-/// The smallest key of `key`'s workspace.
-fn workspace_start(key: &[u8; 32]) -> [u8; 32] {
-    let mut start = [0u8; 32];
-    start[..16].copy_from_slice(&key[..16]);
-    start
-}
-
 fn bucket_key(key: &[u8]) -> StoreResult<[u8; 32]> {
     key.try_into()
         .map_err(|_| StoreError::Codec("a profile bucket's key is not 32 bytes".into()))
@@ -277,36 +270,25 @@ impl Store {
                             }
                             (slot, next_stored(Excluded(&stored), &key)?)
                         }
-                        // No stored bucket at or before `key`: one this call
-                        // started for an earlier profile, else the
-                        // workspace's first stored bucket (after `key`),
-                        // which `key` now starts, else a new one.
-                        None => match touched.range(workspace_start(&key)..=key).next_back() {
-                            Some((slot, _)) => {
-                                let slot = *slot;
-                                let mut after = next_stored(Included(&key), &key)?;
-                                if let Some((k, _)) = &after
-                                    && moved.contains_key(&bucket_key(k)?)
-                                {
-                                    after = next_stored(Excluded(&bucket_key(k)?), &key)?;
+                        // No stored bucket at or before `key`: the
+                        // workspace's first stored bucket (after `key`), which
+                        // `key` now starts, else a new one. (A bucket this
+                        // call started holds every later key below the next
+                        // stored bucket through `run`: keys ascend.)
+                        None => {
+                            let (bucket, after) = match next_stored(Included(&key), &key)? {
+                                Some((stored, raw)) => {
+                                    let stored = bucket_key(&stored)?;
+                                    puts.push((stored.to_vec(), None));
+                                    moved.insert(stored, key);
+                                    let after = next_stored(Excluded(&stored), &key)?;
+                                    (Bucket::decode(&raw)?, after)
                                 }
-                                (slot, after)
-                            }
-                            None => {
-                                let (bucket, after) = match next_stored(Included(&key), &key)? {
-                                    Some((stored, raw)) => {
-                                        let stored = bucket_key(&stored)?;
-                                        puts.push((stored.to_vec(), None));
-                                        moved.insert(stored, key);
-                                        let after = next_stored(Excluded(&stored), &key)?;
-                                        (Bucket::decode(&raw)?, after)
-                                    }
-                                    None => (Bucket::default(), None),
-                                };
-                                touched.insert(key, bucket);
-                                (key, after)
-                            }
-                        },
+                                None => (Bucket::default(), None),
+                            };
+                            touched.insert(key, bucket);
+                            (key, after)
+                        }
                     };
                     let limit = after.map(|(k, _)| bucket_key(&k)).transpose()?;
                     run = Some((slot, limit));
@@ -660,6 +642,22 @@ mod tests {
         p
     }
 
+    /// Profiles by ID.
+    fn by_id(profiles: impl Iterator<Item = VisitorProfile>) -> HashMap<VisitorId, VisitorProfile> {
+        profiles.map(|p| (p.id, p)).collect()
+    }
+
+    /// The stored buckets, in key order.
+    fn stored_buckets(store: &Store) -> Vec<(sled::IVec, Bucket)> {
+        store
+            .inner
+            .visitor_profiles
+            .iter()
+            .map(|e| e.unwrap())
+            .map(|(k, raw)| (k, Bucket::decode(&raw).unwrap()))
+            .collect()
+    }
+
     fn listed_in_pages(store: &Store, ws: &WorkspaceId, page: usize) -> Vec<VisitorProfile> {
         let mut out = Vec::new();
         let mut cursor: Option<Vec<u8>> = None;
@@ -759,13 +757,7 @@ mod tests {
             }
         }
         // Every bucket holds at most 16, from its key to before the next's.
-        let buckets: Vec<(sled::IVec, Bucket)> = store
-            .inner
-            .visitor_profiles
-            .iter()
-            .map(|e| e.unwrap())
-            .map(|(k, raw)| (k, Bucket::decode(&raw).unwrap()))
-            .collect();
+        let buckets = stored_buckets(&store);
         for (i, (key, b)) in buckets.iter().enumerate() {
             assert!(!b.is_empty() && b.len() <= PROFILES_PER_BUCKET);
             assert_eq!(b.first_key().unwrap(), &key[16..]);
@@ -804,16 +796,11 @@ mod tests {
         let store = Store::open(dir.path(), 4).unwrap();
         let ws = WorkspaceId::generate();
         // Each profile well over a kilobyte: a few to a bucket.
-        let batch: HashMap<VisitorId, VisitorProfile> = (0..10)
-            .map(|i| profile_at(ws, 5_000 + i, 100))
-            .map(|p| (p.id, p))
-            .collect();
+        let batch = by_id((0..10).map(|i| profile_at(ws, 5_000 + i, 100)));
         store.save_visitors("visitors", &record(1), &batch).unwrap();
         let buckets = buckets_of(&store, &ws);
         assert!(buckets >= 3, "{buckets} buckets");
-        for entry in store.inner.visitor_profiles.iter() {
-            let (_, raw) = entry.unwrap();
-            let b = Bucket::decode(&raw).unwrap();
+        for (_, b) in stored_buckets(&store) {
             assert!(b.len() == 1 || b.size() <= PROFILE_BUCKET_BYTES);
         }
         assert_eq!(listed_in_pages(&store, &ws, 4), newest_first(&batch, &ws));
@@ -824,10 +811,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ws1, ws2) = (WorkspaceId::generate(), WorkspaceId::generate());
         // More than one pass of the move's batches in the first workspace.
-        let profiles: HashMap<VisitorId, VisitorProfile> = (0..2_540)
-            .map(|i| profile_at(if i < 2_537 { ws1 } else { ws2 }, 100 + i, 0))
-            .map(|p| (p.id, p))
-            .collect();
+        let profiles =
+            by_id((0..2_540).map(|i| profile_at(if i < 2_537 { ws1 } else { ws2 }, 100 + i, 0)));
         {
             let store = Store::open(dir.path(), 4).unwrap();
             let keyed = store.inner.db.open_tree(KEYED_PROFILES).unwrap();
@@ -864,10 +849,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 4).unwrap();
         let ws = WorkspaceId::generate();
-        let old: HashMap<VisitorId, VisitorProfile> = (0..64)
-            .map(|i| profile_at(ws, 1_000 + i, 0))
-            .map(|p| (p.id, p))
-            .collect();
+        let old = by_id((0..64).map(|i| profile_at(ws, 1_000 + i, 0)));
         store.save_visitors("visitors", &record(1), &old).unwrap();
         let wanted: Vec<VisitorId> = newest_first(&old, &ws).iter().map(|p| p.id).collect();
         let done = std::sync::atomic::AtomicBool::new(false);
