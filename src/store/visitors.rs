@@ -227,6 +227,26 @@ impl Store {
             .transpose()
     }
 
+    /// The largest visitor ID among workspace `ws`'s stored profiles
+    /// (`None` when it has none): the last entry of its last bucket, since
+    /// buckets hold disjoint ranges of IDs in order.
+    pub fn largest_stored_visitor(&self, ws: &WorkspaceId) -> StoreResult<Option<VisitorId>> {
+        let Some((_, raw)) = self
+            .inner
+            .visitor_profiles
+            .scan_prefix(ws.as_bytes())
+            .next_back()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let mut last = None;
+        for entry in bucket::Entries::new(&raw)? {
+            last = Some(entry?.0);
+        }
+        Ok(last.and_then(VisitorId::from_slice))
+    }
+
     /// The writes that set each of `profiles` (workspace ID ++ visitor ID,
     /// encoded profile; ascending keys) in its bucket, cutting a bucket
     /// that grows past its bounds into several. Holds `profile_writer`.
