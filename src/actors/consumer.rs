@@ -50,6 +50,22 @@ pub trait Consumer: Unpin + Send + 'static {
         self.apply(state, events)
     }
 
+    /// `apply_committed` (when `new_visitors` are given) or `apply`, for a
+    /// batch in a shared allocation: the worker always folds through this.
+    /// A consumer that keeps events until its checkpoint keeps the batch
+    /// instead of copying its events.
+    fn apply_shared(
+        &mut self,
+        state: &mut Self::State,
+        events: &Arc<[ScanEvent]>,
+        new_visitors: Option<&[VisitorId]>,
+    ) {
+        match new_visitors {
+            Some(new) => self.apply_committed(state, events, new),
+            None => self.apply(state, events),
+        }
+    }
+
     /// Stores `record` (position, count and encoded `State`) at a checkpoint.
     /// A consumer whose derived data lives in trees of its own overrides this
     /// to write that data and the record in one store transaction.
@@ -182,19 +198,17 @@ impl<C: Consumer> ConsumerWorker<C> {
         self.position
     }
 
-    fn fold(&mut self, events: &[ScanEvent]) {
-        self.fold_committed(events, None);
+    fn fold(&mut self, events: Vec<ScanEvent>) {
+        self.fold_committed(&events.into(), None);
     }
 
     /// `fold`, with the batch's new visitors when the Recorder gave them.
-    fn fold_committed(&mut self, events: &[ScanEvent], new_visitors: Option<&[VisitorId]>) {
+    fn fold_committed(&mut self, events: &Arc<[ScanEvent]>, new_visitors: Option<&[VisitorId]>) {
         let Some(last) = events.last() else {
             return;
         };
-        match new_visitors {
-            Some(new) => self.consumer.apply_committed(&mut self.state, events, new),
-            None => self.consumer.apply(&mut self.state, events),
-        }
+        self.consumer
+            .apply_shared(&mut self.state, events, new_visitors);
         self.position = Some(last.id);
         self.dirty = true;
         self.unsaved += events.len();
@@ -214,7 +228,7 @@ impl<C: Consumer> ConsumerWorker<C> {
     pub fn on_batch(
         &mut self,
         after: Option<EventId>,
-        events: &[ScanEvent],
+        events: &Arc<[ScanEvent]>,
         new_visitors: &[VisitorId],
     ) -> StoreResult<()> {
         match events.last() {
@@ -245,8 +259,9 @@ impl<C: Consumer> ConsumerWorker<C> {
         let size = self.settings.read_batch_size;
         for _ in 0..pages {
             let events = self.store.events_after(self.position, size)?;
-            self.fold(&events);
-            if events.len() < size {
+            let read = events.len();
+            self.fold(events);
+            if read < size {
                 return Ok(true);
             }
         }
@@ -451,10 +466,10 @@ mod tests {
         let after = committed.last().copied();
         store.commit_scans(&batches[3]).unwrap();
         committed.extend(batches[3].iter().map(|e| e.id));
-        w.on_batch(after, &batches[3], &[]).unwrap();
+        w.on_batch(after, &batches[3].clone().into(), &[]).unwrap();
         assert_eq!(w.state(), &committed);
         // The same wake-up again changes nothing.
-        w.on_batch(after, &batches[3], &[]).unwrap();
+        w.on_batch(after, &batches[3].clone().into(), &[]).unwrap();
         assert_eq!(w.state(), &committed);
         // A dropped wake-up leaves a gap: the next one makes it read the store.
         let before_gap = committed.last().copied();
@@ -464,7 +479,8 @@ mod tests {
         store.commit_scans(&batches[5]).unwrap();
         committed.extend(batches[5].iter().map(|e| e.id));
         assert_ne!(before_gap, after_dropped);
-        w.on_batch(after_dropped, &batches[5], &[]).unwrap();
+        w.on_batch(after_dropped, &batches[5].clone().into(), &[])
+            .unwrap();
         assert_eq!(w.state(), &committed);
         // Not yet checkpointed: a restart now resumes from the stored record.
         let stored = store.consumer("tally").unwrap().unwrap();
@@ -492,7 +508,7 @@ mod tests {
         for _ in 0..40 {
             let b = batch(5);
             store.commit_scans(&b).unwrap();
-            w.on_batch(after, &b, &[]).unwrap();
+            w.on_batch(after, &b.clone().into(), &[]).unwrap();
             after = b.last().map(|e| e.id);
             folded += b.len();
             let stored = store.consumer("tally").unwrap().map_or(0, |r| r.events) as usize;

@@ -518,14 +518,22 @@ pub(crate) const MESSAGES_PER_TX: usize = 128;
 /// then derives their messages and stores them with its position.
 pub struct Webhooks {
     hub: Arc<WebhookHub>,
-    events: Vec<ScanEvent>,
+    kept: Vec<Kept>,
+}
+
+/// A batch kept until the checkpoint (shared with the Recorder's message,
+/// not copied) and the positions in it of the events that can make a
+/// message.
+struct Kept {
+    batch: Arc<[ScanEvent]>,
+    positions: Vec<u32>,
 }
 
 impl Webhooks {
     pub fn new(hub: Arc<WebhookHub>) -> Webhooks {
         Webhooks {
             hub,
-            events: Vec::new(),
+            kept: Vec::new(),
         }
     }
 
@@ -543,7 +551,11 @@ impl Webhooks {
             HashMap::new();
         let no_attributes = serde_json::Map::new();
         let mut out = Vec::new();
-        for e in &self.events {
+        let events = self
+            .kept
+            .iter()
+            .flat_map(|k| k.positions.iter().filter_map(|&i| k.batch.get(i as usize)));
+        for e in events {
             let ws_hooks = match hooks.entry(e.workspace_id) {
                 Entry::Occupied(o) => o.into_mut(),
                 Entry::Vacant(v) => v.insert(store.webhooks_of(&e.workspace_id)?),
@@ -593,13 +605,21 @@ impl Consumer for Webhooks {
     const NAME: &'static str = "webhooks";
     type State = ();
 
-    /// Keeps the non-bot events that can make a message, so a workspace
-    /// without hooks costs no copy here. An event of a workspace without a
-    /// hook now, scanned before `now`, makes none: hooks are created under
+    /// Events given as a slice are copied into a batch of their own, then
+    /// kept as `apply_shared` keeps a batch.
+    fn apply(&mut self, state: &mut (), events: &[ScanEvent]) {
+        self.apply_shared(state, &Arc::from(events), None);
+    }
+
+    /// Keeps the batch itself until the checkpoint (shared with the
+    /// Recorder's message or the page read from the store, not copied),
+    /// with the positions of its non-bot events that can make a message; a
+    /// batch with none is not kept. An event of a workspace without a hook
+    /// now, scanned before `now`, makes none: hooks are created under
     /// `create_lock` with their creation time taken there, so a hook made
     /// after this check was created at `now` or later and wants only scans
     /// from then on.
-    fn apply(&mut self, _: &mut (), events: &[ScanEvent]) {
+    fn apply_shared(&mut self, _: &mut (), events: &Arc<[ScanEvent]>, _: Option<&[VisitorId]>) {
         let mut has_hooks: HashMap<WorkspaceId, bool> = HashMap::new();
         let now = {
             let _no_hook_created_meanwhile = self
@@ -615,13 +635,18 @@ impl Consumer for Webhooks {
             }
             Timestamp::now().as_millis()
         };
-        self.events.extend(
-            events
-                .iter()
-                .filter(|e| !e.bot)
-                .filter(|e| has_hooks[&e.workspace_id] || e.timestamp_ms() >= now)
-                .cloned(),
-        );
+        let positions: Vec<u32> = (0u32..)
+            .zip(events.iter())
+            .filter(|(_, e)| !e.bot)
+            .filter(|(_, e)| has_hooks[&e.workspace_id] || e.timestamp_ms() >= now)
+            .map(|(i, _)| i)
+            .collect();
+        if !positions.is_empty() {
+            self.kept.push(Kept {
+                batch: events.clone(),
+                positions,
+            });
+        }
     }
 
     /// Derives the folded events' messages and writes them in transactions
@@ -641,7 +666,7 @@ impl Consumer for Webhooks {
         if new.is_empty() {
             store_messages(store, &[], Some((Self::NAME, record)))?;
         }
-        self.events.clear();
+        self.kept.clear();
         Ok(())
     }
 }
