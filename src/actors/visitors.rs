@@ -175,6 +175,23 @@ mod tests {
     use super::*;
     use crate::ids::{EventId, LinkId};
 
+    /// A scan of visitor `v` in workspace `ws`.
+    fn scan_of(ws: WorkspaceId, v: VisitorId) -> ScanEvent {
+        ScanEvent {
+            visitor_id: Some(v),
+            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
+        }
+    }
+
+    /// A consumer record after `events` events.
+    fn record(events: u64) -> ConsumerRecord {
+        ConsumerRecord {
+            position: None,
+            events,
+            state: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_new_visitor_starts_without_a_read_and_its_next_batch_continues_its_stored_profile() {
         let dir = tempfile::tempdir().unwrap();
@@ -182,15 +199,7 @@ mod tests {
         let view = VisitorView::new(store.clone());
         let mut worker = Visitors::new(view.clone());
         let (ws, v) = (WorkspaceId::generate(), VisitorId::generate());
-        let scan = || ScanEvent {
-            visitor_id: Some(v),
-            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
-        };
-        let record = |events| ConsumerRecord {
-            position: None,
-            events,
-            state: Vec::new(),
-        };
+        let scan = || scan_of(ws, v);
         // Its first batch: new, two scans.
         worker.apply_committed(&mut (), &[scan(), scan()], &[v]);
         worker.persist(&store, &record(2)).unwrap();
@@ -214,15 +223,7 @@ mod tests {
         ids.sort();
         let [low, mid, high, highest] = [ids[0], ids[1], ids[2], ids[3]];
         let elsewhere_visitor = VisitorId::generate();
-        let scan = |ws: WorkspaceId, v: VisitorId| ScanEvent {
-            visitor_id: Some(v),
-            ..ScanEvent::sample(EventId::generate(), ws, LinkId::generate())
-        };
-        let record = |events| ConsumerRecord {
-            position: None,
-            events,
-            state: Vec::new(),
-        };
+        let scan = scan_of;
         let count = |v: &VisitorId| store.visitor(&ws, v).unwrap().map(|p| p.event_count);
         // An earlier run stored `mid` (two scans); `low` is never stored.
         let mut before = Visitors::new(VisitorView::new(store.clone()));
