@@ -299,6 +299,8 @@ struct Run {
     recorded: f64,
     redirects: f64,
     recorder_cpu_secs: f64,
+    recorder_busy_secs: f64,
+    backpressure_waits: f64,
     recorder_batches: f64,
     event_bytes: f64,
     /// Webhook requests the receiver got during the run, and in all.
@@ -473,6 +475,8 @@ fn main() {
             }
             let run = Run {
                 recorder_cpu_secs: m("scanhop_recorder_cpu_seconds_total"),
+                recorder_busy_secs: m("scanhop_recorder_busy_seconds_total"),
+                backpressure_waits: m("scanhop_recorder_backpressure_waits_total"),
                 recorder_batches: m("scanhop_recorder_batches_total"),
                 event_bytes: m("scanhop_event_bytes_total"),
                 delivered: received.load(Ordering::Relaxed) - received_before,
@@ -545,12 +549,14 @@ fn main() {
             .map(|(group, n)| format!("{group} {:.1}", *n as f64 / base_requests))
             .collect();
         let mut detail = format!(
-            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second, {:.0} events per batch; {:.0} bytes per event (segment values).",
+            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second ({:.0}% of its commits' wall-clock time on the CPU; HTTP workers waited for room in its queue {:.2} times per 1,000 scans), {:.0} events per batch; {:.0} bytes per event (segment values).",
             per_scan.join(", "),
             base_per_request.join(", "),
             allocations.join(", "),
             base_allocations.join(", "),
             r.recorded / r.recorder_cpu_secs.max(1e-9),
+            100.0 * r.recorder_cpu_secs / r.recorder_busy_secs.max(1e-9),
+            1000.0 * r.backpressure_waits / r.recorded.max(1.0),
             r.recorded / r.recorder_batches.max(1.0),
             r.event_bytes / r.recorded.max(1.0),
         );

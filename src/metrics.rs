@@ -124,6 +124,10 @@ pub struct Metrics {
     pub recorder_batches: Counter,
     /// CPU time of the Recorder's thread spent committing batches, in nanoseconds.
     pub recorder_cpu_nanos: Counter,
+    /// Wall-clock time of the same commits, in nanoseconds: beside the CPU
+    /// time, what the Recorder waited for (sled's lock while another
+    /// transaction commits, the disk, a core).
+    pub recorder_busy_nanos: Counter,
     /// Bytes of the event segments the Recorder wrote (before sled's own framing).
     pub event_bytes: Counter,
     pub recorder_messages: Counter,
@@ -275,6 +279,13 @@ impl Metrics {
              # TYPE scanhop_recorder_cpu_seconds_total counter\n\
              scanhop_recorder_cpu_seconds_total {}",
             self.recorder_cpu_nanos.get() as f64 / 1e9
+        );
+        let _ = writeln!(
+            o,
+            "# HELP scanhop_recorder_busy_seconds_total Wall-clock time of the Recorder's commits of scan batches: beyond its CPU time, waits for sled's lock (held by any other transaction), the disk or a core.\n\
+             # TYPE scanhop_recorder_busy_seconds_total counter\n\
+             scanhop_recorder_busy_seconds_total {}",
+            self.recorder_busy_nanos.get() as f64 / 1e9
         );
         family(
             o,

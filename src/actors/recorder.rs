@@ -705,10 +705,14 @@ impl Recorder {
         if self.retry_at.is_some_and(|at| now < at) {
             return;
         }
+        // The wall-clock interval encloses the CPU clock's.
+        let started = Instant::now();
         let cpu = threads::thread_cpu_time();
         let ok = self.commit_ready(now);
         let spent = threads::thread_cpu_time().saturating_sub(cpu);
         self.metrics.recorder_cpu_nanos.add(spent.as_nanos() as u64);
+        let busy = started.elapsed();
+        self.metrics.recorder_busy_nanos.add(busy.as_nanos() as u64);
         self.status.ran(ok);
         self.status.set_depth(self.intake.depth() as u64);
     }

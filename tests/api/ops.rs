@@ -44,6 +44,35 @@ async fn health_readiness_and_metrics_answer_without_auth() {
     }
 }
 
+/// A counter's value in the Prometheus text `text`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+}
+
+#[actix_rt::test]
+async fn the_recorders_commits_report_their_cpu_and_wall_clock_time() {
+    let app = spawn_app().await;
+    app.create_link(serde_json::json!({"destination": "https://example.com/", "slug": "timed"}))
+        .await;
+    for _ in 0..20 {
+        assert_eq!(app.scan("timed").await.status.as_u16(), 302);
+    }
+    app.eventually("20 scans recorded", || async {
+        let text = app.get("/metrics").await.text();
+        metric(&text, "scanhop_scans_recorded_total") >= 20.0
+    })
+    .await;
+    let text = app.get("/metrics").await.text();
+    let cpu = metric(&text, "scanhop_recorder_cpu_seconds_total");
+    let busy = metric(&text, "scanhop_recorder_busy_seconds_total");
+    assert!(cpu > 0.0, "cpu {cpu}");
+    // The wall-clock time of a commit encloses its CPU time.
+    assert!(busy >= cpu, "busy {busy} < cpu {cpu}");
+}
+
 #[actix_rt::test]
 async fn request_ids_are_echoed_or_generated() {
     let app = spawn_app().await;
