@@ -101,6 +101,13 @@ pub fn test_settings(dir: &TempDir, overrides: &[(&str, &str)]) -> Settings {
     Settings::load_with_env(None, env).expect("test settings")
 }
 
+/// The value of the sample `name` (with its labels, if any) in the
+/// Prometheus text `text`.
+pub fn metric<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }

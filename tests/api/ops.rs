@@ -1,6 +1,6 @@
 //! Operations endpoints and request IDs.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{metric, spawn_app};
 
 #[actix_rt::test]
 async fn health_readiness_and_metrics_answer_without_auth() {
@@ -44,14 +44,6 @@ async fn health_readiness_and_metrics_answer_without_auth() {
     }
 }
 
-/// A counter's value in the Prometheus text `text`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-}
-
 #[actix_rt::test]
 async fn the_recorders_commits_report_their_cpu_and_wall_clock_time() {
     let app = spawn_app().await;
@@ -62,12 +54,12 @@ async fn the_recorders_commits_report_their_cpu_and_wall_clock_time() {
     }
     app.eventually("20 scans recorded", || async {
         let text = app.get("/metrics").await.text();
-        metric(&text, "scanhop_scans_recorded_total") >= 20.0
+        metric::<f64>(&text, "scanhop_scans_recorded_total").is_some_and(|n| n >= 20.0)
     })
     .await;
     let text = app.get("/metrics").await.text();
-    let cpu = metric(&text, "scanhop_recorder_cpu_seconds_total");
-    let busy = metric(&text, "scanhop_recorder_busy_seconds_total");
+    let cpu: f64 = metric(&text, "scanhop_recorder_cpu_seconds_total").unwrap();
+    let busy: f64 = metric(&text, "scanhop_recorder_busy_seconds_total").unwrap();
     assert!(cpu > 0.0, "cpu {cpu}");
     // The wall-clock time of a commit encloses its CPU time.
     assert!(busy >= cpu, "busy {busy} < cpu {cpu}");

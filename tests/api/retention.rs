@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{BinaryServer, IPHONE_UA, TestApp, spawn_app, spawn_app_with_consumers};
+use crate::helpers::{
+    BinaryServer, IPHONE_UA, TestApp, metric, spawn_app, spawn_app_with_consumers,
+};
 use scanhop::actors::periodic::{PeriodicTask, Trigger};
 use scanhop::domain::Timestamp;
 
@@ -75,11 +77,6 @@ async fn purge_at(app: &TestApp, now: Timestamp) {
         .unwrap()
         .run_once(now, Trigger::Tick)
         .unwrap();
-}
-
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
 #[actix_rt::test]
@@ -207,8 +204,8 @@ async fn a_purge_removes_exactly_the_old_events_and_keeps_lifetime_totals() {
     );
     assert_eq!(metric(&text, "scanhop_purge_runs_total"), Some(2));
     assert_eq!(metric(&text, "scanhop_purged_events_total"), Some(8));
-    let rewritten = metric(&text, "scanhop_purge_segments_rewritten_total").unwrap();
-    let removed = metric(&text, "scanhop_purge_segments_removed_total").unwrap();
+    let rewritten: u64 = metric(&text, "scanhop_purge_segments_rewritten_total").unwrap();
+    let removed: u64 = metric(&text, "scanhop_purge_segments_removed_total").unwrap();
     assert!(rewritten + removed >= 1, "{text}");
     assert_eq!(
         metric(&text, "scanhop_purge_unfinished_workspaces"),

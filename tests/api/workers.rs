@@ -17,7 +17,7 @@ use scanhop::ids::EventId;
 use scanhop::store::Store;
 use serde_json::json;
 
-use crate::helpers::{BinaryServer, IPHONE_UA, spawn_app_with_consumers};
+use crate::helpers::{BinaryServer, IPHONE_UA, metric, spawn_app_with_consumers};
 use crate::powercut::PowerCutFs;
 
 /// Remembers every event ID it folds; slow on purpose, so wake-ups pile up
@@ -67,11 +67,6 @@ fn assert_tally_matches_the_store(store: &Store) -> usize {
     stored.len()
 }
 
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
 #[actix_rt::test]
 async fn a_consumer_with_a_mailbox_of_one_counts_every_scan_once_under_a_burst() {
     // Batches of 4: the burst commits one after another (a full batch is
@@ -104,7 +99,7 @@ async fn a_consumer_with_a_mailbox_of_one_counts_every_scan_once_under_a_burst()
         .await
         .text();
     assert!(
-        metric(&text, "scanhop_downstream_full_total").unwrap() > 0,
+        metric::<u64>(&text, "scanhop_downstream_full_total").unwrap() > 0,
         "the burst overflowed the mailbox of one, so some wake-ups were dropped"
     );
     app.eventually("the tally to checkpoint", || async {
