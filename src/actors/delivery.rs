@@ -19,7 +19,11 @@
 //!   reason `webhook_disabled` or `webhook_auto_disabled`; a paused hook's
 //!   wait.
 //! - Over `outbox_capacity` pending messages, the oldest of the hook with the
-//!   most pending ones fail with the reason `outbox_full`.
+//!   most pending ones fail with the reason `outbox_full`
+//!   (`WebhookHub::enforce_capacity`). The Webhooks worker does it as it
+//!   writes new messages, so under an overload this worker's time still
+//!   goes to sending; each step here catches what other writers queued
+//!   (`recover`, `redeliver`, `test`).
 
 pub mod client;
 
@@ -149,7 +153,7 @@ pub fn retry_delay_ms(
 
 /// Why a message fails without its attempts being used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
+pub(crate) enum Reason {
     Disabled,
     AutoDisabled,
     OutboxFull,
@@ -170,11 +174,6 @@ impl Reason {
 pub struct DeliveryCore {
     hub: Arc<WebhookHub>,
     last_prune_ms: i64,
-    /// Messages failed `outbox_full` not yet logged, and when the last such
-    /// line was written: under a sustained overload every step fails some,
-    /// and one line a step (dozens a second) would bury the rest of the log.
-    outbox_full_unlogged: u64,
-    outbox_full_logged_ms: Option<i64>,
 }
 
 /// At most one `outbox_full` line this often.
@@ -185,8 +184,6 @@ impl DeliveryCore {
         DeliveryCore {
             hub,
             last_prune_ms: i64::MIN,
-            outbox_full_unlogged: 0,
-            outbox_full_logged_ms: None,
         }
     }
 
@@ -198,7 +195,7 @@ impl DeliveryCore {
     /// queued messages of disabled hooks, and answers the attempts to make
     /// now (at most the in-flight limits allow).
     pub fn run_once(&mut self, now: Timestamp) -> StoreResult<Vec<Job>> {
-        self.enforce_capacity(now)?;
+        self.hub.enforce_capacity(now)?;
         let (per_hook, total) = (
             self.settings().max_in_flight_per_endpoint,
             self.settings().max_in_flight,
@@ -350,78 +347,6 @@ impl DeliveryCore {
         Ok(())
     }
 
-    /// Fails `msgs` (none in flight) with `reason`, except those done
-    /// already, in one transaction; answers how many it failed.
-    fn fail_messages(
-        &self,
-        msgs: &[(WebhookId, MessageId)],
-        reason: Reason,
-        now: Timestamp,
-    ) -> StoreResult<u64> {
-        self.hub.store.webhook_tx(|tx| {
-            let mut failed = 0;
-            for (hook, msg) in msgs {
-                let Some(mut m) = tx.message(hook, msg)? else {
-                    continue;
-                };
-                if m.state != MessageState::Pending {
-                    continue;
-                }
-                if let Some(id) = m.next_delivery
-                    && let Some(mut d) = tx.delivery(hook, &id)?
-                {
-                    d.status = DeliveryStatus::Failed;
-                    d.error = Some(reason.as_str().to_owned());
-                    tx.put_delivery(&d)?;
-                }
-                m.state = MessageState::Failed;
-                m.failure_reason = Some(reason.as_str().to_owned());
-                m.finished_at = Some(now);
-                m.next_delivery = None;
-                tx.put_message(&m)?;
-                failed += 1;
-            }
-            Ok(failed)
-        })
-    }
-
-    /// Fails `victims` (taken from the outbox, none in flight) in
-    /// transactions of at most `FAIL_PER_TX`. On an error the ones not
-    /// failed yet go back to the outbox, due at `now`.
-    fn fail_all(
-        &self,
-        victims: &[(WebhookId, MessageId)],
-        reason: Reason,
-        now: Timestamp,
-    ) -> StoreResult<u64> {
-        let mut failed = 0;
-        for (i, part) in victims.chunks(FAIL_PER_TX).enumerate() {
-            match self.fail_messages(part, reason, now) {
-                Ok(n) => failed += n,
-                Err(e) => {
-                    let mut outbox = self.hub.outbox();
-                    for (hook, rest) in &victims[i * FAIL_PER_TX..] {
-                        outbox.add(*hook, *rest, now);
-                    }
-                    drop(outbox);
-                    self.count_failed(reason, failed);
-                    return Err(e);
-                }
-            }
-        }
-        self.count_failed(reason, failed);
-        Ok(failed)
-    }
-
-    fn count_failed(&self, reason: Reason, n: u64) {
-        let m = &self.hub.metrics;
-        match reason {
-            Reason::Disabled => m.webhook_failed_disabled.add(n),
-            Reason::AutoDisabled => m.webhook_failed_auto_disabled.add(n),
-            Reason::OutboxFull => m.webhook_failed_outbox_full.add(n),
-        }
-    }
-
     /// Fails every queued message of a disabled hook.
     fn fail_queued(&self, hook: &Webhook, reason: Reason, now: Timestamp) -> StoreResult<()> {
         let queued: Vec<(WebhookId, MessageId)> = self
@@ -431,37 +356,9 @@ impl DeliveryCore {
             .into_iter()
             .map(|m| (hook.id, m))
             .collect();
-        let failed = self.fail_all(&queued, reason, now)?;
+        let failed = self.hub.fail_all(&queued, reason, now)?;
         if failed > 0 {
             tracing::info!(webhook = %hook.id, failed, reason = reason.as_str(), "failed the pending messages of a disabled webhook");
-        }
-        Ok(())
-    }
-
-    /// Fails the oldest queued messages of the hooks with the most while the
-    /// outbox holds more than its capacity.
-    fn enforce_capacity(&mut self, now: Timestamp) -> StoreResult<()> {
-        let capacity = self.settings().outbox_capacity;
-        let victims = {
-            let mut outbox = self.hub.outbox();
-            let over = outbox.len().saturating_sub(capacity);
-            outbox.evict(over)
-        };
-        if victims.is_empty() {
-            return Ok(());
-        }
-        self.outbox_full_unlogged += self.fail_all(&victims, Reason::OutboxFull, now)?;
-        let due = self
-            .outbox_full_logged_ms
-            .is_none_or(|at| now.as_millis() - at >= OUTBOX_FULL_LOG_EVERY_MS);
-        if due {
-            tracing::warn!(
-                failed = self.outbox_full_unlogged,
-                capacity,
-                "webhook outbox full: failed the oldest pending messages of the endpoints with the most (reason outbox_full), since the last such line"
-            );
-            self.outbox_full_unlogged = 0;
-            self.outbox_full_logged_ms = Some(now.as_millis());
         }
         Ok(())
     }
@@ -500,6 +397,114 @@ impl DeliveryCore {
     /// Pending messages (for the drain report).
     pub fn pending(&self) -> u64 {
         self.hub.depth() as u64
+    }
+}
+
+/// Failing messages that will not be attempted (outbox over capacity, hook
+/// disabled): shared by the delivery worker and the Webhooks worker, which
+/// keeps the outbox within its capacity as it writes new messages, so the
+/// delivery worker's time goes to sending.
+impl WebhookHub {
+    /// Fails the oldest queued messages of the hooks with the most while the
+    /// outbox holds more than its capacity.
+    pub fn enforce_capacity(&self, now: Timestamp) -> StoreResult<()> {
+        let capacity = self.settings.webhooks.outbox_capacity;
+        let victims = {
+            let mut outbox = self.outbox();
+            let over = outbox.len().saturating_sub(capacity);
+            outbox.evict(over)
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let failed = self.fail_all(&victims, Reason::OutboxFull, now)?;
+        let mut log = self.outbox_full_log();
+        log.unlogged += failed;
+        let due = log
+            .logged_ms
+            .is_none_or(|at| now.as_millis() - at >= OUTBOX_FULL_LOG_EVERY_MS);
+        if due {
+            tracing::warn!(
+                failed = log.unlogged,
+                capacity,
+                "webhook outbox full: failed the oldest pending messages of the endpoints with the most (reason outbox_full), since the last such line"
+            );
+            log.unlogged = 0;
+            log.logged_ms = Some(now.as_millis());
+        }
+        Ok(())
+    }
+
+    /// Fails `msgs` (none in flight) with `reason`, except those done
+    /// already, in one transaction; answers how many it failed.
+    fn fail_messages(
+        &self,
+        msgs: &[(WebhookId, MessageId)],
+        reason: Reason,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.store.webhook_tx(|tx| {
+            let mut failed = 0;
+            for (hook, msg) in msgs {
+                let Some(mut m) = tx.message(hook, msg)? else {
+                    continue;
+                };
+                if m.state != MessageState::Pending {
+                    continue;
+                }
+                if let Some(id) = m.next_delivery
+                    && let Some(mut d) = tx.delivery(hook, &id)?
+                {
+                    d.status = DeliveryStatus::Failed;
+                    d.error = Some(reason.as_str().to_owned());
+                    tx.put_delivery(&d)?;
+                }
+                m.state = MessageState::Failed;
+                m.failure_reason = Some(reason.as_str().to_owned());
+                m.finished_at = Some(now);
+                m.next_delivery = None;
+                tx.put_message(&m)?;
+                failed += 1;
+            }
+            Ok(failed)
+        })
+    }
+
+    /// Fails `victims` (taken from the outbox, none in flight) in
+    /// transactions of at most `FAIL_PER_TX`. On an error the ones not
+    /// failed yet go back to the outbox, due at `now`.
+    pub(crate) fn fail_all(
+        &self,
+        victims: &[(WebhookId, MessageId)],
+        reason: Reason,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut failed = 0;
+        for (i, part) in victims.chunks(FAIL_PER_TX).enumerate() {
+            match self.fail_messages(part, reason, now) {
+                Ok(n) => failed += n,
+                Err(e) => {
+                    let mut outbox = self.outbox();
+                    for (hook, rest) in &victims[i * FAIL_PER_TX..] {
+                        outbox.add(*hook, *rest, now);
+                    }
+                    drop(outbox);
+                    self.count_failed(reason, failed);
+                    return Err(e);
+                }
+            }
+        }
+        self.count_failed(reason, failed);
+        Ok(failed)
+    }
+
+    fn count_failed(&self, reason: Reason, n: u64) {
+        let m = &self.metrics;
+        match reason {
+            Reason::Disabled => m.webhook_failed_disabled.add(n),
+            Reason::AutoDisabled => m.webhook_failed_auto_disabled.add(n),
+            Reason::OutboxFull => m.webhook_failed_outbox_full.add(n),
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The Webhooks worker: a consumer of committed events (`actors::consumer`)
 //! that derives the messages of every hook from scans after its durable
 //! position and writes them to the outbox (`store::webhooks`), at most
-//! `MESSAGES_PER_TX` per transaction, the last with that position. A
-//! message's ID comes from its event,
+//! `MESSAGES_PER_TX` per transaction, the last with that position; after
+//! each, a full outbox fails its oldest queued messages
+//! (`WebhookHub::enforce_capacity`). A message's ID comes from its event,
 //! hook and type, and it is only written when absent, so deriving the same
 //! events again after a crash never makes a second message.
 //!
@@ -198,6 +199,16 @@ pub struct WebhookHub {
     /// Held while a hook is created, so a plan's limit is never passed by
     /// two requests at once.
     pub create_lock: Mutex<()>,
+    outbox_full_log: Mutex<OutboxFullLog>,
+}
+
+/// Messages failed `outbox_full` not yet logged, and when the last such line
+/// was written: under a sustained overload every write of new messages fails
+/// some, and a line each time would bury the rest of the log.
+#[derive(Debug, Default)]
+pub struct OutboxFullLog {
+    pub unlogged: u64,
+    pub logged_ms: Option<i64>,
 }
 
 impl WebhookHub {
@@ -219,11 +230,18 @@ impl WebhookHub {
             outbox: Mutex::new(outbox),
             delivery: OnceLock::new(),
             create_lock: Mutex::new(()),
+            outbox_full_log: Mutex::default(),
         }))
     }
 
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn outbox_full_log(&self) -> MutexGuard<'_, OutboxFullLog> {
+        self.outbox_full_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Connects the delivery worker (once, at start).
@@ -662,6 +680,9 @@ impl Consumer for Webhooks {
             let last = parts.peek().is_none();
             let written = store_messages(store, part, last.then_some((Self::NAME, record)))?;
             self.hub.queue(&written);
+            // A full outbox makes room here, not on the delivery worker,
+            // whose time then goes to sending.
+            self.hub.enforce_capacity(Timestamp::now())?;
         }
         if new.is_empty() {
             store_messages(store, &[], Some((Self::NAME, record)))?;

@@ -289,20 +289,20 @@ fn outbox_full_is_logged_at_most_once_a_minute_with_the_count_since() {
     f.set_status(&hook, WebhookStatus::Paused);
     f.messages(&hook, 3, at(t0()));
     f.core.run_once(at(t0())).unwrap();
-    assert_eq!(f.core.outbox_full_logged_ms, Some(t0()));
-    assert_eq!(f.core.outbox_full_unlogged, 0);
+    assert_eq!(f.hub.outbox_full_log().logged_ms, Some(t0()));
+    assert_eq!(f.hub.outbox_full_log().unlogged, 0);
     // Within the minute: counted, not logged.
     for step in 1..=3 {
         f.messages(&hook, 2, at(t0()));
         f.core.run_once(at(t0() + step * 1_000)).unwrap();
     }
-    assert_eq!(f.core.outbox_full_unlogged, 6);
-    assert_eq!(f.core.outbox_full_logged_ms, Some(t0()));
+    assert_eq!(f.hub.outbox_full_log().unlogged, 6);
+    assert_eq!(f.hub.outbox_full_log().logged_ms, Some(t0()));
     // A minute on: one line for all of them.
     f.messages(&hook, 1, at(t0()));
     f.core.run_once(at(t0() + 60_000)).unwrap();
-    assert_eq!(f.core.outbox_full_unlogged, 0);
-    assert_eq!(f.core.outbox_full_logged_ms, Some(t0() + 60_000));
+    assert_eq!(f.hub.outbox_full_log().unlogged, 0);
+    assert_eq!(f.hub.outbox_full_log().logged_ms, Some(t0() + 60_000));
     assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 8);
 }
 
@@ -360,6 +360,54 @@ fn webhook_messages_derived_again_after_a_crash_are_the_same_messages() {
     let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
     assert_eq!(body["type"], "qr.scanned");
     assert_eq!(body["data"]["scan_id"], first.id.to_string());
+}
+
+#[test]
+fn the_webhooks_worker_keeps_a_full_outbox_within_its_capacity_as_it_writes() {
+    let f = fixture(&[("OUTBOX_CAPACITY", "10")]);
+    let hook = f.hook();
+    // Eight older messages waiting, then 20 scans: 40 new messages (two
+    // types each) into room for 2. No delivery step runs meanwhile.
+    let older = f.messages(&hook, 8, at(t0()));
+    let link = LinkId::generate();
+    let mut ids: Vec<EventId> = (0..20).map(|_| EventId::generate()).collect();
+    ids.sort();
+    let events: Vec<ScanEvent> = ids
+        .into_iter()
+        .map(|id| ScanEvent::sample(id, f.ws, link))
+        .collect();
+    f.store.commit_scans(&events).unwrap();
+    let mut w = ConsumerWorker::load(
+        Webhooks::new(f.hub.clone()),
+        f.store.clone(),
+        f.hub.settings.webhooks.consumer(),
+    )
+    .unwrap();
+    while !w.run_once(at(t0())).unwrap() {}
+    w.checkpoint(at(t0() + 10_000)).unwrap();
+    assert_eq!(f.hub.outbox().len(), 10);
+    assert_eq!(f.store.pending_webhook_messages().unwrap().len(), 10);
+    // The oldest went first (message IDs sort by time): of all 48, the
+    // 10 largest are pending and the rest failed.
+    let mut all: Vec<MessageId> = events
+        .iter()
+        .flat_map(|e| {
+            [EventType::QrScanned, EventType::StepCompleted].map(|ty| message_id_for(e, &hook, ty))
+        })
+        .chain(older)
+        .collect();
+    all.sort();
+    let (failed, kept) = all.split_at(38);
+    for m in failed {
+        let m = f.message(m);
+        assert_eq!(m.state, MessageState::Failed);
+        assert_eq!(m.failure_reason.as_deref(), Some("outbox_full"));
+    }
+    for m in kept {
+        assert_eq!(f.message(m).state, MessageState::Pending);
+    }
+    assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 8 + 30);
+    assert!(f.hub.outbox_full_log().logged_ms.is_some());
 }
 
 fn message_id_for(e: &ScanEvent, hook: &Webhook, ty: EventType) -> MessageId {
