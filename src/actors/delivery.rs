@@ -412,7 +412,9 @@ impl WebhookHub {
         let victims = {
             let mut outbox = self.outbox();
             let over = outbox.len().saturating_sub(capacity);
-            outbox.evict(over)
+            let victims = outbox.evict(over);
+            self.metrics.webhook_outbox_depth.set(outbox.len() as u64);
+            victims
         };
         if victims.is_empty() {
             return Ok(());

@@ -386,6 +386,7 @@ fn the_webhooks_worker_keeps_a_full_outbox_within_its_capacity_as_it_writes() {
     while !w.run_once(at(t0())).unwrap() {}
     w.checkpoint(at(t0() + 10_000)).unwrap();
     assert_eq!(f.hub.outbox().len(), 10);
+    assert_eq!(f.hub.metrics.webhook_outbox_depth.get(), 10);
     assert_eq!(f.store.pending_webhook_messages().unwrap().len(), 10);
     // The oldest went first (message IDs sort by time): of all 48, the
     // 10 largest are pending and the rest failed.
