@@ -179,6 +179,16 @@ pub struct DeliveryCore {
 /// At most one `outbox_full` line this often.
 const OUTBOX_FULL_LOG_EVERY_MS: i64 = 60_000;
 
+/// Messages failed `outbox_full` not yet logged, and when the last such line
+/// was written (kept by the hub, for whichever worker fails them): under a
+/// sustained overload every write of new messages fails some, and a line
+/// each time would bury the rest of the log.
+#[derive(Debug, Default)]
+pub(crate) struct OutboxFullLog {
+    pub(crate) unlogged: u64,
+    pub(crate) logged_ms: Option<i64>,
+}
+
 impl DeliveryCore {
     pub fn new(hub: Arc<WebhookHub>) -> DeliveryCore {
         DeliveryCore {

@@ -20,6 +20,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker};
+use super::delivery::OutboxFullLog;
 use crate::config::Settings;
 use crate::domain::webhook::{
     Delivery, EventType, Message, MessageState, Trigger, Webhook, message_id,
@@ -202,15 +203,6 @@ pub struct WebhookHub {
     outbox_full_log: Mutex<OutboxFullLog>,
 }
 
-/// Messages failed `outbox_full` not yet logged, and when the last such line
-/// was written: under a sustained overload every write of new messages fails
-/// some, and a line each time would bury the rest of the log.
-#[derive(Debug, Default)]
-pub struct OutboxFullLog {
-    pub unlogged: u64,
-    pub logged_ms: Option<i64>,
-}
-
 impl WebhookHub {
     /// Loads every pending message of the store into the schedule.
     pub fn load(
@@ -238,7 +230,7 @@ impl WebhookHub {
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn outbox_full_log(&self) -> MutexGuard<'_, OutboxFullLog> {
+    pub(crate) fn outbox_full_log(&self) -> MutexGuard<'_, OutboxFullLog> {
         self.outbox_full_log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
