@@ -33,13 +33,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::webhooks::{WakeDelivery, WebhookHub};
+use super::webhooks::{WakeDelivery, WebhookHub, write_messages};
 use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::WebhookSettings;
 use crate::domain::Timestamp;
-use crate::domain::webhook::{Delivery, DeliveryStatus, MessageState, Webhook, WebhookStatus};
+use crate::domain::webhook::{
+    Delivery, DeliveryStatus, Message, MessageState, Webhook, WebhookStatus,
+};
 use crate::ids::{DeliveryId, MessageId, WebhookId};
-use crate::store::{StoreResult, TxError, WebhookTx};
+use crate::store::{ConsumerRecord, StoreResult, TxError, WebhookTx};
 
 /// Records removed per hook per pruning step.
 const PRUNE_BATCH: usize = 1_000;
@@ -47,6 +49,14 @@ const PRUNE_BATCH: usize = 1_000;
 const PRUNE_EVERY_MS: i64 = 60_000;
 /// Records of a deleted hook removed per step.
 const PURGE_BATCH: usize = 1_000;
+/// Attempts' outcomes are recorded together: at most this many milliseconds
+/// after the first of them ended, or at once when `RECORD_AT_MOST` wait.
+/// Every sled transaction makes sled write out and sync the piece of its log
+/// written so far (on its I/O threads, whatever the transaction's size), so
+/// a transaction for every few attempts cost more than the attempts' records.
+const RECORD_EVERY_MS: u64 = 20;
+/// Outcomes waiting that make the worker record them without waiting longer.
+const RECORD_AT_MOST: usize = 256;
 /// Messages failed per transaction (outbox over capacity, hook disabled):
 /// one transaction each made a full outbox stall delivery for a minute.
 const FAIL_PER_TX: usize = 128;
@@ -418,10 +428,11 @@ impl WebhookHub {
     /// Fails the oldest queued messages of the hooks with the most while the
     /// outbox holds more than its capacity.
     pub fn enforce_capacity(&self, now: Timestamp) -> StoreResult<()> {
-        let capacity = self.settings.webhooks.outbox_capacity;
         let victims = {
             let mut outbox = self.outbox();
-            let over = outbox.len().saturating_sub(capacity);
+            let over = outbox
+                .len()
+                .saturating_sub(self.settings.webhooks.outbox_capacity);
             let victims = outbox.evict(over);
             self.metrics.webhook_outbox_depth.set(outbox.len() as u64);
             victims
@@ -430,6 +441,66 @@ impl WebhookHub {
             return Ok(());
         }
         let failed = self.fail_all(&victims, Reason::OutboxFull, now)?;
+        self.log_outbox_full(failed, now);
+        Ok(())
+    }
+
+    /// Writes new messages (and the consumer's position, when given) and, in
+    /// the same transaction, fails as many queued or new messages as the
+    /// new ones take the outbox over its capacity (`outbox_full`, chosen as
+    /// `Outbox::victims` does); then schedules the new ones that stay
+    /// pending. One sled transaction instead of one for the new messages and
+    /// another for the failed: every transaction makes sled write out and
+    /// sync the piece of its log written so far. The outbox stays locked
+    /// meanwhile, so the choice holds when the transaction commits.
+    pub fn store_within_capacity(
+        &self,
+        new: &[(Message, Delivery)],
+        consumer: Option<(&str, &ConsumerRecord)>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let capacity = self.settings.webhooks.outbox_capacity;
+        let mut outbox = self.outbox();
+        let len = outbox.len();
+        let (written, victims, failed) = self.store.webhook_tx(|tx| {
+            let written = write_messages(tx, new, consumer)?;
+            // Only what was written is new (a message derived again after
+            // a crash is stored already).
+            let fresh: Vec<(WebhookId, MessageId)> =
+                written.iter().map(|p| (p.hook, p.message)).collect();
+            let victims = outbox.victims(&fresh, (len + fresh.len()).saturating_sub(capacity));
+            let failed = fail_in(
+                tx,
+                victims.iter().map(|(h, m)| (h, m)),
+                Reason::OutboxFull,
+                now,
+            )?;
+            Ok((written, victims, failed))
+        })?;
+        for (hook, msg) in &victims {
+            outbox.remove_queued(*hook, *msg);
+        }
+        let gone: std::collections::HashSet<MessageId> = victims.iter().map(|(_, m)| *m).collect();
+        let mut queued = false;
+        for p in written.iter().filter(|p| !gone.contains(&p.message)) {
+            outbox.add(p.hook, p.message, p.due);
+            queued = true;
+        }
+        self.metrics.webhook_outbox_depth.set(outbox.len() as u64);
+        drop(outbox);
+        if queued {
+            self.wake();
+        }
+        if failed > 0 {
+            self.count_failed(Reason::OutboxFull, failed);
+            self.log_outbox_full(failed, now);
+        }
+        Ok(())
+    }
+
+    /// Counts `failed` messages toward the `outbox_full` line, written at
+    /// most once every `OUTBOX_FULL_LOG_EVERY_MS`.
+    fn log_outbox_full(&self, failed: u64, now: Timestamp) {
         let mut log = self.outbox_full_log();
         log.unlogged += failed;
         let due = log
@@ -438,13 +509,12 @@ impl WebhookHub {
         if due {
             tracing::warn!(
                 failed = log.unlogged,
-                capacity,
+                capacity = self.settings.webhooks.outbox_capacity,
                 "webhook outbox full: failed the oldest pending messages of the endpoints with the most (reason outbox_full), since the last such line"
             );
             log.unlogged = 0;
             log.logged_ms = Some(now.as_millis());
         }
-        Ok(())
     }
 
     /// Fails `msgs` (none in flight) with `reason`, except those done
@@ -455,31 +525,8 @@ impl WebhookHub {
         reason: Reason,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        self.store.webhook_tx(|tx| {
-            let mut failed = 0;
-            for (hook, msg) in msgs {
-                let Some(mut m) = tx.message(hook, msg)? else {
-                    continue;
-                };
-                if m.state != MessageState::Pending {
-                    continue;
-                }
-                if let Some(id) = m.next_delivery
-                    && let Some(mut d) = tx.delivery(hook, &id)?
-                {
-                    d.status = DeliveryStatus::Failed;
-                    d.error = Some(reason.as_str().to_owned());
-                    tx.put_delivery(&d)?;
-                }
-                m.state = MessageState::Failed;
-                m.failure_reason = Some(reason.as_str().to_owned());
-                m.finished_at = Some(now);
-                m.next_delivery = None;
-                tx.put_message(&m)?;
-                failed += 1;
-            }
-            Ok(failed)
-        })
+        self.store
+            .webhook_tx(|tx| fail_in(tx, msgs.iter().map(|(h, m)| (h, m)), reason, now))
     }
 
     /// Fails `victims` (taken from the outbox, none in flight) in
@@ -518,6 +565,39 @@ impl WebhookHub {
             Reason::OutboxFull => m.webhook_failed_outbox_full.add(n),
         }
     }
+}
+
+/// Fails `msgs` (none in flight) with `reason` in `tx`, except those done
+/// already; answers how many it failed.
+fn fail_in<'a>(
+    tx: &WebhookTx,
+    msgs: impl Iterator<Item = (&'a WebhookId, &'a MessageId)>,
+    reason: Reason,
+    now: Timestamp,
+) -> Result<u64, TxError> {
+    let mut failed = 0;
+    for (hook, msg) in msgs {
+        let Some(mut m) = tx.message(hook, msg)? else {
+            continue;
+        };
+        if m.state != MessageState::Pending {
+            continue;
+        }
+        if let Some(id) = m.next_delivery
+            && let Some(mut d) = tx.delivery(hook, &id)?
+        {
+            d.status = DeliveryStatus::Failed;
+            d.error = Some(reason.as_str().to_owned());
+            tx.put_delivery(&d)?;
+        }
+        m.state = MessageState::Failed;
+        m.failure_reason = Some(reason.as_str().to_owned());
+        m.finished_at = Some(now);
+        m.next_delivery = None;
+        tx.put_message(&m)?;
+        failed += 1;
+    }
+    Ok(failed)
 }
 
 /// What recording an outcome changed beyond its records.
@@ -641,10 +721,14 @@ pub struct DeliveryWorker {
     status: Arc<WorkerStatus>,
     stopping: bool,
     /// Attempts that ended and are not recorded yet: they are recorded
-    /// together (`RecordOutcomes`), one transaction for all that ended
-    /// meanwhile, instead of one each.
+    /// together (`RecordOutcomes`, `RECORD_EVERY_MS` after the first ended),
+    /// one transaction for all that ended meanwhile. Their request slots are
+    /// free already; the outbox keeps their messages from being taken again
+    /// until they are recorded (`Outbox::ended`).
     finished: Vec<(Job, Outcome)>,
     record_queued: bool,
+    /// A step is asked for and has not run yet.
+    step_queued: bool,
 }
 
 /// Record the attempts that ended (`DeliveryWorker::finished`).
@@ -669,6 +753,7 @@ impl DeliveryWorker {
             stopping: false,
             finished: Vec::new(),
             record_queued: false,
+            step_queued: false,
         });
         hub.set_delivery(addr.clone().recipient());
         WorkerHandle::new("webhook_delivery", Stage::Delivery, &addr, status)
@@ -676,6 +761,7 @@ impl DeliveryWorker {
     }
 
     fn step(&mut self, ctx: &mut Context<Self>) {
+        self.step_queued = false;
         if self.stopping {
             return;
         }
@@ -704,17 +790,24 @@ impl DeliveryWorker {
             async move { client::attempt(&client, &settings, &job).await }
         };
         ctx.spawn(request.into_actor(self).map(move |outcome, act, ctx| {
+            act.hub.outbox().ended(job.hook, job.message);
             act.finished.push((job, outcome));
-            if !act.record_queued {
+            if act.finished.len() >= RECORD_AT_MOST {
+                act.record();
+            } else if !act.record_queued {
                 act.record_queued = true;
-                ctx.notify(RecordOutcomes);
+                ctx.notify_later(RecordOutcomes, Duration::from_millis(RECORD_EVERY_MS));
+            }
+            // A request slot is free: the next message may go now.
+            if !act.step_queued {
+                act.step_queued = true;
+                ctx.notify(WakeDelivery);
             }
         }));
     }
 
     /// Records the attempts that ended.
     fn record(&mut self) {
-        self.record_queued = false;
         let done = std::mem::take(&mut self.finished);
         if let Err(e) = self.core.complete_all(&done, Timestamp::now()) {
             self.status.ran(false);
@@ -748,8 +841,9 @@ impl Handler<RecordOutcomes> for DeliveryWorker {
     type Result = ();
 
     fn handle(&mut self, _: RecordOutcomes, ctx: &mut Self::Context) {
+        self.record_queued = false;
         self.record();
-        // Slots are free: the next messages may go now.
+        // Retries due at once are queued now.
         self.step(ctx);
     }
 }

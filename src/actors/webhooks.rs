@@ -13,7 +13,8 @@
 //! and kept in step by everyone who writes a pending message.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map};
+use std::iter::Peekable;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use actix::prelude::*;
@@ -28,7 +29,9 @@ use crate::domain::webhook::{
 use crate::domain::{EventView, Link, ScanEvent, Timestamp};
 use crate::ids::{DeliveryId, EventId, LinkId, MessageId, VisitorId, WebhookId, WorkspaceId};
 use crate::metrics::Metrics;
-use crate::store::{ConsumerRecord, PendingMessage, Store, StoreError, StoreResult};
+use crate::store::{
+    ConsumerRecord, PendingMessage, Store, StoreError, StoreResult, TxError, WebhookTx,
+};
 
 /// Ask the delivery worker to run a step now.
 #[derive(Message, Clone, Copy)]
@@ -36,8 +39,10 @@ use crate::store::{ConsumerRecord, PendingMessage, Store, StoreError, StoreResul
 pub struct WakeDelivery;
 
 /// The schedule of pending messages: per hook, the messages waiting for an
-/// attempt (by due time) and those in flight. A pending message is in
-/// exactly one of the two.
+/// attempt (by due time), those in flight, and those whose attempt ended
+/// but whose outcome is not recorded yet. A pending message is in exactly
+/// one of the three; only those in flight count against the in-flight
+/// limits.
 #[derive(Debug, Default)]
 pub struct Outbox {
     hooks: HashMap<WebhookId, HookQueue>,
@@ -48,14 +53,27 @@ struct HookQueue {
     by_due: BTreeSet<(i64, MessageId)>,
     due_of: BTreeMap<MessageId, i64>,
     in_flight: HashSet<MessageId>,
-    /// Messages queued again while in flight (`recover`, `redeliver` racing
+    /// Attempts that ended, waiting for their outcome to be recorded (the
+    /// delivery worker records outcomes together): not taken again, and no
+    /// longer holding a request slot.
+    recording: HashSet<MessageId>,
+    /// Messages queued again while in flight or recording (`recover`, `redeliver` racing
     /// the end of an attempt): queued when that attempt ends.
     again: HashMap<MessageId, i64>,
 }
 
 impl HookQueue {
     fn is_empty(&self) -> bool {
-        self.due_of.is_empty() && self.in_flight.is_empty()
+        self.due_of.is_empty() && self.in_flight.is_empty() && self.recording.is_empty()
+    }
+
+    /// In flight or waiting for its outcome to be recorded.
+    fn busy(&self, msg: &MessageId) -> bool {
+        self.in_flight.contains(msg) || self.recording.contains(msg)
+    }
+
+    fn len(&self) -> usize {
+        self.due_of.len() + self.in_flight.len() + self.recording.len()
     }
 
     fn queue(&mut self, msg: MessageId, due: i64) {
@@ -68,13 +86,14 @@ impl HookQueue {
 
 impl Outbox {
     /// Queues `msg` for an attempt at `due` (moves it when queued already).
-    /// While it is in flight it is queued when that attempt ends: the store
-    /// may already hold the attempt's end (the message failed, then was
-    /// recovered) while the worker has not yet called `done`. A message no
-    /// longer pending by then is dropped when its job is made.
+    /// While it is in flight or its outcome is being recorded, it is queued
+    /// when that attempt is done: the store may already hold the attempt's
+    /// end (the message failed, then was recovered) while the worker has not
+    /// yet called `done`. A message no longer pending by then is dropped when
+    /// its job is made.
     pub fn add(&mut self, hook: WebhookId, msg: MessageId, due: Timestamp) {
         let q = self.hooks.entry(hook).or_default();
-        if q.in_flight.contains(&msg) {
+        if q.busy(&msg) {
             q.again.insert(msg, due.as_millis());
             return;
         }
@@ -131,10 +150,22 @@ impl Outbox {
         out
     }
 
-    /// An attempt of `msg` ended (or it was not sent after all).
+    /// The request of `msg` ended; its outcome is not recorded yet. It frees
+    /// its request slot, and the message is not taken again until `done`.
+    pub fn ended(&mut self, hook: WebhookId, msg: MessageId) {
+        if let Some(q) = self.hooks.get_mut(&hook)
+            && q.in_flight.remove(&msg)
+        {
+            q.recording.insert(msg);
+        }
+    }
+
+    /// An attempt of `msg` is over and recorded (or it was not sent after
+    /// all).
     pub fn done(&mut self, hook: WebhookId, msg: MessageId) {
         if let Some(q) = self.hooks.get_mut(&hook) {
             q.in_flight.remove(&msg);
+            q.recording.remove(&msg);
             if let Some(due) = q.again.remove(&msg) {
                 q.queue(msg, due);
             }
@@ -145,33 +176,86 @@ impl Outbox {
     }
 
     /// Takes `n` queued messages to fail because the outbox is over its
-    /// capacity: each time the oldest of the hook with the most queued.
+    /// capacity (see `victims`).
     pub fn evict(&mut self, n: usize) -> Vec<(WebhookId, MessageId)> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let Some((&hook, q)) = self
-                .hooks
-                .iter_mut()
-                .filter(|(_, q)| !q.due_of.is_empty())
-                .max_by_key(|(h, q)| (q.due_of.len(), std::cmp::Reverse(**h)))
-            else {
-                break;
-            };
-            if let Some((msg, due)) = q.due_of.pop_first() {
-                q.by_due.remove(&(due, msg));
-                out.push((hook, msg));
-            }
+        let out = self.victims(&[], n);
+        for (hook, msg) in &out {
+            self.remove_queued(*hook, *msg);
         }
-        self.hooks.retain(|_, q| !q.is_empty());
         out
     }
 
-    /// Pending messages: queued and in flight.
+    /// The `n` messages to fail because the outbox, with `new` messages
+    /// added (not in it yet), is over its capacity: each time the oldest
+    /// queued or new message of the hook with the most of them. In-flight
+    /// messages are never chosen. Changes nothing.
+    pub fn victims(&self, new: &[(WebhookId, MessageId)], n: usize) -> Vec<(WebhookId, MessageId)> {
+        // Per hook: the new ones, newest first (taken from the end), and the
+        // queued ones, oldest first, with how many are left.
+        let mut fresh: HashMap<WebhookId, Vec<MessageId>> = HashMap::new();
+        for (hook, msg) in new {
+            fresh.entry(*hook).or_default().push(*msg);
+        }
+        for msgs in fresh.values_mut() {
+            msgs.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let mut queued: HashMap<WebhookId, (usize, Peekable<btree_map::Keys<'_, MessageId, i64>>)> =
+            self.hooks
+                .iter()
+                .filter(|(_, q)| !q.due_of.is_empty())
+                .map(|(h, q)| (*h, (q.due_of.len(), q.due_of.keys().peekable())))
+                .collect();
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let Some((_, hook)) = queued
+                .keys()
+                .chain(fresh.keys())
+                .map(|h| {
+                    let left = queued.get(h).map_or(0, |(left, _)| *left)
+                        + fresh.get(h).map_or(0, Vec::len);
+                    (left, *h)
+                })
+                .filter(|(left, _)| *left > 0)
+                .max_by_key(|(left, h)| (*left, std::cmp::Reverse(*h)))
+            else {
+                break;
+            };
+            let oldest_queued = queued
+                .get_mut(&hook)
+                .and_then(|(_, keys)| keys.peek().map(|m| **m));
+            let newest = fresh.get_mut(&hook);
+            let msg = match (oldest_queued, newest) {
+                (Some(q), Some(f)) if f.last().is_some_and(|m| *m < q) => f.pop(),
+                (None, Some(f)) => f.pop(),
+                (Some(_), _) => queued.get_mut(&hook).and_then(|(left, keys)| {
+                    *left -= 1;
+                    keys.next().copied()
+                }),
+                (None, None) => None,
+            };
+            match msg {
+                Some(msg) => out.push((hook, msg)),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Takes a queued message out (one chosen by `victims`).
+    pub fn remove_queued(&mut self, hook: WebhookId, msg: MessageId) {
+        if let Some(q) = self.hooks.get_mut(&hook) {
+            if let Some(due) = q.due_of.remove(&msg) {
+                q.by_due.remove(&(due, msg));
+            }
+            if q.is_empty() {
+                self.hooks.remove(&hook);
+            }
+        }
+    }
+
+    /// Pending messages: queued, in flight and being recorded.
     pub fn len(&self) -> usize {
-        self.hooks
-            .values()
-            .map(|q| q.due_of.len() + q.in_flight.len())
-            .sum()
+        self.hooks.values().map(HookQueue::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -182,11 +266,9 @@ impl Outbox {
         self.hooks.values().map(|q| q.in_flight.len()).sum()
     }
 
-    /// Queued and in-flight messages of one hook.
+    /// Pending messages of one hook: queued, in flight and being recorded.
     pub fn pending_of(&self, hook: &WebhookId) -> usize {
-        self.hooks
-            .get(hook)
-            .map_or(0, |q| q.due_of.len() + q.in_flight.len())
+        self.hooks.get(hook).map_or(0, HookQueue::len)
     }
 }
 
@@ -314,22 +396,30 @@ pub fn store_messages(
     new: &[(Message, Delivery)],
     consumer: Option<(&str, &ConsumerRecord)>,
 ) -> StoreResult<Vec<PendingMessage>> {
-    store.webhook_tx(|tx| {
-        let mut written = Vec::new();
-        for (m, d) in new {
-            if tx.add_message(m, d)? {
-                written.push(PendingMessage {
-                    hook: m.hook_id,
-                    message: m.id,
-                    due: m.next_attempt_at,
-                });
-            }
+    store.webhook_tx(|tx| write_messages(tx, new, consumer))
+}
+
+/// `store_messages` inside a transaction: answers the messages written
+/// (those not stored already).
+pub(crate) fn write_messages(
+    tx: &WebhookTx,
+    new: &[(Message, Delivery)],
+    consumer: Option<(&str, &ConsumerRecord)>,
+) -> Result<Vec<PendingMessage>, TxError> {
+    let mut written = Vec::new();
+    for (m, d) in new {
+        if tx.add_message(m, d)? {
+            written.push(PendingMessage {
+                hook: m.hook_id,
+                message: m.id,
+                due: m.next_attempt_at,
+            });
         }
-        if let Some((name, record)) = consumer {
-            tx.save_consumer(name, record)?;
-        }
-        Ok(written)
-    })
+    }
+    if let Some((name, record)) = consumer {
+        tx.save_consumer(name, record)?;
+    }
+    Ok(written)
 }
 
 /// The body of every message: `{"type", "timestamp", "data"}`.
@@ -670,11 +760,13 @@ impl Consumer for Webhooks {
         let mut parts = new.chunks(MESSAGES_PER_TX).peekable();
         while let Some(part) = parts.next() {
             let last = parts.peek().is_none();
-            let written = store_messages(store, part, last.then_some((Self::NAME, record)))?;
-            self.hub.queue(&written);
-            // A full outbox makes room here, not on the delivery worker,
-            // whose time then goes to sending.
-            self.hub.enforce_capacity(Timestamp::now())?;
+            // A full outbox makes room here, in the same transaction, not on
+            // the delivery worker, whose time then goes to sending.
+            self.hub.store_within_capacity(
+                part,
+                last.then_some((Self::NAME, record)),
+                Timestamp::now(),
+            )?;
         }
         if new.is_empty() {
             store_messages(store, &[], Some((Self::NAME, record)))?;
@@ -724,6 +816,60 @@ mod tests {
         assert_eq!(o.len(), 2);
         assert_eq!(o.take_queued(a), vec![ids[2]]);
         assert_eq!(o.pending_of(&b), 1);
+    }
+
+    #[test]
+    fn an_attempt_waiting_to_be_recorded_frees_its_slot_but_is_not_taken_again() {
+        let mut o = Outbox::default();
+        let a = WebhookId::generate();
+        let (m, n) = (MessageId::generate(), MessageId::generate());
+        o.add(a, m, at(1));
+        o.add(a, n, at(2));
+        assert_eq!(o.take_due(a, at(5), 1), vec![m]);
+        assert_eq!(o.due_hooks(at(5)), vec![(a, 1)]);
+        o.ended(a, m);
+        // The slot is free, the message still pending and not due.
+        assert_eq!(o.in_flight(), 0);
+        assert_eq!(o.due_hooks(at(5)), vec![(a, 0)]);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.pending_of(&a), 2);
+        // Queued again meanwhile (a redeliver racing the record): it waits.
+        o.add(a, m, at(3));
+        assert_eq!(o.take_due(a, at(5), 5), vec![n]);
+        assert_eq!(o.evict(5), vec![], "neither is queued");
+        o.done(a, m);
+        assert_eq!(o.take_due(a, at(5), 5), vec![m]);
+        o.done(a, m);
+        o.done(a, n);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn room_for_new_messages_is_made_from_the_busiest_hooks_oldest_queued_or_new() {
+        let mut o = Outbox::default();
+        let (a, b) = (WebhookId::generate(), WebhookId::generate());
+        let mut ids: Vec<MessageId> = (0..8).map(|_| MessageId::generate()).collect();
+        ids.sort();
+        // a: 0 in flight, 2 and 5 queued; b: 1 queued.
+        o.add(a, ids[0], at(1));
+        assert_eq!(o.take_due(a, at(1), 1), vec![ids[0]]);
+        o.add(a, ids[2], at(1));
+        o.add(a, ids[5], at(1));
+        o.add(b, ids[1], at(1));
+        // New: 3, 4 and 7 for a, 6 for b.
+        let new = [(a, ids[7]), (a, ids[3]), (b, ids[6]), (a, ids[4])];
+        // a has 5 (2 queued, 3 new) against b's 2: a's oldest go first
+        // (2, 3, 4), then the tie of a and b at 2 each is broken the same
+        // way every time; the one in flight is never chosen.
+        let four = o.victims(&new, 4);
+        assert_eq!(&four[..3], &[(a, ids[2]), (a, ids[3]), (a, ids[4])]);
+        let next = if a > b { (b, ids[1]) } else { (a, ids[5]) };
+        assert_eq!(four[3], next);
+        assert_eq!(o.victims(&new, 100).len(), 7, "all but the one in flight");
+        assert_eq!(o.len(), 4, "victims changes nothing");
+        assert_eq!(o.victims(&[], 1), vec![(a, ids[2])]);
+        o.remove_queued(a, ids[2]);
+        assert_eq!(o.len(), 3);
     }
 
     #[test]
