@@ -5,8 +5,11 @@
 //! own (`client`), and hands the outcomes of the attempts that ended to
 //! `DeliveryCore::complete_all`, which writes each attempt's record, its
 //! message's state and its hook's counters, for all of them in one
-//! transaction, and schedules the retries. Tests drive both with the time
-//! they choose.
+//! transaction, and schedules the retries. Outcomes are recorded together,
+//! `RECORD_EVERY_MS` after the first of them ended; an ended attempt frees
+//! its request slot at once, and its message is not taken again until it
+//! is recorded (`Outbox::ended`). Tests drive both with the time they
+//! choose.
 //!
 //! - At most `max_in_flight_per_endpoint` requests per hook and
 //!   `max_in_flight` in all, so a slow endpoint delays only itself.
@@ -20,10 +23,11 @@
 //!   wait.
 //! - Over `outbox_capacity` pending messages, the oldest of the hook with the
 //!   most pending ones fail with the reason `outbox_full`
-//!   (`WebhookHub::enforce_capacity`). The Webhooks worker does it as it
-//!   writes new messages, so under an overload this worker's time still
-//!   goes to sending; each step here catches what other writers queued
-//!   (`recover`, `redeliver`, `test`).
+//!   (`WebhookHub::enforce_capacity`). The Webhooks worker does it in the
+//!   transaction that writes new messages (`store_within_capacity`), so
+//!   under an overload this worker's time still goes to sending; each step
+//!   here catches what other writers queued (`recover`, `redeliver`,
+//!   `test`).
 
 pub mod client;
 

@@ -1,9 +1,10 @@
 //! The Webhooks worker: a consumer of committed events (`actors::consumer`)
 //! that derives the messages of every hook from scans after its durable
 //! position and writes them to the outbox (`store::webhooks`), at most
-//! `MESSAGES_PER_TX` per transaction, the last with that position; after
-//! each, a full outbox fails its oldest queued messages
-//! (`WebhookHub::enforce_capacity`). A message's ID comes from its event,
+//! `MESSAGES_PER_TX` per transaction, the last with that position; in the
+//! same transaction, a full outbox fails as many of its oldest queued (or
+//! new) messages as the new ones take it over its capacity
+//! (`WebhookHub::store_within_capacity`). A message's ID comes from its event,
 //! hook and type, and it is only written when absent, so deriving the same
 //! events again after a crash never makes a second message.
 //!
