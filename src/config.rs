@@ -169,6 +169,10 @@ pub struct WebhookSettings {
     /// Pending messages kept at most; beyond it the oldest of the endpoint
     /// with the most are failed (`outbox_full`).
     pub outbox_capacity: usize,
+    /// Pending messages built ahead for one hook at most: the scans after
+    /// wait in the event log, and their messages are built once the hook's
+    /// pending messages fall to half of it.
+    pub build_ahead: usize,
     /// Milliseconds between steps of the delivery worker (retries that came due).
     pub poll_interval_ms: u64,
     /// Hours delivered and failed messages and their delivery records are kept.
@@ -417,6 +421,7 @@ impl Settings {
                 "webhooks.outbox_capacity",
                 self.webhooks.outbox_capacity as u64,
             ),
+            ("webhooks.build_ahead", self.webhooks.build_ahead as u64),
             ("webhooks.poll_interval_ms", self.webhooks.poll_interval_ms),
             (
                 "webhooks.keep_messages_hours",

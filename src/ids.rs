@@ -102,6 +102,13 @@ impl<K: IdKind> Id<K> {
         self.uuid.as_bytes()
     }
 
+    /// The 16-byte value just below this ID (not an ID itself), so that
+    /// "after it" includes this ID: for reads that start at an ID.
+    pub fn just_before(&self) -> Self {
+        let n = u128::from_be_bytes(*self.as_bytes()).saturating_sub(1);
+        Self::from_bytes(n.to_be_bytes())
+    }
+
     /// Milliseconds since the Unix epoch encoded in a UUIDv7 (its first 48 bits).
     pub fn timestamp_ms(&self) -> i64 {
         let b = self.uuid.as_bytes();

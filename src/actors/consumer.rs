@@ -66,6 +66,14 @@ pub trait Consumer: Unpin + Send + 'static {
         }
     }
 
+    /// Runs at a checkpoint before the state is encoded for `persist`: a
+    /// consumer that decides about the events it folded only then, and
+    /// keeps the decision in its state, does it here. It may run again
+    /// after a `persist` that failed.
+    fn prepare(&mut self, _state: &mut Self::State, _store: &Store) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Stores `record` (position, count and encoded `State`) at a checkpoint.
     /// A consumer whose derived data lives in trees of its own overrides this
     /// to write that data and the record in one store transaction.
@@ -280,6 +288,7 @@ impl<C: Consumer> ConsumerWorker<C> {
         if !self.dirty {
             return Ok(());
         }
+        self.consumer.prepare(&mut self.state, &self.store)?;
         let state = bincode::serde::encode_to_vec(&self.state, bincode::config::standard())
             .map_err(codec_error)?;
         let record = ConsumerRecord {

@@ -616,10 +616,15 @@ pub fn test_body(hook: &Webhook, now: Timestamp) -> StoreResult<Vec<u8>> {
 pub(crate) const MESSAGES_PER_TX: usize = 128;
 
 /// The consumer: keeps the non-bot events it folded until the checkpoint,
-/// then derives their messages and stores them with its position.
+/// then derives their messages and stores them with its position, at most
+/// `webhooks.build_ahead` pending per hook (see `Backlog`).
 pub struct Webhooks {
     hub: Arc<WebhookHub>,
     kept: Vec<Kept>,
+    /// Kept batches whose messages are built (`prepare`) and waiting in
+    /// `ready` to be written (`persist`).
+    built: usize,
+    ready: Vec<(Message, Delivery)>,
 }
 
 /// A batch kept until the checkpoint (shared with the Recorder's message,
@@ -630,11 +635,45 @@ struct Kept {
     positions: Vec<u32>,
 }
 
+/// The Webhooks worker's state, stored with its position: per hook whose
+/// scans wait in the event log, the last scan whose messages it built. A
+/// hook with `webhooks.build_ahead` pending messages gets no more; the scans
+/// after wait in the log until its pending messages fall to half of it,
+/// and are then read back from the store (`maintain`). So an endpoint slower
+/// than its traffic gets messages built about as fast as it takes them,
+/// not built only to be failed because the outbox is full.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Backlog {
+    after: BTreeMap<WebhookId, EventId>,
+}
+
+impl Backlog {
+    /// Hooks with scans waiting in the log.
+    pub fn len(&self) -> usize {
+        self.after.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.after.is_empty()
+    }
+
+    /// The last scan whose messages are built for `hook`, when later ones wait.
+    pub fn after(&self, hook: &WebhookId) -> Option<EventId> {
+        self.after.get(hook).copied()
+    }
+}
+
+/// Pages of events read per hook in one `maintain`, so a hook whose filter
+/// matches few scans cannot hold the worker.
+const BACKLOG_PAGES: usize = 8;
+
 impl Webhooks {
     pub fn new(hub: Arc<WebhookHub>) -> Webhooks {
         Webhooks {
             hub,
             kept: Vec::new(),
+            built: 0,
+            ready: Vec::new(),
         }
     }
 
@@ -644,18 +683,27 @@ impl Webhooks {
         ConsumerWorker::starter(Webhooks::new(hub), settings)
     }
 
-    /// The messages of the folded events, for the hooks as they are now.
-    fn derive(&self, store: &Store, now: Timestamp) -> StoreResult<Vec<(Message, Delivery)>> {
+    /// The messages of `events` for the hooks as they are now (`only`: for
+    /// that hook alone). A hook in `backlog` gets none; a hook that reaches
+    /// `build_ahead` pending messages gets none for the rest, and goes into
+    /// `backlog` after the last scan it got messages for. A scan's messages
+    /// for one hook are built together.
+    fn build<'e>(
+        &self,
+        store: &Store,
+        events: impl IntoIterator<Item = &'e ScanEvent>,
+        backlog: &mut Backlog,
+        only: Option<WebhookId>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(Message, Delivery)>> {
+        let build_ahead = self.hub.settings.webhooks.build_ahead;
         let mut hooks: HashMap<WorkspaceId, Vec<Webhook>> = HashMap::new();
         let mut links: HashMap<LinkId, Option<Link>> = HashMap::new();
         let mut attributes: HashMap<VisitorId, serde_json::Map<String, serde_json::Value>> =
             HashMap::new();
+        let mut room: HashMap<WebhookId, usize> = HashMap::new();
         let no_attributes = serde_json::Map::new();
         let mut out = Vec::new();
-        let events = self
-            .kept
-            .iter()
-            .flat_map(|k| k.positions.iter().filter_map(|&i| k.batch.get(i as usize)));
         for e in events {
             let ws_hooks = match hooks.entry(e.workspace_id) {
                 Entry::Occupied(o) => o.into_mut(),
@@ -663,6 +711,10 @@ impl Webhooks {
             };
             let at = Timestamp::from_millis(e.timestamp_ms());
             for hook in ws_hooks.iter() {
+                if only.is_some_and(|h| h != hook.id) || backlog.after.contains_key(&hook.id) {
+                    continue;
+                }
+                let mut types = Vec::with_capacity(2);
                 for ty in [EventType::QrScanned, EventType::StepCompleted] {
                     if !hook.wants(ty, &e.link_id, at) {
                         continue;
@@ -680,6 +732,21 @@ impl Webhooks {
                     {
                         continue;
                     }
+                    types.push(ty);
+                }
+                if types.is_empty() {
+                    continue;
+                }
+                let left = room.entry(hook.id).or_insert_with(|| {
+                    build_ahead.saturating_sub(self.hub.outbox().pending_of(&hook.id))
+                });
+                if *left == 0 {
+                    backlog.after.insert(hook.id, e.id.just_before());
+                    continue;
+                }
+                *left = left.saturating_sub(types.len());
+                let link = links.get(&e.link_id).and_then(Option::as_ref);
+                for ty in types {
                     let attrs = match e.visitor_id {
                         Some(v) => match attributes.entry(v) {
                             Entry::Occupied(o) => o.into_mut(),
@@ -687,7 +754,7 @@ impl Webhooks {
                         },
                         None => &no_attributes,
                     };
-                    let body = scan_body(ty, e, link.as_ref(), attrs, None, &self.hub.settings)?;
+                    let body = scan_body(ty, e, link, attrs, None, &self.hub.settings)?;
                     out.push(new_message(
                         message_id(&e.id, &hook.id, ty),
                         hook,
@@ -700,15 +767,80 @@ impl Webhooks {
         }
         Ok(out)
     }
+
+    /// Builds the messages of one hook's scans waiting in the log, read from
+    /// the store after `after` up to `position`, while it has room. Answers
+    /// them; `backlog` holds the hook again when scans still wait.
+    fn catch_up(
+        &self,
+        store: &Store,
+        hook: WebhookId,
+        after: EventId,
+        position: EventId,
+        backlog: &mut Backlog,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(Message, Delivery)>> {
+        let size = self.hub.settings.webhooks.read_batch_size;
+        let mut out = Vec::new();
+        let mut after = after;
+        for _ in 0..BACKLOG_PAGES {
+            let page = store.events_after(Some(after), size)?;
+            let last = page.last().map(|e| e.id);
+            let events = page.iter().filter(|e| !e.bot && e.id <= position);
+            out.extend(self.build(store, events, backlog, Some(hook), now)?);
+            let reached = page.len() < size || last.is_none_or(|l| l >= position);
+            match last {
+                // Out of room: `build` put the hook back.
+                _ if backlog.after.contains_key(&hook) => return Ok(out),
+                Some(l) if !reached => after = l,
+                _ => return Ok(out),
+            }
+        }
+        backlog.after.insert(hook, after);
+        Ok(out)
+    }
+
+    /// Writes messages in transactions of at most `MESSAGES_PER_TX`, the
+    /// last with `record` when given.
+    fn write(
+        &self,
+        new: &[(Message, Delivery)],
+        record: Option<&ConsumerRecord>,
+    ) -> StoreResult<()> {
+        let mut parts = new.chunks(MESSAGES_PER_TX).peekable();
+        while let Some(part) = parts.next() {
+            let last = parts.peek().is_none();
+            // A full outbox makes room here, in the same transaction, not on
+            // the delivery worker, whose time then goes to sending.
+            self.hub.store_within_capacity(
+                part,
+                record.filter(|_| last).map(|r| (Self::NAME, r)),
+                Timestamp::now(),
+            )?;
+        }
+        if new.is_empty()
+            && let Some(record) = record
+        {
+            store_messages(&self.hub.store, &[], Some((Self::NAME, record)))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a hook whose scans wait in the log has room again.
+    fn has_room(&self, backlog: &Backlog) -> bool {
+        let half = (self.hub.settings.webhooks.build_ahead / 2).max(1);
+        let outbox = self.hub.outbox();
+        backlog.after.keys().any(|h| outbox.pending_of(h) < half)
+    }
 }
 
 impl Consumer for Webhooks {
     const NAME: &'static str = "webhooks";
-    type State = ();
+    type State = Backlog;
 
     /// Events given as a slice are copied into a batch of their own, then
     /// kept as `apply_shared` keeps a batch.
-    fn apply(&mut self, state: &mut (), events: &[ScanEvent]) {
+    fn apply(&mut self, state: &mut Backlog, events: &[ScanEvent]) {
         self.apply_shared(state, &Arc::from(events), None);
     }
 
@@ -720,7 +852,12 @@ impl Consumer for Webhooks {
     /// `create_lock` with their creation time taken there, so a hook made
     /// after this check was created at `now` or later and wants only scans
     /// from then on.
-    fn apply_shared(&mut self, _: &mut (), events: &Arc<[ScanEvent]>, _: Option<&[VisitorId]>) {
+    fn apply_shared(
+        &mut self,
+        _: &mut Backlog,
+        events: &Arc<[ScanEvent]>,
+        _: Option<&[VisitorId]>,
+    ) {
         let mut has_hooks: HashMap<WorkspaceId, bool> = HashMap::new();
         let now = {
             let _no_hook_created_meanwhile = self
@@ -750,30 +887,76 @@ impl Consumer for Webhooks {
         }
     }
 
-    /// Derives the folded events' messages and writes them in transactions
-    /// of at most `MESSAGES_PER_TX`, the last with the consumer's record;
-    /// each part is scheduled once written. A crash between two parts loses
-    /// nothing: the position was not saved, so the events are derived again
-    /// and the messages already written are skipped (their IDs come from
-    /// the event, hook and type).
-    fn persist(&mut self, store: &Store, record: &ConsumerRecord) -> StoreResult<()> {
-        let new = self.derive(store, Timestamp::now())?;
-        let mut parts = new.chunks(MESSAGES_PER_TX).peekable();
-        while let Some(part) = parts.next() {
-            let last = parts.peek().is_none();
-            // A full outbox makes room here, in the same transaction, not on
-            // the delivery worker, whose time then goes to sending.
-            self.hub.store_within_capacity(
-                part,
-                last.then_some((Self::NAME, record)),
-                Timestamp::now(),
-            )?;
-        }
-        if new.is_empty() {
-            store_messages(store, &[], Some((Self::NAME, record)))?;
-        }
-        self.kept.clear();
+    /// Builds the messages of the kept batches not built yet (a `persist`
+    /// that failed leaves them built), for the hooks as they are now, and
+    /// puts the hooks out of room into the backlog, which is stored with
+    /// the position.
+    fn prepare(&mut self, backlog: &mut Backlog, store: &Store) -> StoreResult<()> {
+        let events: Vec<&ScanEvent> = self.kept[self.built..]
+            .iter()
+            .flat_map(|k| k.positions.iter().filter_map(|&i| k.batch.get(i as usize)))
+            .collect();
+        let new = self.build(store, events, backlog, None, Timestamp::now())?;
+        self.ready.extend(new);
+        self.built = self.kept.len();
         Ok(())
+    }
+
+    /// Writes the built messages in transactions of at most
+    /// `MESSAGES_PER_TX`, the last with the consumer's record (position and
+    /// backlog); each part is scheduled once written. A crash between two
+    /// parts loses nothing: the position was not saved, so the events are
+    /// derived again and the messages already written are skipped (their
+    /// IDs come from the event, hook and type).
+    fn persist(&mut self, _: &Store, record: &ConsumerRecord) -> StoreResult<()> {
+        self.write(&self.ready, Some(record))?;
+        self.ready.clear();
+        self.kept.clear();
+        self.built = 0;
+        Ok(())
+    }
+
+    fn needs_maintenance(&self, backlog: &Backlog) -> bool {
+        !backlog.is_empty() && self.has_room(backlog)
+    }
+
+    /// Builds the messages of scans waiting in the log for the hooks that
+    /// have room again, and writes them; the backlog that remains is stored
+    /// by the checkpoint after. A crash in between builds the same messages
+    /// again, and they are skipped as stored. A hook deleted or no longer
+    /// taking messages leaves the backlog: its waiting scans make none, as
+    /// they would have made none when scanned.
+    fn maintain(
+        &mut self,
+        backlog: &mut Backlog,
+        store: &Store,
+        position: Option<EventId>,
+    ) -> StoreResult<bool> {
+        let Some(position) = position else {
+            return Ok(false);
+        };
+        let half = (self.hub.settings.webhooks.build_ahead / 2).max(1);
+        let waiting: Vec<(WebhookId, EventId)> =
+            backlog.after.iter().map(|(h, e)| (*h, *e)).collect();
+        let mut changed = false;
+        for (hook, after) in waiting {
+            let takes = store
+                .webhook(&hook)?
+                .is_some_and(|h| h.status.takes_messages());
+            if !takes {
+                backlog.after.remove(&hook);
+                changed = true;
+                continue;
+            }
+            if self.hub.outbox().pending_of(&hook) >= half {
+                continue;
+            }
+            backlog.after.remove(&hook);
+            changed = true;
+            let new = self.catch_up(store, hook, after, position, backlog, Timestamp::now())?;
+            self.write(&new, None)?;
+        }
+        Ok(changed)
     }
 }
 

@@ -511,3 +511,107 @@ fn webhook_outcomes_recorded_together_each_count_once() {
     // Three attempts made and the retry's pending record.
     assert_eq!(records.items.len(), 4);
 }
+
+#[test]
+fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_takes_them() {
+    let mut f = fixture(&[("BUILD_AHEAD", "6")]);
+    let hook = f.hook();
+    let link = LinkId::generate();
+    let mut ids: Vec<EventId> = (0..20).map(|_| EventId::generate()).collect();
+    ids.sort();
+    let events: Vec<ScanEvent> = ids
+        .into_iter()
+        .map(|id| ScanEvent::sample(id, f.ws, link))
+        .collect();
+    f.store.commit_scans(&events).unwrap();
+    let load = |f: &Fixture| {
+        ConsumerWorker::load(
+            Webhooks::new(f.hub.clone()),
+            f.store.clone(),
+            f.hub.settings.webhooks.consumer(),
+        )
+        .unwrap()
+    };
+    let mut w = load(&f);
+    while !w.run_once(at(t0())).unwrap() {}
+    w.checkpoint(at(t0() + 10_000)).unwrap();
+    // Room for three scans' messages (two types each): the fourth scan and
+    // the later ones wait in the log, and nothing failed.
+    assert_eq!(f.store.pending_webhook_messages().unwrap().len(), 6);
+    assert_eq!(f.hub.outbox().pending_of(&hook.id), 6);
+    assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 0);
+    let waiting = Some(events[3].id.just_before());
+    assert_eq!(w.state().after(&hook.id), waiting);
+    // Stored with the position: a restarted worker goes on from there.
+    let mut w = load(&f);
+    assert_eq!(w.state().after(&hook.id), waiting);
+    // With 3 or more pending (half of 6), nothing more is built.
+    w.run_once(at(t0() + 20_000)).unwrap();
+    assert_eq!(f.store.pending_webhook_messages().unwrap().len(), 6);
+    // Delivering them makes room: each step builds the next.
+    let later = || at(Timestamp::now().as_millis() + 60_000);
+    let mut delivered = 0;
+    for step in 0..50 {
+        let jobs = f.core.run_once(later()).unwrap();
+        for job in &jobs {
+            f.core
+                .complete(job, &outcome(Some(200), t0()), later())
+                .unwrap();
+        }
+        delivered += jobs.len();
+        if step == 3 {
+            // A crash mid-backlog: what was built is not built twice.
+            w = load(&f);
+        }
+        w.run_once(later()).unwrap();
+        if delivered == 40 {
+            break;
+        }
+    }
+    assert_eq!(delivered, 40);
+    assert!(w.state().is_empty(), "{:?}", w.state());
+    for e in &events {
+        for ty in [EventType::QrScanned, EventType::StepCompleted] {
+            let m = f.message(&message_id_for(e, &hook, ty));
+            assert_eq!(m.state, MessageState::Succeeded);
+        }
+    }
+    assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 0);
+    // Scans after the backlog emptied get their messages as they come.
+    let next = ScanEvent::sample(EventId::generate(), f.ws, link);
+    f.store.commit_scans(std::slice::from_ref(&next)).unwrap();
+    while !w.run_once(later()).unwrap() {}
+    w.checkpoint(later()).unwrap();
+    assert_eq!(f.hub.outbox().pending_of(&hook.id), 2);
+}
+
+#[test]
+fn a_waiting_hook_that_stops_taking_messages_leaves_the_backlog() {
+    let f = fixture(&[("BUILD_AHEAD", "2")]);
+    let hook = f.hook();
+    let link = LinkId::generate();
+    let mut ids: Vec<EventId> = (0..5).map(|_| EventId::generate()).collect();
+    ids.sort();
+    let events: Vec<ScanEvent> = ids
+        .into_iter()
+        .map(|id| ScanEvent::sample(id, f.ws, link))
+        .collect();
+    f.store.commit_scans(&events).unwrap();
+    let mut w = ConsumerWorker::load(
+        Webhooks::new(f.hub.clone()),
+        f.store.clone(),
+        f.hub.settings.webhooks.consumer(),
+    )
+    .unwrap();
+    while !w.run_once(at(t0())).unwrap() {}
+    w.checkpoint(at(t0() + 10_000)).unwrap();
+    assert_eq!(f.hub.outbox().pending_of(&hook.id), 2);
+    assert!(!w.state().is_empty());
+    // Disabled (its queued messages are failed by the delivery step): the
+    // waiting scans make no messages, as they would not have when scanned.
+    f.set_status(&hook, WebhookStatus::Disabled);
+    f.hub.outbox().take_queued(hook.id);
+    w.run_once(at(t0() + 20_000)).unwrap();
+    assert!(w.state().is_empty());
+    assert_eq!(f.store.pending_webhook_messages().unwrap().len(), 2);
+}
