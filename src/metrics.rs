@@ -153,6 +153,7 @@ pub struct Metrics {
     pub webhook_failed_outbox_full: Counter,
     pub webhook_auto_disabled: Counter,
     pub webhook_outbox_depth: Gauge,
+    pub webhook_backlog_hooks: Gauge,
     pub purge: PurgeMetrics,
 }
 
@@ -437,6 +438,13 @@ impl Metrics {
             "Pending webhook messages (waiting for an attempt or in one).",
             Kind::Gauge,
             &[("", self.webhook_outbox_depth.get())],
+        );
+        family(
+            o,
+            "scanhop_webhook_backlog_hooks",
+            "Webhooks whose scans wait in the event log for their messages to be built (webhooks.build_ahead pending messages reached).",
+            Kind::Gauge,
+            &[("", self.webhook_backlog_hooks.get())],
         );
         family(
             o,

@@ -368,6 +368,7 @@ impl DeliveryCore {
             }
         }
         self.update_depth();
+        self.hub.room_made();
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use actix::prelude::*;
 use serde::Serialize;
 
-use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker};
+use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker, Poke};
 use super::delivery::OutboxFullLog;
 use crate::config::Settings;
 use crate::domain::webhook::{
@@ -280,6 +280,8 @@ pub struct WebhookHub {
     pub metrics: Arc<Metrics>,
     outbox: Mutex<Outbox>,
     delivery: OnceLock<Recipient<WakeDelivery>>,
+    /// Runs a step of the Webhooks worker (connected when it starts).
+    builder: OnceLock<Recipient<Poke>>,
     /// Held while a hook is created, so a plan's limit is never passed by
     /// two requests at once.
     pub create_lock: Mutex<()>,
@@ -304,6 +306,7 @@ impl WebhookHub {
             metrics,
             outbox: Mutex::new(outbox),
             delivery: OnceLock::new(),
+            builder: OnceLock::new(),
             create_lock: Mutex::new(()),
             outbox_full_log: Mutex::default(),
         }))
@@ -337,6 +340,16 @@ impl WebhookHub {
             self.metrics.webhook_outbox_depth.set(outbox.len() as u64);
         }
         self.wake();
+    }
+
+    /// Pending messages left the outbox: while a hook's scans wait in the
+    /// event log, the Webhooks worker takes a step now to build more.
+    pub fn room_made(&self) {
+        if self.metrics.webhook_backlog_hooks.get() > 0
+            && let Some(b) = self.builder.get()
+        {
+            b.do_send(Poke);
+        }
     }
 
     /// Asks the delivery worker for a step now (a hook changed, say).
@@ -678,9 +691,17 @@ impl Webhooks {
     }
 
     /// A starter for the app (see `actors::consumer`).
+    /// Its steps are also run when the delivery recorded outcomes while
+    /// a hook waits (`WebhookHub::room_made`), so a backlog is built as fast
+    /// as the endpoint takes it, not once a checkpoint interval.
     pub fn starter(hub: Arc<WebhookHub>) -> ConsumerStarter {
         let settings = hub.settings.webhooks.consumer();
-        ConsumerWorker::starter(Webhooks::new(hub), settings)
+        let start = ConsumerWorker::starter(Webhooks::new(hub.clone()), settings);
+        Box::new(move |store: &Store| {
+            let started = start(store)?;
+            let _ = hub.builder.set(started.poke.clone());
+            Ok(started)
+        })
     }
 
     /// The messages of `events` for the hooks as they are now (`only`: for
@@ -896,9 +917,21 @@ impl Consumer for Webhooks {
             .iter()
             .flat_map(|k| k.positions.iter().filter_map(|&i| k.batch.get(i as usize)))
             .collect();
+        let waiting = backlog.len();
         let new = self.build(store, events, backlog, None, Timestamp::now())?;
         self.ready.extend(new);
         self.built = self.kept.len();
+        if backlog.len() > waiting {
+            tracing::info!(
+                waiting = backlog.len(),
+                build_ahead = self.hub.settings.webhooks.build_ahead,
+                "webhook endpoint slower than its scans: their messages wait in the event log until it takes the ones built"
+            );
+        }
+        self.hub
+            .metrics
+            .webhook_backlog_hooks
+            .set(backlog.len() as u64);
         Ok(())
     }
 
@@ -956,6 +989,10 @@ impl Consumer for Webhooks {
             let new = self.catch_up(store, hook, after, position, backlog, Timestamp::now())?;
             self.write(&new, None)?;
         }
+        self.hub
+            .metrics
+            .webhook_backlog_hooks
+            .set(backlog.len() as u64);
         Ok(changed)
     }
 }

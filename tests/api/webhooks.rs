@@ -17,7 +17,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::helpers::{BinaryServer, IPHONE_UA, TestApp, spawn_app_with};
+use crate::helpers::{BinaryServer, IPHONE_UA, TestApp, metric, spawn_app_with};
 
 /// What the in-process tests run with: receivers on 127.0.0.1 allowed,
 /// quick checkpoints, steps and retries, no plan limit.
@@ -568,6 +568,48 @@ async fn webhooks_a_paused_hook_holds_its_messages_until_it_is_active_again() {
     assert!(got.iter().all(|r| verifies(&secret, r)));
     let ids: BTreeSet<&str> = got.iter().map(Received::id).collect();
     assert_eq!(ids.len(), 3);
+}
+
+#[actix_rt::test]
+async fn webhooks_an_endpoint_at_build_ahead_gets_the_waiting_scans_messages_once_it_takes_the_built_ones()
+ {
+    let app = spawn_app_with(&with(&[("SCANHOP__WEBHOOKS__BUILD_AHEAD", "2")])).await;
+    let rx = Receiver::start().await;
+    app.create_link(json!({"destination": "https://example.com/", "slug": "ahead"}))
+        .await;
+    let (id, secret) = hook_with(&app, &rx, &["qr.scanned"]).await;
+    app.patch(&format!("/v1/webhooks/{id}"), json!({"status": "paused"}))
+        .await;
+    for _ in 0..6 {
+        assert_eq!(app.scan("ahead").await.status.as_u16(), 302);
+    }
+    // Two messages built and held; the other four scans wait in the log.
+    until("two built, four scans waiting", || async {
+        let text = app.get("/metrics").await.text();
+        deliveries(&app, &id, "?status=pending").await.len() == 2
+            && metric::<u64>(&text, "scanhop_webhook_backlog_hooks") == Some(1)
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deliveries(&app, &id, "?status=pending").await.len(), 2);
+    assert!(deliveries(&app, &id, "?status=failed").await.is_empty());
+    assert!(rx.log().is_empty());
+    // Active again: it takes the two, then gets the other four.
+    app.patch(&format!("/v1/webhooks/{id}"), json!({"status": "active"}))
+        .await;
+    let got = rx.wait_for(6).await;
+    assert!(got.iter().all(|r| verifies(&secret, r)));
+    let scans: BTreeSet<String> = got
+        .iter()
+        .map(|r| r.json()["data"]["scan_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(scans.len(), 6, "one message per scan");
+    until("no hook waiting", || async {
+        let text = app.get("/metrics").await.text();
+        metric::<u64>(&text, "scanhop_webhook_backlog_hooks") == Some(0)
+    })
+    .await;
+    assert!(deliveries(&app, &id, "?status=failed").await.is_empty());
 }
 
 #[actix_rt::test]

@@ -542,6 +542,7 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
     assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 0);
     let waiting = Some(events[3].id.just_before());
     assert_eq!(w.state().after(&hook.id), waiting);
+    assert_eq!(f.hub.metrics.webhook_backlog_hooks.get(), 1);
     // Stored with the position: a restarted worker goes on from there.
     let mut w = load(&f);
     assert_eq!(w.state().after(&hook.id), waiting);
@@ -570,6 +571,7 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
     }
     assert_eq!(delivered, 40);
     assert!(w.state().is_empty(), "{:?}", w.state());
+    assert_eq!(f.hub.metrics.webhook_backlog_hooks.get(), 0);
     for e in &events {
         for ty in [EventType::QrScanned, EventType::StepCompleted] {
             let m = f.message(&message_id_for(e, &hook, ty));
