@@ -78,6 +78,29 @@ impl Fixture {
         new.iter().map(|(m, _)| m.id).collect()
     }
 
+    /// `n` scans of one link, committed in ID order.
+    fn scans(&self, n: usize) -> Vec<ScanEvent> {
+        let link = LinkId::generate();
+        let mut ids: Vec<EventId> = (0..n).map(|_| EventId::generate()).collect();
+        ids.sort();
+        let events: Vec<ScanEvent> = ids
+            .into_iter()
+            .map(|id| ScanEvent::sample(id, self.ws, link))
+            .collect();
+        self.store.commit_scans(&events).unwrap();
+        events
+    }
+
+    /// The Webhooks worker, loaded from the store.
+    fn webhooks_worker(&self) -> ConsumerWorker<Webhooks> {
+        ConsumerWorker::load(
+            Webhooks::new(self.hub.clone()),
+            self.store.clone(),
+            self.hub.settings.webhooks.consumer(),
+        )
+        .unwrap()
+    }
+
     fn message(&self, id: &MessageId) -> Message {
         self.store.webhook_message_in_any_hook(id).unwrap()
     }
@@ -369,20 +392,8 @@ fn the_webhooks_worker_keeps_a_full_outbox_within_its_capacity_as_it_writes() {
     // Eight older messages waiting, then 20 scans: 40 new messages (two
     // types each) into room for 2. No delivery step runs meanwhile.
     let older = f.messages(&hook, 8, at(t0()));
-    let link = LinkId::generate();
-    let mut ids: Vec<EventId> = (0..20).map(|_| EventId::generate()).collect();
-    ids.sort();
-    let events: Vec<ScanEvent> = ids
-        .into_iter()
-        .map(|id| ScanEvent::sample(id, f.ws, link))
-        .collect();
-    f.store.commit_scans(&events).unwrap();
-    let mut w = ConsumerWorker::load(
-        Webhooks::new(f.hub.clone()),
-        f.store.clone(),
-        f.hub.settings.webhooks.consumer(),
-    )
-    .unwrap();
+    let events = f.scans(20);
+    let mut w = f.webhooks_worker();
     while !w.run_once(at(t0())).unwrap() {}
     w.checkpoint(at(t0() + 10_000)).unwrap();
     assert_eq!(f.hub.outbox().len(), 10);
@@ -516,23 +527,8 @@ fn webhook_outcomes_recorded_together_each_count_once() {
 fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_takes_them() {
     let mut f = fixture(&[("BUILD_AHEAD", "6")]);
     let hook = f.hook();
-    let link = LinkId::generate();
-    let mut ids: Vec<EventId> = (0..20).map(|_| EventId::generate()).collect();
-    ids.sort();
-    let events: Vec<ScanEvent> = ids
-        .into_iter()
-        .map(|id| ScanEvent::sample(id, f.ws, link))
-        .collect();
-    f.store.commit_scans(&events).unwrap();
-    let load = |f: &Fixture| {
-        ConsumerWorker::load(
-            Webhooks::new(f.hub.clone()),
-            f.store.clone(),
-            f.hub.settings.webhooks.consumer(),
-        )
-        .unwrap()
-    };
-    let mut w = load(&f);
+    let events = f.scans(20);
+    let mut w = f.webhooks_worker();
     while !w.run_once(at(t0())).unwrap() {}
     w.checkpoint(at(t0() + 10_000)).unwrap();
     // Room for three scans' messages (two types each): the fourth scan and
@@ -544,7 +540,7 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
     assert_eq!(w.state().after(&hook.id), waiting);
     assert_eq!(f.hub.metrics.webhook_backlog_hooks.get(), 1);
     // Stored with the position: a restarted worker goes on from there.
-    let mut w = load(&f);
+    let mut w = f.webhooks_worker();
     assert_eq!(w.state().after(&hook.id), waiting);
     // With 3 or more pending (half of 6), nothing more is built.
     w.run_once(at(t0() + 20_000)).unwrap();
@@ -562,7 +558,7 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
         delivered += jobs.len();
         if step == 3 {
             // A crash mid-backlog: what was built is not built twice.
-            w = load(&f);
+            w = f.webhooks_worker();
         }
         w.run_once(later()).unwrap();
         if delivered == 40 {
@@ -580,8 +576,7 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
     }
     assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 0);
     // Scans after the backlog emptied get their messages as they come.
-    let next = ScanEvent::sample(EventId::generate(), f.ws, link);
-    f.store.commit_scans(std::slice::from_ref(&next)).unwrap();
+    f.scans(1);
     while !w.run_once(later()).unwrap() {}
     w.checkpoint(later()).unwrap();
     assert_eq!(f.hub.outbox().pending_of(&hook.id), 2);
@@ -591,20 +586,8 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
 fn a_waiting_hook_that_stops_taking_messages_leaves_the_backlog() {
     let f = fixture(&[("BUILD_AHEAD", "2")]);
     let hook = f.hook();
-    let link = LinkId::generate();
-    let mut ids: Vec<EventId> = (0..5).map(|_| EventId::generate()).collect();
-    ids.sort();
-    let events: Vec<ScanEvent> = ids
-        .into_iter()
-        .map(|id| ScanEvent::sample(id, f.ws, link))
-        .collect();
-    f.store.commit_scans(&events).unwrap();
-    let mut w = ConsumerWorker::load(
-        Webhooks::new(f.hub.clone()),
-        f.store.clone(),
-        f.hub.settings.webhooks.consumer(),
-    )
-    .unwrap();
+    f.scans(5);
+    let mut w = f.webhooks_worker();
     while !w.run_once(at(t0())).unwrap() {}
     w.checkpoint(at(t0() + 10_000)).unwrap();
     assert_eq!(f.hub.outbox().pending_of(&hook.id), 2);
