@@ -368,7 +368,6 @@ impl DeliveryCore {
             }
         }
         self.update_depth();
-        self.hub.room_made();
         Ok(())
     }
 
