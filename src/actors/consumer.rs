@@ -81,8 +81,8 @@ pub trait Consumer: Unpin + Send + 'static {
         store.save_consumer(Self::NAME, record)
     }
 
-    /// Whether `maintain` has work (checked at every step).
-    fn needs_maintenance(&self, _state: &Self::State) -> bool {
+    /// Whether `maintain` has work (checked at every step, at `now`).
+    fn needs_maintenance(&self, _state: &Self::State, _now: Timestamp) -> bool {
         false
     }
 
@@ -94,6 +94,7 @@ pub trait Consumer: Unpin + Send + 'static {
         _state: &mut Self::State,
         _store: &Store,
         _position: Option<EventId>,
+        _now: Timestamp,
     ) -> StoreResult<bool> {
         Ok(false)
     }
@@ -309,14 +310,14 @@ impl<C: Consumer> ConsumerWorker<C> {
         let caught_up = self.catch_up(PAGES_PER_STEP)?;
         let due = now.as_millis() - self.last_checkpoint.as_millis()
             >= self.settings.checkpoint_interval_ms as i64;
-        let maintain = self.consumer.needs_maintenance(&self.state);
+        let maintain = self.consumer.needs_maintenance(&self.state, now);
         if due || !caught_up || maintain {
             self.checkpoint(now)?;
         }
         if maintain
             && self
                 .consumer
-                .maintain(&mut self.state, &self.store, self.position)?
+                .maintain(&mut self.state, &self.store, self.position, now)?
         {
             self.dirty = true;
             self.checkpoint(now)?;

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker, Poke};
 use crate::config::ConsumerSettings;
-use crate::domain::ScanEvent;
 use crate::domain::tally::{Day, Tally};
+use crate::domain::{ScanEvent, Timestamp};
 use crate::ids::{EventId, LinkId, WorkspaceId};
 use crate::store::{
     ConsumerRecord, EventIndex, EventQuery, Store, StoreResult, TallyKey, TallyScope,
@@ -338,7 +338,7 @@ impl Consumer for Counters {
         Ok(())
     }
 
-    fn needs_maintenance(&self, _state: &CountersState) -> bool {
+    fn needs_maintenance(&self, _state: &CountersState, _now: Timestamp) -> bool {
         self.check_all
             || !self
                 .view
@@ -353,6 +353,7 @@ impl Consumer for Counters {
         state: &mut CountersState,
         _store: &Store,
         position: Option<EventId>,
+        _now: Timestamp,
     ) -> StoreResult<bool> {
         let mut todo: BTreeSet<WorkspaceId> = std::mem::take(
             &mut *self

@@ -545,10 +545,13 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
     // With 3 or more pending (half of 6), nothing more is built.
     w.run_once(at(t0() + 20_000)).unwrap();
     assert_eq!(f.store.pending_webhook_messages().unwrap().len(), 6);
-    // Delivering them makes room: each step builds the next.
-    let later = || at(Timestamp::now().as_millis() + 60_000);
+    // Delivering them makes room: a step a checkpoint interval later builds
+    // the next, and one at the same moment does not (the pace is held).
+    let base = Timestamp::now().as_millis() + 60_000;
+    let later = || at(base + 60_000);
     let mut delivered = 0;
     for step in 0..50 {
+        let now = at(base + step * 1_000);
         let jobs = f.core.run_once(later()).unwrap();
         for job in &jobs {
             f.core
@@ -560,7 +563,21 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
             // A crash mid-backlog: what was built is not built twice.
             w = f.webhooks_worker();
         }
-        w.run_once(later()).unwrap();
+        w.run_once(now).unwrap();
+        if step == 1 {
+            let (built, mark) = (f.hub.outbox().pending_of(&hook.id), w.state().clone());
+            let mut sent = 0;
+            for job in f.core.run_once(later()).unwrap() {
+                f.core
+                    .complete(&job, &outcome(Some(200), t0()), later())
+                    .unwrap();
+                sent += 1;
+            }
+            delivered += sent;
+            w.run_once(now).unwrap();
+            assert_eq!(w.state(), &mark, "nothing built again within the interval");
+            assert_eq!(f.hub.outbox().pending_of(&hook.id), built - sent);
+        }
         if delivered == 40 {
             break;
         }
@@ -577,8 +594,8 @@ fn a_hook_at_build_ahead_waits_in_the_event_log_and_gets_every_message_as_it_tak
     assert_eq!(f.hub.metrics.webhook_failed_outbox_full.get(), 0);
     // Scans after the backlog emptied get their messages as they come.
     f.scans(1);
-    while !w.run_once(later()).unwrap() {}
-    w.checkpoint(later()).unwrap();
+    while !w.run_once(at(base + 100_000)).unwrap() {}
+    w.checkpoint(at(base + 100_000)).unwrap();
     assert_eq!(f.hub.outbox().pending_of(&hook.id), 2);
 }
 
