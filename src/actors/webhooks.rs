@@ -6,7 +6,10 @@
 //! new) messages as the new ones take it over its capacity
 //! (`WebhookHub::store_within_capacity`). A message's ID comes from its event,
 //! hook and type, and it is only written when absent, so deriving the same
-//! events again after a crash never makes a second message.
+//! events again after a crash never makes a second message. A hook with
+//! `webhooks.build_ahead` pending messages gets no more: its later scans
+//! wait in the event log (`Backlog`, the worker's stored state) and are read
+//! back as it takes the ones built.
 //!
 //! `WebhookHub` is what the worker, the API handlers and the delivery worker
 //! (`actors::delivery`) share: the store, the settings, and the in-memory
@@ -878,7 +881,7 @@ impl Consumer for Webhooks {
                 .unwrap_or_else(PoisonError::into_inner);
             for e in events.iter().filter(|e| !e.bot) {
                 has_hooks.entry(e.workspace_id).or_insert_with(|| {
-                    // Unreadable: keep the events; `derive` reads the hooks again.
+                    // Unreadable: keep the events; `prepare` reads the hooks again.
                     self.hub.store.has_webhooks(&e.workspace_id).unwrap_or(true)
                 });
             }
