@@ -194,8 +194,9 @@ impl Outbox {
     /// queued or new message of the hook with the most of them. In-flight
     /// messages are never chosen. Changes nothing.
     pub fn victims(&self, new: &[(WebhookId, MessageId)], n: usize) -> Vec<(WebhookId, MessageId)> {
-        // Per hook: the new ones, newest first (taken from the end), and the
-        // queued ones, oldest first, with how many are left.
+        // Per hook: the new ones sorted newest first, so the oldest is taken
+        // from the end, and the queued ones, oldest first, with how many are
+        // left.
         let mut fresh: HashMap<WebhookId, Vec<MessageId>> = HashMap::new();
         for (hook, msg) in new {
             fresh.entry(*hook).or_default().push(*msg);
@@ -227,8 +228,7 @@ impl Outbox {
             let oldest_queued = queued
                 .get_mut(&hook)
                 .and_then(|(_, keys)| keys.peek().map(|m| **m));
-            let newest = fresh.get_mut(&hook);
-            let msg = match (oldest_queued, newest) {
+            let msg = match (oldest_queued, fresh.get_mut(&hook)) {
                 (Some(q), Some(f)) if f.last().is_some_and(|m| *m < q) => f.pop(),
                 (None, Some(f)) => f.pop(),
                 (Some(_), _) => queued.get_mut(&hook).and_then(|(left, keys)| {
@@ -669,15 +669,7 @@ impl Backlog {
 }
 
 /// Pages of events read per hook in one `maintain`, so a hook whose filter
-/// matches few scans cannot hold the worker. `maintain` runs once every
-/// `webhooks.checkpoint_interval_ms` at most (not at every step, nor when
-/// the delivery makes room): a waiting hook gets between half of
-/// `build_ahead` and all of it an interval (2,500 to 5,000 messages a
-/// second with the defaults), so its delivery does not take the cores from
-/// the redirects it is behind on.
-/// Woken at every recorded outcome instead, the delivery in the load bench
-/// sent 66,346 messages during the load against 23,326, and the redirects
-/// fell from 0.66 to 0.58 of the bare route's throughput.
+/// matches few scans cannot hold the worker.
 const BACKLOG_PAGES: usize = 8;
 
 impl Webhooks {
@@ -840,11 +832,16 @@ impl Webhooks {
         Ok(())
     }
 
+    /// Pending messages below which a waiting hook is caught up.
+    fn catch_up_below(&self) -> usize {
+        (self.hub.settings.webhooks.build_ahead / 2).max(1)
+    }
+
     /// Whether a hook whose scans wait in the log has room again.
     fn has_room(&self, backlog: &Backlog) -> bool {
-        let half = (self.hub.settings.webhooks.build_ahead / 2).max(1);
+        let below = self.catch_up_below();
         let outbox = self.hub.outbox();
-        backlog.after.keys().any(|h| outbox.pending_of(h) < half)
+        backlog.after.keys().any(|h| outbox.pending_of(h) < below)
     }
 }
 
@@ -943,8 +940,14 @@ impl Consumer for Webhooks {
     }
 
     /// A hook waits, has room, and the last catch-up is a checkpoint
-    /// interval ago (the worker steps more often while it reads behind the
-    /// Recorder: the pace stays the interval's).
+    /// interval ago: not at every step (the worker steps more often while it
+    /// reads behind the Recorder), nor when the delivery makes room. A
+    /// waiting hook so gets between half of `build_ahead` and all of it an
+    /// interval (2,500 to 5,000 messages a second with the defaults), and
+    /// its delivery does not take the cores from the redirects it is behind
+    /// on: woken at every recorded outcome, the delivery in the load bench
+    /// sent 66,346 messages during the load against 23,326, and the
+    /// redirects fell from 0.66 to 0.58 of the bare route's throughput.
     fn needs_maintenance(&self, backlog: &Backlog, now: Timestamp) -> bool {
         let interval = self.hub.settings.webhooks.checkpoint_interval_ms as i64;
         !backlog.is_empty()
@@ -955,9 +958,10 @@ impl Consumer for Webhooks {
     /// Builds the messages of scans waiting in the log for the hooks that
     /// have room again, and writes them; the backlog that remains is stored
     /// by the checkpoint after. A crash in between builds the same messages
-    /// again, and they are skipped as stored. A hook deleted or no longer
-    /// taking messages leaves the backlog: its waiting scans make none, as
-    /// they would have made none when scanned.
+    /// again, and they are skipped as stored. A hook's mark moves only once
+    /// its messages are written, so an error leaves it where it was. A hook
+    /// deleted or no longer taking messages leaves the backlog: its waiting
+    /// scans make none, as they would have made none when scanned.
     fn maintain(
         &mut self,
         backlog: &mut Backlog,
@@ -969,7 +973,7 @@ impl Consumer for Webhooks {
             return Ok(false);
         };
         self.caught_up_ms = now.as_millis();
-        let half = (self.hub.settings.webhooks.build_ahead / 2).max(1);
+        let below = self.catch_up_below();
         let waiting: Vec<(WebhookId, EventId)> =
             backlog.after.iter().map(|(h, e)| (*h, *e)).collect();
         let mut changed = false;
@@ -982,13 +986,15 @@ impl Consumer for Webhooks {
                 changed = true;
                 continue;
             }
-            if self.hub.outbox().pending_of(&hook) >= half {
+            if self.hub.outbox().pending_of(&hook) >= below {
                 continue;
             }
-            backlog.after.remove(&hook);
-            changed = true;
-            let new = self.catch_up(store, hook, after, position, backlog, now)?;
+            let mut next = backlog.clone();
+            next.after.remove(&hook);
+            let new = self.catch_up(store, hook, after, position, &mut next, now)?;
             self.write(&new, None)?;
+            *backlog = next;
+            changed = true;
         }
         self.hub
             .metrics
