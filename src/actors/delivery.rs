@@ -31,6 +31,7 @@
 
 pub mod client;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -484,7 +485,7 @@ impl WebhookHub {
         for (hook, msg) in &victims {
             outbox.remove_queued(*hook, *msg);
         }
-        let gone: std::collections::HashSet<MessageId> = victims.iter().map(|(_, m)| *m).collect();
+        let gone: HashSet<MessageId> = victims.iter().map(|(_, m)| *m).collect();
         let mut queued = false;
         for p in written.iter().filter(|p| !gone.contains(&p.message)) {
             outbox.add(p.hook, p.message, p.due);
