@@ -15,7 +15,10 @@
 //!
 //! For each run it also reports where the CPU went (by thread, from
 //! `/proc/self/task`), the Recorder's CPU per committed event, the bytes
-//! stored per event, and whether every answered scan was stored.
+//! stored per event, and whether every answered scan was stored. With a
+//! webhook, it lets the outbox drain for up to a minute after the load and
+//! reports the CPU per message delivered then, with no redirect beside it:
+//! what a message costs, which the ratio under load cannot isolate.
 //!
 //! Run: `cargo bench --bench redirect_load` (env `LOAD_SECS`, default 8;
 //! `LOAD_ROUNDS`, default 3;
@@ -306,6 +309,10 @@ struct Run {
     /// Webhook requests the receiver got during the run, and in all.
     delivered_during: u64,
     delivered: u64,
+    /// After the load: CPU nanoseconds by thread group while the outbox
+    /// drained, and the messages received meanwhile.
+    drain_cpu: Vec<(String, u64)>,
+    drained: u64,
 }
 
 impl Run {
@@ -464,14 +471,23 @@ fn main() {
                 still = if now > recorded { 0 } else { still + 1 };
                 recorded = now;
             }
+            let (mut drain_cpu, mut drained) = (Vec::new(), 0);
             if hook {
-                // Let the outbox drain (bounded), to report what was delivered.
+                // Let the outbox drain (bounded), to report what was
+                // delivered and what delivering cost with no load beside it.
+                let (start, received_start) = (
+                    threads::snapshot_with(alloc_count::of_thread),
+                    received.load(Ordering::Relaxed),
+                );
                 for _ in 0..600 {
                     if received.load(Ordering::Relaxed) - received_before >= recorded as u64 {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
+                let end = threads::snapshot_with(alloc_count::of_thread);
+                drain_cpu = threads::spent(&start, &end);
+                drained = received.load(Ordering::Relaxed) - received_start;
             }
             let run = Run {
                 recorder_cpu_secs: m("scanhop_recorder_cpu_seconds_total"),
@@ -481,6 +497,8 @@ fn main() {
                 event_bytes: m("scanhop_event_bytes_total"),
                 delivered: received.load(Ordering::Relaxed) - received_before,
                 delivered_during,
+                drain_cpu,
+                drained,
                 load,
                 base,
                 cpu,
@@ -564,6 +582,20 @@ fn main() {
             detail.push_str(&format!(
                 " Webhook messages received: {} during the run, {} in all, of {:.0} scans.",
                 r.delivered_during, r.delivered, r.recorded
+            ));
+            let messages = r.drained.max(1) as f64;
+            let per_message: Vec<String> = r
+                .drain_cpu
+                .iter()
+                .take(6)
+                .map(|(group, ns)| format!("{group} {:.1}", *ns as f64 / 1000.0 / messages))
+                .collect();
+            let all: u64 = r.drain_cpu.iter().map(|(_, ns)| ns).sum();
+            detail.push_str(&format!(
+                " After the load, {} messages delivered: CPU µs per message by thread: {} ({:.1} in all).",
+                r.drained,
+                per_message.join(", "),
+                all as f64 / 1000.0 / messages
             ));
         }
         details.push(detail);
