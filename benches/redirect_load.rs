@@ -321,6 +321,15 @@ impl Run {
     }
 }
 
+/// The first `take` thread groups of `cpu` (nanoseconds, busiest first),
+/// each as microseconds per one of `n` (scans, messages).
+fn micros_each(cpu: &[(String, u64)], take: usize, n: f64) -> Vec<String> {
+    cpu.iter()
+        .take(take)
+        .map(|(group, ns)| format!("{group} {:.1}", *ns as f64 / 1000.0 / n))
+        .collect()
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would too: stay quick then.
     let secs: u64 = std::env::var("LOAD_SECS")
@@ -537,12 +546,7 @@ fn main() {
             },
         ));
         let scans = r.redirects.max(1.0);
-        let per_scan: Vec<String> = r
-            .cpu
-            .iter()
-            .take(8)
-            .map(|(group, ns)| format!("{group} {:.1}", *ns as f64 / 1000.0 / scans))
-            .collect();
+        let per_scan = micros_each(&r.cpu, 8, scans);
         let base_per_request: Vec<String> = r
             .base_cpu
             .iter()
@@ -584,12 +588,7 @@ fn main() {
                 r.delivered_during, r.delivered, r.recorded
             ));
             let messages = r.drained.max(1) as f64;
-            let per_message: Vec<String> = r
-                .drain_cpu
-                .iter()
-                .take(6)
-                .map(|(group, ns)| format!("{group} {:.1}", *ns as f64 / 1000.0 / messages))
-                .collect();
+            let per_message = micros_each(&r.drain_cpu, 6, messages);
             let all: u64 = r.drain_cpu.iter().map(|(_, ns)| ns).sum();
             detail.push_str(&format!(
                 " After the load, {} messages delivered: CPU µs per message by thread: {} ({:.1} in all).",
