@@ -321,12 +321,14 @@ impl Run {
     }
 }
 
-/// The first `take` thread groups of `cpu` (nanoseconds, busiest first),
-/// each as microseconds per one of `n` (scans, messages).
-fn micros_each(cpu: &[(String, u64)], take: usize, n: f64) -> Vec<String> {
-    cpu.iter()
+/// The first `take` thread groups of `counts` (busiest first), each as its
+/// count divided by `per`: CPU nanoseconds by 1,000 times the scans for
+/// microseconds per scan, allocations by the scans for allocations per scan.
+fn per_unit(counts: &[(String, u64)], take: usize, per: f64) -> Vec<String> {
+    counts
+        .iter()
         .take(take)
-        .map(|(group, ns)| format!("{group} {:.1}", *ns as f64 / 1000.0 / n))
+        .map(|(group, n)| format!("{group} {:.1}", *n as f64 / per))
         .collect()
 }
 
@@ -546,30 +548,13 @@ fn main() {
             },
         ));
         let scans = r.redirects.max(1.0);
-        let per_scan = micros_each(&r.cpu, 8, scans);
-        let base_per_request: Vec<String> = r
-            .base_cpu
-            .iter()
-            .take(2)
-            .map(|(group, ns)| {
-                // Requests of the run and of its 1 s warm-up, at the run's rate.
-                let n = (r.base.rps() * (r.base.secs + 1.0)).max(1.0);
-                format!("{group} {:.1}", *ns as f64 / 1000.0 / n)
-            })
-            .collect();
-        let allocations: Vec<String> = r
-            .allocations
-            .iter()
-            .take(6)
-            .map(|(group, n)| format!("{group} {:.1}", *n as f64 / scans))
-            .collect();
+        // The ceiling's requests: of the run and of its 1 s warm-up, at the
+        // run's rate.
         let base_requests = (r.base.rps() * (r.base.secs + 1.0)).max(1.0);
-        let base_allocations: Vec<String> = r
-            .base_allocations
-            .iter()
-            .take(2)
-            .map(|(group, n)| format!("{group} {:.1}", *n as f64 / base_requests))
-            .collect();
+        let per_scan = per_unit(&r.cpu, 8, scans * 1000.0);
+        let base_per_request = per_unit(&r.base_cpu, 2, base_requests * 1000.0);
+        let allocations = per_unit(&r.allocations, 6, scans);
+        let base_allocations = per_unit(&r.base_allocations, 2, base_requests);
         let mut detail = format!(
             "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second ({:.0}% of its commits' wall-clock time on the CPU; HTTP workers waited for room in its queue {:.2} times per 1,000 scans), {:.0} events per batch; {:.0} bytes per event (segment values).",
             per_scan.join(", "),
@@ -588,7 +573,7 @@ fn main() {
                 r.delivered_during, r.delivered, r.recorded
             ));
             let messages = r.drained.max(1) as f64;
-            let per_message = micros_each(&r.drain_cpu, 6, messages);
+            let per_message = per_unit(&r.drain_cpu, 6, messages * 1000.0);
             let all: u64 = r.drain_cpu.iter().map(|(_, ns)| ns).sum();
             detail.push_str(&format!(
                 " After the load, {} messages delivered: CPU µs per message by thread: {} ({:.1} in all).",
