@@ -1053,6 +1053,9 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
     let reads = reads.join().expect("reads");
     std::thread::sleep(Duration::from_millis(500));
     let (rss_after, hwm_after) = memory_kb(pid);
+    // What the server still holds once the load is over.
+    std::thread::sleep(Duration::from_millis(4_500));
+    let (rss_settled, _) = memory_kb(pid);
     let samples = sampler.finish();
     let peak = peak(&samples);
     server.stop();
@@ -1088,7 +1091,7 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
         &format!("Resident memory, {n_links} links (child process)"),
         built.n,
         format!(
-            "VmRSS {} once listening ({:.2} s after spawn), {} once the counters caught up ({:.1} s later), {} after {:.0} s of mixed load ({:.0} redirects/s of random links on 64 connections, p99 {:.2} ms; meanwhile on one connection: {}); VmHWM {} after counting, {} at the end; highest VmRSS sampled {}",
+            "VmRSS {} once listening ({:.2} s after spawn), {} once the counters caught up ({:.1} s later), {} after {:.0} s of mixed load ({:.0} redirects/s of random links on 64 connections, p99 {:.2} ms; meanwhile on one connection: {}), {} 5 s after the load; VmHWM {} after counting, {} at the end; highest VmRSS sampled {}",
             mb(rss_up),
             startup.as_secs_f64(),
             mb(rss_counted),
@@ -1098,6 +1101,7 @@ fn scenario_rss(results: &mut Results, opts: &Options, built: &Built) {
             outcome.rps(),
             outcome.percentile(0.99),
             reads_text.join("; "),
+            mb(rss_settled),
             mb(hwm_counted),
             mb(hwm_after),
             mb(peak)

@@ -326,7 +326,9 @@ impl<C: Consumer> ConsumerWorker<C> {
     }
 
     fn step(&mut self, ctx: &mut Context<Self>) {
-        match self.run_once(Timestamp::now()) {
+        let ran = self.run_once(Timestamp::now());
+        crate::store::release_log_buffers();
+        match ran {
             Ok(caught_up) => {
                 self.status.ran(true);
                 if !caught_up {

@@ -770,7 +770,9 @@ impl DeliveryWorker {
         if self.stopping {
             return;
         }
-        match self.core.run_once(Timestamp::now()) {
+        let ran = self.core.run_once(Timestamp::now());
+        crate::store::release_log_buffers();
+        match ran {
             Ok(jobs) => {
                 self.status.ran(true);
                 for job in jobs {
@@ -814,7 +816,9 @@ impl DeliveryWorker {
     /// Records the attempts that ended.
     fn record(&mut self) {
         let done = std::mem::take(&mut self.finished);
-        if let Err(e) = self.core.complete_all(&done, Timestamp::now()) {
+        let recorded = self.core.complete_all(&done, Timestamp::now());
+        crate::store::release_log_buffers();
+        if let Err(e) = recorded {
             self.status.ran(false);
             tracing::error!(worker = "webhook_delivery", error = %e, attempts = done.len(), "could not record delivery attempts; they will be made again");
         }

@@ -66,6 +66,7 @@ impl<T: PeriodicTask> Periodic<T> {
 
     fn step(&mut self, trigger: Trigger) {
         let ok = report::<T>(self.task.run_once(Timestamp::now(), trigger));
+        crate::store::release_log_buffers();
         self.status.ran(ok);
     }
 }

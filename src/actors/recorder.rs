@@ -709,6 +709,7 @@ impl Recorder {
         let started = Instant::now();
         let cpu = threads::thread_cpu_time();
         let ok = self.commit_ready(now);
+        crate::store::release_log_buffers();
         let spent = threads::thread_cpu_time().saturating_sub(cpu);
         self.metrics.recorder_cpu_nanos.add(spent.as_nanos() as u64);
         let busy = started.elapsed();
