@@ -333,6 +333,7 @@ fn per_unit(counts: &[(String, u64)], take: usize, per: f64) -> Vec<String> {
 }
 
 fn main() {
+    scanhop::memory::configure();
     // `cargo bench` passes `--bench`; `cargo test --benches` would too: stay quick then.
     let secs: u64 = std::env::var("LOAD_SECS")
         .ok()

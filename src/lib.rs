@@ -12,6 +12,7 @@ pub mod export;
 pub mod http;
 pub mod ids;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod qr;
 pub mod random;

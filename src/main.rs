@@ -12,6 +12,9 @@ use scanhop::ids::{LinkId, TokenId, WorkspaceId};
 use scanhop::store::Store;
 use scanhop::{accounts, domain};
 
+#[global_allocator]
+static ALLOCATOR: scanhop::memory::Allocator = scanhop::memory::Allocator {};
+
 #[derive(Parser)]
 #[command(
     name = "scanhop",
@@ -158,6 +161,7 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
+    scanhop::memory::configure();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,

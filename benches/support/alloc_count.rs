@@ -1,10 +1,13 @@
 //! A global allocator that counts allocations (`alloc`, `alloc_zeroed` and
 //! `realloc` calls) per thread, so a bench can say how many each worker
-//! makes per request. Counters are indexed by thread ID; two threads of the
+//! makes per request. Every call goes on to the allocator the `scanhop`
+//! binary runs on (`scanhop::memory`). Counters are indexed by thread ID; two threads of the
 //! process sharing a slot is possible but unlikely (2^18 slots).
 #![allow(dead_code)] // each bench uses its own part of the support modules
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use scanhop::memory::Allocator;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,24 +44,24 @@ pub fn of_thread(tid: u64) -> u64 {
 
 pub struct Counting;
 
-// SAFETY: every call goes to the system allocator unchanged.
+// SAFETY: every call goes to the server's allocator unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
-        unsafe { System.alloc(layout) }
+        unsafe { Allocator {}.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count();
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { Allocator {}.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count();
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { Allocator {}.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { Allocator {}.dealloc(ptr, layout) }
     }
 }
