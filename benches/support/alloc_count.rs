@@ -1,15 +1,16 @@
 //! A global allocator that counts allocations (`alloc`, `alloc_zeroed` and
 //! `realloc` calls) per thread, so a bench can say how many each worker
 //! makes per request. Every call goes on to the allocator the `scanhop`
-//! binary runs on (`scanhop::memory`). Counters are indexed by thread ID; two threads of the
-//! process sharing a slot is possible but unlikely (2^18 slots).
+//! binary runs on (`scanhop::memory`). Counters are indexed by thread ID;
+//! two threads of the process sharing a slot is possible but unlikely (2^18
+//! slots).
 #![allow(dead_code)] // each bench uses its own part of the support modules
 
 use std::alloc::{GlobalAlloc, Layout};
-
-use scanhop::memory::Allocator;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use scanhop::memory::Allocator;
 
 const SLOTS: usize = 1 << 18;
 
