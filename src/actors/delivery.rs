@@ -816,9 +816,9 @@ impl DeliveryWorker {
     /// Records the attempts that ended.
     fn record(&mut self) {
         let done = std::mem::take(&mut self.finished);
-        let recorded = self.core.complete_all(&done, Timestamp::now());
-        crate::store::release_log_buffers();
-        if let Err(e) = recorded {
+        // Its sled garbage is handed on by the step queued after every
+        // recording but the last, at drain (`release_log_buffers` in `step`).
+        if let Err(e) = self.core.complete_all(&done, Timestamp::now()) {
             self.status.ran(false);
             tracing::error!(worker = "webhook_delivery", error = %e, attempts = done.len(), "could not record delivery attempts; they will be made again");
         }
