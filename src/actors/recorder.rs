@@ -106,17 +106,35 @@ struct Queue {
     waiters: VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
+/// Queued scans the intake keeps room for however short the queue: the
+/// memory of a queue that has been deeper (400 bytes a scan) is given back
+/// down to this once it empties (`Queue::give_back_room`).
+const QUEUE_ROOM_FLOOR: usize = 4096;
+
 impl Queue {
-    /// An empty queue whose IDs come after `last_id`.
-    fn new(last_id: EventId, capacity: usize) -> Queue {
+    /// An empty queue whose IDs come after `last_id`; it grows as scans wait
+    /// (up to the intake's capacity) and gives the room back as they go.
+    fn new(last_id: EventId) -> Queue {
         Queue {
-            events: VecDeque::with_capacity(capacity),
+            events: VecDeque::with_capacity(QUEUE_ROOM_FLOOR),
             next_seq: 1,
             logged: 0,
             log_asleep: false,
             last_id,
             random: crate::random::Block::default(),
             waiters: VecDeque::new(),
+        }
+    }
+
+    /// Halves the queue's room while it holds less than an eighth of it:
+    /// a ring buffer touches every page of its room as it turns, so room
+    /// kept from a burst (26 MB at the default capacity of 65,536) would
+    /// stay resident for good. Halving, not shrinking to fit, keeps an
+    /// uneven load from reallocating at every batch.
+    fn give_back_room(&mut self) {
+        let room = self.events.capacity();
+        if room > QUEUE_ROOM_FLOOR && self.events.len() < room / 8 {
+            self.events.shrink_to((room / 2).max(QUEUE_ROOM_FLOOR));
         }
     }
 
@@ -249,6 +267,7 @@ impl Intake {
         let n = available.min(self.batch_size);
         let batch: Vec<Queued> = q.events.drain(..n).collect();
         let last_seq = q.next_seq - q.events.len() as u64 - 1;
+        q.give_back_room();
         Some((batch, last_seq))
     }
 
@@ -564,7 +583,6 @@ impl Recorder {
         let intake = Arc::new(Intake {
             queue: Mutex::new(Queue::new(
                 last_event_id.unwrap_or_else(|| EventId::from_bytes([0; 16])),
-                settings.batch_size,
             )),
             capacity: settings.queue_capacity,
             batch_size: settings.batch_size,
@@ -786,7 +804,7 @@ mod tests {
 
     fn intake(durability: Durability, batch_size: usize) -> Intake {
         Intake {
-            queue: Mutex::new(Queue::new(EventId::from_bytes([0; 16]), 0)),
+            queue: Mutex::new(Queue::new(EventId::from_bytes([0; 16]))),
             capacity: 10_000,
             batch_size,
             overflow: Overflow::Wait,
@@ -846,6 +864,28 @@ mod tests {
         push(&intake, 2);
         assert_eq!(commit_next(&intake, intake.last_queued()), 2);
         assert_eq!(intake.depth(), 0);
+    }
+
+    #[test]
+    fn a_queue_deepened_by_a_burst_gives_its_room_back_as_it_empties() {
+        let mut intake = intake(Durability::Batched, 512);
+        intake.capacity = 40_000;
+        push(&intake, 40_000);
+        let room = |i: &Intake| i.lock().events.capacity();
+        assert!(room(&intake) >= 40_000);
+        let mut ids = Vec::new();
+        let run = intake.last_queued();
+        while let Some((batch, last_seq)) = intake.next_batch(run) {
+            intake.committed.send_replace(last_seq);
+            ids.extend(batch.iter().map(|q| q.event.id));
+        }
+        assert_eq!(ids.len(), 40_000, "every scan taken once");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in queue order");
+        assert_eq!(room(&intake), QUEUE_ROOM_FLOOR, "room back to the floor");
+        // A queue that stays short never reallocates.
+        push(&intake, 3_000);
+        intake.next_batch(intake.last_queued());
+        assert_eq!(room(&intake), QUEUE_ROOM_FLOOR);
     }
 
     fn scan() -> Queued {
@@ -987,11 +1027,11 @@ mod tests {
         let future = EventId::from_bytes(EventId::lower_bound_bytes(
             jiff::Timestamp::now().as_millisecond() + 3_600_000,
         ));
-        let mut q = Queue::new(future, 0);
+        let mut q = Queue::new(future);
         let a = q.next_id();
         let b = q.next_id();
         assert!(future < a && a < b);
-        let mut fresh = Queue::new(EventId::from_bytes([0; 16]), 0);
+        let mut fresh = Queue::new(EventId::from_bytes([0; 16]));
         let c = fresh.next_id();
         assert!(
             (jiff::Timestamp::now().as_millisecond() - c.timestamp_ms()).abs() < 5_000,

@@ -5,7 +5,7 @@ use crate::ids::{Id, IdKind, LinkId};
 
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 
-/// Kinds of per-link counters, the first byte of a `counters` key.
+/// Kinds of counters, the first byte of a `counters` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CounterKind {
@@ -13,7 +13,14 @@ pub enum CounterKind {
     LinkTotal = 1,
     /// Forms completed on a link.
     FormCompletions = 2,
+    /// Links a workspace has now (keyed by the workspace ID).
+    WorkspaceLinks = 3,
 }
+
+/// Set (`meta`) once every workspace's `CounterKind::WorkspaceLinks` is
+/// stored: a store written before those counters were kept gets them
+/// counted from its links at its first open.
+pub const META_LINK_COUNTS: &[u8] = b"link_counts";
 
 /// The highest event ID the Purger ever deleted (`meta`): the Recorder
 /// continues after it even when the newest segments were deleted.
@@ -54,9 +61,14 @@ pub fn pair_raw<A: IdKind>(a: &Id<A>, raw: &[u8; 16]) -> [u8; 32] {
 
 /// `kind (1) ++ link_id (16)`.
 pub fn counter(kind: CounterKind, link: &LinkId) -> [u8; 17] {
+    owner_counter(kind, link)
+}
+
+/// `kind (1) ++ owner id (16)`: a counter of any owner (a workspace's).
+pub fn owner_counter<K: IdKind>(kind: CounterKind, owner: &Id<K>) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[0] = kind as u8;
-    key[1..].copy_from_slice(link.as_bytes());
+    key[1..].copy_from_slice(owner.as_bytes());
     key
 }
 

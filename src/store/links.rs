@@ -13,6 +13,10 @@
 //!
 //! Writes rewrite the buckets they touch (a few KB), under one lock and in
 //! one transaction over both trees; readers see one write or the other.
+//! The same transaction keeps each workspace's number of links in
+//! `counters` (`CounterKind::WorkspaceLinks`), so counting them reads one
+//! key instead of every bucket (`count_workspace_links_once` fills them in
+//! a store written before they were kept).
 
 use std::collections::BTreeMap;
 use std::sync::{MutexGuard, PoisonError};
@@ -203,6 +207,39 @@ fn move_links_of_former_layout(db: &sled::Db) -> StoreResult<()> {
     layout::drop_trees(db, &[FORMER_LINKS, FORMER_BY_WORKSPACE])
 }
 
+/// Stores every workspace's number of links, counted from its buckets,
+/// unless the store keeps them already (`keys::META_LINK_COUNTS`); answers
+/// how many workspaces were counted. Idempotent: a crash before the mark
+/// counts again at the next open.
+pub(super) fn count_workspace_links_once(
+    link_buckets: &sled::Tree,
+    counters: &sled::Tree,
+    meta: &sled::Tree,
+) -> StoreResult<usize> {
+    if meta.contains_key(keys::META_LINK_COUNTS)? {
+        return Ok(0);
+    }
+    let mut counts: BTreeMap<[u8; 16], u64> = BTreeMap::new();
+    for entry in link_buckets.iter() {
+        let (key, raw) = entry?;
+        let ws: [u8; 16] = key
+            .get(..16)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| StoreError::Codec("a link bucket key is short".into()))?;
+        *counts.entry(ws).or_default() += Entries::new(&raw)?.len() as u64;
+    }
+    let mut batch = sled::Batch::default();
+    for (ws, n) in &counts {
+        let ws = WorkspaceId::from_slice(ws)
+            .ok_or_else(|| StoreError::Codec("a link bucket key is not a workspace".into()))?;
+        let key = keys::owner_counter(keys::CounterKind::WorkspaceLinks, &ws);
+        batch.insert(&key[..], &n.to_be_bytes()[..]);
+    }
+    counters.apply_batch(batch)?;
+    meta.insert(keys::META_LINK_COUNTS, &[1u8])?;
+    Ok(counts.len())
+}
+
 /// The slug buckets one write reads and changes.
 #[derive(Default)]
 struct SlugBuckets(BTreeMap<[u8; 2], Bucket>);
@@ -298,11 +335,17 @@ impl Store {
             .collect())
     }
 
-    /// Writes both trees' changes in one transaction.
-    fn apply_link_writes(&self, links: &[Put], slugs: &[Put]) -> StoreResult<()> {
+    /// Writes both trees' changes in one transaction, with `delta` added
+    /// to the number of links of the workspace given.
+    fn apply_link_writes(
+        &self,
+        links: &[Put],
+        slugs: &[Put],
+        delta: Option<(&WorkspaceId, i64)>,
+    ) -> StoreResult<()> {
         let t = &self.inner;
-        (&t.link_buckets, &t.slug_buckets)
-            .transaction(|(lt, st)| {
+        (&t.link_buckets, &t.slug_buckets, &t.counters)
+            .transaction(|(lt, st, ct)| {
                 for (tree, writes) in [(lt, links), (st, slugs)] {
                     for (key, value) in writes {
                         match value {
@@ -310,6 +353,12 @@ impl Store {
                             None => tree.remove(key.as_slice())?,
                         };
                     }
+                }
+                if let Some((ws, delta)) = delta {
+                    let key = keys::owner_counter(keys::CounterKind::WorkspaceLinks, ws);
+                    let now = ct.get(key)?.map_or(0, |v| decode_count(&v));
+                    let next = now.saturating_add_signed(delta);
+                    ct.insert(&key[..], &next.to_be_bytes()[..])?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
@@ -336,7 +385,8 @@ impl Store {
         if !slugs.claim(self, link)? {
             return Ok(LinkWrite::SlugTaken);
         }
-        self.apply_link_writes(&self.link_puts(link)?, &slugs.puts())?;
+        let added = Some((&link.workspace_id, 1));
+        self.apply_link_writes(&self.link_puts(link)?, &slugs.puts(), added)?;
         Ok(LinkWrite::Written)
     }
 
@@ -351,7 +401,7 @@ impl Store {
             }
             slugs.release(self, old.slug.as_str())?;
         }
-        self.apply_link_writes(&self.link_puts(new)?, &slugs.puts())?;
+        self.apply_link_writes(&self.link_puts(new)?, &slugs.puts(), None)?;
         Ok(LinkWrite::Written)
     }
 
@@ -361,7 +411,10 @@ impl Store {
         let mut slugs = SlugBuckets::default();
         slugs.release(self, link.slug.as_str())?;
         let key = keys::pair(&link.workspace_id, &link.id);
-        self.apply_link_writes(&self.link_removal(&key)?, &slugs.puts())
+        let removal = self.link_removal(&key)?;
+        // A link that is not stored (deleted already) leaves the count be.
+        let removed = (!removal.is_empty()).then_some((&link.workspace_id, -1));
+        self.apply_link_writes(&removal, &slugs.puts(), removed)
     }
 
     fn link_at(&self, key: &[u8; 32]) -> StoreResult<Option<Link>> {
@@ -454,13 +507,15 @@ impl Store {
         Ok(Some(candidates))
     }
 
-    /// How many links workspace `ws` has.
+    /// How many links workspace `ws` has: one key, kept by every link
+    /// write.
     pub fn count_links(&self, ws: &WorkspaceId) -> StoreResult<u64> {
-        let mut n = 0;
-        for raw in self.inner.link_buckets.scan_prefix(ws.as_bytes()).values() {
-            n += Entries::new(&raw?)?.len() as u64;
-        }
-        Ok(n)
+        let key = keys::owner_counter(keys::CounterKind::WorkspaceLinks, ws);
+        Ok(self
+            .inner
+            .counters
+            .get(key)?
+            .map_or(0, |v| decode_count(&v)))
     }
 
     /// Lifetime non-bot scans of a link.
@@ -502,6 +557,48 @@ mod tests {
 
     fn link(ws: WorkspaceId, slug: &str) -> Link {
         Link::sample(ws, slug, "https://example.com/")
+    }
+
+    #[test]
+    fn a_workspaces_link_count_follows_every_write_and_is_counted_for_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (WorkspaceId::generate(), WorkspaceId::generate());
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            assert_eq!(store.count_links(&a).unwrap(), 0);
+            // 40 links: buckets split, and some share a slug bucket.
+            let links: Vec<Link> = (0..40).map(|i| link(a, &format!("count-{i}"))).collect();
+            for l in &links {
+                assert_eq!(store.insert_link(l).unwrap(), LinkWrite::Written);
+            }
+            store.insert_link(&link(b, "other-ws")).unwrap();
+            // A taken slug writes nothing; a rename moves no count.
+            assert_eq!(
+                store.insert_link(&link(a, "count-0")).unwrap(),
+                LinkWrite::SlugTaken
+            );
+            let mut renamed = links[1].clone();
+            renamed.slug = crate::domain::Slug::parse("count-renamed").unwrap();
+            store.replace_link(&links[1], &renamed).unwrap();
+            assert_eq!(store.count_links(&a).unwrap(), 40);
+            store.delete_link(&links[0]).unwrap();
+            // Deleting it again changes nothing.
+            store.delete_link(&links[0]).unwrap();
+            assert_eq!(store.count_links(&a).unwrap(), 39);
+            assert_eq!(store.count_links(&b).unwrap(), 1);
+            assert_eq!(listed(&store, a, 7).len(), 39);
+            // A store of the version before: no counters, no mark.
+            for ws in [a, b] {
+                let key = keys::owner_counter(keys::CounterKind::WorkspaceLinks, &ws);
+                store.inner.counters.remove(key).unwrap();
+            }
+            store.inner.meta.remove(keys::META_LINK_COUNTS).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.count_links(&a).unwrap(), 39);
+        assert_eq!(store.count_links(&b).unwrap(), 1);
+        assert_eq!(store.count_links(&WorkspaceId::generate()).unwrap(), 0);
     }
 
     /// Every link of `ws` by listing, newest first, `page` at a time.

@@ -272,6 +272,11 @@ impl Store {
                 "links moved into buckets; `scanhop compact` (server stopped) gives back the disk and memory the move used"
             );
         }
+        if links_moved > 0 {
+            // Links came from a former layout: count them all again.
+            trees.meta.remove(keys::META_LINK_COUNTS)?;
+        }
+        links::count_workspace_links_once(&trees.link_buckets, &trees.counters, &trees.meta)?;
         let moved = visitors::move_profiles_of_former_layouts(&trees.db, &trees.visitor_profiles)?;
         if moved > 0 {
             tracing::info!(
