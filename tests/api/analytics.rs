@@ -249,6 +249,19 @@ async fn workspace_metrics_count_scans_links_today_and_this_month() {
         app.create_link(json!({"destination": "https://example.com/", "slug": slug}))
             .await;
     }
+    // A link created, renamed and deleted counts no more.
+    let gone = app
+        .create_link(json!({"destination": "https://example.com/", "slug": "m-gone"}))
+        .await;
+    let gone = format!("/v1/links/{}", gone["id"].as_str().unwrap());
+    assert_eq!(app.get("/v1/metrics").await.json()["total_links"], 4);
+    assert_eq!(
+        app.patch(&gone, json!({"slug": "m-gone-2"})).await.status,
+        200
+    );
+    assert_eq!(app.get("/v1/metrics").await.json()["total_links"], 4);
+    assert_eq!(app.delete(&gone).await.status, 204);
+    assert_eq!(app.delete(&gone).await.status, 404);
     for slug in ["m-a", "m-a", "m-a", "m-b", "m-b"] {
         app.scan(slug).await;
     }
