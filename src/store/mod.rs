@@ -276,7 +276,14 @@ impl Store {
             // Links came from a former layout: count them all again.
             trees.meta.remove(keys::META_LINK_COUNTS)?;
         }
-        links::count_workspace_links_once(&trees.link_buckets, &trees.counters, &trees.meta)?;
+        let counted =
+            links::count_workspace_links_once(&trees.link_buckets, &trees.counters, &trees.meta)?;
+        if counted > 0 {
+            tracing::info!(
+                workspaces = counted,
+                "counted every workspace's links once; link writes keep the counts from now on"
+            );
+        }
         let moved = visitors::move_profiles_of_former_layouts(&trees.db, &trees.visitor_profiles)?;
         if moved > 0 {
             tracing::info!(
