@@ -31,7 +31,8 @@
 
 pub mod client;
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -325,9 +326,17 @@ impl DeliveryCore {
         }
         let settings = self.settings().clone();
         let result = self.hub.store.webhook_tx(|tx| {
-            done.iter()
-                .map(|(job, outcome)| record_outcome(tx, &settings, job, outcome, now))
-                .collect::<Result<Vec<_>, TxError>>()
+            // Each hook is read and written once however many of its
+            // attempts ended.
+            let mut hooks = HashMap::new();
+            let recorded = done
+                .iter()
+                .map(|(job, outcome)| record_outcome(tx, &mut hooks, &settings, job, outcome, now))
+                .collect::<Result<Vec<_>, TxError>>()?;
+            for hook in hooks.values().flatten() {
+                tx.put_hook(hook)?;
+            }
+            Ok(recorded)
         });
         let results = match result {
             Ok(r) => r,
@@ -613,8 +622,11 @@ struct Recorded {
 }
 
 /// Records one attempt's outcome in `tx`; `None` when its message is gone.
+/// Counts it on its hook in `hooks` (read from `tx` the first time, `None`
+/// when deleted), which the caller writes.
 fn record_outcome(
     tx: &WebhookTx,
+    hooks: &mut HashMap<WebhookId, Option<Webhook>>,
     settings: &WebhookSettings,
     job: &Job,
     outcome: &Outcome,
@@ -688,7 +700,11 @@ fn record_outcome(
         }
     }
     let mut auto_disabled = false;
-    if let Some(mut hook) = tx.hook(&job.hook)? {
+    let hook = match hooks.entry(job.hook) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => e.insert(tx.hook(&job.hook)?),
+    };
+    if let Some(hook) = hook {
         hook.last_sent_at = Some(outcome.started_at);
         if ok {
             hook.success_count += 1;
@@ -707,7 +723,6 @@ fn record_outcome(
                 }
             }
         }
-        tx.put_hook(&hook)?;
     }
     tx.put_delivery(&d)?;
     tx.put_message(&m)?;
