@@ -3,7 +3,9 @@
 //! worker; and after a kill -9 no device has two visitors and every profile
 //! equals a recount of its events.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -243,31 +245,53 @@ async fn after_kill_9_in_a_burst_no_device_has_two_visitors_and_profiles_equal_a
     assert_eq!(r.status().as_u16(), 201);
     // 40 devices (each its own /24), 8 connections, each device again and
     // again: first scans of a device race each other on different connections.
+    // The burst runs until the kill; `answered` holds the devices redirected.
+    let answered = Rc::new(RefCell::new(BTreeSet::new()));
+    let stop = Rc::new(Cell::new(false));
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let (client, base) = (client.clone(), base.clone());
+            let (answered, stop) = (answered.clone(), stop.clone());
             actix_rt::spawn(async move {
-                let deadline = std::time::Instant::now() + Duration::from_millis(1500);
                 let mut i = t;
-                while std::time::Instant::now() < deadline {
+                while !stop.get() {
                     let device = i % 40;
-                    let _ = client
+                    let r = client
                         .get(format!("{base}/crowd"))
                         .insert_header(("User-Agent", IPHONE_UA))
                         .insert_header(("X-Forwarded-For", format!("10.{device}.0.1")))
                         .insert_header(("Referer", format!("https://device-{device}.example/")))
                         .send()
                         .await;
+                    match r {
+                        Ok(r) if r.status().as_u16() == 302 => {
+                            answered.borrow_mut().insert(device);
+                        }
+                        Ok(_) => {}
+                        // The server is gone: the kill.
+                        Err(_) => break,
+                    }
                     i += 3;
                 }
             })
         })
         .collect();
-    // Kill in the middle of the burst.
-    actix_rt::time::sleep(Duration::from_millis(900)).await;
+    // Kill in the middle of the burst: once every device was redirected,
+    // and a few flush intervals (100 ms) later, so that most of them are
+    // on disk however slowly the machine runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while answered.borrow().len() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the burst reached every device"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    actix_rt::time::sleep(Duration::from_millis(400)).await;
     let mut server = server;
     server.signal(libc::SIGKILL);
     server.wait();
+    stop.set(true);
     for t in tasks {
         let _ = t.await;
     }
