@@ -334,11 +334,27 @@ impl Store {
 
     /// The writes that take the profile under `key` out of its bucket (and
     /// the bucket, when it was the last). Holds `profile_writer`.
+    ///
+    /// A bucket is keyed by the ID of the profile that started it. When the
+    /// rest does not start with that ID (the profile taken out started the
+    /// bucket), the rest moves to the key of its first profile: an erased
+    /// visitor's ID stays in no key. No profile lies between the two keys,
+    /// so every lookup still finds the bucket that holds its profile.
     fn profile_removal(&self, key: &[u8; 32]) -> StoreResult<Vec<Put>> {
-        Ok(bucket::without(&self.inner.visitor_profiles, key)?
-            .map(|(stored, rest)| (stored.to_vec(), (!rest.is_empty()).then(|| rest.encode())))
-            .into_iter()
-            .collect())
+        let Some((stored, rest)) = bucket::without(&self.inner.visitor_profiles, key)? else {
+            return Ok(Vec::new());
+        };
+        let Some(first) = rest.first_key() else {
+            return Ok(vec![(stored.to_vec(), None)]);
+        };
+        let rekeyed = [&key[..16], first].concat();
+        if rekeyed[..] == stored[..] {
+            return Ok(vec![(stored.to_vec(), Some(rest.encode()))]);
+        }
+        Ok(vec![
+            (stored.to_vec(), None),
+            (rekeyed, Some(rest.encode())),
+        ])
     }
 
     /// Writes `profiles` (whole) and consumer `name`'s record, in one
@@ -575,6 +591,77 @@ mod tests {
             .save_visitors("visitors", &record(3), &profiles)
             .unwrap();
         assert_eq!(listed(&store), [(b, 0), (a, 7)]);
+    }
+
+    /// Every sled key or value of `store` that holds `needle`: (tree, key).
+    fn holding_bytes(store: &Store, needle: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let db = &store.inner.db;
+        let mut out = Vec::new();
+        for name in db.tree_names() {
+            let tree = db.open_tree(&name).unwrap();
+            for entry in tree.iter() {
+                let (k, v) = entry.unwrap();
+                let has = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+                if has(&k) || has(&v) {
+                    out.push((String::from_utf8_lossy(&name).into_owned(), k.to_vec()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_erased_visitor_that_started_its_bucket_leaves_no_byte_in_any_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let record = ConsumerRecord {
+            position: None,
+            events: 1,
+            state: Vec::new(),
+        };
+        let (a, b, c) = (
+            VisitorId::generate(),
+            VisitorId::generate(),
+            VisitorId::generate(),
+        );
+        let save = |ids: &[VisitorId]| {
+            let profiles: HashMap<VisitorId, VisitorProfile> = ids
+                .iter()
+                .map(|id| (*id, VisitorProfile::new(*id, ws, Timestamp::from_millis(1))))
+                .collect();
+            store.save_visitors("visitors", &record, &profiles).unwrap();
+        };
+        // `a` starts the workspace's bucket; `b` and `c` join it later.
+        save(&[a]);
+        save(&[b, c]);
+        store.erase_visitor_records(&a, &ws, None).unwrap();
+        assert_eq!(holding_bytes(&store, a.as_bytes()), Vec::new());
+        let listed: Vec<VisitorId> = store
+            .list_visitors(&ws, None, 10, |_| Ok(true))
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(listed, [c, b]);
+        assert!(store.visitor(&ws, &b).unwrap().is_some());
+        // The bucket, now keyed by `b`, takes new profiles as before.
+        let d = VisitorId::generate();
+        save(&[d]);
+        assert!(store.visitor(&ws, &d).unwrap().is_some());
+        // Erasing the rest empties the workspace.
+        for v in [b, c, d] {
+            store.erase_visitor_records(&v, &ws, None).unwrap();
+            assert_eq!(holding_bytes(&store, v.as_bytes()), Vec::new());
+        }
+        assert!(
+            store
+                .list_visitors(&ws, None, 10, |_| Ok(true))
+                .unwrap()
+                .items
+                .is_empty()
+        );
     }
 
     #[test]
