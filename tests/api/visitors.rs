@@ -612,7 +612,12 @@ async fn a_publishable_token_may_identify_and_nothing_else_and_only_identify_all
 async fn erasure_leaves_no_byte_of_the_visitor_and_keeps_the_counts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let env = [("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32")];
+    // Checkpoints every 50 ms: the profiles are stored before the erasure
+    // (the erased visitor's started the workspace's bucket of profiles).
+    let env = [
+        ("SCANHOP__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("SCANHOP__VISITORS__CHECKPOINT_INTERVAL_MS", "50"),
+    ];
     let mut server = BinaryServer::start(&data, &env);
     let (base, token) = (server.base.clone(), server.token.clone().unwrap());
     let client = awc::Client::builder()
@@ -701,6 +706,8 @@ async fn erasure_leaves_no_byte_of_the_visitor_and_keeps_the_counts() {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A few checkpoints later, both profiles are stored.
+    actix_rt::time::sleep(Duration::from_millis(400)).await;
     let r = call(awc::http::Method::DELETE, &vpath)
         .send()
         .await
