@@ -22,6 +22,7 @@ use sled::transaction::ConflictableTransactionError;
 
 use super::bucket::{self, Bucket};
 use super::codec::{self, Record};
+use super::forms::FormCompletion;
 use super::scan::{self, Page};
 use super::segment::{self, Segment};
 use super::{ConsumerRecord, Store, StoreError, StoreResult, keys, layout};
@@ -469,8 +470,10 @@ impl Store {
     /// transaction per segment. Positions do not move, so the other index
     /// entries into the segment stay right. The visitor's home segments
     /// (no entry: see `store::events`) are rewritten the same way while they
-    /// hold an event of it. Answers how many segments it went through (0:
-    /// none is left).
+    /// hold an event of it. The forms those events completed keep only
+    /// that they were completed: their answers and visitor go in the same
+    /// transaction. Answers how many segments it went through (0: none is
+    /// left).
     pub fn detach_visitor_step(&self, id: &VisitorId, max_segments: usize) -> StoreResult<usize> {
         let t = &self.inner;
         let mut entries: Vec<(sled::IVec, sled::IVec)> = t
@@ -485,7 +488,7 @@ impl Store {
                 .map(super::events::home_entry),
         );
         let mut done_segments = 0;
-        for (n, (key, positions)) in entries.iter().enumerate() {
+        for (n, (key, _)) in entries.iter().enumerate() {
             if done_segments == max_segments.max(1) {
                 break;
             }
@@ -511,27 +514,41 @@ impl Store {
                     // A segment of the same millisecond, not the visitor's.
                     break;
                 }
-                for pos in segment::decode_positions(positions) {
-                    if let Some(e) = events.get_mut(pos)
-                        && e.visitor_id == Some(*id)
-                    {
-                        e.visitor_id = None;
-                    }
-                }
+                // Every event of the visitor in the segment, whether the
+                // entry's positions list it or not (an older entry may not).
+                let mut detached = Vec::new();
                 for e in events.iter_mut().filter(|e| e.visitor_id == Some(*id)) {
-                    // Positions an older index entry no longer lists.
                     e.visitor_id = None;
+                    detached.push(e.id);
                 }
                 // Durable before its pointer replaces one to durable bytes.
                 let after = t.bodies.append_durable(&[&segment::encode(&events)?])?[0].encode();
-                let done = (&t.events, &t.events_by_visitor).transaction(|(ev, idx)| {
-                    if ev.get(segment_id.as_bytes())?.as_ref() != Some(&before.raw) {
-                        return Ok(false);
-                    }
-                    ev.insert(segment_id.as_bytes(), &after[..])?;
-                    idx.remove(key)?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
-                })?;
+                let abort = ConflictableTransactionError::Abort;
+                let done = (&t.events, &t.events_by_visitor, &t.form_completions).transaction(
+                    |(ev, idx, forms)| {
+                        if ev.get(segment_id.as_bytes())?.as_ref() != Some(&before.raw) {
+                            return Ok(false);
+                        }
+                        ev.insert(segment_id.as_bytes(), &after[..])?;
+                        idx.remove(key)?;
+                        // A form these scans completed keeps that it was
+                        // completed (a second submission is still refused),
+                        // not who answered nor what.
+                        for scan in &detached {
+                            let Some(raw) = forms.get(scan.as_bytes())? else {
+                                continue;
+                            };
+                            let mut c: FormCompletion = codec::decode(&raw).map_err(abort)?;
+                            if c.visitor_id == Some(*id) || !c.answers.is_empty() {
+                                c.visitor_id = None;
+                                c.answers.clear();
+                                let bytes = codec::encode(&c).map_err(abort)?;
+                                forms.insert(scan.as_bytes(), bytes)?;
+                            }
+                        }
+                        Ok::<_, ConflictableTransactionError<StoreError>>(true)
+                    },
+                )?;
                 if done {
                     done_segments += 1;
                     break;

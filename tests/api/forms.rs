@@ -31,7 +31,7 @@ async fn form_link(app: &TestApp, slug: &str) -> Value {
 }
 
 /// The value of the hidden input `name` in `html`.
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
         .find(&marker)

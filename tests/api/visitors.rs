@@ -686,10 +686,45 @@ async fn erasure_leaves_no_byte_of_the_visitor_and_keeps_the_counts() {
         };
         visitors.push(r["id"].as_str().unwrap().to_owned());
     }
+    // The first device also completes a form: its answer is personal data.
+    let answered = format!("form-{suffix}@example.com");
+    let form_link = json!({"destination": "https://example.com/", "slug": "gdpr-form",
+        "form": {"title": "Join", "fields": [
+            {"name": "email", "label": "E-mail", "type": "email", "required": true}]}});
+    let r = call(awc::http::Method::POST, "/v1/links")
+        .send_json(&form_link)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let mut page = client
+        .get(format!("{base}/gdpr-form"))
+        .insert_header(("User-Agent", IPHONE_UA))
+        .insert_header(("X-Forwarded-For", "81.2.69.10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = String::from_utf8(page.body().await.unwrap().to_vec()).unwrap();
+    let (form_scan, form_token) = (
+        crate::forms::hidden(&html, "scan_id"),
+        crate::forms::hidden(&html, "token"),
+    );
+    let send_form = || {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("scan_id", &form_scan)
+            .append_pair("token", &form_token)
+            .append_pair("email", &answered)
+            .finish();
+        client
+            .post(format!("{base}/gdpr-form/form"))
+            .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+            .send_body(body)
+    };
+    assert_eq!(send_form().await.unwrap().status().as_u16(), 303);
     let erased = visitors[0].clone();
     let vpath = format!("/v1/visitors/{erased}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while get_json(&client, format!("{base}{vpath}"), &token).await["event_count"] != 2 {
+    while get_json(&client, format!("{base}{vpath}"), &token).await["event_count"] != 3 {
         assert!(std::time::Instant::now() < deadline, "profile counted");
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
@@ -720,6 +755,8 @@ async fn erasure_leaves_no_byte_of_the_visitor_and_keeps_the_counts() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404, "erased once");
+    // The form stays completed: a second submission is still refused.
+    assert_eq!(send_form().await.unwrap().status().as_u16(), 409);
     // Its events remain, pointing to nobody; counts are unchanged.
     let events = get_json(
         &client,
@@ -767,7 +804,12 @@ async fn erasure_leaves_no_byte_of_the_visitor_and_keeps_the_counts() {
     let raw_id: scanhop::ids::VisitorId = erased.parse().unwrap();
     let compacted = crate::retention::stdout(&crate::retention::scanhop(&data, &["compact"]));
     assert!(compacted.contains("bytes before"), "{compacted}");
-    for needle in [gone.as_bytes(), erased.as_bytes(), &raw_id.as_bytes()[..]] {
+    for needle in [
+        gone.as_bytes(),
+        answered.as_bytes(),
+        erased.as_bytes(),
+        &raw_id.as_bytes()[..],
+    ] {
         assert_eq!(
             crate::retention::files_with(&data, needle),
             Vec::<String>::new(),
