@@ -223,18 +223,19 @@ fn add_to_span(
         let span_key = index_key(&link, &open.first);
         // Only a span is added to (never a value of the former layout), and
         // an unreadable one is left as it is: a new span follows it.
-        let value = link_idx.get(span_key)?.filter(|v| v.len() % 2 == 1);
-        if let Some(value) = value {
-            if let Ok(mut parts) = segment::decode_span(&open.first, &value) {
-                let newer = parts.last().is_none_or(|(s, _)| s < segment);
-                if parts.len() < SPAN_SEGMENTS && newer {
-                    parts.push((*segment, positions.to_vec()));
-                    link_idx.insert(&span_key[..], segment::encode_span(&parts))?;
-                    let first = open.first;
-                    let segments = parts.len();
-                    spans.insert(link, OpenSpan { first, segments });
-                    return Ok(());
-                }
+        let value = link_idx.get(span_key)?;
+        let parts = value
+            .filter(|v| !v.len().is_multiple_of(2))
+            .and_then(|v| segment::decode_span(&open.first, &v).ok());
+        if let Some(mut parts) = parts {
+            let newer = parts.last().is_none_or(|(s, _)| s < segment);
+            if parts.len() < SPAN_SEGMENTS && newer {
+                parts.push((*segment, positions.to_vec()));
+                link_idx.insert(&span_key[..], segment::encode_span(&parts))?;
+                let first = open.first;
+                let segments = parts.len();
+                spans.insert(link, OpenSpan { first, segments });
+                return Ok(());
             }
         }
     }
@@ -313,9 +314,7 @@ fn span_entries(
         .zip(next)
         .filter(|((s, _), next)| {
             let above = bounds.upper.is_some_and(|u| *s >= u);
-            let before = bounds
-                .lower
-                .is_some_and(|l| next.is_some_and(|n| n <= l));
+            let before = bounds.lower.is_some_and(|l| next.is_some_and(|n| n <= l));
             !above && !before
         })
         .map(|((s, positions), _)| {
@@ -1018,11 +1017,11 @@ impl Store {
         dir: Direction,
     ) -> Box<dyn Iterator<Item = Option<Candidate<ScanEvent>>> + '_> {
         let found = entry.and_then(|(key, positions)| {
-                let found = self.entry_segment(index, &key, positions)?;
-                Ok(found.map(|(v, positions)| {
-                    (v, segment::decode_positions(&positions).collect::<Vec<_>>())
-                }))
-            });
+            let found = self.entry_segment(index, &key, positions)?;
+            Ok(found.map(|(v, positions)| {
+                (v, segment::decode_positions(&positions).collect::<Vec<_>>())
+            }))
+        });
         let (stored, positions) = match found {
             Ok(Some(found)) => found,
             Ok(None) => return Box::new(std::iter::empty()),
@@ -1794,7 +1793,12 @@ mod tests {
             .next_back()
             .unwrap()
             .unwrap();
-        let value = store.inner.events_by_link.remove(&span_key).unwrap().unwrap();
+        let value = store
+            .inner
+            .events_by_link
+            .remove(&span_key)
+            .unwrap()
+            .unwrap();
         let gone = segment::decode_span(&key_segment(&span_key).unwrap(), &value).unwrap();
         let gone: Vec<[u8; 16]> = gone.into_iter().map(|(s, _)| s).collect();
         events.retain(|e| {
@@ -1861,7 +1865,11 @@ mod tests {
             store.commit_scans(&batch).unwrap();
             events.extend(batch);
         }
-        assert_eq!(span_keys(&store, &a), before + 2, "19 more segments: 16 and 3");
+        assert_eq!(
+            span_keys(&store, &a),
+            before + 2,
+            "19 more segments: 16 and 3"
+        );
         let cuts = [1_003, 1_040, 1_060, 1_080, 1_100, 1_120];
         check_links(&store, ws, &links, &events, &cuts);
         // The lookups of single entries read both.

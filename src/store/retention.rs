@@ -1020,7 +1020,9 @@ mod tests {
                 let down = store.list_events(&q, None, 1000).unwrap();
                 let down: Vec<EventId> = down.items.iter().map(|e| e.id).collect();
                 assert_eq!(down, expected, "{from}..{to}");
-                let (up, _) = store.list_events_oldest_first(&q, None, None, 1000).unwrap();
+                let (up, _) = store
+                    .list_events_oldest_first(&q, None, None, 1000)
+                    .unwrap();
                 let mut up: Vec<EventId> = up.items.iter().map(|e| e.id).collect();
                 up.reverse();
                 assert_eq!(up, expected, "{from}..{to} oldest first");

@@ -228,7 +228,7 @@ pub fn encode_span(parts: &[([u8; 16], Vec<u16>)]) -> Vec<u8> {
         }
     }
     out.push(SPAN_FORMAT);
-    if out.len() % 2 == 0 {
+    if out.len().is_multiple_of(2) {
         out.push(0);
     }
     out
@@ -245,7 +245,7 @@ fn corrupt_span() -> StoreError {
 /// drop a span's first segment and keep its key), in ascending order, with
 /// at least one position.
 pub fn decode_span(key: &[u8; 16], value: &[u8]) -> StoreResult<SpanParts> {
-    if value.len() % 2 == 0 {
+    if value.len().is_multiple_of(2) {
         if value.is_empty() {
             return Err(corrupt_span());
         }
@@ -443,7 +443,11 @@ mod tests {
         later[15] = 9;
         let mut last = key;
         last[0] = 8;
-        let parts: SpanParts = vec![(key, vec![0, 3, 300]), (later, vec![1]), (last, vec![65535])];
+        let parts: SpanParts = vec![
+            (key, vec![0, 3, 300]),
+            (later, vec![1]),
+            (last, vec![65535]),
+        ];
         for n in 1..=parts.len() {
             let value = encode_span(&parts[..n]);
             assert_eq!(value.len() % 2, 1, "{n} segments");
@@ -480,7 +484,7 @@ mod tests {
                 continue;
             }
             let mut v = good[..cut].to_vec();
-            if v.len() % 2 == 0 {
+            if v.len().is_multiple_of(2) {
                 v.push(SPAN_FORMAT);
             }
             bad.push(v);
