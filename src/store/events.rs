@@ -11,7 +11,8 @@
 //! segment starting at or before its ID.
 //!
 //! **Link spans.** The link index (`events_by_link`) holds one key per
-//! (link, span of up to `SPAN_SEGMENTS` of the link's segments): the key is
+//! (link, span of up to `SPAN_SEGMENTS` of the link's segments, fewer when
+//! they hold many scans: `SPAN_MAX_BYTES`): the key is
 //! link ++ the span's first segment key, the value each segment's key and
 //! the positions of the link's events in it, ascending
 //! (`segment::encode_span`). Under scans of many links an entry per
@@ -113,6 +114,13 @@ fn encode_segments(events: &[ScanEvent]) -> StoreResult<Vec<(&[ScanEvent], Vec<u
 /// documentation.
 pub(super) const SPAN_SEGMENTS: usize = 16;
 
+/// Most bytes of a span value the Recorder adds a segment to: a link with
+/// many scans in each segment gets spans of fewer segments, so each commit
+/// does not rewrite up to `SPAN_SEGMENTS` segments' worth of positions (a
+/// segment of 2,048 scans of one link has 4 KB of them). A span of scans
+/// of many links is a few hundred bytes.
+const SPAN_MAX_BYTES: usize = 4096;
+
 /// Links whose open span the Store remembers at most: past it, it forgets
 /// them all (a forgotten link starts a new span at its next scan).
 const OPEN_SPANS_MAX: usize = 200_000;
@@ -209,8 +217,9 @@ type SpanTxResult = Result<OpenSpans, ConflictableTransactionError<StoreError>>;
 /// Adds the entry of a link (`key`: link ++ segment) into `segment`, with
 /// `positions`, to the link's open span in `spans`, in the Recorder's
 /// transaction; or starts a new span keyed `key` when the link has none
-/// known, when it is full, or when its value is gone (the Purger removed
-/// it) or unreadable. Notes the span in `spans`.
+/// known, when it is full (`SPAN_SEGMENTS`, `SPAN_MAX_BYTES`), or when its
+/// value is gone (the Purger removed it) or unreadable. Notes the span in
+/// `spans`.
 fn add_to_span(
     link_idx: &sled::transaction::TransactionalTree,
     spans: &mut OpenSpans,
@@ -224,12 +233,14 @@ fn add_to_span(
         // Only a span is added to (never a value of the former layout), and
         // an unreadable one is left as it is: a new span follows it.
         let value = link_idx.get(span_key)?;
+        let value_len = value.as_ref().map_or(0, |v| v.len());
         let parts = value
             .filter(|v| !v.len().is_multiple_of(2))
             .and_then(|v| segment::decode_span(&open.first, &v).ok());
         if let Some(mut parts) = parts {
             let newer = parts.last().is_none_or(|(s, _)| s < segment);
-            if parts.len() < SPAN_SEGMENTS && newer {
+            let fits = value_len + 18 + 2 * positions.len() <= SPAN_MAX_BYTES;
+            if parts.len() < SPAN_SEGMENTS && newer && fits {
                 parts.push((*segment, positions.to_vec()));
                 link_idx.insert(&span_key[..], segment::encode_span(&parts))?;
                 let first = open.first;
@@ -1881,5 +1892,41 @@ mod tests {
             assert_eq!(found[..], positions[..]);
         }
         let _ = c;
+    }
+
+    #[test]
+    fn a_link_with_many_scans_per_segment_gets_spans_of_fewer_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let mut events = Vec::new();
+        // 500 scans a segment: 1,018 bytes of it in a span, so 4 fit.
+        for n in 0..10 {
+            let batch = scans(ws, link, n * 500 + 1..=n * 500 + 500);
+            store.commit_scans(&batch).unwrap();
+            events.extend(batch);
+        }
+        assert_eq!(span_keys(&store, &link), 3);
+        let longest = store
+            .inner
+            .events_by_link
+            .iter()
+            .values()
+            .map(|v| v.unwrap().len())
+            .max();
+        assert!(longest <= Some(SPAN_MAX_BYTES), "{longest:?}");
+        let all = query(ws, EventIndex::Link(link));
+        let bounded = EventQuery {
+            from_ms: Some(700),
+            to_ms: Some(4_100),
+            ..all.clone()
+        };
+        for q in [&all, &bounded] {
+            let expected = brute(&events, q);
+            assert_eq!(walk(&store, q, 700), expected);
+            let mut up = expected.clone();
+            up.reverse();
+            assert_eq!(walk_up(&store, q, None, 900), up);
+        }
     }
 }
