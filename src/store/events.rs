@@ -133,7 +133,9 @@ pub(super) const LINK_INDEX_TREE: &str = "events_by_link";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct OpenSpan {
     first: [u8; 16],
-    segments: usize,
+    /// At most `SPAN_SEGMENTS` (a byte keeps the map small: one entry per
+    /// link recently scanned).
+    segments: u8,
 }
 
 /// Open spans by link ID (`Store::commit`).
@@ -228,7 +230,10 @@ fn add_to_span(
     positions: &[u16],
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
     let link: [u8; 16] = key_link(key);
-    if let Some(open) = spans.get(&link).filter(|o| o.segments < SPAN_SEGMENTS) {
+    if let Some(open) = spans
+        .get(&link)
+        .filter(|o| usize::from(o.segments) < SPAN_SEGMENTS)
+    {
         let span_key = index_key(&link, &open.first);
         // Only a span is added to (never a value of the former layout), and
         // an unreadable one is left as it is: a new span follows it.
@@ -244,7 +249,7 @@ fn add_to_span(
                 parts.push((*segment, positions.to_vec()));
                 link_idx.insert(&span_key[..], segment::encode_span(&parts))?;
                 let first = open.first;
-                let segments = parts.len();
+                let segments = u8::try_from(parts.len()).unwrap_or(u8::MAX);
                 spans.insert(link, OpenSpan { first, segments });
                 return Ok(());
             }
