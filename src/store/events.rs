@@ -4,11 +4,32 @@
 //! its queue, so each committed batch is one segment covering a contiguous ID
 //! range (several when its events are large: `MAX_SEGMENT_BYTES`), keyed by
 //! its first ID. `commit_scans` appends the segment's body to a file
-//! (`bodies.rs`), then writes a pointer to it, one index entry per (link,
-//! segment), (workspace, segment) and (visitor, segment) holding the
-//! positions of that owner's events, and the link totals, in one
-//! transaction. Reads find an event by seeking to the last segment starting
-//! at or before its ID.
+//! (`bodies.rs`), then writes a pointer to it, one index entry per
+//! (workspace, segment) and (visitor, segment) holding the positions of
+//! that owner's events, the link's entries (spans, below), and the link
+//! totals, in one transaction. Reads find an event by seeking to the last
+//! segment starting at or before its ID.
+//!
+//! **Link spans.** The link index (`events_by_link`) holds one key per
+//! (link, span of up to `SPAN_SEGMENTS` of the link's segments, fewer when
+//! they hold many scans: `SPAN_MAX_BYTES`): the key is
+//! link ++ the span's first segment key, the value each segment's key and
+//! the positions of the link's events in it, ascending
+//! (`segment::encode_span`). Under scans of many links an entry per
+//! segment was about one new sled key per scan, and sled keeps the pages
+//! new keys split off in memory. The Recorder adds a segment to the link's
+//! open span, remembered in memory (`OpenSpan`, forgotten past
+//! `OPEN_SPANS_MAX` links and at every start), or starts a new span when it
+//! knows none, the span is full, or its value is gone; so a link's spans
+//! hold ascending, disjoint runs of its segments, each keyed at or before
+//! its first segment. The Purger rewrites a span in place (`retention.rs`):
+//! a span whose first segment it dropped keeps its key, so a span's key is
+//! only a lower bound of its segments. Walks read each span as the
+//! per-segment entries it holds (`index_range`), and the span holding a
+//! segment is the last key of the link at or before link ++ segment
+//! (`span_of`). Stores written before spans hold one entry per (link,
+//! segment), positions only: its even length tells it from a span (always
+//! odd), and it reads as a span of that one segment.
 //!
 //! **Home segments.** A visitor's index entry is left out of every segment
 //! whose key (its first ID) carries the same millisecond as the visitor's
@@ -89,6 +110,52 @@ fn encode_segments(events: &[ScanEvent]) -> StoreResult<Vec<(&[ScanEvent], Vec<u
     Ok(out)
 }
 
+/// Most segments one link index entry (a span) lists: see the module
+/// documentation.
+pub(super) const SPAN_SEGMENTS: usize = 16;
+
+/// Most bytes of a span value the Recorder adds a segment to: a link with
+/// many scans in each segment gets spans of fewer segments, so each commit
+/// does not rewrite up to `SPAN_SEGMENTS` segments' worth of positions (a
+/// segment of 2,048 scans of one link has 4 KB of them). A span of scans
+/// of many links is a few hundred bytes.
+const SPAN_MAX_BYTES: usize = 4096;
+
+/// Links whose open span the Store remembers at most: past it, it forgets
+/// them all (a forgotten link starts a new span at its next scan).
+const OPEN_SPANS_MAX: usize = 200_000;
+
+/// The name of the link index's sled tree.
+pub(super) const LINK_INDEX_TREE: &str = "events_by_link";
+
+/// A link's open span, the newest, which its next segments join: the
+/// segment part of its key, and how many segments it held when last written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OpenSpan {
+    first: [u8; 16],
+    /// At most `SPAN_SEGMENTS` (a byte keeps the map small: one entry per
+    /// link recently scanned).
+    segments: u8,
+}
+
+/// Open spans by link ID (`Store::commit`).
+pub(super) type OpenSpans = HashMap<[u8; 16], OpenSpan>;
+
+/// `owner (16) ++ segment (16)`.
+fn index_key(owner: &[u8], segment: &[u8; 16]) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(&owner[..16]);
+    key[16..].copy_from_slice(segment);
+    key
+}
+
+/// The segment part of an index key.
+fn key_segment(key: &[u8]) -> StoreResult<[u8; 16]> {
+    key.get(16..32)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StoreError::Codec("an event index key is short".into()))
+}
+
 /// Events examined at most to fill one page of a filtered event list.
 const SCAN_BUDGET: usize = 20_000;
 
@@ -147,7 +214,138 @@ fn group<K: IdKind>(
     out
 }
 
-type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
+type SpanTxResult = Result<OpenSpans, ConflictableTransactionError<StoreError>>;
+
+/// Adds the entry of a link (`key`: link ++ segment) into `segment`, with
+/// `positions`, to the link's open span in `spans`, in the Recorder's
+/// transaction; or starts a new span keyed `key` when the link has none
+/// known, when it is full (`SPAN_SEGMENTS`, `SPAN_MAX_BYTES`), or when its
+/// value is gone (the Purger removed it) or unreadable. Notes the span in
+/// `spans`.
+fn add_to_span(
+    link_idx: &sled::transaction::TransactionalTree,
+    spans: &mut OpenSpans,
+    key: &[u8; 32],
+    segment: &[u8; 16],
+    positions: &[u16],
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let link: [u8; 16] = key_link(key);
+    if let Some(open) = spans
+        .get(&link)
+        .filter(|o| usize::from(o.segments) < SPAN_SEGMENTS)
+    {
+        let span_key = index_key(&link, &open.first);
+        // Only a span is added to (never a value of the former layout), and
+        // an unreadable one is left as it is: a new span follows it.
+        let value = link_idx.get(span_key)?;
+        let value_len = value.as_ref().map_or(0, |v| v.len());
+        let parts = value
+            .filter(|v| !v.len().is_multiple_of(2))
+            .and_then(|v| segment::decode_span(&open.first, &v).ok());
+        if let Some(mut parts) = parts {
+            let newer = parts.last().is_none_or(|(s, _)| s < segment);
+            let fits = value_len + 18 + 2 * positions.len() <= SPAN_MAX_BYTES;
+            if parts.len() < SPAN_SEGMENTS && newer && fits {
+                parts.push((*segment, positions.to_vec()));
+                link_idx.insert(&span_key[..], segment::encode_span(&parts))?;
+                let first = open.first;
+                let segments = u8::try_from(parts.len()).unwrap_or(u8::MAX);
+                spans.insert(link, OpenSpan { first, segments });
+                return Ok(());
+            }
+        }
+    }
+    link_idx.insert(
+        &key[..],
+        segment::encode_span(&[(*segment, positions.to_vec())]),
+    )?;
+    let first = *segment;
+    spans.insert(link, OpenSpan { first, segments: 1 });
+    Ok(())
+}
+
+/// The owner part of an index key.
+fn key_link(key: &[u8; 32]) -> [u8; 16] {
+    let mut owner = [0u8; 16];
+    owner.copy_from_slice(&key[..16]);
+    owner
+}
+
+/// Whether `tree` is the link index, whose values are spans.
+fn is_link_index(tree: &sled::Tree) -> bool {
+    &tree.name()[..] == LINK_INDEX_TREE.as_bytes()
+}
+
+/// The key and value of the span of the link index holding the segment of
+/// `key` (link ++ segment): the last entry of the link keyed at or before
+/// `key` (a span's key is at most its first segment, and a link's spans
+/// hold ascending, disjoint runs of its segments). `None` when the link has
+/// none; the span found may not list the segment.
+pub(super) fn span_of(
+    index: &sled::Tree,
+    key: &[u8],
+) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+    let Some(owner) = key.get(..16) else {
+        return Ok(None);
+    };
+    let from = index_key(owner, &[0; 16]);
+    Ok(index.range(&from[..]..=key).next_back().transpose()?)
+}
+
+/// The positions (encoded) of the link index entry `key` (link ++
+/// segment), read from the span that holds it; `None` when there is none.
+pub(super) fn span_positions(index: &sled::Tree, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+    let segment = key_segment(key)?;
+    let Some((span_key, value)) = span_of(index, key)? else {
+        return Ok(None);
+    };
+    let parts = segment::decode_span(&key_segment(&span_key)?, &value)?;
+    Ok(parts
+        .into_iter()
+        .find(|(s, _)| *s == segment)
+        .map(|(_, p)| segment::encode_positions(&p)))
+}
+
+/// A span of the link index (`key`, `value`) as the per-segment entries
+/// (link ++ segment, positions) a walk reads, in `dir` order, without the
+/// segments outside `bounds`: those keyed at or above the upper bound, and
+/// those followed in the span by one keyed at or below the lower bound
+/// (the segment holding the lower bound is the last one keyed at or below
+/// it; segments before it end before it).
+fn span_entries(
+    key: &[u8],
+    value: &[u8],
+    bounds: Bounds,
+    dir: Direction,
+) -> StoreResult<Vec<(sled::IVec, sled::IVec)>> {
+    let parts = segment::decode_span(&key_segment(key)?, value)?;
+    let next: Vec<Option<[u8; 16]>> = parts
+        .iter()
+        .skip(1)
+        .map(|(s, _)| Some(*s))
+        .chain([None])
+        .collect();
+    let mut out: Vec<(sled::IVec, sled::IVec)> = parts
+        .iter()
+        .zip(next)
+        .filter(|((s, _), next)| {
+            let above = bounds.upper.is_some_and(|u| *s >= u);
+            let before = bounds.lower.is_some_and(|l| next.is_some_and(|n| n <= l));
+            !above && !before
+        })
+        .map(|((s, positions), _)| {
+            let k = index_key(key, s);
+            (
+                sled::IVec::from(&k[..]),
+                sled::IVec::from(segment::encode_positions(positions)),
+            )
+        })
+        .collect();
+    if dir == Direction::NewestFirst {
+        out.reverse();
+    }
+    Ok(out)
+}
 
 /// Whether the segment keyed `segment` is a home of `visitor` (see the
 /// module documentation): then the visitor has no index entry for it, unless
@@ -192,7 +390,7 @@ struct Bounds {
 }
 
 /// Index entries (key, positions) in walking order.
-type IndexEntries<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+type IndexEntries<'a> = Box<dyn Iterator<Item = StoreResult<(sled::IVec, sled::IVec)>> + 'a>;
 
 /// The index a query walks: its tree, the owner's prefix in it, and for a
 /// visitor the keys of its home segments without an entry (`home_keys`).
@@ -307,6 +505,17 @@ impl Store {
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
         }
+        // The open spans of the batch's links, as known before it.
+        let known: OpenSpans = {
+            let open = self.open_spans();
+            events
+                .iter()
+                .filter_map(|e| {
+                    let link = e.link_id.as_bytes();
+                    open.get(link).map(|o| (*link, *o))
+                })
+                .collect()
+        };
         let trees = (
             &t.events,
             &t.events_by_link,
@@ -315,18 +524,20 @@ impl Store {
             &t.counters,
             &t.registry_batches,
         );
-        trees.transaction(
-            |(ev, link_idx, ws_idx, visitor_idx, counters, registry_batches)| -> TxResult {
+        // sled may run the closure more than once: the open spans it wrote
+        // are noted only once it committed.
+        let opened = trees.transaction(
+            |(ev, link_idx, ws_idx, visitor_idx, counters, registry_batches)| -> SpanTxResult {
+                let mut spans = known.clone();
                 if let Some(value) = &registry {
                     registry_batches.insert(first_id.as_bytes(), value.as_slice())?;
                 }
                 for (w, pointer) in segments.iter().zip(&pointers) {
                     ev.insert(w.first.as_bytes(), &pointer.encode()[..])?;
-                    for (index, entries) in [
-                        (link_idx, &w.by_link),
-                        (ws_idx, &w.by_ws),
-                        (visitor_idx, &w.by_visitor),
-                    ] {
+                    for (key, positions) in &w.by_link {
+                        add_to_span(link_idx, &mut spans, key, w.first.as_bytes(), positions)?;
+                    }
+                    for (index, entries) in [(ws_idx, &w.by_ws), (visitor_idx, &w.by_visitor)] {
                         for (key, positions) in entries {
                             index.insert(key, segment::encode_positions(positions))?;
                         }
@@ -337,9 +548,16 @@ impl Store {
                     let now = counters.get(key)?.map(|v| decode_count(&v)).unwrap_or(0);
                     counters.insert(&key, &(now + add).to_be_bytes())?;
                 }
-                Ok(())
+                Ok(spans)
             },
         )?;
+        {
+            let mut open = self.open_spans();
+            if open.len() + opened.len() > OPEN_SPANS_MAX {
+                open.clear();
+            }
+            open.extend(opened);
+        }
         if let Some(value) = &registry {
             self.registry_committed(&first_id, value);
         }
@@ -493,6 +711,9 @@ impl Store {
         let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
             return Ok(None);
         };
+        if is_link_index(index) {
+            return self.span_entry_segment(index, key, &segment_id, positions);
+        }
         if positions.is_empty() {
             // A home segment (see the module documentation): positions read
             // from the segment, unless a rewrite has given it an entry since.
@@ -521,6 +742,32 @@ impl Store {
             match index.get(key)? {
                 Some(now) if now == positions => return Ok(Some((stored, positions))),
                 Some(now) => positions = now,
+                None => return Ok(None),
+            }
+        }
+        Err(StoreError::Codec(
+            "an event segment kept changing while it was read".into(),
+        ))
+    }
+
+    /// `entry_segment` in the link index: the entry of segment `segment`
+    /// (`key`: link ++ segment) is part of the span holding it, the last
+    /// one keyed at or before `key` (`span_positions`).
+    fn span_entry_segment(
+        &self,
+        index: &sled::Tree,
+        key: &[u8],
+        segment: &EventId,
+        mut positions: sled::IVec,
+    ) -> StoreResult<Option<(Stored, sled::IVec)>> {
+        // A segment is rewritten once per Purger pass at most: a few tries do.
+        for _ in 0..16 {
+            let Some(stored) = self.segment(segment.as_bytes())? else {
+                return Ok(None);
+            };
+            match span_positions(index, key)? {
+                Some(now) if now[..] == positions[..] => return Ok(Some((stored, positions))),
+                Some(now) => positions = now.into(),
                 None => return Ok(None),
             }
         }
@@ -694,10 +941,25 @@ impl Store {
         if start >= end {
             return Ok(Box::new(std::iter::empty()));
         }
-        let entries: IndexEntries<'a> = match dir {
-            Direction::NewestFirst => Box::new(tree.range(start.clone()..end.clone()).rev()),
-            Direction::OldestFirst => Box::new(tree.range(start.clone()..end.clone())),
+        let range = tree.range(start.clone()..end.clone());
+        let raw: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a> = match dir {
+            Direction::NewestFirst => Box::new(range.rev()),
+            Direction::OldestFirst => Box::new(range),
         };
+        if is_link_index(tree) {
+            // Each span read as the entries of its segments.
+            return Ok(Box::new(raw.flat_map(move |entry| {
+                let entries = entry
+                    .map_err(StoreError::from)
+                    .and_then(|(k, v)| span_entries(&k, &v, bounds, dir));
+                let out: Vec<StoreResult<(sled::IVec, sled::IVec)>> = match entries {
+                    Ok(entries) => entries.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                out
+            })));
+        }
+        let entries: IndexEntries<'a> = Box::new(raw.map(|r| r.map_err(StoreError::from)));
         let mut homes: std::collections::VecDeque<[u8; 32]> = homes
             .into_iter()
             .filter(|h| start[..] <= h[..] && h[..] < end[..])
@@ -766,18 +1028,16 @@ impl Store {
     fn segment_candidates(
         &self,
         index: &sled::Tree,
-        entry: sled::Result<(sled::IVec, sled::IVec)>,
+        entry: StoreResult<(sled::IVec, sled::IVec)>,
         bounds: Bounds,
         dir: Direction,
     ) -> Box<dyn Iterator<Item = Option<Candidate<ScanEvent>>> + '_> {
-        let found = entry
-            .map_err(StoreError::from)
-            .and_then(|(key, positions)| {
-                let found = self.entry_segment(index, &key, positions)?;
-                Ok(found.map(|(v, positions)| {
-                    (v, segment::decode_positions(&positions).collect::<Vec<_>>())
-                }))
-            });
+        let found = entry.and_then(|(key, positions)| {
+            let found = self.entry_segment(index, &key, positions)?;
+            Ok(found.map(|(v, positions)| {
+                (v, segment::decode_positions(&positions).collect::<Vec<_>>())
+            }))
+        });
         let (stored, positions) = match found {
             Ok(Some(found)) => found,
             Ok(None) => return Box::new(std::iter::empty()),
@@ -809,6 +1069,24 @@ impl Store {
                 seg.event(pos).map(|e| (id.as_bytes().to_vec(), Some(e))),
             ))
         }))
+    }
+
+    /// Every entry of the link index as (link ++ segment, positions), its
+    /// spans read as the entries of their segments.
+    #[cfg(test)]
+    pub(super) fn link_index_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in self.inner.events_by_link.iter() {
+            let (key, value) = entry.unwrap();
+            let parts = segment::decode_span(&key_segment(&key).unwrap(), &value).unwrap();
+            for (s, positions) in parts {
+                out.push((
+                    index_key(&key, &s).to_vec(),
+                    segment::encode_positions(&positions),
+                ));
+            }
+        }
+        out
     }
 
     fn event_matches(
@@ -1353,5 +1631,307 @@ mod tests {
         assert!(p.items.is_empty() && p.next_cursor.is_none() && n == 0);
         let got = store.list_events_oldest_first(&all, Some(&[1; 3]), None, 2);
         assert!(matches!(got, Err(StoreError::BadCursor)));
+    }
+
+    /// What a walk of `q` lists from `events`, newest first (ms).
+    fn brute(events: &[ScanEvent], q: &EventQuery) -> Vec<i64> {
+        let mut out: Vec<i64> = events
+            .iter()
+            .filter(|e| e.workspace_id == q.workspace_id && (q.include_bots || !e.bot))
+            .filter(|e| match q.index {
+                EventIndex::Link(l) => e.link_id == l,
+                EventIndex::Workspace => true,
+                EventIndex::Visitor(v) => e.visitor_id == Some(v),
+            })
+            .map(|e| e.timestamp_ms())
+            .filter(|ms| q.from_ms.is_none_or(|f| *ms >= f) && q.to_ms.is_none_or(|t| *ms < t))
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Checks every listing of `links` (unbounded, and bounded at each of
+    /// `cuts` in turn) against `brute`, both ways, and the candidate counts.
+    fn check_links(
+        store: &Store,
+        ws: WorkspaceId,
+        links: &[LinkId],
+        events: &[ScanEvent],
+        cuts: &[i64],
+    ) {
+        for &link in links {
+            let all = query(ws, EventIndex::Link(link));
+            let mut queries = vec![
+                all.clone(),
+                EventQuery {
+                    include_bots: true,
+                    ..all.clone()
+                },
+            ];
+            for (i, &from) in cuts.iter().enumerate() {
+                queries.push(EventQuery {
+                    from_ms: Some(from),
+                    ..all.clone()
+                });
+                queries.push(EventQuery {
+                    to_ms: Some(from),
+                    include_bots: true,
+                    ..all.clone()
+                });
+                for &to in &cuts[i..] {
+                    queries.push(EventQuery {
+                        from_ms: Some(from),
+                        to_ms: Some(to + 1),
+                        ..all.clone()
+                    });
+                }
+            }
+            for q in &queries {
+                let expected = brute(events, q);
+                for page in [1, 3, 1000] {
+                    assert_eq!(walk(store, q, page), expected, "{q:?}, pages of {page}");
+                }
+                let mut up = expected.clone();
+                up.reverse();
+                for page in [1, 4, 1000] {
+                    assert_eq!(walk_up(store, q, None, page), up, "{q:?} up, {page}");
+                }
+                let counted = store.count_event_candidates(q, None).unwrap();
+                let examined = store
+                    .list_events_oldest_first(q, None, None, 10_000)
+                    .unwrap()
+                    .1;
+                assert!(counted >= examined, "{q:?}: {counted} < {examined}");
+                let with_bots = EventQuery {
+                    include_bots: true,
+                    ..q.clone()
+                };
+                assert!(counted >= brute(events, &with_bots).len() as u64, "{q:?}");
+            }
+            let every = EventQuery {
+                include_bots: true,
+                ..all.clone()
+            };
+            assert_eq!(
+                store.count_event_candidates(&every, None).unwrap(),
+                brute(events, &every).len() as u64,
+                "unbounded, the count is exact"
+            );
+        }
+    }
+
+    /// `count` batches of scans from `ms` on, of sizes 1 to 4: link `a` in
+    /// almost every one, `b` in every third, `c` in every seventh; bots now
+    /// and then.
+    fn link_batches(
+        ws: WorkspaceId,
+        [a, b, c]: [LinkId; 3],
+        ms: &mut i64,
+        count: usize,
+    ) -> Vec<Vec<ScanEvent>> {
+        (0..count)
+            .map(|n| {
+                let mut links = Vec::new();
+                if n % 11 != 5 {
+                    links.push(a);
+                }
+                if n % 3 == 0 {
+                    links.push(b);
+                }
+                if n % 7 == 2 {
+                    links.push(c);
+                    links.push(a);
+                }
+                links.push(LinkId::generate());
+                links
+                    .into_iter()
+                    .map(|l| {
+                        *ms += 1;
+                        event(*ms, ws, l, *ms % 5 == 0)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn span_keys(store: &Store, link: &LinkId) -> usize {
+        store
+            .inner
+            .events_by_link
+            .scan_prefix(link.as_bytes())
+            .count()
+    }
+
+    #[test]
+    fn a_links_entries_are_spans_of_segments_that_fill_roll_over_and_list_like_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = [LinkId::generate(), LinkId::generate(), LinkId::generate()];
+        let [a, b, c] = links;
+        let ws = WorkspaceId::generate();
+        let mut ms = 1_000;
+        let mut events = Vec::new();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for batch in link_batches(ws, links, &mut ms, 40) {
+                store.commit_scans(&batch).unwrap();
+                events.extend(batch);
+            }
+            // Link `a` is in 37 of the 40 segments: spans of 16, 16 and 5.
+            assert_eq!(span_keys(&store, &a), 3);
+            assert_eq!(span_keys(&store, &b), 1, "14 segments");
+            assert_eq!(span_keys(&store, &c), 1);
+            // One link, one segment: one key, a span of one.
+            let one = events.last().unwrap().link_id;
+            assert_eq!(span_keys(&store, &one), 1);
+            // Cuts inside spans: in the first, at the edge of two, in the last.
+            let cuts = [1_003, 1_040, 1_047, 1_070, 1_090, 1_200];
+            check_links(&store, ws, &links, &events, &cuts);
+            // Every event is found by ID and through the index.
+            for e in &events {
+                assert_eq!(store.event(&e.id).unwrap().as_ref(), Some(e));
+            }
+        }
+        // Reopened: no open span is known, so the next scans start new ones.
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert!(store.open_spans().is_empty());
+        for batch in link_batches(ws, links, &mut ms, 30) {
+            store.commit_scans(&batch).unwrap();
+            events.extend(batch);
+        }
+        assert_eq!(span_keys(&store, &a), 3 + 2, "28 more segments: 16 and 12");
+        let cuts = [1_003, 1_047, 1_090, 1_110, 1_130, 1_150];
+        check_links(&store, ws, &links, &events, &cuts);
+        // An open span the Purger removed is not written to again.
+        let (span_key, _) = store
+            .inner
+            .events_by_link
+            .scan_prefix(a.as_bytes())
+            .next_back()
+            .unwrap()
+            .unwrap();
+        let value = store
+            .inner
+            .events_by_link
+            .remove(&span_key)
+            .unwrap()
+            .unwrap();
+        let gone = segment::decode_span(&key_segment(&span_key).unwrap(), &value).unwrap();
+        let gone: Vec<[u8; 16]> = gone.into_iter().map(|(s, _)| s).collect();
+        events.retain(|e| {
+            let segment = store
+                .inner
+                .events
+                .range(..=&e.id.as_bytes()[..])
+                .next_back()
+                .unwrap()
+                .unwrap()
+                .0;
+            !(e.link_id == a && gone.iter().any(|g| g[..] == segment[..]))
+        });
+        let before = span_keys(&store, &a);
+        for batch in link_batches(ws, links, &mut ms, 3) {
+            store.commit_scans(&batch).unwrap();
+            events.extend(batch);
+        }
+        assert_eq!(span_keys(&store, &a), before + 1);
+        check_links(&store, ws, &links, &events, &cuts);
+    }
+
+    #[test]
+    fn link_index_entries_of_the_former_layout_are_read_among_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = [LinkId::generate(), LinkId::generate(), LinkId::generate()];
+        let [a, b, c] = links;
+        let ws = WorkspaceId::generate();
+        let mut ms = 1_000;
+        let mut events = Vec::new();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for batch in link_batches(ws, links, &mut ms, 24) {
+                store.commit_scans(&batch).unwrap();
+                events.extend(batch);
+            }
+            // As an older store would hold them: one entry per segment,
+            // positions only, for every segment of links `a` and `b` in the
+            // first 24 batches (and the links of one scan).
+            for link in [a, b] {
+                let index = &store.inner.events_by_link;
+                let spans: Vec<(sled::IVec, sled::IVec)> = index
+                    .scan_prefix(link.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for (key, value) in spans {
+                    index.remove(&key).unwrap();
+                    let parts = segment::decode_span(&key_segment(&key).unwrap(), &value).unwrap();
+                    for (s, positions) in parts {
+                        let old = segment::encode_positions(&positions);
+                        assert_eq!(old.len() % 2, 0);
+                        index.insert(index_key(&key, &s), old).unwrap();
+                    }
+                }
+            }
+            assert!(span_keys(&store, &a) > 16);
+        }
+        // The next scans start spans after them.
+        let store = Store::open(dir.path(), 8).unwrap();
+        let cuts = [1_003, 1_020, 1_040, 1_050, 1_090];
+        check_links(&store, ws, &links, &events, &cuts);
+        let before = span_keys(&store, &a);
+        for batch in link_batches(ws, links, &mut ms, 20) {
+            store.commit_scans(&batch).unwrap();
+            events.extend(batch);
+        }
+        assert_eq!(
+            span_keys(&store, &a),
+            before + 2,
+            "19 more segments: 16 and 3"
+        );
+        let cuts = [1_003, 1_040, 1_060, 1_080, 1_100, 1_120];
+        check_links(&store, ws, &links, &events, &cuts);
+        // The lookups of single entries read both.
+        for (key, positions) in store.link_index_entries() {
+            let (_, found) = store
+                .entry_segment(&store.inner.events_by_link, &key, positions.clone().into())
+                .unwrap()
+                .unwrap();
+            assert_eq!(found[..], positions[..]);
+        }
+        let _ = c;
+    }
+
+    #[test]
+    fn a_link_with_many_scans_per_segment_gets_spans_of_fewer_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let mut events = Vec::new();
+        // 500 scans a segment: 1,018 bytes of it in a span, so 4 fit.
+        for n in 0..10 {
+            let batch = scans(ws, link, n * 500 + 1..=n * 500 + 500);
+            store.commit_scans(&batch).unwrap();
+            events.extend(batch);
+        }
+        assert_eq!(span_keys(&store, &link), 3);
+        let longest = store
+            .inner
+            .events_by_link
+            .iter()
+            .values()
+            .map(|v| v.unwrap().len())
+            .max();
+        assert!(longest <= Some(SPAN_MAX_BYTES), "{longest:?}");
+        let all = query(ws, EventIndex::Link(link));
+        let bounded = EventQuery {
+            from_ms: Some(700),
+            to_ms: Some(4_100),
+            ..all.clone()
+        };
+        for q in [&all, &bounded] {
+            let expected = brute(&events, q);
+            assert_eq!(walk(&store, q, 700), expected);
+            let mut up = expected.clone();
+            up.reverse();
+            assert_eq!(walk_up(&store, q, None, 900), up);
+        }
     }
 }

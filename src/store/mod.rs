@@ -119,8 +119,13 @@ struct Trees {
     /// key = first event_id of a segment (16) → value = pointer to the
     /// segment's body (`bodies.rs`), or (written before) the segment itself
     events: sled::Tree,
-    /// key = link_id (16) ++ segment id (16) → value = positions (u16 BE each)
+    /// key = link_id (16) ++ the first segment id of a span of up to
+    /// `SPAN_SEGMENTS` segments (16) → value = each segment's id and
+    /// positions (u16 BE each); written before spans: key = link_id ++
+    /// segment id → value = positions (`events.rs`)
     events_by_link: sled::Tree,
+    /// The open span of each link recently scanned (`events.rs`).
+    open_spans: Mutex<events::OpenSpans>,
     /// key = workspace_id (16) ++ segment id (16) → value = positions
     events_by_workspace: sled::Tree,
     /// key = visitor_id (16) ++ segment id (16) → value = positions
@@ -234,7 +239,8 @@ impl Store {
             slug_buckets: open(links::SLUG_BUCKETS_TREE)?,
             link_writes: Mutex::new(()),
             events: open(EVENTS_TREE)?,
-            events_by_link: open("events_by_link")?,
+            events_by_link: open(events::LINK_INDEX_TREE)?,
+            open_spans: Mutex::new(events::OpenSpans::new()),
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
@@ -355,6 +361,13 @@ impl Store {
     fn committed_event(&self, last: Option<EventId>) {
         let mut marks = self.marks();
         marks.committed = marks.committed.max(last);
+    }
+
+    fn open_spans(&self) -> std::sync::MutexGuard<'_, events::OpenSpans> {
+        self.inner
+            .open_spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn marks(&self) -> std::sync::MutexGuard<'_, EventMarks> {

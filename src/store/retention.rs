@@ -8,7 +8,10 @@
 //! - every index entry pointing into it, of every owner (link, workspace,
 //!   visitor) and not only the purged workspace's: positions shift when
 //!   events leave a segment, so each entry gets the new positions of its
-//!   owner's remaining events, or is removed when none remain;
+//!   owner's remaining events, or is removed when none remain (a link's
+//!   entry is one segment of a span, see `events.rs`: the span is rewritten
+//!   with that segment's new positions or without it, and removed when it
+//!   is left empty);
 //! - the totals of what was deleted (tree `purged`): per link and per
 //!   workspace the non-bot scans, per workspace all events, so that lifetime
 //!   counters can still be checked as "recount of stored events + purged";
@@ -216,6 +219,22 @@ impl Store {
             Some(body) => Some(t.bodies.append_durable(&[body])?[0].encode()),
             None => None,
         };
+        // The link index holds spans: each link's entry into the segment is
+        // rewritten inside the span holding it (found here, since a
+        // transaction cannot seek; only the Purger removes a span, and new
+        // spans hold only newer segments, so it stays the one).
+        let mut spans: Vec<(sled::IVec, [u8; 16], Option<Vec<u16>>)> = Vec::new();
+        for ((index, entry), value) in &rw.entries {
+            if *index != Index::Link {
+                continue;
+            }
+            if let Some((span_key, _)) = super::events::span_of(&t.events_by_link, entry)? {
+                let positions = value
+                    .as_ref()
+                    .map(|v| segment::decode_positions(v).map(|p| p as u16).collect());
+                spans.push((span_key, *rw.key.as_bytes(), positions));
+            }
+        }
         let trees = (
             &t.events,
             &t.events_by_link,
@@ -238,9 +257,12 @@ impl Store {
                         ev.remove(key)?;
                     }
                 }
+                for (span_key, segment, positions) in &spans {
+                    rewrite_span(by_link, span_key, segment, positions.as_deref())?;
+                }
                 for ((index, entry), value) in &rw.entries {
                     let tree = match index {
-                        Index::Link => by_link,
+                        Index::Link => continue,
                         Index::Workspace => by_ws,
                         Index::Visitor => by_visitor,
                     };
@@ -307,6 +329,43 @@ impl Store {
         }
         Ok(None)
     }
+}
+
+/// Sets the positions of `segment` in the link index's span `span_key` (in
+/// the Purger's transaction), or drops the segment from it (`None`); a span
+/// left empty is removed. A span whose first segment is dropped keeps its
+/// key: readers take a span's key as a lower bound of its segments only.
+/// Nothing changes if the span does not list the segment.
+fn rewrite_span(
+    by_link: &sled::transaction::TransactionalTree,
+    span_key: &[u8],
+    segment: &[u8; 16],
+    positions: Option<&[u16]>,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let Some(value) = by_link.get(span_key)? else {
+        return Ok(());
+    };
+    let first: [u8; 16] = span_key
+        .get(16..32)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| ConflictableTransactionError::Abort(corrupt("short key")))?;
+    let mut parts =
+        segment::decode_span(&first, &value).map_err(ConflictableTransactionError::Abort)?;
+    let Some(i) = parts.iter().position(|(s, _)| s == segment) else {
+        return Ok(());
+    };
+    match positions {
+        Some(p) => parts[i].1 = p.to_vec(),
+        None => {
+            parts.remove(i);
+        }
+    }
+    if parts.is_empty() {
+        by_link.remove(span_key)?;
+    } else {
+        by_link.insert(span_key, segment::encode_span(&parts))?;
+    }
+    Ok(())
 }
 
 /// The rewrite of the segment `stored` (whose workspace index entry `key`
@@ -479,8 +538,14 @@ mod tests {
             .into_iter()
             .enumerate()
             {
-                for entry in tree.iter() {
-                    let (key, positions) = entry.unwrap();
+                let entries: Vec<(Vec<u8>, Vec<u8>)> = if n == 0 {
+                    // Spans, read as the entries of their segments.
+                    self.link_index_entries()
+                } else {
+                    let all = tree.iter().map(|e| e.unwrap());
+                    all.map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+                };
+                for (key, positions) in entries {
                     let owner: [u8; 16] = key[..16].try_into().unwrap();
                     let segment_key = keys::pair_suffix::<EventKind>(&key).unwrap();
                     let stored = self.segment(segment_key.as_bytes()).unwrap();
@@ -843,7 +908,11 @@ mod tests {
         let l2 = f.links[1];
         // Link 2's entry into the straddling segment: positions 2 and 3.
         let key = keys::pair(&l2, &f.batches[2][0].id);
-        let stale = store.inner.events_by_link.get(key).unwrap().unwrap();
+        let index = &store.inner.events_by_link;
+        let stale: sled::IVec = super::super::events::span_positions(index, &key)
+            .unwrap()
+            .unwrap()
+            .into();
         let last = store.last_event_id().unwrap();
         store.purge_all(&f.plan_a(last), 16, false);
         let (stored, positions) = store
@@ -868,5 +937,113 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_purge_inside_link_spans_rewrites_them_and_the_links_listings_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (a, b) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let (la, lb) = (LinkId::generate(), LinkId::generate());
+        let mut e = Events::default();
+        let mut all = Vec::new();
+        // 40 segments, each with two events of `la` (workspace a) around
+        // one of `lb` (workspace b): spans of 16, 16 and 8 for each link.
+        let mut commit = |store: &Store, e: &mut Events, from: i64, to: i64| {
+            for n in from..to {
+                let batch = vec![
+                    e.at(n * 10 + 1, a, la, None, false),
+                    e.at(n * 10 + 2, b, lb, None, false),
+                    e.at(n * 10 + 3, a, la, None, n % 4 == 0),
+                ];
+                store.commit_scans(&batch).unwrap();
+                all.extend(batch);
+            }
+            all.clone()
+        };
+        let events = commit(&store, &mut e, 0, 40);
+        let spans = |l: &LinkId| store.inner.events_by_link.scan_prefix(l.as_bytes()).count();
+        assert_eq!((spans(&la), spans(&lb)), (3, 3));
+        assert_eq!(store.check_indexes(), 120);
+        // Workspace a's events before 202 ms: the whole first span of
+        // `la`, the first four segments of its second and one event of the
+        // fifth; `lb`'s positions shift in each of those segments.
+        let last = store.last_event_id().unwrap();
+        let plan = PurgePlan {
+            workspace: a,
+            before_ms: MS + 202,
+            up_to: last,
+        };
+        let report = store.purge_all(&plan, 3, false);
+        assert_eq!(report.events, 41);
+        assert_eq!(store.check_indexes(), 120 - 41);
+        assert_eq!(spans(&la), 2, "the emptied span is removed");
+        assert_eq!(spans(&lb), 3);
+        let second = keys::pair(&la, &events[16 * 3].id);
+        assert!(
+            store.inner.events_by_link.get(second).unwrap().is_some(),
+            "a span whose first segment went keeps its key"
+        );
+        let kept = |ws: WorkspaceId, l: LinkId, from: i64, to: i64| -> Vec<EventId> {
+            let mut ids: Vec<EventId> = events
+                .iter()
+                .filter(|e| e.workspace_id == ws && e.link_id == l)
+                .filter(|e| !(e.workspace_id == a && e.id.timestamp_ms() < MS + 202))
+                .filter(|e| (MS + from..MS + to).contains(&e.id.timestamp_ms()))
+                .map(|e| e.id)
+                .collect();
+            ids.reverse();
+            ids
+        };
+        assert_eq!(
+            store.listed(a, EventIndex::Link(la)),
+            kept(a, la, 0, i64::MAX / 2)
+        );
+        assert_eq!(
+            store.listed(b, EventIndex::Link(lb)),
+            kept(b, lb, 0, i64::MAX / 2)
+        );
+        // Bounds inside the spans, both ways.
+        for (from, to) in [(0, 205), (150, 260), (203, 204), (241, 333), (300, 400)] {
+            for (ws, l) in [(a, la), (b, lb)] {
+                let q = EventQuery {
+                    workspace_id: ws,
+                    index: EventIndex::Link(l),
+                    from_ms: Some(MS + from),
+                    to_ms: Some(MS + to),
+                    tag: None,
+                    country: None,
+                    device_type: None,
+                    include_bots: true,
+                };
+                let expected = kept(ws, l, from, to);
+                let down = store.list_events(&q, None, 1000).unwrap();
+                let down: Vec<EventId> = down.items.iter().map(|e| e.id).collect();
+                assert_eq!(down, expected, "{from}..{to}");
+                let (up, _) = store
+                    .list_events_oldest_first(&q, None, None, 1000)
+                    .unwrap();
+                let mut up: Vec<EventId> = up.items.iter().map(|e| e.id).collect();
+                up.reverse();
+                assert_eq!(up, expected, "{from}..{to} oldest first");
+                let count = store.count_event_candidates(&q, None).unwrap();
+                assert!(count >= expected.len() as u64);
+            }
+        }
+        // The Recorder's open spans go on; purging all of b empties every
+        // span of `lb`.
+        let events = commit(&store, &mut e, 40, 45);
+        let _ = events;
+        assert_eq!(spans(&la), 2, "the open span took the new segments");
+        let plan = PurgePlan {
+            workspace: b,
+            before_ms: MS + 10_000,
+            up_to: store.last_event_id().unwrap(),
+        };
+        assert_eq!(store.purge_all(&plan, 7, false).events, 45);
+        assert_eq!(spans(&lb), 0);
+        assert_eq!(store.check_indexes(), 120 - 41 - 40 + 10);
+        assert!(store.listed(b, EventIndex::Link(lb)).is_empty());
+        assert_eq!(store.listed(a, EventIndex::Link(la)).len(), 79 - 40 + 10);
     }
 }

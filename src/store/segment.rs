@@ -201,6 +201,88 @@ pub fn decode_positions(bytes: &[u8]) -> impl DoubleEndedIterator<Item = usize> 
         .map(|c| u16::from_be_bytes([c[0], c[1]]) as usize)
 }
 
+/// The byte that ends a span value (`encode_span`).
+const SPAN_FORMAT: u8 = 0x01;
+
+/// The segments of one link index entry (a span), ascending: each
+/// segment's key and the positions of the link's events in it.
+pub type SpanParts = Vec<([u8; 16], Vec<u16>)>;
+
+/// A link index value holding several segments (a span): for each, in
+/// ascending order, `segment key (16) | count (u16 BE) | positions (u16 BE
+/// each)`, then `SPAN_FORMAT`, and a padding byte if the length would be
+/// even otherwise. A span value always has an odd length; a value of the
+/// former layout, positions only, an even one (`decode_span`). (Each
+/// segment takes an even number of bytes, so the padding byte is never
+/// needed in practice: it keeps the parity rule true whatever comes.)
+pub fn encode_span(parts: &[([u8; 16], Vec<u16>)]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|(_, p)| 18 + 2 * p.len()).sum();
+    let mut out = Vec::with_capacity(len + 2);
+    for (segment, positions) in parts {
+        out.extend_from_slice(segment);
+        // A segment holds at most `u16::MAX` events (`Settings` bounds the
+        // batch size), so the count fits.
+        out.extend_from_slice(&(positions.len() as u16).to_be_bytes());
+        for p in positions {
+            out.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    out.push(SPAN_FORMAT);
+    if out.len().is_multiple_of(2) {
+        out.push(0);
+    }
+    out
+}
+
+fn corrupt_span() -> StoreError {
+    StoreError::Codec("link index entry is corrupt".into())
+}
+
+/// The segments of the link index value `value` stored under a key whose
+/// segment part is `key`: a span (odd length, `encode_span`), or a value
+/// of the former layout (even length: the positions in segment `key`
+/// alone). Every segment of a span is at or after `key` (the Purger may
+/// drop a span's first segment and keep its key), in ascending order, with
+/// at least one position.
+pub fn decode_span(key: &[u8; 16], value: &[u8]) -> StoreResult<SpanParts> {
+    if value.len().is_multiple_of(2) {
+        if value.is_empty() {
+            return Err(corrupt_span());
+        }
+        let positions = decode_positions(value).map(|p| p as u16).collect();
+        return Ok(vec![(*key, positions)]);
+    }
+    let body = match value {
+        [body @ .., SPAN_FORMAT] => body,
+        [body @ .., SPAN_FORMAT, 0] => body,
+        _ => return Err(corrupt_span()),
+    };
+    let mut parts: SpanParts = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.len() < 18 {
+            return Err(corrupt_span());
+        }
+        let segment: [u8; 16] = rest[..16].try_into().map_err(|_| corrupt_span())?;
+        let count = u16::from_be_bytes([rest[16], rest[17]]) as usize;
+        let end = 18 + 2 * count;
+        if count == 0 || rest.len() < end {
+            return Err(corrupt_span());
+        }
+        let after = parts.last().map_or(segment >= *key, |(s, _)| segment > *s);
+        if !after {
+            return Err(corrupt_span());
+        }
+        let positions = decode_positions(&rest[18..end]).map(|p| p as u16).collect();
+        parts.push((segment, positions));
+        rest = &rest[end..];
+    }
+    if parts.is_empty() {
+        return Err(corrupt_span());
+    }
+    Ok(parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +434,71 @@ mod tests {
             .keep_only(&[0, 2])
             .unwrap();
         assert!(!kept.windows(12).any(|w| w == b"Ultima Thule"));
+    }
+
+    #[test]
+    fn spans_encode_with_odd_lengths_and_values_of_the_former_layout_still_decode() {
+        let key = [7u8; 16];
+        let mut later = key;
+        later[15] = 9;
+        let mut last = key;
+        last[0] = 8;
+        let parts: SpanParts = vec![
+            (key, vec![0, 3, 300]),
+            (later, vec![1]),
+            (last, vec![65535]),
+        ];
+        for n in 1..=parts.len() {
+            let value = encode_span(&parts[..n]);
+            assert_eq!(value.len() % 2, 1, "{n} segments");
+            assert_eq!(decode_span(&key, &value).unwrap(), parts[..n]);
+        }
+        // A span whose first segment was dropped keeps its key.
+        let value = encode_span(&parts[1..]);
+        assert_eq!(decode_span(&key, &value).unwrap(), parts[1..]);
+        // The former layout: positions in the key's segment alone.
+        let old = encode_positions(&[2, 5]);
+        assert_eq!(decode_span(&key, &old).unwrap(), vec![(key, vec![2, 5])]);
+    }
+
+    #[test]
+    fn corrupt_link_index_values_are_errors() {
+        let key = [7u8; 16];
+        let mut before = key;
+        before[0] = 6;
+        let good = encode_span(&[(key, vec![1, 2]), ([9; 16], vec![4])]);
+        let mut bad: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![SPAN_FORMAT],
+            vec![2],
+            vec![0, 0, 0],
+            encode_span(&[(before, vec![1])]),
+            encode_span(&[([9; 16], vec![1]), (key, vec![1])]),
+            encode_span(&[(key, vec![1]), (key, vec![2])]),
+            encode_span(&[(key, vec![])]),
+        ];
+        // Truncated anywhere, or its format byte changed.
+        for cut in 1..good.len() {
+            if cut == 22 || cut == good.len() - 1 {
+                // Cut after a whole segment: a shorter span, not corrupt.
+                continue;
+            }
+            let mut v = good[..cut].to_vec();
+            if v.len().is_multiple_of(2) {
+                v.push(SPAN_FORMAT);
+            }
+            bad.push(v);
+        }
+        let mut other = good.clone();
+        *other.last_mut().unwrap() = 2;
+        bad.push(other);
+        let mut count = good.clone();
+        count[17] = 200;
+        bad.push(count);
+        for v in &bad {
+            assert!(decode_span(&key, v).is_err(), "{v:?}");
+        }
+        assert!(decode_span(&key, &good).is_ok());
     }
 
     #[test]
