@@ -21,7 +21,8 @@
 //! what a message costs, which the ratio under load cannot isolate.
 //!
 //! Run: `cargo bench --bench redirect_load` (env `LOAD_SECS`, default 8;
-//! `LOAD_ROUNDS`, default 3;
+//! `LOAD_ROUNDS`, default 5 (this machine has spells where a round runs a
+//! third slower than the next; five rounds keep one from setting the median);
 //! `LOAD_ONLY=strict` for the scenarios whose name contains `strict`
 //! (`LOAD_ONLY="=full tracking"` for the one of that exact name);
 //! `LOAD_CLIENT=wrk` to drive both servers with wrk instead of the bench's
@@ -319,6 +320,17 @@ impl Run {
     fn ratio(&self) -> f64 {
         self.load.rps() / self.base.rps()
     }
+
+    /// CPU microseconds of the HTTP workers (actix's threads) per scan.
+    fn http_cpu_per_scan(&self) -> f64 {
+        let ns: u64 = self
+            .cpu
+            .iter()
+            .filter(|(group, _)| group.starts_with("actix-rt"))
+            .map(|(_, ns)| ns)
+            .sum();
+        ns as f64 / 1000.0 / self.redirects.max(1.0)
+    }
 }
 
 /// The first `take` thread groups of `counts` (busiest first), each as its
@@ -432,7 +444,7 @@ fn main() {
     let rounds: usize = std::env::var("LOAD_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     println!(
         "Each round runs the ceiling, then the scenario; the row is the round with the median ratio of {rounds}.\n"
     );
@@ -529,6 +541,12 @@ fn main() {
             }
             runs.push(run);
         }
+        // In the order they ran, with the HTTP workers' CPU per scan: a
+        // scenario's later rounds can run slower than its first.
+        let in_order: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{:.2} ({:.1} µs)", r.ratio(), r.http_cpu_per_scan()))
+            .collect();
         runs.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
         let all: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ratio())).collect();
         let r = &runs[runs.len() / 2];
@@ -557,7 +575,8 @@ fn main() {
         let allocations = per_unit(&r.allocations, 6, scans);
         let base_allocations = per_unit(&r.base_allocations, 2, base_requests);
         let mut detail = format!(
-            "- **{name}**: CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second ({:.0}% of its commits' wall-clock time on the CPU; HTTP workers waited for room in its queue {:.2} times per 1,000 scans), {:.0} events per batch; {:.0} bytes per event (segment values).",
+            "- **{name}**: rounds in the order they ran, ratio (HTTP workers' CPU µs per scan): {}. CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second ({:.0}% of its commits' wall-clock time on the CPU; HTTP workers waited for room in its queue {:.2} times per 1,000 scans), {:.0} events per batch; {:.0} bytes per event (segment values).",
+            in_order.join(", "),
             per_scan.join(", "),
             base_per_request.join(", "),
             allocations.join(", "),
