@@ -8,8 +8,12 @@
 //!   order (IDs are UUIDv7: newest last), and a link is found by seeking to
 //!   the last bucket key at or before `workspace ID ++ link ID`.
 //! - `slug_buckets`: key = 2 bytes of a fixed hash of the slug; value = a
-//!   bucket of slug → workspace ID ++ link ID. At most 65,536 keys whatever
-//!   the number of links.
+//!   bucket of slug → workspace ID ++ link ID, followed by a copy of the
+//!   link's record when it takes at most `SLUG_COPY_MAX` bytes. At most
+//!   65,536 keys whatever the number of links. With the copy, a redirect
+//!   to a link not in the Resolver's cache reads one sled leaf instead of
+//!   two (see `SLUG_COPY_MAX`); without it (a larger record, or a store
+//!   written before copies were kept), the link's bucket is read as well.
 //!
 //! Writes rewrite the buckets they touch (a few KB), under one lock and in
 //! one transaction over both trees; readers see one write or the other.
@@ -53,6 +57,16 @@ const LINKS_PER_BUCKET: usize = 16;
 /// quarter of its log segment to a blob file of its own (see
 /// `LOG_SEGMENT_SIZE`): 128 KiB in a store made with sled's default segment.
 const BUCKET_BYTES: usize = 4 * 1024;
+
+/// Bytes of a link's record up to which its slug's entry carries a copy of
+/// it. A redirect to a link not in the Resolver's cache then reads the
+/// slug's leaf alone: sled reads a leaf not in its cache from its log, one
+/// `pread` per fragment, and the link's leaf (up to 17 buckets of 16 links)
+/// was the larger of the two reads. The bound keeps a slug bucket small
+/// (its key is fixed, so it never splits): a link with a long destination
+/// or a form step is found through its bucket as before. Every write of a
+/// link rewrites both, in one transaction (`apply_link_writes`).
+const SLUG_COPY_MAX: usize = 512;
 
 impl Record for Link {
     const VERSION: u8 = 1;
@@ -250,6 +264,19 @@ pub(super) fn count_workspace_links_once(
     Ok(counts.len())
 }
 
+/// A slug's entry: its link's key (workspace ID ++ link ID), then the
+/// link's record when it takes at most `SLUG_COPY_MAX` bytes.
+fn slug_entry(link: &Link) -> StoreResult<Vec<u8>> {
+    let key = keys::pair(&link.workspace_id, &link.id);
+    let record = codec::encode(link)?;
+    let mut entry = Vec::with_capacity(key.len() + record.len());
+    entry.extend_from_slice(&key);
+    if record.len() <= SLUG_COPY_MAX {
+        entry.extend_from_slice(&record);
+    }
+    Ok(entry)
+}
+
 /// The slug buckets one write reads and changes.
 #[derive(Default)]
 struct SlugBuckets(BTreeMap<[u8; 2], Bucket>);
@@ -276,9 +303,23 @@ impl SlugBuckets {
         if bucket.get(slug.as_bytes()).is_some() {
             return Ok(false);
         }
-        let key = keys::pair(&link.workspace_id, &link.id);
-        bucket.insert(slug.as_bytes(), key.to_vec());
+        bucket.insert(slug.as_bytes(), slug_entry(link)?);
         Ok(true)
+    }
+
+    /// Rewrites the entry of `link`'s slug with its record as it is now, if
+    /// the slug points at it (it does when the link is stored).
+    fn refresh(&mut self, store: &Store, link: &Link) -> StoreResult<()> {
+        let slug = link.slug.as_str();
+        let entry = slug_entry(link)?;
+        let bucket = self.bucket(store, slug)?;
+        let holds = bucket
+            .get(slug.as_bytes())
+            .is_some_and(|now| now.get(..32) == entry.get(..32));
+        if holds {
+            bucket.insert(slug.as_bytes(), entry);
+        }
+        Ok(())
     }
 
     /// Frees `slug`.
@@ -410,6 +451,8 @@ impl Store {
                 return Ok(LinkWrite::SlugTaken);
             }
             slugs.release(self, old.slug.as_str())?;
+        } else {
+            slugs.refresh(self, new)?;
         }
         self.apply_link_writes(&self.link_puts(new)?, &slugs.puts(), None)?;
         Ok(LinkWrite::Written)
@@ -459,14 +502,17 @@ impl Store {
         let Some(raw) = self.inner.slug_buckets.get(slug_bucket_key(slug))? else {
             return Ok(None);
         };
-        match bucket::find(&raw, slug.as_bytes())? {
-            Some(key) => match <[u8; 32]>::try_from(key) {
-                Ok(key) => self.link_at(&key),
-                Err(_) => Err(StoreError::Codec(
-                    "a slug's link key is not 32 bytes".into(),
-                )),
-            },
-            None => Ok(None),
+        let Some(entry) = bucket::find(&raw, slug.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some((key, copy)) = entry.split_first_chunk::<32>() else {
+            return Err(StoreError::Codec(
+                "a slug's link key is not 32 bytes".into(),
+            ));
+        };
+        match copy.is_empty() {
+            true => self.link_at(key),
+            false => codec::decode(copy).map(Some),
         }
     }
 
@@ -798,6 +844,90 @@ mod tests {
         for l in &links {
             assert_found(&store, l);
         }
+    }
+
+    /// The entry of `slug` in its slug bucket, as stored.
+    fn slug_entry_of(store: &Store, slug: &str) -> Option<Vec<u8>> {
+        let raw = store
+            .inner
+            .slug_buckets
+            .get(slug_bucket_key(slug))
+            .unwrap()?;
+        bucket::find(&raw, slug.as_bytes())
+            .unwrap()
+            .map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn a_slugs_entry_carries_its_links_record_and_every_write_keeps_it_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let first = link(ws, "copied");
+        store.insert_link(&first).unwrap();
+        let entry = slug_entry_of(&store, "copied").unwrap();
+        assert_eq!(entry[..32], keys::pair(&ws, &first.id));
+        assert_eq!(codec::decode::<Link>(&entry[32..]).unwrap(), first);
+        assert_found(&store, &first);
+
+        // An edit that keeps the slug rewrites the copy with the link.
+        let mut edited = first.clone();
+        edited.destination = crate::domain::Destination::parse("https://example.com/new").unwrap();
+        store.replace_link(&first, &edited).unwrap();
+        assert_found(&store, &edited);
+        let entry = slug_entry_of(&store, "copied").unwrap();
+        assert_eq!(codec::decode::<Link>(&entry[32..]).unwrap(), edited);
+
+        // A record past the bound: the entry is the key alone, and the link
+        // is found through its bucket; back under it, the copy returns.
+        let mut big = edited.clone();
+        big.destination = crate::domain::Destination::parse(&format!(
+            "https://example.com/{}",
+            "b".repeat(SLUG_COPY_MAX)
+        ))
+        .unwrap();
+        store.replace_link(&edited, &big).unwrap();
+        assert_eq!(slug_entry_of(&store, "copied").unwrap().len(), 32);
+        assert_found(&store, &big);
+        store.replace_link(&big, &edited).unwrap();
+        assert!(slug_entry_of(&store, "copied").unwrap().len() > 32);
+        assert_found(&store, &edited);
+
+        // A slug moved: the old one is free, the new one carries the link.
+        let mut moved = edited.clone();
+        moved.slug = crate::domain::Slug::parse("moved").unwrap();
+        store.replace_link(&edited, &moved).unwrap();
+        assert_eq!(slug_entry_of(&store, "copied"), None);
+        assert_eq!(store.link_by_slug("copied").unwrap(), None);
+        assert_found(&store, &moved);
+
+        // An entry of a store written before copies (the key alone) is
+        // still read, through the link's bucket.
+        let bucket_key = slug_bucket_key("moved");
+        let mut slugs =
+            Bucket::decode(&store.inner.slug_buckets.get(bucket_key).unwrap().unwrap()).unwrap();
+        slugs.insert(b"moved", keys::pair(&ws, &moved.id).to_vec());
+        store
+            .inner
+            .slug_buckets
+            .insert(bucket_key, slugs.encode())
+            .unwrap();
+        assert_found(&store, &moved);
+
+        // An edit of a link the slug does not point at leaves the slug be.
+        let other = link(ws, "other");
+        store.insert_link(&other).unwrap();
+        let mut impostor = moved.clone();
+        impostor.slug = crate::domain::Slug::parse("other").unwrap();
+        let mut impostor_edit = impostor.clone();
+        impostor_edit.destination =
+            crate::domain::Destination::parse("https://example.com/impostor").unwrap();
+        store.replace_link(&impostor, &impostor_edit).unwrap();
+        assert_eq!(store.link_by_slug("other").unwrap(), Some(other.clone()));
+
+        store.delete_link(&other).unwrap();
+        assert_eq!(slug_entry_of(&store, "other"), None);
+        assert_eq!(store.link_by_slug("other").unwrap(), None);
     }
 
     #[test]
