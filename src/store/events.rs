@@ -271,9 +271,23 @@ fn key_link(key: &[u8; 32]) -> [u8; 16] {
     owner
 }
 
-/// Whether `tree` is the link index, whose values are spans.
-fn is_link_index(tree: &sled::Tree) -> bool {
-    &tree.name()[..] == LINK_INDEX_TREE.as_bytes()
+/// An event index, as its readers walk it.
+#[derive(Clone, Copy)]
+pub(super) enum IndexTree<'a> {
+    /// A key per (owner, segment), valued by the owner's positions in the
+    /// segment: the workspace and visitor indexes.
+    Segments(&'a sled::Tree),
+    /// The link index: a key per span of a link's segments, valued by
+    /// `segment::encode_span`.
+    Spans(&'a sled::Tree),
+}
+
+impl<'a> IndexTree<'a> {
+    pub(super) fn tree(self) -> &'a sled::Tree {
+        match self {
+            IndexTree::Segments(tree) | IndexTree::Spans(tree) => tree,
+        }
+    }
 }
 
 /// The key and value of the span of the link index holding the segment of
@@ -395,7 +409,7 @@ type IndexEntries<'a> = Box<dyn Iterator<Item = StoreResult<(sled::IVec, sled::I
 /// The index a query walks: its tree, the owner's prefix in it, and for a
 /// visitor the keys of its home segments without an entry (`home_keys`).
 struct Walked<'a> {
-    tree: &'a sled::Tree,
+    tree: IndexTree<'a>,
     owner: &'a [u8; 16],
     homes: Vec<[u8; 32]>,
 }
@@ -704,16 +718,19 @@ impl Store {
     /// tried. `None`: the segment is gone.
     pub(super) fn entry_segment(
         &self,
-        index: &sled::Tree,
+        index: IndexTree<'_>,
         key: &[u8],
         mut positions: sled::IVec,
     ) -> StoreResult<Option<(Stored, sled::IVec)>> {
         let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
             return Ok(None);
         };
-        if is_link_index(index) {
-            return self.span_entry_segment(index, key, &segment_id, positions);
-        }
+        let index = match index {
+            IndexTree::Spans(tree) => {
+                return self.span_entry_segment(tree, key, &segment_id, positions);
+            }
+            IndexTree::Segments(tree) => tree,
+        };
         if positions.is_empty() {
             // A home segment (see the module documentation): positions read
             // from the segment, unless a rewrite has given it an entry since.
@@ -801,10 +818,10 @@ impl Store {
     /// Whether visitor `id` has a stored event in workspace `ws` (a visitor's
     /// events are all of one workspace, so its first indexed one tells).
     pub fn visitor_has_events_in(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<bool> {
-        let index = &self.inner.events_by_visitor;
+        let index = IndexTree::Segments(&self.inner.events_by_visitor);
         // Homes last: reading one decodes its segment's visitors.
         let homes = self.home_keys(id)?.into_iter().map(|h| Ok(home_entry(h)));
-        for entry in index.scan_prefix(id.as_bytes()).chain(homes) {
+        for entry in index.tree().scan_prefix(id.as_bytes()).chain(homes) {
             let (key, positions) = entry?;
             let Some((stored, positions)) = self.entry_segment(index, &key, positions)? else {
                 continue;
@@ -873,12 +890,20 @@ impl Store {
         let t = &self.inner;
         let (tree, owner, homes) = match &q.index {
             EventIndex::Workspace => (
-                &t.events_by_workspace,
+                IndexTree::Segments(&t.events_by_workspace),
                 q.workspace_id.as_bytes(),
                 Vec::new(),
             ),
-            EventIndex::Link(id) => (&t.events_by_link, id.as_bytes(), Vec::new()),
-            EventIndex::Visitor(id) => (&t.events_by_visitor, id.as_bytes(), self.home_keys(id)?),
+            EventIndex::Link(id) => (
+                IndexTree::Spans(&t.events_by_link),
+                id.as_bytes(),
+                Vec::new(),
+            ),
+            EventIndex::Visitor(id) => (
+                IndexTree::Segments(&t.events_by_visitor),
+                id.as_bytes(),
+                self.home_keys(id)?,
+            ),
         };
         Ok(Walked { tree, owner, homes })
     }
@@ -917,12 +942,13 @@ impl Store {
     /// their places among the entries as entries with empty positions.
     fn index_range<'a>(
         &self,
-        tree: &'a sled::Tree,
+        index: IndexTree<'a>,
         owner: &[u8; 16],
         homes: Vec<[u8; 32]>,
         bounds: Bounds,
         dir: Direction,
     ) -> StoreResult<IndexEntries<'a>> {
+        let tree = index.tree();
         let key = |suffix: &[u8; 16]| -> Vec<u8> { [&owner[..], &suffix[..]].concat() };
         let end = key(&bounds.upper.unwrap_or([0xff; 16]));
         let start = match (dir, bounds.lower) {
@@ -946,7 +972,7 @@ impl Store {
             Direction::NewestFirst => Box::new(range.rev()),
             Direction::OldestFirst => Box::new(range),
         };
-        if is_link_index(tree) {
+        if let IndexTree::Spans(_) = index {
             // Each span read as the entries of its segments.
             return Ok(Box::new(raw.flat_map(move |entry| {
                 let entries = entry
@@ -1027,7 +1053,7 @@ impl Store {
     /// the start of the bounds are skipped.
     fn segment_candidates(
         &self,
-        index: &sled::Tree,
+        index: IndexTree<'_>,
         entry: StoreResult<(sled::IVec, sled::IVec)>,
         bounds: Bounds,
         dir: Direction,
@@ -1891,7 +1917,11 @@ mod tests {
         // The lookups of single entries read both.
         for (key, positions) in store.link_index_entries() {
             let (_, found) = store
-                .entry_segment(&store.inner.events_by_link, &key, positions.clone().into())
+                .entry_segment(
+                    IndexTree::Spans(&store.inner.events_by_link),
+                    &key,
+                    positions.clone().into(),
+                )
                 .unwrap()
                 .unwrap();
             assert_eq!(found[..], positions[..]);

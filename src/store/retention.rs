@@ -42,7 +42,7 @@ use std::ops::Bound;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use super::events::Stored;
+use super::events::{IndexTree, Stored};
 use super::links::decode_count;
 use super::segment::{self, Segment};
 use super::{Store, StoreError, StoreResult, keys};
@@ -189,7 +189,7 @@ impl Store {
         positions: sled::IVec,
         dry_run: bool,
     ) -> StoreResult<(PurgeReport, bool)> {
-        let index = &self.inner.events_by_workspace;
+        let index = IndexTree::Segments(&self.inner.events_by_workspace);
         let mut positions = positions;
         // Only a concurrent rewrite of the same segment makes a try fail.
         for _ in 0..8 {
@@ -314,8 +314,8 @@ impl Store {
 
     /// The ID of the oldest stored event of `ws`, bots included.
     pub fn oldest_event_id(&self, ws: &WorkspaceId) -> StoreResult<Option<EventId>> {
-        let index = &self.inner.events_by_workspace;
-        for entry in index.scan_prefix(ws.as_bytes()) {
+        let index = IndexTree::Segments(&self.inner.events_by_workspace);
+        for entry in index.tree().scan_prefix(ws.as_bytes()) {
             let (key, positions) = entry?;
             if let Some((stored, positions)) = self.entry_segment(index, &key, positions)? {
                 let seg = Segment::parse(&stored.body)?;
@@ -916,7 +916,11 @@ mod tests {
         let last = store.last_event_id().unwrap();
         store.purge_all(&f.plan_a(last), 16, false);
         let (stored, positions) = store
-            .entry_segment(&store.inner.events_by_link, &key, stale.clone())
+            .entry_segment(
+                IndexTree::Spans(&store.inner.events_by_link),
+                &key,
+                stale.clone(),
+            )
             .unwrap()
             .unwrap();
         assert_ne!(positions, stale);
@@ -933,7 +937,11 @@ mod tests {
         let removed = keys::pair(&f.links[0], &f.batches[0][0].id);
         assert!(
             store
-                .entry_segment(&store.inner.events_by_link, &removed, stale)
+                .entry_segment(
+                    IndexTree::Spans(&store.inner.events_by_link),
+                    &removed,
+                    stale
+                )
                 .unwrap()
                 .is_none()
         );
