@@ -265,16 +265,16 @@ pub(super) fn count_workspace_links_once(
 }
 
 /// A slug's entry: its link's key (workspace ID ++ link ID), then the
-/// link's record when it takes at most `SLUG_COPY_MAX` bytes.
-fn slug_entry(link: &Link) -> StoreResult<Vec<u8>> {
+/// link's record (`record`, encoded) when it takes at most `SLUG_COPY_MAX`
+/// bytes.
+fn slug_entry(link: &Link, record: &[u8]) -> Vec<u8> {
     let key = keys::pair(&link.workspace_id, &link.id);
-    let record = codec::encode(link)?;
     let mut entry = Vec::with_capacity(key.len() + record.len());
     entry.extend_from_slice(&key);
     if record.len() <= SLUG_COPY_MAX {
-        entry.extend_from_slice(&record);
+        entry.extend_from_slice(record);
     }
-    Ok(entry)
+    entry
 }
 
 /// The slug buckets one write reads and changes.
@@ -297,21 +297,21 @@ impl SlugBuckets {
 
     /// Points `link`'s slug at it, unless another link holds the slug;
     /// answers whether it did.
-    fn claim(&mut self, store: &Store, link: &Link) -> StoreResult<bool> {
+    fn claim(&mut self, store: &Store, link: &Link, record: &[u8]) -> StoreResult<bool> {
         let slug = link.slug.as_str();
         let bucket = self.bucket(store, slug)?;
         if bucket.get(slug.as_bytes()).is_some() {
             return Ok(false);
         }
-        bucket.insert(slug.as_bytes(), slug_entry(link)?);
+        bucket.insert(slug.as_bytes(), slug_entry(link, record));
         Ok(true)
     }
 
     /// Rewrites the entry of `link`'s slug with its record as it is now, if
     /// the slug points at it (it does when the link is stored).
-    fn refresh(&mut self, store: &Store, link: &Link) -> StoreResult<()> {
+    fn refresh(&mut self, store: &Store, link: &Link, record: &[u8]) -> StoreResult<()> {
         let slug = link.slug.as_str();
-        let entry = slug_entry(link)?;
+        let entry = slug_entry(link, record);
         let bucket = self.bucket(store, slug)?;
         let holds = bucket
             .get(slug.as_bytes())
@@ -340,9 +340,10 @@ impl Store {
         bucket::holding(&self.inner.link_buckets, key)
     }
 
-    /// The writes that set `link` (new or replacing itself) in its bucket,
-    /// splitting the bucket when it grows past its bounds.
-    fn link_puts(&self, link: &Link) -> StoreResult<Vec<Put>> {
+    /// The writes that set `link` (new or replacing itself; `record`, its
+    /// encoding) in its bucket, splitting the bucket when it grows past its
+    /// bounds.
+    fn link_puts(&self, link: &Link, record: &[u8]) -> StoreResult<Vec<Put>> {
         let key = keys::pair(&link.workspace_id, &link.id);
         let id = link.id.as_bytes();
         let mut puts = Vec::with_capacity(3);
@@ -367,7 +368,7 @@ impl Store {
                 }
             }
         };
-        bucket.insert(id, codec::encode(link)?);
+        bucket.insert(id, record.to_vec());
         if bucket.len() > LINKS_PER_BUCKET || (bucket.len() > 1 && bucket.size() > BUCKET_BYTES) {
             let upper = bucket.split_after_insert_of(id);
             if let Some(first) = upper.first_key() {
@@ -433,11 +434,12 @@ impl Store {
     pub fn insert_link(&self, link: &Link) -> StoreResult<LinkWrite> {
         let _one_writer = self.link_writer();
         let mut slugs = SlugBuckets::default();
-        if !slugs.claim(self, link)? {
+        let record = codec::encode(link)?;
+        if !slugs.claim(self, link, &record)? {
             return Ok(LinkWrite::SlugTaken);
         }
         let added = Some((&link.workspace_id, 1));
-        self.apply_link_writes(&self.link_puts(link)?, &slugs.puts(), added)?;
+        self.apply_link_writes(&self.link_puts(link, &record)?, &slugs.puts(), added)?;
         Ok(LinkWrite::Written)
     }
 
@@ -446,15 +448,16 @@ impl Store {
     pub fn replace_link(&self, old: &Link, new: &Link) -> StoreResult<LinkWrite> {
         let _one_writer = self.link_writer();
         let mut slugs = SlugBuckets::default();
+        let record = codec::encode(new)?;
         if old.slug != new.slug {
-            if !slugs.claim(self, new)? {
+            if !slugs.claim(self, new, &record)? {
                 return Ok(LinkWrite::SlugTaken);
             }
             slugs.release(self, old.slug.as_str())?;
         } else {
-            slugs.refresh(self, new)?;
+            slugs.refresh(self, new, &record)?;
         }
-        self.apply_link_writes(&self.link_puts(new)?, &slugs.puts(), None)?;
+        self.apply_link_writes(&self.link_puts(new, &record)?, &slugs.puts(), None)?;
         Ok(LinkWrite::Written)
     }
 
