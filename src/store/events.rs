@@ -1788,20 +1788,32 @@ mod tests {
             .count()
     }
 
-    #[test]
-    fn a_links_entries_are_spans_of_segments_that_fill_roll_over_and_list_like_every_event() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Three links of a new workspace scanned into `segments` segments
+    /// (`link_batches` from 1,000 ms on): the workspace, the links, the
+    /// next millisecond and the events committed.
+    fn three_links_scanned(
+        store: &Store,
+        segments: usize,
+    ) -> (WorkspaceId, [LinkId; 3], i64, Vec<ScanEvent>) {
         let links = [LinkId::generate(), LinkId::generate(), LinkId::generate()];
-        let [a, b, c] = links;
         let ws = WorkspaceId::generate();
         let mut ms = 1_000;
         let mut events = Vec::new();
+        for batch in link_batches(ws, links, &mut ms, segments) {
+            store.commit_scans(&batch).unwrap();
+            events.extend(batch);
+        }
+        (ws, links, ms, events)
+    }
+
+    #[test]
+    fn a_links_entries_are_spans_of_segments_that_fill_roll_over_and_list_like_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws, links, mut ms, mut events);
         {
             let store = Store::open(dir.path(), 8).unwrap();
-            for batch in link_batches(ws, links, &mut ms, 40) {
-                store.commit_scans(&batch).unwrap();
-                events.extend(batch);
-            }
+            (ws, links, ms, events) = three_links_scanned(&store, 40);
+            let [a, b, c] = links;
             // Link `a` is in 37 of the 40 segments: spans of 16, 16 and 5.
             assert_eq!(span_keys(&store, &a), 3);
             assert_eq!(span_keys(&store, &b), 1, "14 segments");
@@ -1818,6 +1830,7 @@ mod tests {
             }
         }
         // Reopened: no open span is known, so the next scans start new ones.
+        let [a, ..] = links;
         let store = Store::open(dir.path(), 8).unwrap();
         assert!(store.open_spans().is_empty());
         for batch in link_batches(ws, links, &mut ms, 30) {
@@ -1866,17 +1879,11 @@ mod tests {
     #[test]
     fn link_index_entries_of_the_former_layout_are_read_among_spans() {
         let dir = tempfile::tempdir().unwrap();
-        let links = [LinkId::generate(), LinkId::generate(), LinkId::generate()];
-        let [a, b, c] = links;
-        let ws = WorkspaceId::generate();
-        let mut ms = 1_000;
-        let mut events = Vec::new();
+        let (ws, links, mut ms, mut events);
         {
             let store = Store::open(dir.path(), 8).unwrap();
-            for batch in link_batches(ws, links, &mut ms, 24) {
-                store.commit_scans(&batch).unwrap();
-                events.extend(batch);
-            }
+            (ws, links, ms, events) = three_links_scanned(&store, 24);
+            let [a, b, _] = links;
             // As an older store would hold them: one entry per segment,
             // positions only, for every segment of links `a` and `b` in the
             // first 24 batches (and the links of one scan).
@@ -1899,6 +1906,7 @@ mod tests {
             assert!(span_keys(&store, &a) > 16);
         }
         // The next scans start spans after them.
+        let [a, ..] = links;
         let store = Store::open(dir.path(), 8).unwrap();
         let cuts = [1_003, 1_020, 1_040, 1_050, 1_090];
         check_links(&store, ws, &links, &events, &cuts);
@@ -1926,7 +1934,6 @@ mod tests {
                 .unwrap();
             assert_eq!(found[..], positions[..]);
         }
-        let _ = c;
     }
 
     #[test]
