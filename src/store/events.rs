@@ -288,6 +288,16 @@ impl<'a> IndexTree<'a> {
             IndexTree::Segments(tree) | IndexTree::Spans(tree) => tree,
         }
     }
+
+    /// The positions (encoded) of the entry `key` (owner ++ segment) as
+    /// stored now: its value, or its part of the span holding it
+    /// (`span_positions`); `None` when there is none.
+    fn positions(self, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
+        match self {
+            IndexTree::Segments(tree) => Ok(tree.get(key)?),
+            IndexTree::Spans(tree) => Ok(span_positions(tree, key)?.map(sled::IVec::from)),
+        }
+    }
 }
 
 /// The key and value of the span of the link index holding the segment of
@@ -715,7 +725,8 @@ impl Store {
     /// after the segment: if it is unchanged, entry and segment belong
     /// together (a rewrite changes both at once, and positions only ever
     /// shrink, so an equal entry is the same entry); if not, the new one is
-    /// tried. `None`: the segment is gone.
+    /// tried. In the link index the entry is read from the span holding it
+    /// (`IndexTree::positions`). `None`: the segment is gone.
     pub(super) fn entry_segment(
         &self,
         index: IndexTree<'_>,
@@ -725,13 +736,8 @@ impl Store {
         let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
             return Ok(None);
         };
-        let index = match index {
-            IndexTree::Spans(tree) => {
-                return self.span_entry_segment(tree, key, &segment_id, positions);
-            }
-            IndexTree::Segments(tree) => tree,
-        };
-        if positions.is_empty() {
+        // Only the visitor index has homes; a span lists no empty entry.
+        if let (IndexTree::Segments(tree), true) = (index, positions.is_empty()) {
             // A home segment (see the module documentation): positions read
             // from the segment, unless a rewrite has given it an entry since.
             let Some(visitor) = VisitorId::from_slice(key) else {
@@ -740,7 +746,7 @@ impl Store {
             let Some(stored) = self.segment(segment_id.as_bytes())? else {
                 return Ok(None);
             };
-            match index.get(key)? {
+            match tree.get(key)? {
                 Some(entry) => positions = entry,
                 None => {
                     let found = positions_of(&Segment::parse(&stored.body)?, &visitor)?;
@@ -756,35 +762,9 @@ impl Store {
             let Some(stored) = self.segment(segment_id.as_bytes())? else {
                 return Ok(None);
             };
-            match index.get(key)? {
+            match index.positions(key)? {
                 Some(now) if now == positions => return Ok(Some((stored, positions))),
                 Some(now) => positions = now,
-                None => return Ok(None),
-            }
-        }
-        Err(StoreError::Codec(
-            "an event segment kept changing while it was read".into(),
-        ))
-    }
-
-    /// `entry_segment` in the link index: the entry of segment `segment`
-    /// (`key`: link ++ segment) is part of the span holding it, the last
-    /// one keyed at or before `key` (`span_positions`).
-    fn span_entry_segment(
-        &self,
-        index: &sled::Tree,
-        key: &[u8],
-        segment: &EventId,
-        mut positions: sled::IVec,
-    ) -> StoreResult<Option<(Stored, sled::IVec)>> {
-        // A segment is rewritten once per Purger pass at most: a few tries do.
-        for _ in 0..16 {
-            let Some(stored) = self.segment(segment.as_bytes())? else {
-                return Ok(None);
-            };
-            match span_positions(index, key)? {
-                Some(now) if now[..] == positions[..] => return Ok(Some((stored, positions))),
-                Some(now) => positions = now.into(),
                 None => return Ok(None),
             }
         }
