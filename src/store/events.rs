@@ -150,7 +150,7 @@ fn index_key(owner: &[u8], segment: &[u8; 16]) -> [u8; 32] {
 }
 
 /// The segment part of an index key.
-fn key_segment(key: &[u8]) -> StoreResult<[u8; 16]> {
+pub(super) fn key_segment(key: &[u8]) -> StoreResult<[u8; 16]> {
     key.get(16..32)
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| StoreError::Codec("an event index key is short".into()))

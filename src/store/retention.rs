@@ -345,10 +345,8 @@ fn rewrite_span(
     let Some(value) = by_link.get(span_key)? else {
         return Ok(());
     };
-    let first: [u8; 16] = span_key
-        .get(16..32)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| ConflictableTransactionError::Abort(corrupt("short key")))?;
+    let first =
+        super::events::key_segment(span_key).map_err(ConflictableTransactionError::Abort)?;
     let mut parts =
         segment::decode_span(&first, &value).map_err(ConflictableTransactionError::Abort)?;
     let Some(i) = parts.iter().position(|(s, _)| s == segment) else {
