@@ -7,9 +7,10 @@
 //!   the next bucket's key. A workspace's links are one key range, in ID
 //!   order (IDs are UUIDv7: newest last), and a link is found by seeking to
 //!   the last bucket key at or before `workspace ID ++ link ID`.
-//! - `slug_buckets`: key = 2 bytes of a fixed hash of the slug; value = a
-//!   bucket of slug → workspace ID ++ link ID, followed by a copy of the
-//!   link's record when it takes at most `SLUG_COPY_MAX` bytes. At most
+//! - `slug_hash_buckets`: key = 2 bytes of a fixed hash of the slug
+//!   (`slug_bucket_key`); value = a bucket of slug → workspace ID ++ link
+//!   ID, followed by a copy of the link's record when it takes at most
+//!   `SLUG_COPY_MAX` bytes. At most
 //!   65,536 keys whatever the number of links. With the copy, a redirect
 //!   to a link not in the Resolver's cache reads one sled leaf instead of
 //!   two (see `SLUG_COPY_MAX`); without it (a larger record, or a store
@@ -95,8 +96,11 @@ impl LinkQuery {
 
 /// The tree of link buckets.
 pub(super) const LINK_BUCKETS_TREE: &str = "link_buckets";
-/// The tree of slug buckets.
-pub(super) const SLUG_BUCKETS_TREE: &str = "slug_buckets";
+/// The tree of slug buckets (keyed by `slug_bucket_key`).
+pub(super) const SLUG_BUCKETS_TREE: &str = "slug_hash_buckets";
+/// The slug buckets of the layout before that, keyed by the top 16 bits of
+/// FNV-1a alone (`fnv_bucket_key`).
+const FNV_SLUG_BUCKETS: &str = "slug_buckets";
 /// The trees of the layout before buckets: a link under `workspace ID ++
 /// link ID`, a slug mapping to that key (two sled keys per link).
 const KEYED_LINKS: &str = "workspace_links";
@@ -107,16 +111,42 @@ const KEYED_SLUGS: &str = "slugs";
 const FORMER_LINKS: &str = "links";
 const FORMER_BY_WORKSPACE: &str = "links_by_workspace";
 
-/// The slug bucket of `slug`: the top 16 bits of its 64-bit FNV-1a hash
-/// (fixed, so the same in every version and on every machine).
-fn slug_bucket_key(slug: &str) -> [u8; 2] {
+/// Bytes of slug entries a move holds in memory before it writes them.
+const SLUG_MOVE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The 64-bit FNV-1a hash of `slug`.
+fn fnv1a(slug: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in slug.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let top = (h >> 48) as u16;
-    top.to_be_bytes()
+    h
+}
+
+/// The slug bucket of `slug`: the top 16 bits of its FNV-1a hash mixed by
+/// MurmurHash3's 64-bit finalizer (fixed, so the same in every version and
+/// on every machine).
+///
+/// FNV-1a's last steps never reach its top bits: the last byte moves bits
+/// 0 to 47 only, the one before it barely more. Slugs that differ at the
+/// end (`table-01`, `table-02`, ...) shared a bucket: 100,000 slugs
+/// `r0000000` to `r0099999` filled 9,824 buckets of about ten entries
+/// instead of some 51,000 of one or two, and a redirect to one of them not
+/// in the Resolver's cache read and searched ten of them. The finalizer
+/// lets every byte move every bit.
+fn slug_bucket_key(slug: &str) -> [u8; 2] {
+    let mut h = fnv1a(slug);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    ((h >> 48) as u16).to_be_bytes()
+}
+
+/// The key of `slug`'s bucket in `FNV_SLUG_BUCKETS`.
+#[cfg(test)]
+fn fnv_bucket_key(slug: &str) -> [u8; 2] {
+    ((fnv1a(slug) >> 48) as u16).to_be_bytes()
 }
 
 /// A bucket key to write (`Some`) or remove (`None`).
@@ -126,6 +156,66 @@ type Put = (Vec<u8>, Option<Vec<u8>>);
 fn put(key: &[u8], bucket: &Bucket) -> Put {
     let value = (!bucket.is_empty()).then(|| bucket.encode());
     (key.to_vec(), value)
+}
+
+/// Moves the slug entries of a store whose buckets were keyed by FNV-1a
+/// alone (`FNV_SLUG_BUCKETS`) into buckets keyed by `slug_bucket_key`, then
+/// drops the former tree (`layout`); answers how many moved. The entries
+/// move as they are, copies of links included. The new tree is emptied
+/// first: while the former one is still there, what it holds is a move cut
+/// short, done again from the start. At most `SLUG_MOVE_BYTES` of entries
+/// wait in memory; each write merges them into the buckets written before.
+pub(super) fn move_slugs_of_former_hash(db: &sled::Db, slugs: &sled::Tree) -> StoreResult<usize> {
+    move_slugs_holding(db, slugs, SLUG_MOVE_BYTES)
+}
+
+fn move_slugs_holding(db: &sled::Db, slugs: &sled::Tree, bound: usize) -> StoreResult<usize> {
+    if !layout::has_tree(db, FNV_SLUG_BUCKETS) {
+        return Ok(0);
+    }
+    let former = db.open_tree(FNV_SLUG_BUCKETS)?;
+    slugs.clear()?;
+    let mut waiting: BTreeMap<[u8; 2], Vec<bucket::Entry>> = BTreeMap::new();
+    let (mut held, mut moved) = (0, 0);
+    for item in former.iter() {
+        let (_, raw) = item?;
+        for entry in bucket::Entries::new(&raw)? {
+            let (slug, value) = entry?;
+            let text = std::str::from_utf8(slug)
+                .map_err(|_| StoreError::Codec("a slug is not UTF-8".into()))?;
+            waiting
+                .entry(slug_bucket_key(text))
+                .or_default()
+                .push((slug.to_vec(), value.to_vec()));
+            held += slug.len() + value.len();
+            moved += 1;
+        }
+        if held >= bound {
+            merge_slug_entries(slugs, std::mem::take(&mut waiting))?;
+            held = 0;
+        }
+    }
+    merge_slug_entries(slugs, waiting)?;
+    layout::drop_trees(db, &[FNV_SLUG_BUCKETS])?;
+    Ok(moved)
+}
+
+/// Adds `waiting` to the slug buckets `slugs` holds under their keys.
+fn merge_slug_entries(
+    slugs: &sled::Tree,
+    waiting: BTreeMap<[u8; 2], Vec<bucket::Entry>>,
+) -> StoreResult<usize> {
+    let merged = waiting.into_iter().map(|(key, entries)| {
+        let mut bucket = match slugs.get(key)? {
+            Some(raw) => Bucket::decode(&raw)?,
+            None => Bucket::default(),
+        };
+        for (slug, value) in entries {
+            bucket.insert(&slug, value);
+        }
+        Ok((key.to_vec().into(), Some(bucket.encode().into())))
+    });
+    layout::write_in_batches(slugs, merged)
 }
 
 /// Moves the links a store of an earlier layout holds into buckets and
@@ -979,6 +1069,128 @@ mod tests {
         store.delete_link(&lb).unwrap();
         assert_found(&store, &la);
         assert_eq!(store.link_by_slug(&b).unwrap(), None);
+    }
+
+    /// Moves every slug entry of the current buckets into buckets keyed by
+    /// FNV-1a alone, as a store written before `slug_bucket_key` mixed it.
+    fn to_fnv_layout(store: &Store) {
+        let former = store.inner.db.open_tree(FNV_SLUG_BUCKETS).unwrap();
+        let mut by_key: BTreeMap<[u8; 2], Bucket> = BTreeMap::new();
+        for item in store.inner.slug_buckets.iter() {
+            let (_, raw) = item.unwrap();
+            for entry in bucket::Entries::new(&raw).unwrap() {
+                let (slug, value) = entry.unwrap();
+                let key = fnv_bucket_key(std::str::from_utf8(slug).unwrap());
+                by_key.entry(key).or_default().insert(slug, value.to_vec());
+            }
+        }
+        for (key, bucket) in by_key {
+            former.insert(key, bucket.encode()).unwrap();
+        }
+        store.inner.slug_buckets.clear().unwrap();
+    }
+
+    /// 300 links with slugs that differ at the end, one of them too large
+    /// for its slug's entry to carry a copy.
+    fn sequential_links(ws: WorkspaceId) -> Vec<Link> {
+        let mut links: Vec<Link> = (0..300).map(|i| link(ws, &format!("t{i:03}"))).collect();
+        links[7].destination =
+            crate::domain::Destination::parse(&format!("https://example.com/{}", "d".repeat(600)))
+                .unwrap();
+        links
+    }
+
+    #[test]
+    fn slugs_that_differ_at_the_end_spread_over_buckets() {
+        let fnv: std::collections::HashSet<_> = (0..300)
+            .map(|i| fnv_bucket_key(&format!("t{i:03}")))
+            .collect();
+        let mixed: std::collections::HashSet<_> = (0..300)
+            .map(|i| slug_bucket_key(&format!("t{i:03}")))
+            .collect();
+        // FNV-1a's top bits barely see the last two characters: 32 buckets.
+        assert!(fnv.len() < 40, "{} FNV buckets", fnv.len());
+        assert!(mixed.len() >= 290, "{} buckets", mixed.len());
+    }
+
+    #[test]
+    fn slug_buckets_keyed_by_fnv_alone_move_to_the_current_hash_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = WorkspaceId::generate();
+        let links = sequential_links(ws);
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            for l in &links {
+                store.insert_link(l).unwrap();
+            }
+            assert!(slug_entry_of(&store, "t007").unwrap().len() == 32);
+            to_fnv_layout(&store);
+            assert_eq!(store.link_by_slug("t001").unwrap(), None);
+            // A move cut short left a bucket behind, with a slug no link holds.
+            let ghost = link(ws, "ghost");
+            let mut cut = Bucket::default();
+            cut.insert(
+                b"ghost",
+                slug_entry(&ghost, &codec::encode(&ghost).unwrap()),
+            );
+            store
+                .inner
+                .slug_buckets
+                .insert(slug_bucket_key("ghost"), cut.encode())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        for l in &links {
+            assert_found(&store, l);
+        }
+        assert_eq!(store.link_by_slug("ghost").unwrap(), None);
+        // Entries moved as they were: copies kept, the large one without.
+        assert!(slug_entry_of(&store, "t001").unwrap().len() > 32);
+        assert_eq!(slug_entry_of(&store, "t007").unwrap().len(), 32);
+        assert!(!layout::has_tree(&store.inner.db, FNV_SLUG_BUCKETS));
+        assert!(store.inner.slug_buckets.len() >= 290);
+        // Writes go on in the new buckets.
+        let mut renamed = links[3].clone();
+        renamed.slug = crate::domain::Slug::parse("t003-new").unwrap();
+        store.replace_link(&links[3], &renamed).unwrap();
+        assert_found(&store, &renamed);
+        assert_eq!(store.link_by_slug("t003").unwrap(), None);
+        store.delete_link(&links[4]).unwrap();
+        assert_eq!(store.link_by_slug("t004").unwrap(), None);
+    }
+
+    #[test]
+    fn a_slug_move_larger_than_its_memory_bound_merges_into_the_buckets_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let ws = WorkspaceId::generate();
+        let links = sequential_links(ws);
+        for l in &links {
+            store.insert_link(l).unwrap();
+        }
+        let before: BTreeMap<_, _> = store
+            .inner
+            .slug_buckets
+            .iter()
+            .map(|item| item.unwrap())
+            .collect();
+        to_fnv_layout(&store);
+        // A few entries at a time: most buckets are written more than once.
+        let moved = move_slugs_holding(&store.inner.db, &store.inner.slug_buckets, 2048).unwrap();
+        assert_eq!(moved, links.len());
+        let after: BTreeMap<_, _> = store
+            .inner
+            .slug_buckets
+            .iter()
+            .map(|item| item.unwrap())
+            .collect();
+        assert_eq!(after, before);
+        // Nothing left to move.
+        assert_eq!(
+            move_slugs_holding(&store.inner.db, &store.inner.slug_buckets, 2048).unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -267,6 +267,15 @@ impl Store {
             bodies,
         };
         trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
+        // Before the links: a move from the keyed layout fills the new
+        // slug buckets whole, after this one.
+        let slugs_moved = links::move_slugs_of_former_hash(&trees.db, &trees.slug_buckets)?;
+        if slugs_moved > 0 {
+            tracing::info!(
+                slugs = slugs_moved,
+                "slugs moved into buckets of the current hash"
+            );
+        }
         let links_moved = links::move_links_of_former_layouts(
             &trees.db,
             &trees.link_buckets,
