@@ -1169,23 +1169,16 @@ mod tests {
         for l in &links {
             store.insert_link(l).unwrap();
         }
-        let before: BTreeMap<_, _> = store
-            .inner
-            .slug_buckets
-            .iter()
-            .map(|item| item.unwrap())
-            .collect();
+        let snapshot = || -> BTreeMap<_, _> {
+            let tree = &store.inner.slug_buckets;
+            tree.iter().map(|item| item.unwrap()).collect()
+        };
+        let before = snapshot();
         to_fnv_layout(&store);
         // A few entries at a time: most buckets are written more than once.
         let moved = move_slugs_holding(&store.inner.db, &store.inner.slug_buckets, 2048).unwrap();
         assert_eq!(moved, links.len());
-        let after: BTreeMap<_, _> = store
-            .inner
-            .slug_buckets
-            .iter()
-            .map(|item| item.unwrap())
-            .collect();
-        assert_eq!(after, before);
+        assert_eq!(snapshot(), before);
         // Nothing left to move.
         assert_eq!(
             move_slugs_holding(&store.inner.db, &store.inner.slug_buckets, 2048).unwrap(),
