@@ -161,10 +161,12 @@ fn put(key: &[u8], bucket: &Bucket) -> Put {
 /// Moves the slug entries of a store whose buckets were keyed by FNV-1a
 /// alone (`FNV_SLUG_BUCKETS`) into buckets keyed by `slug_bucket_key`, then
 /// drops the former tree (`layout`); answers how many moved. The entries
-/// move as they are, copies of links included. The new tree is emptied
-/// first: while the former one is still there, what it holds is a move cut
-/// short, done again from the start. At most `SLUG_MOVE_BYTES` of entries
-/// wait in memory; each write merges them into the buckets written before.
+/// move as they are, copies of links included, merged into what the new
+/// tree holds: a move cut short wrote entries of the former tree, which
+/// the next open writes again with the same values, and entries the new
+/// tree holds alone (a store opened by a version of each kind in turn)
+/// stay. At most `SLUG_MOVE_BYTES` of entries wait in memory; each write
+/// merges them into the buckets written before.
 pub(super) fn move_slugs_of_former_hash(db: &sled::Db, slugs: &sled::Tree) -> StoreResult<usize> {
     move_slugs_holding(db, slugs, SLUG_MOVE_BYTES)
 }
@@ -174,7 +176,6 @@ fn move_slugs_holding(db: &sled::Db, slugs: &sled::Tree, bound: usize) -> StoreR
         return Ok(0);
     }
     let former = db.open_tree(FNV_SLUG_BUCKETS)?;
-    slugs.clear()?;
     let mut waiting: BTreeMap<[u8; 2], Vec<bucket::Entry>> = BTreeMap::new();
     let (mut held, mut moved) = (0, 0);
     for item in former.iter() {
@@ -1118,33 +1119,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ws = WorkspaceId::generate();
         let links = sequential_links(ws);
+        let late = link(ws, "late");
         {
             let store = Store::open(dir.path(), 4).unwrap();
             for l in &links {
                 store.insert_link(l).unwrap();
             }
             assert!(slug_entry_of(&store, "t007").unwrap().len() == 32);
+            let moved_before = slug_entry_of(&store, "t001").unwrap();
             to_fnv_layout(&store);
             assert_eq!(store.link_by_slug("t001").unwrap(), None);
-            // A move cut short left a bucket behind, with a slug no link holds.
-            let ghost = link(ws, "ghost");
+            // A move cut short wrote one entry already.
             let mut cut = Bucket::default();
-            cut.insert(
-                b"ghost",
-                slug_entry(&ghost, &codec::encode(&ghost).unwrap()),
-            );
+            cut.insert(b"t001", moved_before);
             store
                 .inner
                 .slug_buckets
-                .insert(slug_bucket_key("ghost"), cut.encode())
+                .insert(slug_bucket_key("t001"), cut.encode())
                 .unwrap();
+            // A link written in the new buckets while the former ones are
+            // still there (the store opened by a version of each kind).
+            store.insert_link(&late).unwrap();
             store.flush().unwrap();
         }
         let store = Store::open(dir.path(), 4).unwrap();
-        for l in &links {
+        for l in links.iter().chain([&late]) {
             assert_found(&store, l);
         }
-        assert_eq!(store.link_by_slug("ghost").unwrap(), None);
         // Entries moved as they were: copies kept, the large one without.
         assert!(slug_entry_of(&store, "t001").unwrap().len() > 32);
         assert_eq!(slug_entry_of(&store, "t007").unwrap().len(), 32);
