@@ -214,7 +214,7 @@ impl From<crate::store::StoreError> for ApiError {
             E::BadCursor => ApiError::bad_request(
                 "page_token is invalid, expired, or belongs to another query.",
             ),
-            E::Locked(_) | E::Sled(_) | E::Codec(_) => ApiError::internal(&e),
+            E::Locked(_) | E::Sled(_) | E::Codec(_) | E::Newer { .. } => ApiError::internal(&e),
         }
     }
 }

@@ -1162,6 +1162,56 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_a_later_layout_is_not_opened_and_is_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = WorkspaceId::generate();
+        let l = link(ws, "kept");
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            store.insert_link(&l).unwrap();
+            let meta = &store.inner.meta;
+            let written = meta.get(keys::META_SCHEMA_VERSION).unwrap().unwrap();
+            assert_eq!(&written[..], &[super::super::SCHEMA_VERSION]);
+            meta.insert(
+                keys::META_SCHEMA_VERSION,
+                &[super::super::SCHEMA_VERSION + 1],
+            )
+            .unwrap();
+            store.flush().unwrap();
+        }
+        let refused = Store::open(dir.path(), 4).err().expect("refused");
+        assert!(
+            matches!(refused, StoreError::Newer { found, .. } if found == super::super::SCHEMA_VERSION + 1),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("later version"), "{refused}");
+        // The refusal wrote nothing; with the number set back, the store
+        // opens as before. (sled may hold its lock a moment after the
+        // refused open: a few tries.)
+        let sled_dir = dir.path().join("sled-v1");
+        let db = (0..50)
+            .find_map(|_| {
+                let config = sled::Config::new()
+                    .path(&sled_dir)
+                    .segment_size(super::super::log_segment_size(&sled_dir))
+                    .flush_every_ms(None);
+                config.open().ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                })
+            })
+            .expect("sled opens");
+        let meta = db.open_tree("meta").unwrap();
+        let kept = meta.get(keys::META_SCHEMA_VERSION).unwrap().unwrap();
+        assert_eq!(&kept[..], &[super::super::SCHEMA_VERSION + 1]);
+        meta.insert(keys::META_SCHEMA_VERSION, &[1u8]).unwrap();
+        db.flush().unwrap();
+        drop((meta, db));
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_found(&store, &l);
+    }
+
+    #[test]
     fn a_slug_move_larger_than_its_memory_bound_merges_into_the_buckets_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 4).unwrap();

@@ -57,7 +57,18 @@ pub enum StoreError {
     /// A listing's cursor is not one the store handed out.
     #[error("the page cursor is malformed")]
     BadCursor,
+    #[error(
+        "the store at {path} was written by a later version of scanhop (layout {found}; this version reads up to {SCHEMA_VERSION}): run that version, or restore the copy made before the upgrade"
+    )]
+    Newer { path: PathBuf, found: u8 },
 }
+
+/// The layout this version writes, under `keys::META_SCHEMA_VERSION`: 2
+/// since slug buckets are keyed by the mixed hash (`links.rs`). A store
+/// with a higher number was written by a later version, which may keep
+/// records where this one would not look: it is not opened. (Versions
+/// before 2 wrote 1 and did not check it.)
+pub const SCHEMA_VERSION: u8 = 2;
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
@@ -266,7 +277,15 @@ impl Store {
             blobs: blobs::Blobs::new(dir.clone()),
             bodies,
         };
-        trees.meta.insert(keys::META_SCHEMA_VERSION, &[1u8])?;
+        let found = trees.meta.get(keys::META_SCHEMA_VERSION)?;
+        if let Some(&found) = found.as_deref().and_then(<[u8]>::first)
+            && found > SCHEMA_VERSION
+        {
+            return Err(StoreError::Newer { path: dir, found });
+        }
+        trees
+            .meta
+            .insert(keys::META_SCHEMA_VERSION, &[SCHEMA_VERSION])?;
         // Before the links: a move from the keyed layout fills the new
         // slug buckets whole, after this one.
         let slugs_moved = links::move_slugs_of_former_hash(&trees.db, &trees.slug_buckets)?;
