@@ -10,11 +10,11 @@
 //! - `slug_hash_buckets`: key = 2 bytes of a fixed hash of the slug
 //!   (`slug_bucket_key`); value = a bucket of slug → workspace ID ++ link
 //!   ID, followed by a copy of the link's record when it takes at most
-//!   `SLUG_COPY_MAX` bytes. At most
-//!   65,536 keys whatever the number of links. With the copy, a redirect
-//!   to a link not in the Resolver's cache reads one sled leaf instead of
-//!   two (see `SLUG_COPY_MAX`); without it (a larger record, or a store
-//!   written before copies were kept), the link's bucket is read as well.
+//!   `SLUG_COPY_MAX` bytes. At most 65,536 keys whatever the number of
+//!   links. With the copy, a redirect to a link not in the Resolver's
+//!   cache reads one sled leaf instead of two (see `SLUG_COPY_MAX`);
+//!   without it (a larger record, or a store written before copies were
+//!   kept), the link's bucket is read as well.
 //!
 //! Writes rewrite the buckets they touch (a few KB), under one lock and in
 //! one transaction over both trees; readers see one write or the other.
