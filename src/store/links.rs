@@ -182,14 +182,10 @@ fn move_slugs_holding(db: &sled::Db, slugs: &sled::Tree, bound: usize) -> StoreR
         let (_, raw) = item?;
         for entry in bucket::Entries::new(&raw)? {
             let (slug, value) = entry?;
-            let text = std::str::from_utf8(slug)
-                .map_err(|_| StoreError::Codec("a slug is not UTF-8".into()))?;
-            waiting
-                .entry(slug_bucket_key(text))
-                .or_default()
-                .push((slug.to_vec(), value.to_vec()));
-            held += slug.len() + value.len();
-            moved += 1;
+            if add_slug_entry(&mut waiting, slug, value) {
+                held += slug.len() + value.len();
+                moved += 1;
+            }
         }
         if held >= bound {
             merge_slug_entries(slugs, std::mem::take(&mut waiting))?;
@@ -199,6 +195,24 @@ fn move_slugs_holding(db: &sled::Db, slugs: &sled::Tree, bound: usize) -> StoreR
     merge_slug_entries(slugs, waiting)?;
     layout::drop_trees(db, &[FNV_SLUG_BUCKETS])?;
     Ok(moved)
+}
+
+/// Adds the entry `slug` → `value` to `waiting`, under its bucket's key;
+/// answers whether it did. A slug that is not UTF-8 cannot be looked up
+/// (no slug is ever written so): it is left out.
+fn add_slug_entry(
+    waiting: &mut BTreeMap<[u8; 2], Vec<bucket::Entry>>,
+    slug: &[u8],
+    value: &[u8],
+) -> bool {
+    let Ok(text) = std::str::from_utf8(slug) else {
+        return false;
+    };
+    waiting
+        .entry(slug_bucket_key(text))
+        .or_default()
+        .push((slug.to_vec(), value.to_vec()));
+    true
 }
 
 /// Adds `waiting` to the slug buckets `slugs` holds under their keys.
@@ -261,26 +275,13 @@ pub(super) fn move_links_of_former_layouts(
         Some(Ok((key, Some(bucket.encode().into()))))
     });
     layout::write_in_batches(links, buckets)?;
-    // sled's iterator yields the slugs in order, so each bucket's entries
-    // arrive sorted.
     let mut by_bucket: BTreeMap<[u8; 2], Vec<bucket::Entry>> = BTreeMap::new();
     for entry in keyed_slugs.iter() {
         let (slug, key) = entry?;
-        let Ok(text) = std::str::from_utf8(&slug) else {
-            continue;
-        };
-        by_bucket
-            .entry(slug_bucket_key(text))
-            .or_default()
-            .push((slug.to_vec(), key.to_vec()));
+        add_slug_entry(&mut by_bucket, &slug, &key);
     }
-    layout::write_in_batches(
-        slugs,
-        by_bucket.into_iter().map(|(k, entries)| {
-            let value = Bucket::from_sorted(entries).encode();
-            Ok((k.to_vec().into(), Some(value.into())))
-        }),
-    )?;
+    // The tree was emptied above: merging writes each bucket whole.
+    merge_slug_entries(slugs, by_bucket)?;
     layout::drop_trees(db, &[KEYED_LINKS, KEYED_SLUGS])?;
     Ok(moved)
 }
