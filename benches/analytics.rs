@@ -41,7 +41,9 @@
 //! (default 20), `ANALYTICS_LINKS` (default 100000), `LOAD_SECS` (redirect
 //! load per run, default 5), `ANALYTICS_DIR` (where the stores go, default
 //! the temp dir; they are deleted at the end unless `ANALYTICS_KEEP=1`).
-//! `SCANHOP__*` variables override the servers' settings.
+//! `SCANHOP__*` variables override the servers' settings, and `MIMALLOC_*`
+//! ones reach the servers' allocator (its options, e.g.
+//! `MIMALLOC_PAGE_MAX_CANDIDATES`).
 
 #[path = "support/http.rs"]
 mod http;
@@ -375,7 +377,9 @@ fn env_for(data: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         ("SCANHOP__LOG__LEVEL".into(), "warn".into()),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("SCANHOP__")));
+    env.extend(
+        std::env::vars().filter(|(k, _)| k.starts_with("SCANHOP__") || k.starts_with("MIMALLOC_")),
+    );
     env
 }
 

@@ -150,6 +150,10 @@ async fn a_form_link_shows_an_accessible_escaped_page_and_a_valid_answer_goes_on
     );
     assert_eq!(body["data"]["scan_id"], scan.as_str());
     assert_eq!(body["data"]["visitor"]["attributes"], want);
+    // The whole link: its ID, slug and tags.
+    assert_eq!(body["data"]["link"]["id"], link_id);
+    assert_eq!(body["data"]["link"]["slug"], "club");
+    assert_eq!(body["data"]["link"]["tags"], link["tags"]);
     // Counted: a view and a completion.
     let stats = completions(&app, link_id).await;
     assert_eq!(
