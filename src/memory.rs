@@ -4,8 +4,8 @@
 //!
 //! Measured against glibc's malloc under the load bench (full tracking, 64
 //! connections, wrk, interleaved): 7 to 10% more redirects a second, and a
-//! delivered webhook message 92 to 97 µs of CPU against 108 to 120; see the
-//! README's "Performance".
+//! delivered webhook message 92 to 97 µs of CPU against 108 to 120; see
+//! docs/PERFORMANCE.md, "The allocator".
 //!
 //! Two settings keep its resident memory near glibc's under a write load
 //! (the analytics bench's `rss` scenario: 237 to 269 MB after the load
