@@ -246,6 +246,10 @@ impl Application {
         if let Err(e) = state.store.flush() {
             tracing::error!(error = %e, "final flush failed");
         }
+        // The slug file is a clean copy now: the next start takes it as it is.
+        if let Err(e) = state.store.seal() {
+            tracing::warn!(error = %e, "could not mark the slug file clean: the next start rebuilds it");
+        }
         state.workers.stop_threads();
         tracing::info!(left, "stopped");
         match served {

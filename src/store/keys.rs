@@ -5,6 +5,10 @@ use crate::ids::{Id, IdKind, LinkId};
 
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 
+/// The generation of the slug file the store was last closed clean with
+/// (`meta`, u64 BE): the file is trusted at open only with the same one.
+pub const META_SLUG_PAGES_GENERATION: &[u8] = b"slug_pages_generation";
+
 /// Kinds of counters, the first byte of a `counters` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

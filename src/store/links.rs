@@ -32,6 +32,7 @@ use sled::transaction::ConflictableTransactionError;
 use super::bucket::{self, Bucket, Entries};
 use super::codec::{self, Record};
 use super::scan::{self, Page};
+use super::slug_pages::Found;
 use super::{Store, StoreError, StoreResult, keys, layout};
 use crate::domain::{Link, LinkStatus};
 use crate::ids::{LinkId, WorkspaceId};
@@ -115,18 +116,20 @@ const FORMER_BY_WORKSPACE: &str = "links_by_workspace";
 const SLUG_MOVE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The 64-bit FNV-1a hash of `slug`.
-fn fnv1a(slug: &str) -> u64 {
+fn fnv1a(slug: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in slug.as_bytes() {
+    for b in slug {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
 }
 
-/// The slug bucket of `slug`: the top 16 bits of its FNV-1a hash mixed by
+/// The hash of `slug` that places it: its FNV-1a hash mixed by
 /// MurmurHash3's 64-bit finalizer (fixed, so the same in every version and
-/// on every machine).
+/// on every machine). Its top 16 bits are its slug bucket's key
+/// (`slug_bucket_key`); its low bits, its page in the slug file
+/// (`slug_pages.rs`).
 ///
 /// FNV-1a's last steps never reach its top bits: the last byte moves bits
 /// 0 to 47 only, the one before it barely more. Slugs that differ at the
@@ -135,18 +138,23 @@ fn fnv1a(slug: &str) -> u64 {
 /// instead of some 51,000 of one or two, and a redirect to one of them not
 /// in the Resolver's cache read and searched ten of them. The finalizer
 /// lets every byte move every bit.
-fn slug_bucket_key(slug: &str) -> [u8; 2] {
+pub(super) fn slug_hash(slug: &[u8]) -> u64 {
     let mut h = fnv1a(slug);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
-    ((h >> 48) as u16).to_be_bytes()
+    h
+}
+
+/// The slug bucket of `slug`: the top 16 bits of `slug_hash`.
+fn slug_bucket_key(slug: &str) -> [u8; 2] {
+    ((slug_hash(slug.as_bytes()) >> 48) as u16).to_be_bytes()
 }
 
 /// The key of `slug`'s bucket in `FNV_SLUG_BUCKETS`.
 #[cfg(test)]
 fn fnv_bucket_key(slug: &str) -> [u8; 2] {
-    ((fnv1a(slug) >> 48) as u16).to_be_bytes()
+    ((fnv1a(slug.as_bytes()) >> 48) as u16).to_be_bytes()
 }
 
 /// A bucket key to write (`Some`) or remove (`None`).
@@ -369,14 +377,18 @@ fn slug_entry(link: &Link, record: &[u8]) -> Vec<u8> {
     entry
 }
 
-/// The slug buckets one write reads and changes.
+/// The slug buckets one write reads and changes, and the slugs it changed
+/// (entry, or `None` once freed) for the slug file (`slug_pages.rs`).
 #[derive(Default)]
-struct SlugBuckets(BTreeMap<[u8; 2], Bucket>);
+struct SlugBuckets {
+    buckets: BTreeMap<[u8; 2], Bucket>,
+    changed: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
 
 impl SlugBuckets {
     fn bucket(&mut self, store: &Store, slug: &str) -> StoreResult<&mut Bucket> {
         let key = slug_bucket_key(slug);
-        match self.0.entry(key) {
+        match self.buckets.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
             std::collections::btree_map::Entry::Vacant(e) => {
                 Ok(e.insert(match store.inner.slug_buckets.get(key)? {
@@ -395,7 +407,9 @@ impl SlugBuckets {
         if bucket.get(slug.as_bytes()).is_some() {
             return Ok(false);
         }
-        bucket.insert(slug.as_bytes(), slug_entry(link, record));
+        let entry = slug_entry(link, record);
+        bucket.insert(slug.as_bytes(), entry.clone());
+        self.changed.push((slug.as_bytes().to_vec(), Some(entry)));
         Ok(true)
     }
 
@@ -409,7 +423,8 @@ impl SlugBuckets {
             .get(slug.as_bytes())
             .is_some_and(|now| now.get(..32) == entry.get(..32));
         if holds {
-            bucket.insert(slug.as_bytes(), entry);
+            bucket.insert(slug.as_bytes(), entry.clone());
+            self.changed.push((slug.as_bytes().to_vec(), Some(entry)));
         }
         Ok(())
     }
@@ -417,11 +432,12 @@ impl SlugBuckets {
     /// Frees `slug`.
     fn release(&mut self, store: &Store, slug: &str) -> StoreResult<()> {
         self.bucket(store, slug)?.remove(slug.as_bytes());
+        self.changed.push((slug.as_bytes().to_vec(), None));
         Ok(())
     }
 
     fn puts(&self) -> Vec<Put> {
-        self.0.iter().map(|(k, b)| put(k, b)).collect()
+        self.buckets.iter().map(|(k, b)| put(k, b)).collect()
     }
 }
 
@@ -480,17 +496,21 @@ impl Store {
     }
 
     /// Writes both trees' changes in one transaction, with `delta` added
-    /// to the number of links of the workspace given.
+    /// to the number of links of the workspace given, then the slugs'
+    /// changes to the slug file (marked dirty before the transaction: see
+    /// `slug_pages.rs`).
     fn apply_link_writes(
         &self,
         links: &[Put],
-        slugs: &[Put],
+        slugs: &SlugBuckets,
         delta: Option<(&WorkspaceId, i64)>,
     ) -> StoreResult<()> {
         let t = &self.inner;
+        t.slug_pages.will_write()?;
+        let slug_puts = slugs.puts();
         (&t.link_buckets, &t.slug_buckets, &t.counters)
             .transaction(|(lt, st, ct)| {
-                for (tree, writes) in [(lt, links), (st, slugs)] {
+                for (tree, writes) in [(lt, links), (st, &slug_puts[..])] {
                     for (key, value) in writes {
                         match value {
                             Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
@@ -511,7 +531,9 @@ impl Store {
                 sled::transaction::TransactionError::Abort(()) => {
                     StoreError::Codec("a link write was aborted".into())
                 }
-            })
+            })?;
+        t.slug_pages.apply(&slugs.changed);
+        Ok(())
     }
 
     /// Held by every link write: a write reads the buckets it rewrites.
@@ -531,7 +553,7 @@ impl Store {
             return Ok(LinkWrite::SlugTaken);
         }
         let added = Some((&link.workspace_id, 1));
-        self.apply_link_writes(&self.link_puts(link, &record)?, &slugs.puts(), added)?;
+        self.apply_link_writes(&self.link_puts(link, &record)?, &slugs, added)?;
         Ok(LinkWrite::Written)
     }
 
@@ -549,7 +571,7 @@ impl Store {
         } else {
             slugs.refresh(self, new, &record)?;
         }
-        self.apply_link_writes(&self.link_puts(new, &record)?, &slugs.puts(), None)?;
+        self.apply_link_writes(&self.link_puts(new, &record)?, &slugs, None)?;
         Ok(LinkWrite::Written)
     }
 
@@ -562,7 +584,7 @@ impl Store {
         let removal = self.link_removal(&key)?;
         // A link that is not stored (deleted already) leaves the count be.
         let removed = (!removal.is_empty()).then_some((&link.workspace_id, -1));
-        self.apply_link_writes(&removal, &slugs.puts(), removed)
+        self.apply_link_writes(&removal, &slugs, removed)
     }
 
     fn link_at(&self, key: &[u8; 32]) -> StoreResult<Option<Link>> {
@@ -594,12 +616,26 @@ impl Store {
     /// The link that holds `slug` now, if any (for the command line, and for
     /// the Resolver's cache when a scanned slug is not in it).
     pub fn link_by_slug(&self, slug: &str) -> StoreResult<Option<Link>> {
+        match self.inner.slug_pages.get(slug.as_bytes())? {
+            Found::Entry(entry) => self.link_of_slug_entry(&entry),
+            Found::Absent => Ok(None),
+            Found::Ask => self.link_by_slug_in_sled(slug),
+        }
+    }
+
+    /// `link_by_slug`, read from the slug buckets in sled.
+    pub(super) fn link_by_slug_in_sled(&self, slug: &str) -> StoreResult<Option<Link>> {
         let Some(raw) = self.inner.slug_buckets.get(slug_bucket_key(slug))? else {
             return Ok(None);
         };
-        let Some(entry) = bucket::find(&raw, slug.as_bytes())? else {
-            return Ok(None);
-        };
+        match bucket::find(&raw, slug.as_bytes())? {
+            Some(entry) => self.link_of_slug_entry(entry),
+            None => Ok(None),
+        }
+    }
+
+    /// The link a slug's entry names: its copy, or else the link's record.
+    fn link_of_slug_entry(&self, entry: &[u8]) -> StoreResult<Option<Link>> {
         let Some((key, copy)) = entry.split_first_chunk::<32>() else {
             return Err(StoreError::Codec(
                 "a slug's link key is not 32 bytes".into(),
@@ -1090,6 +1126,12 @@ mod tests {
             former.insert(key, bucket.encode()).unwrap();
         }
         store.inner.slug_buckets.clear().unwrap();
+        // The slug file as the current buckets have it: empty.
+        store
+            .inner
+            .slug_pages
+            .load(None, &store.inner.slug_buckets, true)
+            .unwrap();
     }
 
     /// 300 links with slugs that differ at the end, one of them too large

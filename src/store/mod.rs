@@ -19,6 +19,7 @@ mod scan;
 pub mod scan_log;
 mod secrets;
 mod segment;
+mod slug_pages;
 mod tallies;
 mod tokens;
 mod visitors;
@@ -64,11 +65,13 @@ pub enum StoreError {
 }
 
 /// The layout this version writes, under `keys::META_SCHEMA_VERSION`: 2
-/// since slug buckets are keyed by the mixed hash (`links.rs`). A store
+/// since slug buckets are keyed by the mixed hash (`links.rs`), 3 since the
+/// slug file (`slug_pages.rs`), which a version before it would leave
+/// marked clean while its link writes passed it by. A store
 /// with a higher number was written by a later version, which may keep
 /// records where this one would not look: it is not opened. (Versions
 /// before 2 wrote 1 and did not check it.)
-pub const SCHEMA_VERSION: u8 = 2;
+pub const SCHEMA_VERSION: u8 = 3;
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
@@ -127,6 +130,8 @@ struct Trees {
     slug_buckets: sled::Tree,
     /// Held by every link write: a write reads the buckets it rewrites.
     link_writes: Mutex<()>,
+    /// The slug buckets' read copy, in a file of pages (`slug_pages.rs`).
+    slug_pages: slug_pages::SlugPages,
     /// key = first event_id of a segment (16) → value = pointer to the
     /// segment's body (`bodies.rs`), or (written before) the segment itself
     events: sled::Tree,
@@ -249,6 +254,7 @@ impl Store {
             link_buckets: open(links::LINK_BUCKETS_TREE)?,
             slug_buckets: open(links::SLUG_BUCKETS_TREE)?,
             link_writes: Mutex::new(()),
+            slug_pages: slug_pages::SlugPages::open(&dir)?,
             events: open(EVENTS_TREE)?,
             events_by_link: open(events::LINK_INDEX_TREE)?,
             open_spans: Mutex::new(events::OpenSpans::new()),
@@ -310,6 +316,23 @@ impl Store {
             // Links came from a former layout: count them all again.
             trees.meta.remove(keys::META_LINK_COUNTS)?;
         }
+        let started = std::time::Instant::now();
+        let generation = trees
+            .meta
+            .get(keys::META_SLUG_PAGES_GENERATION)?
+            .and_then(|g| Some(u64::from_be_bytes(g.as_ref().try_into().ok()?)));
+        let moved = slugs_moved > 0 || links_moved > 0;
+        if let slug_pages::Loaded::Built(slugs @ 1..) =
+            trees
+                .slug_pages
+                .load(generation, &trees.slug_buckets, moved)?
+        {
+            tracing::info!(
+                slugs,
+                ms = started.elapsed().as_millis() as u64,
+                "built the slug file from the store (it was not closed clean with it)"
+            );
+        }
         let counted =
             links::count_workspace_links_once(&trees.link_buckets, &trees.counters, &trees.meta)?;
         if counted > 0 {
@@ -350,6 +373,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Marks the slug file a clean copy of the store (`slug_pages.rs`), so
+    /// the next open takes it as it is; the store is flushed first. The
+    /// server calls it once stopped; the last handle of a store dropped
+    /// calls it too.
+    pub fn seal(&self) -> StoreResult<()> {
+        self.inner.seal()
+    }
+
     /// Writes everything to disk and fsyncs it; returns the number of bytes
     /// flushed.
     ///
@@ -363,15 +394,7 @@ impl Store {
     /// (`bodies.rs`); sled's blob files are fsynced before the log (those it
     /// points at) and after it (those written meanwhile): see `blobs.rs`.
     pub fn flush(&self) -> StoreResult<usize> {
-        let committed = self.marks().committed;
-        self.inner.bodies.sync()?;
-        let flushed = self.inner.db.flush()?;
-        self.inner.blobs.sync()?;
-        self.inner.log.sync_data().map_err(sled::Error::Io)?;
-        self.inner.blobs.sync()?;
-        let mut marks = self.marks();
-        marks.durable = marks.durable.max(committed);
-        Ok(flushed)
+        self.inner.flush()
     }
 
     /// The data directory the store was opened in.
@@ -399,10 +422,46 @@ impl Store {
     }
 
     fn marks(&self) -> std::sync::MutexGuard<'_, EventMarks> {
-        self.inner
-            .event_marks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.inner.marks()
+    }
+}
+
+impl Trees {
+    fn marks(&self) -> std::sync::MutexGuard<'_, EventMarks> {
+        self.event_marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Store::flush`.
+    fn flush(&self) -> StoreResult<usize> {
+        let committed = self.marks().committed;
+        self.bodies.sync()?;
+        let flushed = self.db.flush()?;
+        self.blobs.sync()?;
+        self.log.sync_data().map_err(sled::Error::Io)?;
+        self.blobs.sync()?;
+        let mut marks = self.marks();
+        marks.durable = marks.durable.max(committed);
+        Ok(flushed)
+    }
+
+    /// `Store::seal`: no link write runs meanwhile.
+    fn seal(&self) -> StoreResult<()> {
+        let _no_link_write = self.link_writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.slug_pages.seal(|generation| {
+            self.meta.insert(
+                keys::META_SLUG_PAGES_GENERATION,
+                &generation.to_be_bytes()[..],
+            )?;
+            self.flush().map(drop)
+        })
+    }
+}
+
+impl Drop for Trees {
+    fn drop(&mut self) {
+        if let Err(e) = self.seal() {
+            tracing::warn!(error = %e, "could not mark the slug file clean: the next start rebuilds it");
+        }
     }
 }
 

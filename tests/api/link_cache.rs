@@ -251,3 +251,104 @@ async fn a_restarted_server_loads_no_link_and_resolves_every_one() {
         "{text}"
     );
 }
+
+/// The slug file (a read copy of the slug index beside sled) through the
+/// real binary: taken as it is after a clean stop, built again from the
+/// store after kill -9, and either way every slug resolves as last written.
+#[actix_rt::test]
+async fn after_kill_9_the_slug_file_is_built_again_and_every_slug_resolves_as_last_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        TINY,
+        ("SCANHOP__LOG__LEVEL", "info"),
+        ("SCANHOP__STORAGE__FLUSH_INTERVAL_MS", "20"),
+    ];
+    let client = awc::Client::builder()
+        .disable_redirects()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let log = |n: u32| dir.path().join(format!("server-{n}.log"));
+    let mut server = BinaryServer::start_logging_to_file(&data, &env, &log(1));
+    let token = server.token.clone().expect("first start prints a token");
+    let auth = ("Authorization", format!("Bearer {token}"));
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let mut r = client
+            .post(format!("{}/v1/links", server.base))
+            .insert_header(auth.clone())
+            .send_json(&json!({"destination": format!("https://example.com/{i}"), "slug": format!("k{i}")}))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let body: Value = r.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+
+    // Stopped clean: the next start takes the file as it is.
+    let server = BinaryServer::start_logging_to_file(&data, &env, &log(2));
+    // Edited, renamed, deleted and created, then killed.
+    let edits = [
+        (1, json!({"destination": "https://example.com/edited"})),
+        (2, json!({"slug": "k2-renamed"})),
+    ];
+    for (i, patch) in edits {
+        let r = client
+            .patch(format!("{}/v1/links/{}", server.base, ids[i]))
+            .insert_header(auth.clone())
+            .send_json(&patch)
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let r = client
+        .delete(format!("{}/v1/links/{}", server.base, ids[3]))
+        .insert_header(auth.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = client
+        .post(format!("{}/v1/links", server.base))
+        .insert_header(auth.clone())
+        .send_json(&json!({"destination": "https://example.com/new", "slug": "k-new"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // Past a flush of the store (every 20 ms here), then kill -9.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal(libc::SIGKILL);
+    drop(server);
+
+    let server = BinaryServer::start_logging_to_file(&data, &env, &log(3));
+    let mut expected: Vec<(String, Option<String>)> = (0..40)
+        .map(|i| (format!("k{i}"), Some(format!("https://example.com/{i}"))))
+        .collect();
+    expected[1].1 = Some("https://example.com/edited".into());
+    expected[2].1 = None;
+    expected[3].1 = None;
+    expected.push(("k2-renamed".into(), Some("https://example.com/2".into())));
+    expected.push(("k-new".into(), Some("https://example.com/new".into())));
+    for (slug, destination) in &expected {
+        let r = client
+            .get(format!("{}/{slug}", server.base))
+            .insert_header(("User-Agent", IPHONE_UA))
+            .send()
+            .await
+            .unwrap();
+        match destination {
+            Some(d) => {
+                assert_eq!(r.status().as_u16(), 302, "{slug}");
+                assert_eq!(r.headers().get("location").unwrap().to_str().unwrap(), d);
+            }
+            None => assert_eq!(r.status().as_u16(), 404, "{slug}"),
+        }
+    }
+    drop(server);
+    let logged = |n: u32| std::fs::read_to_string(log(n)).unwrap();
+    let built = "built the slug file";
+    assert!(!logged(2).contains(built), "kept after a clean stop");
+    assert!(logged(3).contains(built), "built again after kill -9");
+}
