@@ -616,8 +616,12 @@ impl Store {
     /// The link that holds `slug` now, if any (for the command line, and for
     /// the Resolver's cache when a scanned slug is not in it).
     pub fn link_by_slug(&self, slug: &str) -> StoreResult<Option<Link>> {
-        match self.inner.slug_pages.get(slug.as_bytes())? {
-            Found::Entry(entry) => self.link_of_slug_entry(&entry),
+        match self
+            .inner
+            .slug_pages
+            .get(slug.as_bytes(), |entry| self.link_of_slug_entry(entry))?
+        {
+            Found::Entry(link) => link,
             Found::Absent => Ok(None),
             Found::Ask => self.link_by_slug_in_sled(slug),
         }

@@ -131,7 +131,7 @@ struct Trees {
     /// Held by every link write: a write reads the buckets it rewrites.
     link_writes: Mutex<()>,
     /// The slug buckets' read copy, in a file of pages (`slug_pages.rs`).
-    slug_pages: slug_pages::SlugPages,
+    slug_pages: Arc<slug_pages::SlugPages>,
     /// key = first event_id of a segment (16) → value = pointer to the
     /// segment's body (`bodies.rs`), or (written before) the segment itself
     events: sled::Tree,
@@ -254,7 +254,7 @@ impl Store {
             link_buckets: open(links::LINK_BUCKETS_TREE)?,
             slug_buckets: open(links::SLUG_BUCKETS_TREE)?,
             link_writes: Mutex::new(()),
-            slug_pages: slug_pages::SlugPages::open(&dir)?,
+            slug_pages: Arc::new(slug_pages::SlugPages::open(&dir)?),
             events: open(EVENTS_TREE)?,
             events_by_link: open(events::LINK_INDEX_TREE)?,
             open_spans: Mutex::new(events::OpenSpans::new()),
@@ -316,22 +316,13 @@ impl Store {
             // Links came from a former layout: count them all again.
             trees.meta.remove(keys::META_LINK_COUNTS)?;
         }
-        let started = std::time::Instant::now();
         let generation = trees
             .meta
             .get(keys::META_SLUG_PAGES_GENERATION)?
             .and_then(|g| Some(u64::from_be_bytes(g.as_ref().try_into().ok()?)));
         let moved = slugs_moved > 0 || links_moved > 0;
-        if let slug_pages::Loaded::Built(slugs @ 1..) =
-            trees
-                .slug_pages
-                .load(generation, &trees.slug_buckets, moved)?
-        {
-            tracing::info!(
-                slugs,
-                ms = started.elapsed().as_millis() as u64,
-                "built the slug file from the store (it was not closed clean with it)"
-            );
+        if !trees.slug_pages.check(generation, moved)? {
+            build_slug_file(&trees.slug_pages, &trees.slug_buckets)?;
         }
         let counted =
             links::count_workspace_links_once(&trees.link_buckets, &trees.counters, &trees.meta)?;
@@ -463,6 +454,31 @@ impl Drop for Trees {
             tracing::warn!(error = %e, "could not mark the slug file clean: the next start rebuilds it");
         }
     }
+}
+
+/// Builds the slug file from the slug buckets on a thread of its own, so
+/// the server starts at once: lookups go to sled until it is built, and
+/// link writes wait for it (`slug_pages.rs`).
+fn build_slug_file(pages: &Arc<slug_pages::SlugPages>, slugs: &sled::Tree) -> StoreResult<()> {
+    let (pages, slugs) = (Arc::clone(pages), slugs.clone());
+    std::thread::Builder::new()
+        .name("slug-file".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            match pages.build(&slugs) {
+                Ok(0) => {}
+                Ok(slugs) => tracing::info!(
+                    slugs,
+                    ms = started.elapsed().as_millis() as u64,
+                    "built the slug file from the store (it was not closed clean with it)"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "could not build the slug file: redirects read slugs from sled until the next start"
+                ),
+            }
+        })?;
+    Ok(())
 }
 
 /// Hands the garbage this thread's sled writes left behind to be freed: the

@@ -47,7 +47,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::bucket::Entries;
 use super::links::slug_hash;
@@ -82,9 +82,9 @@ const CLEAN: u8 = 1;
 
 /// What the pages say of a slug.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Found {
-    /// Its entry.
-    Entry(Vec<u8>),
+pub(super) enum Found<T> {
+    /// What was read from its entry.
+    Entry(T),
     /// No link holds it.
     Absent,
     /// The pages cannot say (not in use, or writes kept changing them):
@@ -301,6 +301,8 @@ struct Writer {
     table: Table,
     /// Overflow pages no page points to, to use again.
     free: Vec<u32>,
+    /// Whether the file is being built (`build`): writes wait for it.
+    building: bool,
     /// Whether the header on disk says clean (a write must first say dirty).
     clean_on_disk: bool,
 }
@@ -317,9 +319,12 @@ pub(super) struct SlugPages {
     /// checked it, and after a write to it failed).
     usable: AtomicBool,
     writer: Mutex<Writer>,
+    /// Signalled when a build ends.
+    built: Condvar,
 }
 
 /// What `load` did.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Loaded {
     /// The file was a clean copy of the store.
@@ -348,8 +353,10 @@ impl SlugPages {
             writer: Mutex::new(Writer {
                 table: Table::EMPTY,
                 free: Vec::new(),
+                building: false,
                 clean_on_disk: false,
             }),
+            built: Condvar::new(),
         })
     }
 
@@ -357,26 +364,47 @@ impl SlugPages {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes the file as it is when it is a clean copy of generation
-    /// `generation` (the store's) and `rebuild` is false; otherwise builds
-    /// it afresh from `slugs` (the tree of slug buckets, each entry slug →
-    /// entry).
-    pub(super) fn load(
-        &self,
-        generation: Option<u64>,
-        slugs: &sled::Tree,
-        rebuild: bool,
-    ) -> StoreResult<Loaded> {
+    /// The writer, once no build is under way.
+    fn writer_after_build(&self) -> MutexGuard<'_, Writer> {
         let mut w = self.writer();
+        while w.building {
+            w = self.built.wait(w).unwrap_or_else(PoisonError::into_inner);
+        }
+        w
+    }
+
+    /// Takes the file as it is when it is a clean copy of generation
+    /// `generation` (the store's) and `rebuild` is false (answers true);
+    /// otherwise leaves it unused, to be built by `build`, which link
+    /// writes wait for (answers false).
+    pub(super) fn check(&self, generation: Option<u64>, rebuild: bool) -> StoreResult<bool> {
+        let mut w = self.writer_after_build();
         if !rebuild && let Some(header) = self.clean_header(generation)? {
             w.table = header.table;
             w.clean_on_disk = true;
             self.shape
                 .store(header.table.shape.pack(), Ordering::Release);
             self.usable.store(true, Ordering::Release);
-            return Ok(Loaded::Kept);
+            return Ok(true);
         }
         self.usable.store(false, Ordering::Release);
+        w.building = true;
+        Ok(false)
+    }
+
+    /// Builds the file afresh from `slugs` (the tree of slug buckets, each
+    /// entry slug → entry) after `check` answered false, and answers the
+    /// number of slugs. Lookups meanwhile go to sled, and link writes wait
+    /// (each waits before sled commits it, so none is missed).
+    pub(super) fn build(&self, slugs: &sled::Tree) -> StoreResult<u64> {
+        let mut w = self.writer();
+        let built = self.build_locked(&mut w, slugs);
+        w.building = false;
+        self.built.notify_all();
+        built
+    }
+
+    fn build_locked(&self, w: &mut Writer, slugs: &sled::Tree) -> StoreResult<u64> {
         self.file.set_len(0)?;
         self.overflow.set_len(0)?;
         w.table = Table::EMPTY;
@@ -393,11 +421,25 @@ impl SlugPages {
             let bucket = bucket?;
             for entry in Entries::new(&bucket)? {
                 let (slug, entry) = entry?;
-                self.set(&mut w, slug, Some(entry))?;
+                self.set(w, slug, Some(entry))?;
             }
         }
         self.usable.store(true, Ordering::Release);
-        Ok(Loaded::Built(w.table.entries))
+        Ok(w.table.entries)
+    }
+
+    /// `check`, then `build` at once when needed.
+    #[cfg(test)]
+    pub(super) fn load(
+        &self,
+        generation: Option<u64>,
+        slugs: &sled::Tree,
+        rebuild: bool,
+    ) -> StoreResult<Loaded> {
+        match self.check(generation, rebuild)? {
+            true => Ok(Loaded::Kept),
+            false => self.build(slugs).map(Loaded::Built),
+        }
     }
 
     /// The header, when it says clean, of generation `generation`, with
@@ -428,8 +470,13 @@ impl SlugPages {
         self.file.write_all_at(&header.encode(), 0)
     }
 
-    /// What the file says of `slug`.
-    pub(super) fn get(&self, slug: &[u8]) -> StoreResult<Found> {
+    /// What the file says of `slug`, with its entry read by `read` (from
+    /// the page as read, without a copy).
+    pub(super) fn get<T>(
+        &self,
+        slug: &[u8],
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> StoreResult<Found<T>> {
         if !self.usable.load(Ordering::Acquire) {
             return Ok(Found::Ask);
         }
@@ -453,7 +500,7 @@ impl SlugPages {
                 for e in entries {
                     let (s, entry) = e?;
                     if s == slug {
-                        return Ok(Found::Entry(entry.to_vec()));
+                        return Ok(Found::Entry(read(entry)));
                     }
                 }
                 if next == 0 {
@@ -472,7 +519,7 @@ impl SlugPages {
     /// dirty on disk, so a crash between the two leaves a file the next open
     /// rebuilds.
     pub(super) fn will_write(&self) -> StoreResult<()> {
-        let mut w = self.writer();
+        let mut w = self.writer_after_build();
         if w.clean_on_disk {
             self.write_header(&Header {
                 state: DIRTY,
@@ -492,7 +539,7 @@ impl SlugPages {
         if changes.is_empty() || !self.usable.load(Ordering::Acquire) {
             return;
         }
-        let mut w = self.writer();
+        let mut w = self.writer_after_build();
         self.sequence.fetch_add(1, Ordering::SeqCst);
         let done = changes
             .iter()
@@ -624,7 +671,7 @@ impl SlugPages {
     /// Nothing to do when it says so already; an unusable file stays dirty.
     pub(super) fn seal(&self, persist: impl FnOnce(u64) -> StoreResult<()>) -> StoreResult<()> {
         let mut w = self.writer();
-        if w.clean_on_disk || !self.usable.load(Ordering::Acquire) {
+        if w.building || w.clean_on_disk || !self.usable.load(Ordering::Acquire) {
             return Ok(());
         }
         let generation = u64::from_be_bytes(crate::random::bytes());
@@ -648,10 +695,10 @@ impl SlugPages {
         Ok(())
     }
 
-    /// Slugs, table pages and overflow pages.
+    /// Slugs, table pages and overflow pages, once built.
     #[cfg(test)]
     pub(super) fn counts(&self) -> (u64, u64, u32) {
-        let w = self.writer();
+        let w = self.writer_after_build();
         (
             w.table.entries,
             w.table.shape.pages(),
@@ -723,11 +770,18 @@ mod tests {
             // Each one found in the file, not in sled.
             for s in slugs.iter().take(50) {
                 assert!(matches!(
-                    store.inner.slug_pages.get(s.as_bytes()).unwrap(),
+                    store
+                        .inner
+                        .slug_pages
+                        .get(s.as_bytes(), <[u8]>::to_vec)
+                        .unwrap(),
                     Found::Entry(_)
                 ));
             }
-            assert_eq!(store.inner.slug_pages.get(b"nope").unwrap(), Found::Absent);
+            assert_eq!(
+                store.inner.slug_pages.get(b"nope", <[u8]>::to_vec).unwrap(),
+                Found::Absent
+            );
             // Renamed, edited and deleted: the file follows every write.
             let old = store.link_by_slug("s1").unwrap().unwrap();
             let mut renamed = old.clone();
@@ -800,10 +854,15 @@ mod tests {
         }
         assert_eq!(header_state(dir.path()), DIRTY);
         let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.inner.slug_pages.counts().0, 3);
         for slug in ["kept", "new", "unseen"] {
             assert!(
                 matches!(
-                    store.inner.slug_pages.get(slug.as_bytes()).unwrap(),
+                    store
+                        .inner
+                        .slug_pages
+                        .get(slug.as_bytes(), <[u8]>::to_vec)
+                        .unwrap(),
                     Found::Entry(_)
                 ),
                 "{slug}"
@@ -847,7 +906,11 @@ mod tests {
         for s in &slugs {
             assert!(
                 matches!(
-                    store.inner.slug_pages.get(s.as_bytes()).unwrap(),
+                    store
+                        .inner
+                        .slug_pages
+                        .get(s.as_bytes(), <[u8]>::to_vec)
+                        .unwrap(),
                     Found::Entry(_)
                 ),
                 "{s}"
@@ -864,6 +927,48 @@ mod tests {
         let store = Store::open(dir.path(), 4).unwrap();
         assert_eq!(loaded(&store, false), Loaded::Kept);
         assert_eq!(store.inner.slug_pages.counts().0, 200);
+        assert_file_agrees_with_sled(&store, &slugs);
+    }
+
+    #[test]
+    fn while_the_file_is_built_lookups_go_to_sled_and_writes_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = WorkspaceId::generate();
+        let slugs: Vec<String> = (0..5000).map(|i| format!("b{i}")).collect();
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            for s in &slugs {
+                store
+                    .insert_link(&link(ws, s, "https://example.com/b"))
+                    .unwrap();
+            }
+            // Left dirty, as after a crash.
+            store.inner.slug_pages.usable.store(false, Ordering::SeqCst);
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        // Whether the build is still under way or not, every answer is
+        // right, and a write made now reaches the file built.
+        for s in slugs.iter().step_by(50) {
+            assert_eq!(store.link_by_slug(s).unwrap().unwrap().slug.as_str(), s);
+        }
+        let gone = store.link_by_slug("b7").unwrap().unwrap();
+        store.delete_link(&gone).unwrap();
+        store
+            .insert_link(&link(ws, "during", "https://example.com/d"))
+            .unwrap();
+        assert_eq!(store.inner.slug_pages.counts().0, 5000);
+        assert_eq!(
+            store.inner.slug_pages.get(b"b7", <[u8]>::to_vec).unwrap(),
+            Found::Absent
+        );
+        assert!(matches!(
+            store
+                .inner
+                .slug_pages
+                .get(b"during", <[u8]>::to_vec)
+                .unwrap(),
+            Found::Entry(_)
+        ));
         assert_file_agrees_with_sled(&store, &slugs);
     }
 
