@@ -132,6 +132,8 @@ struct Trees {
     link_writes: Mutex<()>,
     /// The slug buckets' read copy, in a file of pages (`slug_pages.rs`).
     slug_pages: Arc<slug_pages::SlugPages>,
+    /// The thread building it, while one may be running.
+    slug_build: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// key = first event_id of a segment (16) → value = pointer to the
     /// segment's body (`bodies.rs`), or (written before) the segment itself
     events: sled::Tree,
@@ -255,6 +257,7 @@ impl Store {
             slug_buckets: open(links::SLUG_BUCKETS_TREE)?,
             link_writes: Mutex::new(()),
             slug_pages: Arc::new(slug_pages::SlugPages::open(&dir)?),
+            slug_build: Mutex::new(None),
             events: open(EVENTS_TREE)?,
             events_by_link: open(events::LINK_INDEX_TREE)?,
             open_spans: Mutex::new(events::OpenSpans::new()),
@@ -322,7 +325,8 @@ impl Store {
             .and_then(|g| Some(u64::from_be_bytes(g.as_ref().try_into().ok()?)));
         let moved = slugs_moved > 0 || links_moved > 0;
         if !trees.slug_pages.check(generation, moved)? {
-            build_slug_file(&trees.slug_pages, &trees.slug_buckets)?;
+            let build = build_slug_file(&trees.slug_pages, &trees.slug_buckets)?;
+            *trees.slug_build.lock().unwrap_or_else(|p| p.into_inner()) = Some(build);
         }
         let counted =
             links::count_workspace_links_once(&trees.link_buckets, &trees.counters, &trees.meta)?;
@@ -449,7 +453,21 @@ impl Trees {
 }
 
 impl Drop for Trees {
+    /// Stops a build of the slug file under way (its thread holds the sled
+    /// database open: a store closed is closed when this returns), then
+    /// seals the file.
     fn drop(&mut self) {
+        self.slug_pages.stop();
+        let build = self
+            .slug_build
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(build) = build
+            && build.join().is_err()
+        {
+            tracing::warn!("the slug file's build panicked: the next start builds it again");
+        }
         if let Err(e) = self.seal() {
             tracing::warn!(error = %e, "could not mark the slug file clean: the next start rebuilds it");
         }
@@ -459,15 +477,18 @@ impl Drop for Trees {
 /// Builds the slug file from the slug buckets on a thread of its own, so
 /// the server starts at once: lookups go to sled until it is built, and
 /// link writes wait for it (`slug_pages.rs`).
-fn build_slug_file(pages: &Arc<slug_pages::SlugPages>, slugs: &sled::Tree) -> StoreResult<()> {
+fn build_slug_file(
+    pages: &Arc<slug_pages::SlugPages>,
+    slugs: &sled::Tree,
+) -> StoreResult<std::thread::JoinHandle<()>> {
     let (pages, slugs) = (Arc::clone(pages), slugs.clone());
-    std::thread::Builder::new()
+    Ok(std::thread::Builder::new()
         .name("slug-file".into())
         .spawn(move || {
             let started = std::time::Instant::now();
             match pages.build(&slugs) {
-                Ok(0) => {}
-                Ok(slugs) => tracing::info!(
+                Ok(None | Some(0)) => {}
+                Ok(Some(slugs)) => tracing::info!(
                     slugs,
                     ms = started.elapsed().as_millis() as u64,
                     "built the slug file from the store (it was not closed clean with it)"
@@ -477,8 +498,7 @@ fn build_slug_file(pages: &Arc<slug_pages::SlugPages>, slugs: &sled::Tree) -> St
                     "could not build the slug file: redirects read slugs from sled until the next start"
                 ),
             }
-        })?;
-    Ok(())
+        })?)
 }
 
 /// Hands the garbage this thread's sled writes left behind to be freed: the

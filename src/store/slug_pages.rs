@@ -321,6 +321,9 @@ pub(super) struct SlugPages {
     writer: Mutex<Writer>,
     /// Signalled when a build ends.
     built: Condvar,
+    /// Set when the store closes: a build under way stops, and leaves the
+    /// file to the next open.
+    stop: AtomicBool,
 }
 
 /// What `load` did.
@@ -357,6 +360,7 @@ impl SlugPages {
                 clean_on_disk: false,
             }),
             built: Condvar::new(),
+            stop: AtomicBool::new(false),
         })
     }
 
@@ -394,9 +398,10 @@ impl SlugPages {
 
     /// Builds the file afresh from `slugs` (the tree of slug buckets, each
     /// entry slug → entry) after `check` answered false, and answers the
-    /// number of slugs. Lookups meanwhile go to sled, and link writes wait
-    /// (each waits before sled commits it, so none is missed).
-    pub(super) fn build(&self, slugs: &sled::Tree) -> StoreResult<u64> {
+    /// number of slugs (`None`: stopped by `stop` first). Lookups meanwhile
+    /// go to sled, and link writes wait (each waits before sled commits
+    /// it, so none is missed).
+    pub(super) fn build(&self, slugs: &sled::Tree) -> StoreResult<Option<u64>> {
         let mut w = self.writer();
         let built = self.build_locked(&mut w, slugs);
         w.building = false;
@@ -404,7 +409,7 @@ impl SlugPages {
         built
     }
 
-    fn build_locked(&self, w: &mut Writer, slugs: &sled::Tree) -> StoreResult<u64> {
+    fn build_locked(&self, w: &mut Writer, slugs: &sled::Tree) -> StoreResult<Option<u64>> {
         self.file.set_len(0)?;
         self.overflow.set_len(0)?;
         w.table = Table::EMPTY;
@@ -418,6 +423,9 @@ impl SlugPages {
         self.file.set_len(offset(At::Table(Shape::FIRST.pages())))?;
         self.shape.store(Shape::FIRST.pack(), Ordering::Release);
         for bucket in slugs.iter().values() {
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             let bucket = bucket?;
             for entry in Entries::new(&bucket)? {
                 let (slug, entry) = entry?;
@@ -425,7 +433,12 @@ impl SlugPages {
             }
         }
         self.usable.store(true, Ordering::Release);
-        Ok(w.table.entries)
+        Ok(Some(w.table.entries))
+    }
+
+    /// Stops a build under way (the store is closing).
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
     }
 
     /// `check`, then `build` at once when needed.
@@ -438,7 +451,7 @@ impl SlugPages {
     ) -> StoreResult<Loaded> {
         match self.check(generation, rebuild)? {
             true => Ok(Loaded::Kept),
-            false => self.build(slugs).map(Loaded::Built),
+            false => Ok(Loaded::Built(self.build(slugs)?.unwrap_or(0))),
         }
     }
 
@@ -945,6 +958,9 @@ mod tests {
             // Left dirty, as after a crash.
             store.inner.slug_pages.usable.store(false, Ordering::SeqCst);
         }
+        // Closed while the build may be under way: closed at once (the
+        // build stops and holds sled open no longer), built at the next open.
+        drop(Store::open(dir.path(), 4).unwrap());
         let store = Store::open(dir.path(), 4).unwrap();
         // Whether the build is still under way or not, every answer is
         // right, and a write made now reaches the file built.
