@@ -127,9 +127,7 @@ fn fnv1a(slug: &[u8]) -> u64 {
 
 /// The hash of `slug` that places it: its FNV-1a hash mixed by
 /// MurmurHash3's 64-bit finalizer (fixed, so the same in every version and
-/// on every machine). Its top 16 bits are its slug bucket's key
-/// (`slug_bucket_key`); its low bits, its page in the slug file
-/// (`slug_pages.rs`).
+/// on every machine).
 ///
 /// FNV-1a's last steps never reach its top bits: the last byte moves bits
 /// 0 to 47 only, the one before it barely more. Slugs that differ at the
@@ -138,7 +136,7 @@ fn fnv1a(slug: &[u8]) -> u64 {
 /// instead of some 51,000 of one or two, and a redirect to one of them not
 /// in the Resolver's cache read and searched ten of them. The finalizer
 /// lets every byte move every bit.
-pub(super) fn slug_hash(slug: &[u8]) -> u64 {
+fn slug_hash(slug: &[u8]) -> u64 {
     let mut h = fnv1a(slug);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);

@@ -34,9 +34,11 @@
 //! modulo `2 * low` when that is below `split`; when the entries average
 //! more than `FILL` bytes a page, page `split` is divided between itself
 //! and page `split + low`, so the table grows a page at a time and no write
-//! moves more than one page's entries. The hash is the slug's mixed FNV-1a
-//! hash (`links::slug_hash`). Overflow pages a write no longer needs are
-//! left where they are, counted, until the next rebuild.
+//! moves more than one page's entries. The hash is keyed (`hash`: a key
+//! drawn when the file is built, in its header), so no one can choose
+//! slugs that share a page. Overflow pages a write no longer needs are used
+//! again by later writes; those still free when the file is sealed are
+//! counted, and too many of them make the next open rebuild it.
 //!
 //! **Readers and the writer.** Readers take no lock: a sequence number is
 //! odd while a write is under way, and a read that saw it odd, or changed
@@ -49,8 +51,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use sha2::{Digest, Sha256};
+
 use super::bucket::Entries;
-use super::links::slug_hash;
 use super::{StoreError, StoreResult};
 
 /// The files' names in the store's directory.
@@ -252,6 +255,7 @@ impl Table {
 struct Header {
     state: u8,
     generation: u64,
+    key: [u64; 2],
     table: Table,
 }
 
@@ -267,6 +271,8 @@ impl Header {
             self.table.entries,
             u64::from(self.table.overflow_pages),
             u64::from(self.table.abandoned),
+            self.key[0],
+            self.key[1],
         ];
         for (i, w) in words.iter().enumerate() {
             page[16 + 8 * i..24 + 8 * i].copy_from_slice(&w.to_be_bytes());
@@ -286,6 +292,7 @@ impl Header {
         Some(Header {
             state: page[8],
             generation: word(0),
+            key: [word(6), word(7)],
             table: Table {
                 shape: Shape::unpack(word(1)),
                 bytes: word(2),
@@ -315,6 +322,9 @@ pub(super) struct SlugPages {
     sequence: AtomicU64,
     /// The table's `Shape`, packed.
     shape: AtomicU64,
+    /// The key of `hash`, drawn at random when the file is built and kept
+    /// in its header (changed only while the file is not usable).
+    key: [AtomicU64; 2],
     /// Whether lookups may use the file (false until `load` built or
     /// checked it, and after a write to it failed).
     usable: AtomicBool,
@@ -352,6 +362,7 @@ impl SlugPages {
             overflow: open(OVERFLOW_FILE)?,
             sequence: AtomicU64::new(0),
             shape: AtomicU64::new(Shape::FIRST.pack()),
+            key: [AtomicU64::new(0), AtomicU64::new(0)],
             usable: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 table: Table::EMPTY,
@@ -366,6 +377,32 @@ impl SlugPages {
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The hash that places `slug` in the table: SHA-256 of the file's key
+    /// and the slug. Keyed, so slugs cannot be chosen to share a page (an
+    /// API client picks slugs), and a lookup hashes once: a fraction of a
+    /// microsecond.
+    fn hash(&self, slug: &[u8]) -> u64 {
+        let mut h = Sha256::new();
+        for k in &self.key {
+            h.update(k.load(Ordering::Acquire).to_be_bytes());
+        }
+        h.update(slug);
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    fn key(&self) -> [u64; 2] {
+        [0, 1].map(|i| self.key[i].load(Ordering::Acquire))
+    }
+
+    fn set_key(&self, key: [u64; 2]) {
+        for (atomic, k) in self.key.iter().zip(key) {
+            atomic.store(k, Ordering::Release);
+        }
     }
 
     /// The writer, once no build is under way.
@@ -386,6 +423,7 @@ impl SlugPages {
         if !rebuild && let Some(header) = self.clean_header(generation)? {
             w.table = header.table;
             w.clean_on_disk = true;
+            self.set_key(header.key);
             self.shape
                 .store(header.table.shape.pack(), Ordering::Release);
             self.usable.store(true, Ordering::Release);
@@ -415,9 +453,16 @@ impl SlugPages {
         w.table = Table::EMPTY;
         w.free.clear();
         w.clean_on_disk = false;
+        let key = crate::random::bytes::<16>();
+        self.set_key([0, 8].map(|at| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&key[at..at + 8]);
+            u64::from_be_bytes(word)
+        }));
         self.write_header(&Header {
             state: DIRTY,
             generation: 0,
+            key: self.key(),
             table: Table::EMPTY,
         })?;
         self.file.set_len(offset(At::Table(Shape::FIRST.pages())))?;
@@ -493,7 +538,7 @@ impl SlugPages {
         if !self.usable.load(Ordering::Acquire) {
             return Ok(Found::Ask);
         }
-        let hash = slug_hash(slug);
+        let hash = self.hash(slug);
         let mut page = [0u8; PAGE];
         'tries: for _ in 0..READ_TRIES {
             let before = self.sequence.load(Ordering::Acquire);
@@ -521,9 +566,8 @@ impl SlugPages {
                 }
                 at = At::Overflow(next);
             }
-            return Err(StoreError::Codec(
-                "a page of the slug file has too many overflow pages".into(),
-            ));
+            // A chain this long means a damaged file: sled answers.
+            return Ok(Found::Ask);
         }
         Ok(Found::Ask)
     }
@@ -537,6 +581,7 @@ impl SlugPages {
             self.write_header(&Header {
                 state: DIRTY,
                 generation: 0,
+                key: self.key(),
                 table: w.table,
             })?;
             self.file.sync_data()?;
@@ -570,7 +615,7 @@ impl SlugPages {
     /// Sets `slug`'s entry in its page, then grows the table while it is
     /// fuller than `FILL`.
     fn set(&self, w: &mut Writer, slug: &[u8], entry: Option<&[u8]>) -> StoreResult<()> {
-        let page = w.table.shape.page_of(slug_hash(slug));
+        let page = w.table.shape.page_of(self.hash(slug));
         let (mut entries, chain) = self.read_chain(page)?;
         let t = &mut w.table;
         if let Some(i) = entries.iter().position(|(s, _)| s == slug) {
@@ -598,7 +643,7 @@ impl SlugPages {
         let (entries, chain) = self.read_chain(from)?;
         let (stay, go): (PageEntries, PageEntries) = entries
             .into_iter()
-            .partition(|(slug, _)| grown.page_of(slug_hash(slug)) == from);
+            .partition(|(slug, _)| grown.page_of(self.hash(slug)) == from);
         self.write_chain(w, from + shape.low(), &go, Vec::new())?;
         self.write_chain(w, from, &stay, chain)?;
         w.table.shape = grown;
@@ -699,6 +744,7 @@ impl SlugPages {
         self.write_header(&Header {
             state: CLEAN,
             generation,
+            key: self.key(),
             table,
         })?;
         self.file.sync_data()?;
@@ -890,7 +936,10 @@ mod tests {
             .meta
             .insert(keys::META_SLUG_PAGES_GENERATION, &7u64.to_be_bytes()[..])
             .unwrap();
+        let key = store.inner.slug_pages.key();
         assert_eq!(loaded(&store, false), Loaded::Built(3));
+        // Each build draws the key of its hash afresh.
+        assert_ne!(store.inner.slug_pages.key(), key);
         // A file cut short or of another kind is built again too.
         std::fs::write(
             dir.path().join(super::super::FORMAT_DIR).join(FILE),
