@@ -620,8 +620,8 @@ impl SlugPages {
         let t = &mut w.table;
         if let Some(i) = entries.iter().position(|(s, _)| s == slug) {
             let (s, e) = entries.swap_remove(i);
-            t.bytes -= entry_bytes(&s, &e);
-            t.entries -= 1;
+            t.bytes = t.bytes.saturating_sub(entry_bytes(&s, &e));
+            t.entries = t.entries.saturating_sub(1);
         }
         if let Some(entry) = entry {
             t.bytes += entry_bytes(slug, entry);
