@@ -785,6 +785,27 @@ mod tests {
         Link::sample(ws, slug, destination)
     }
 
+    /// A store at `dir` with a link for each of `slugs`, to `destination`.
+    fn store_with(dir: &Path, ws: WorkspaceId, slugs: &[String], destination: &str) -> Store {
+        let store = Store::open(dir, 4).unwrap();
+        for s in slugs {
+            store.insert_link(&link(ws, s, destination)).unwrap();
+        }
+        store
+    }
+
+    /// Whether the file itself holds `slug`.
+    fn in_file(store: &Store, slug: &str) -> bool {
+        matches!(
+            store
+                .inner
+                .slug_pages
+                .get(slug.as_bytes(), <[u8]>::to_vec)
+                .unwrap(),
+            Found::Entry(_)
+        )
+    }
+
     fn header_state(dir: &Path) -> u8 {
         let raw = std::fs::read(dir.join(super::super::FORMAT_DIR).join(FILE)).unwrap();
         raw[8]
@@ -816,26 +837,14 @@ mod tests {
         let ws = WorkspaceId::generate();
         let slugs: Vec<String> = (0..3000).map(|i| format!("s{i}")).collect();
         {
-            let store = Store::open(dir.path(), 4).unwrap();
-            for s in &slugs {
-                store
-                    .insert_link(&link(ws, s, "https://example.com/a"))
-                    .unwrap();
-            }
+            let store = store_with(dir.path(), ws, &slugs, "https://example.com/a");
             let (entries, pages, _) = store.inner.slug_pages.counts();
             assert_eq!(entries, 3000);
             // About 120 bytes an entry, 1.5 KiB a page on average.
             assert!((150..350).contains(&pages), "{pages} pages");
             // Each one found in the file, not in sled.
             for s in slugs.iter().take(50) {
-                assert!(matches!(
-                    store
-                        .inner
-                        .slug_pages
-                        .get(s.as_bytes(), <[u8]>::to_vec)
-                        .unwrap(),
-                    Found::Entry(_)
-                ));
+                assert!(in_file(&store, s), "{s}");
             }
             assert_eq!(
                 store.inner.slug_pages.get(b"nope", <[u8]>::to_vec).unwrap(),
@@ -915,17 +924,7 @@ mod tests {
         let store = Store::open(dir.path(), 4).unwrap();
         assert_eq!(store.inner.slug_pages.counts().0, 3);
         for slug in ["kept", "new", "unseen"] {
-            assert!(
-                matches!(
-                    store
-                        .inner
-                        .slug_pages
-                        .get(slug.as_bytes(), <[u8]>::to_vec)
-                        .unwrap(),
-                    Found::Entry(_)
-                ),
-                "{slug}"
-            );
+            assert!(in_file(&store, slug), "{slug}");
         }
         drop(store);
         // Clean, but from another generation (a store restored from a
@@ -954,29 +953,16 @@ mod tests {
     fn entries_a_page_cannot_hold_continue_in_overflow_pages() {
         let dir = tempfile::tempdir().unwrap();
         let ws = WorkspaceId::generate();
-        let store = Store::open(dir.path(), 4).unwrap();
         // Links of about 480 bytes (their copy in the entry): a page holds
         // eight of them.
         let long = format!("https://example.com/{}", "x".repeat(380));
         let slugs: Vec<String> = (0..400).map(|i| format!("big-{i}")).collect();
-        for s in &slugs {
-            store.insert_link(&link(ws, s, &long)).unwrap();
-        }
+        let store = store_with(dir.path(), ws, &slugs, &long);
         let (entries, _, overflow_pages) = store.inner.slug_pages.counts();
         assert_eq!(entries, 400);
         assert!(overflow_pages > 0, "no page overflowed");
         for s in &slugs {
-            assert!(
-                matches!(
-                    store
-                        .inner
-                        .slug_pages
-                        .get(s.as_bytes(), <[u8]>::to_vec)
-                        .unwrap(),
-                    Found::Entry(_)
-                ),
-                "{s}"
-            );
+            assert!(in_file(&store, s), "{s}");
         }
         assert_file_agrees_with_sled(&store, &slugs);
         for s in slugs.iter().step_by(2) {
@@ -998,12 +984,7 @@ mod tests {
         let ws = WorkspaceId::generate();
         let slugs: Vec<String> = (0..5000).map(|i| format!("b{i}")).collect();
         {
-            let store = Store::open(dir.path(), 4).unwrap();
-            for s in &slugs {
-                store
-                    .insert_link(&link(ws, s, "https://example.com/b"))
-                    .unwrap();
-            }
+            let store = store_with(dir.path(), ws, &slugs, "https://example.com/b");
             // Left dirty, as after a crash.
             store.inner.slug_pages.usable.store(false, Ordering::SeqCst);
         }
@@ -1026,14 +1007,7 @@ mod tests {
             store.inner.slug_pages.get(b"b7", <[u8]>::to_vec).unwrap(),
             Found::Absent
         );
-        assert!(matches!(
-            store
-                .inner
-                .slug_pages
-                .get(b"during", <[u8]>::to_vec)
-                .unwrap(),
-            Found::Entry(_)
-        ));
+        assert!(in_file(&store, "during"));
         assert_file_agrees_with_sled(&store, &slugs);
     }
 
