@@ -51,7 +51,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-use sha2::{Digest, Sha256};
+use siphasher::sip::SipHasher13;
 
 use super::bucket::Entries;
 use super::{StoreError, StoreResult};
@@ -63,7 +63,9 @@ pub(super) const OVERFLOW_FILE: &str = "slug_pages_overflow";
 const PAGE: usize = 4096;
 /// A page's own fields: its number of entries and its overflow page.
 const PAGE_HEAD: usize = 6;
-const MAGIC: [u8; 8] = *b"scanslg1";
+/// The file's kind and version: 2 since pages are placed by SipHash (a
+/// file of 1, placed by SHA-256, is built again).
+const MAGIC: [u8; 8] = *b"scanslg2";
 /// Pages of a new table (a power of two).
 const FIRST_PAGES: u64 = 16;
 /// Bytes of entries a page holds on average before the table grows: 1.5
@@ -379,20 +381,15 @@ impl SlugPages {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The hash that places `slug` in the table: SHA-256 of the file's key
-    /// and the slug. Keyed, so slugs cannot be chosen to share a page (an
-    /// API client picks slugs), and a lookup hashes once: a fraction of a
-    /// microsecond.
+    /// The hash that places `slug` in the table: SipHash-1-3 keyed by the
+    /// file's key, so slugs cannot be chosen to share a page (an API client
+    /// picks slugs). SHA-256 of the key and the slug did as well, but the
+    /// file for 1,000,000 slugs took 9.4 s to build, against 5.8 to 7.0 s.
     fn hash(&self, slug: &[u8]) -> u64 {
-        let mut h = Sha256::new();
-        for k in &self.key {
-            h.update(k.load(Ordering::Acquire).to_be_bytes());
-        }
-        h.update(slug);
-        let digest = h.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
-        u64::from_be_bytes(first)
+        let [k0, k1] = self.key();
+        let mut h = SipHasher13::new_with_keys(k0, k1);
+        std::hash::Hasher::write(&mut h, slug);
+        std::hash::Hasher::finish(&h)
     }
 
     fn key(&self) -> [u64; 2] {
