@@ -116,16 +116,16 @@ const FORMER_BY_WORKSPACE: &str = "links_by_workspace";
 const SLUG_MOVE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The 64-bit FNV-1a hash of `slug`.
-fn fnv1a(slug: &[u8]) -> u64 {
+fn fnv1a(slug: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in slug {
+    for b in slug.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
 }
 
-/// The hash of `slug` that places it: its FNV-1a hash mixed by
+/// The slug bucket of `slug`: the top 16 bits of its FNV-1a hash mixed by
 /// MurmurHash3's 64-bit finalizer (fixed, so the same in every version and
 /// on every machine).
 ///
@@ -136,23 +136,18 @@ fn fnv1a(slug: &[u8]) -> u64 {
 /// instead of some 51,000 of one or two, and a redirect to one of them not
 /// in the Resolver's cache read and searched ten of them. The finalizer
 /// lets every byte move every bit.
-fn slug_hash(slug: &[u8]) -> u64 {
+fn slug_bucket_key(slug: &str) -> [u8; 2] {
     let mut h = fnv1a(slug);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
-    h
-}
-
-/// The slug bucket of `slug`: the top 16 bits of `slug_hash`.
-fn slug_bucket_key(slug: &str) -> [u8; 2] {
-    ((slug_hash(slug.as_bytes()) >> 48) as u16).to_be_bytes()
+    ((h >> 48) as u16).to_be_bytes()
 }
 
 /// The key of `slug`'s bucket in `FNV_SLUG_BUCKETS`.
 #[cfg(test)]
 fn fnv_bucket_key(slug: &str) -> [u8; 2] {
-    ((fnv1a(slug.as_bytes()) >> 48) as u16).to_be_bytes()
+    ((fnv1a(slug) >> 48) as u16).to_be_bytes()
 }
 
 /// A bucket key to write (`Some`) or remove (`None`).
