@@ -7,7 +7,13 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr};
 
+use smallvec::SmallVec;
+
 use super::client_ip::canonical;
+
+/// A chain of hops; one to four (most requests) are kept inline, without an
+/// allocation on the redirect path.
+pub(crate) type Chain = SmallVec<[Hop; 4]>;
 
 /// One hop of a forwarding chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +25,8 @@ pub(crate) enum Hop {
 
 /// Every entry of every `X-Forwarded-For` line, in order. Empty entries are
 /// no hops (RFC 9110 lists may hold empty elements).
-pub(crate) fn xff_chain<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Vec<Hop> {
-    let mut chain = Vec::new();
+pub(crate) fn xff_chain<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Chain {
+    let mut chain = Chain::new();
     for line in lines {
         let line = String::from_utf8_lossy(line);
         chain.extend(
@@ -36,8 +42,8 @@ pub(crate) fn xff_chain<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Vec<Ho
 /// The `for=` node of every element of every `Forwarded` line (RFC 7239), in
 /// order. Each line is split on its own, so an unbalanced quote cannot swallow
 /// a later line.
-pub(crate) fn forwarded_chain<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Vec<Hop> {
-    let mut chain = Vec::new();
+pub(crate) fn forwarded_chain<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Chain {
+    let mut chain = Chain::new();
     for line in lines {
         let line = String::from_utf8_lossy(line);
         chain.extend(
@@ -159,10 +165,10 @@ mod tests {
     use super::*;
 
     fn xff(lines: &[&str]) -> Vec<Hop> {
-        xff_chain(lines.iter().map(|l| l.as_bytes()))
+        xff_chain(lines.iter().map(|l| l.as_bytes())).into_vec()
     }
     fn fwd(lines: &[&str]) -> Vec<Hop> {
-        forwarded_chain(lines.iter().map(|l| l.as_bytes()))
+        forwarded_chain(lines.iter().map(|l| l.as_bytes())).into_vec()
     }
     fn a(s: &str) -> Hop {
         Hop::Addr(s.parse().unwrap())
@@ -191,7 +197,7 @@ mod tests {
             ]
         );
         let bytes: [&[u8]; 1] = [b"\xff, 192.0.2.1"];
-        assert_eq!(xff_chain(bytes), [Hop::Unnamed, a("192.0.2.1")]);
+        assert_eq!(xff_chain(bytes).as_slice(), [Hop::Unnamed, a("192.0.2.1")]);
     }
 
     #[test]
