@@ -35,7 +35,8 @@ pub const SCAN_ROUTE: &str = "scan";
 ///
 /// The scan's one route has no method guard: `by_method` answers `GET` and
 /// `HEAD` and refuses the rest. actix-web's method guards note every method
-/// they check in the request's extensions, two allocations a scan.
+/// they check in the request's extensions (a `Vec`, boxed, in a map): with
+/// the forwarding chain kept inline, 5 allocations a scan fewer.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/{slug}")
