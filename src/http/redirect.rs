@@ -55,15 +55,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// `GET` and `HEAD` scan; any other method gets 405 with `Allow`.
 async fn by_method(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     match *req.method() {
-        Method::GET | Method::HEAD => scan(req, state).await,
+        Method::GET => scan(req, state, false).await,
+        Method::HEAD => scan(req, state, true).await,
         _ => super::allow::method_not_allowed(&req, super::allow::SLUG),
     }
 }
 
-async fn scan(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+/// A scan: `is_head` answers without recording (and without a body).
+async fn scan(req: HttpRequest, state: web::Data<AppState>, is_head: bool) -> HttpResponse {
     let started = Instant::now();
     let slug = req.match_info().get("slug").unwrap_or_default();
-    let is_head = req.method() == Method::HEAD;
     // Resolved once per redirect: the limit and the enrichment both use it.
     let client = client_ip_of(&req, &state.settings.server.trusted_proxies);
     if let Some(retry_after) = over_client_limit(&state, client) {
