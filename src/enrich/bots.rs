@@ -124,6 +124,10 @@ impl Guarded {
 /// The compiled rules.
 #[derive(Debug)]
 pub struct BotRules {
+    /// Every isbot pattern without look-around and the cores of those with
+    /// it, as one alternation: a user agent it does not match (most browsers)
+    /// is cleared by the list in one pass instead of seven.
+    gate: Regex,
     /// Every isbot pattern without look-around, as one alternation.
     plain: Regex,
     guarded: Vec<Guarded>,
@@ -209,6 +213,7 @@ impl BotRules {
         let patterns: Vec<String> = serde_json::from_str(ISBOT_PATTERNS)
             .map_err(|e| format!("isbot_patterns.json: {e}"))?;
         let mut plain = Vec::new();
+        let mut cores = Vec::new();
         let mut guarded = Vec::new();
         for p in &patterns {
             if !p.contains("(?<") && !p.contains("(?=") && !p.contains("(?!") {
@@ -217,6 +222,7 @@ impl BotRules {
                 continue;
             }
             let (not_after, core, ahead) = split_lookaround(p)?;
+            cores.push(format!("(?:{core})"));
             guarded.push(Guarded {
                 core: regex(core)?,
                 not_after: not_after.into_iter().map(String::into_bytes).collect(),
@@ -229,7 +235,9 @@ impl BotRules {
                 .build(list)
                 .map_err(|e| e.to_string())
         };
+        let gate = plain.iter().chain(&cores).map(String::as_str);
         Ok(BotRules {
+            gate: regex(&gate.collect::<Vec<_>>().join("|"))?,
             plain: regex(&plain.join("|"))?,
             guarded,
             markers: automaton(MARKERS)?,
@@ -245,8 +253,8 @@ impl BotRules {
         let masked = self.mask(ua);
         let bytes = masked.as_bytes();
         self.markers.is_match(bytes)
-            || self.plain.is_match(bytes)
-            || self.guarded.iter().any(|g| g.is_match(bytes))
+            || (self.gate.is_match(bytes)
+                && (self.plain.is_match(bytes) || self.guarded.iter().any(|g| g.is_match(bytes))))
     }
 
     /// `ua` without its Android device model and without known human tokens.

@@ -90,34 +90,58 @@ const MOBILE: u8 = 1 << 4;
 const WINDOWS_PHONE: u8 = 1 << 5;
 const IPHONE: u8 = 1 << 6;
 
-/// The marker lists compiled once into case-insensitive automata: one pass
-/// over the user agent per list instead of one substring search per marker.
-struct Markers {
-    tv: AhoCorasick,
-    tablet: AhoCorasick,
-    flags: AhoCorasick,
+/// What one pass over a user agent found of the token lists.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Found {
+    /// `FLAG_TOKENS` present, as bits.
+    flags: u8,
+    tv: bool,
+    tablet: bool,
+    /// The first of `BROWSER_TOKENS` (in list order) present, in its case.
+    browser: Option<usize>,
 }
 
-fn automaton(patterns: &[&str], kind: MatchKind) -> AhoCorasick {
+/// Every token list in one case-insensitive automaton, its patterns in
+/// this order: `FLAG_TOKENS`, `TV_MARKERS`, `TABLET_MARKERS`,
+/// `BROWSER_TOKENS`. One pass over the user agent instead of one per list
+/// (and one substring search per browser token).
+static TOKENS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let browsers = BROWSER_TOKENS.iter().map(|(token, _)| *token);
+    let patterns = FLAG_TOKENS
+        .iter()
+        .chain(TV_MARKERS)
+        .chain(TABLET_MARKERS)
+        .copied()
+        .chain(browsers);
     // The patterns are fixed literals; building can only fail on absurd sizes.
     AhoCorasick::builder()
         .ascii_case_insensitive(true)
-        .match_kind(kind)
+        .match_kind(MatchKind::Standard)
         .build(patterns)
-        .expect("marker automaton")
-}
-
-static MARKERS: LazyLock<Markers> = LazyLock::new(|| Markers {
-    tv: automaton(TV_MARKERS, MatchKind::LeftmostFirst),
-    tablet: automaton(TABLET_MARKERS, MatchKind::LeftmostFirst),
-    flags: automaton(&FLAG_TOKENS, MatchKind::Standard),
+        .expect("user-agent token automaton")
 });
 
-fn flags_of(ua: &str) -> u8 {
-    MARKERS
-        .flags
-        .find_overlapping_iter(ua)
-        .fold(0, |acc, m| acc | (1 << m.pattern().as_usize()))
+fn found_in(ua: &str) -> Found {
+    const TV: usize = FLAG_TOKENS.len();
+    let tablet = TV + TV_MARKERS.len();
+    let browser = tablet + TABLET_MARKERS.len();
+    let mut found = Found::default();
+    for m in TOKENS.find_overlapping_iter(ua) {
+        match m.pattern().as_usize() {
+            i if i < TV => found.flags |= 1 << i,
+            i if i < tablet => found.tv = true,
+            i if i < browser => found.tablet = true,
+            i => {
+                // Browser tokens are matched in their own case.
+                let i = i - browser;
+                let exact = &ua[m.start()..m.end()] == BROWSER_TOKENS[i].0;
+                if exact && found.browser.is_none_or(|b| i < b) {
+                    found.browser = Some(i);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Parses a user agent; `None` means the request had none.
@@ -129,16 +153,16 @@ pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
             ..Agent::default()
         };
     };
-    let flags = flags_of(ua);
+    let found = found_in(ua);
     let w = parser.parse(ua);
-    let (browser, browser_version) = browser_of(ua, w.as_ref());
-    let (os, os_version) = os_of(flags, w.as_ref());
+    let (browser, browser_version) = browser_of(ua, found.browser, w.as_ref());
+    let (os, os_version) = os_of(found.flags, w.as_ref());
     let category = w.as_ref().map_or("UNKNOWN", |w| w.category);
     let bot = matches!(category, "crawler" | "misc") || super::bots::is_bot(ua);
     let device_type = if bot {
         DeviceType::Bot
     } else {
-        device_of(ua, flags, category)
+        device_of(found, category)
     };
     Agent {
         device_type: Some(device_type),
@@ -150,14 +174,15 @@ pub fn parse(parser: &Parser, ua: Option<&str>) -> Agent {
     }
 }
 
-fn device_of(ua: &str, flags: u8, category: &str) -> DeviceType {
-    if category == "appliance" || MARKERS.tv.is_match(ua) {
+fn device_of(found: Found, category: &str) -> DeviceType {
+    let flags = found.flags;
+    if category == "appliance" || found.tv {
         return DeviceType::Other;
     }
     if flags & (OPERA_MINI | OPERA_MOBI) != 0 {
         return DeviceType::Mobile;
     }
-    if flags & WINDOWS_NT == 0 && MARKERS.tablet.is_match(ua) {
+    if flags & WINDOWS_NT == 0 && found.tablet {
         return DeviceType::Tablet;
     }
     if flags & ANDROID != 0 && flags & (MOBILE | WINDOWS_PHONE) == 0 {
@@ -218,11 +243,13 @@ fn known(s: &str) -> Option<CompactString> {
     (!s.is_empty() && s != "UNKNOWN").then(|| s.into())
 }
 
+/// `token`: the index of the first of `BROWSER_TOKENS` in `ua`.
 fn browser_of(
     ua: &str,
+    token: Option<usize>,
     w: Option<&WootheeResult>,
 ) -> (Option<CompactString>, Option<CompactString>) {
-    if let Some((token, name)) = BROWSER_TOKENS.iter().find(|(t, _)| ua.contains(t)) {
+    if let Some((token, name)) = token.map(|i| BROWSER_TOKENS[i]) {
         return (Some((*name).into()), version_after(ua, token.trim_end()));
     }
     if ua.contains("; wv)") {
@@ -270,6 +297,62 @@ mod tests {
 
     fn p(ua: &str) -> Agent {
         parse(&Parser::new(), Some(ua))
+    }
+
+    /// What `found_in` must find, one substring search at a time.
+    fn found_naively(ua: &str) -> Found {
+        let lower = ua.to_ascii_lowercase();
+        let any = |list: &[&str]| list.iter().any(|t| lower.contains(&t.to_ascii_lowercase()));
+        Found {
+            flags: FLAG_TOKENS
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| lower.contains(*t))
+                .fold(0, |acc, (i, _)| acc | 1 << i),
+            tv: any(TV_MARKERS),
+            tablet: any(TABLET_MARKERS),
+            browser: BROWSER_TOKENS.iter().position(|(t, _)| ua.contains(t)),
+        }
+    }
+
+    #[test]
+    fn one_pass_finds_what_a_search_per_token_finds() {
+        let corpora = [
+            include_str!("../../tests/data/user_agents.tsv"),
+            include_str!("../../tests/data/corpus/humans_user_agents.tsv"),
+            include_str!("../../tests/data/corpus/humans_fake_useragent.tsv"),
+            include_str!("../../tests/data/corpus/bots_crawler_user_agents.tsv"),
+        ];
+        let uas = corpora
+            .iter()
+            .flat_map(|c| c.lines())
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit('\t').next());
+        let mut with_browser = 0;
+        for ua in uas {
+            // Each as sent, and with the case of its letters changed, which
+            // browser tokens must notice and the other lists must not.
+            for ua in [
+                ua.to_owned(),
+                ua.to_ascii_uppercase(),
+                ua.to_ascii_lowercase(),
+            ] {
+                assert_eq!(found_in(&ua), found_naively(&ua), "{ua}");
+                with_browser += usize::from(found_in(&ua).browser.is_some());
+            }
+        }
+        assert!(with_browser > 500, "{with_browser}");
+        // A token found in the wrong case, then in its own; two tokens in
+        // one agent, where the list's order decides, not the position.
+        let name = |ua: &str| found_in(ua).browser.map(|i| BROWSER_TOKENS[i].1);
+        let ua = "Mozilla/5.0 (Linux; Android 9; KFTRWI) silk/1 Silk/114.2";
+        assert_eq!(found_in(ua), found_naively(ua));
+        assert_eq!(name(ua), Some("Silk"));
+        assert!(found_in(ua).tablet && found_in(ua).flags & ANDROID != 0);
+        assert_eq!(
+            name("Mozilla/5.0 (Linux; Android 9) Silk/114.2 EdgA/2"),
+            Some("Edge")
+        );
     }
 
     #[test]
