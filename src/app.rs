@@ -110,12 +110,19 @@ impl Application {
             settings.privacy.visitor_cache_entries,
         ));
         workers.add(DeliveryWorker::start(webhooks.clone()));
+        let enricher = Arc::new(Enricher::new(geo.clone()));
+        // On its own thread while the rest starts; joined before serving.
+        let agents = enricher.agents();
+        let warming = std::thread::Builder::new()
+            .name("agent-warm-up".into())
+            .spawn(move || agents.warm_up());
         let (recorder, handle) = Recorder::start(
             store.clone(),
             &settings.recorder,
             settings.storage.durability,
             downstream,
             registry.clone(),
+            enricher.agents(),
             metrics.clone(),
         )?;
         workers.add(handle);
@@ -144,7 +151,7 @@ impl Application {
             registry,
             visitors,
             webhooks,
-            enricher: Arc::new(Enricher::new(geo)),
+            enricher,
             salts,
             metrics,
             workers: Arc::new(workers),
@@ -157,6 +164,12 @@ impl Application {
             allow: http::allow::AllowTable::from_document(&openapi),
         });
         let server = Self::http_server(state.clone(), listener)?;
+        match warming.map(std::thread::JoinHandle::join) {
+            Ok(Ok(())) => {}
+            // The parsers' fixed rules failed to compile: as on a first scan.
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => state.enricher.agents().warm_up(),
+        }
         Ok(Application {
             server,
             port,

@@ -40,7 +40,7 @@ use super::threads;
 use super::worker::{Drain, DrainReport, Stage, WorkerHandle, WorkerStatus};
 use crate::config::{Durability, Overflow, RecorderSettings};
 use crate::domain::ScanEvent;
-use crate::enrich::fingerprint::Fingerprint;
+use crate::enrich::{self, agent_cache::AgentCache, fingerprint::Fingerprint};
 use crate::ids::{EventId, VisitorId};
 use crate::metrics::{Counter, Metrics};
 use crate::store::Store;
@@ -82,10 +82,13 @@ pub enum RecordError {
 
 /// A scan waiting in the queue; `device`: the fingerprint of a device the
 /// redirect's cache did not know, resolved to a visitor when the Recorder
-/// takes the scan (`VisitorRegistry::resolve`).
+/// takes the scan (`VisitorRegistry::resolve`); `agent`: a user agent the
+/// redirect left unparsed (`Enricher::known_agent`), parsed when the
+/// Recorder takes the scan (`parse_agent`).
 struct Queued {
     event: ScanEvent,
     device: Option<Fingerprint>,
+    agent: Option<Box<str>>,
 }
 
 struct Queue {
@@ -333,16 +336,44 @@ impl Intake {
     }
 }
 
-/// The events of `scans`, each device the redirect could not place given
-/// its visitor (known, pending or new). A failed lookup leaves the scan
-/// without a visitor, as the redirect would have: it still counts.
-fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Vec<ScanEvent> {
+/// Parses the user agent the redirect left unparsed, if any. A bot's scan
+/// gets no visitor, as on the redirect.
+///
+/// Parsing a user agent never seen reads much of the parsers' tables; on
+/// an HTTP worker, between requests, they are out of the CPU's caches and
+/// the parse took three times as long as here, where a batch's user agents
+/// are parsed one after another.
+fn parse_agent(agents: &AgentCache, bots: &Counter, scan: &mut Queued) {
+    if let Some(ua) = scan.agent.take() {
+        enrich::apply_agent(&mut scan.event, agents.parse_unseen(ua));
+        if scan.event.bot {
+            scan.device = None;
+            scan.event.visitor_id = None;
+            bots.inc();
+        }
+    }
+}
+
+/// The events of `scans`, each user agent left unparsed parsed
+/// (`parse_agent`), each device the redirect could not place given its
+/// visitor (known, pending or new). A failed lookup leaves the scan without
+/// a visitor, as the redirect would have: it still counts.
+fn resolve_visitors(
+    registry: &VisitorRegistry,
+    agents: &AgentCache,
+    bots: &Counter,
+    scans: Vec<Queued>,
+) -> Vec<ScanEvent> {
     // A new visitor's ID carries the time of the batch's first ID, which
     // is its segment's key (`store::events`, "Home segments").
     let at_ms = scans.first().map_or(0, |s| s.event.id.timestamp_ms());
     scans
         .into_iter()
-        .map(|Queued { mut event, device }| {
+        .map(|mut scan| {
+            parse_agent(agents, bots, &mut scan);
+            let Queued {
+                mut event, device, ..
+            } = scan;
             if let Some(fp) = device {
                 match registry.resolve(&event.workspace_id, fp, at_ms) {
                     Ok(v) => event.visitor_id = Some(v),
@@ -362,6 +393,8 @@ fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Vec<ScanE
 fn recommit_logged(
     store: &Store,
     registry: &VisitorRegistry,
+    agents: &AgentCache,
+    metrics: &Metrics,
     logged: Vec<LoggedScan>,
     batch_size: usize,
 ) -> Result<(), crate::store::StoreError> {
@@ -369,7 +402,11 @@ fn recommit_logged(
     let mut missing: Vec<Queued> = logged
         .into_iter()
         .filter(|(event, _)| Some(event.id) > newest)
-        .map(|(event, device)| Queued { event, device })
+        .map(|(event, device)| Queued {
+            event,
+            device,
+            agent: None,
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -379,7 +416,8 @@ fn recommit_logged(
     let count = missing.len();
     while !missing.is_empty() {
         let rest = missing.split_off(missing.len().min(batch_size.max(1)));
-        let events = resolve_visitors(registry, std::mem::replace(&mut missing, rest));
+        let scans = std::mem::replace(&mut missing, rest);
+        let events = resolve_visitors(registry, agents, &metrics.bot_scans, scans);
         let new_visitors = registry.new_in(&events);
         store.commit_logged_scans(&events, &new_visitors)?;
         registry.committed(&new_visitors);
@@ -428,6 +466,8 @@ fn log_scans(intake: &Intake, log: &Mutex<ScanLog>, store: &Store, metrics: &Met
             payload.clear();
             let mut last_id = None;
             let encoded = group.clone().try_for_each(|s| {
+                // `RecorderHandle::record` parses the user agent first here.
+                debug_assert!(s.agent.is_none(), "a strict scan with its agent unparsed");
                 last_id = Some(s.event.id);
                 scan_log::encode_scan(&mut payload, &s.event, &s.device)
             });
@@ -470,6 +510,7 @@ pub struct RecorderHandle {
     intake: Arc<Intake>,
     addr: Addr<Recorder>,
     metrics: Arc<Metrics>,
+    agents: Arc<AgentCache>,
 }
 
 impl RecorderHandle {
@@ -477,13 +518,24 @@ impl RecorderHandle {
     /// `device`: the fingerprint of a device whose visitor the redirect did
     /// not find in the registry's cache; the Recorder resolves it (reading
     /// the store off the HTTP workers) and sets the event's visitor.
+    /// `agent`: a user agent the caller left unparsed; the Recorder parses
+    /// it, except in strict mode, where the scan log records the event as
+    /// the store will and the agent is parsed here, before the log sees it.
     pub async fn record(
         &self,
         event: ScanEvent,
         device: Option<Fingerprint>,
+        agent: Option<Box<str>>,
     ) -> Result<RecordOutcome, RecordError> {
         let intake = &self.intake;
-        let scan = Queued { event, device };
+        let mut scan = Queued {
+            event,
+            device,
+            agent,
+        };
+        if intake.durability == Durability::Strict {
+            parse_agent(&self.agents, &self.metrics.bot_scans, &mut scan);
+        }
         let waits = &self.metrics.recorder_backpressure_waits;
         let (id, durable) = match intake.push(scan, waits).await {
             None => return Err(RecordError::Closed),
@@ -555,6 +607,8 @@ pub struct Recorder {
     downstream: Vec<Recipient<ScansCommitted>>,
     /// Registry entries of new visitors are written with their first event.
     registry: Arc<VisitorRegistry>,
+    /// Parses the user agents the redirect left unparsed.
+    agents: Arc<AgentCache>,
     /// The last event committed; the next batch is handed on as coming after it.
     last_committed: Option<EventId>,
     metrics: Arc<Metrics>,
@@ -574,10 +628,12 @@ impl Recorder {
         durability: Durability,
         downstream: Vec<Recipient<ScansCommitted>>,
         registry: Arc<VisitorRegistry>,
+        agents: Arc<AgentCache>,
         metrics: Arc<Metrics>,
     ) -> Result<(RecorderHandle, WorkerHandle), crate::store::StoreError> {
         let (mut log, logged) = ScanLog::open(store.path())?;
-        recommit_logged(&store, &registry, logged, settings.batch_size)?;
+        let batch_size = settings.batch_size;
+        recommit_logged(&store, &registry, &agents, &metrics, logged, batch_size)?;
         log.remove_covered(store.last_event_id()?)?;
         let last_event_id = store.last_event_id()?;
         let intake = Arc::new(Intake {
@@ -614,6 +670,7 @@ impl Recorder {
             mailbox_capacity: settings.mailbox_capacity,
             downstream,
             registry,
+            agents: agents.clone(),
             last_committed: last_event_id,
             metrics: metrics.clone(),
             status: WorkerStatus::new(),
@@ -631,6 +688,7 @@ impl Recorder {
                 intake,
                 addr,
                 metrics,
+                agents,
             },
             worker,
         ))
@@ -648,7 +706,12 @@ impl Recorder {
                     .intake
                     .next_batch(queued)
                     .map(|(scans, last_seq)| Pending {
-                        events: resolve_visitors(&self.registry, scans),
+                        events: resolve_visitors(
+                            &self.registry,
+                            &self.agents,
+                            &self.metrics.bot_scans,
+                            scans,
+                        ),
                         last_seq,
                         written: false,
                         new_visitors: Vec::new(),
@@ -828,6 +891,7 @@ mod tests {
             let scan = Queued {
                 event,
                 device: None,
+                agent: None,
             };
             assert!(matches!(intake.try_push(scan), Push::Queued { .. }));
         }
@@ -896,6 +960,7 @@ mod tests {
                 crate::ids::LinkId::generate(),
             ),
             device: None,
+            agent: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::domain::{DeviceType, Link, ScanEvent, ScanMethod};
 use crate::ids::EventId;
 use geo::GeoDatabases;
 use privacy::Salt;
+use useragent::Agent;
 
 const MAX_REFERER_BYTES: usize = 1024;
 /// Distinct user agents remembered parsed (see `agent_cache` for the policy).
@@ -37,15 +38,31 @@ pub struct ScanRequest<'a> {
 }
 
 pub struct Enricher {
-    agents: agent_cache::AgentCache,
+    agents: Arc<agent_cache::AgentCache>,
     geo: Arc<GeoDatabases>,
 }
 
 impl Enricher {
     pub fn new(geo: Arc<GeoDatabases>) -> Enricher {
         Enricher {
-            agents: agent_cache::AgentCache::new(AGENT_CACHE_ENTRIES),
+            agents: Arc::new(agent_cache::AgentCache::new(AGENT_CACHE_ENTRIES)),
             geo,
+        }
+    }
+
+    /// The parsed user agents, shared with the Recorder, which parses those
+    /// the redirect leaves to it (`known_agent`).
+    pub fn agents(&self) -> Arc<agent_cache::AgentCache> {
+        self.agents.clone()
+    }
+
+    /// The parsed user agent if parsing it is not needed: the cache knows it,
+    /// or the request has none (a bot). `None` leaves it to the Recorder
+    /// (`AgentCache::parse_unseen`, then `apply_agent`).
+    pub fn known_agent(&self, ua: Option<&str>) -> Option<Agent> {
+        match ua {
+            Some(ua) => self.agents.cached(ua),
+            None => Some(self.agents.parse(None)),
         }
     }
 
@@ -54,9 +71,10 @@ impl Enricher {
         self.agents.stats()
     }
 
-    /// Builds the scan event for `link` from `req`; the Recorder assigns its
-    /// ID when it takes the event (IDs follow the Recorder's queue order). The client IP is used for
-    /// the hash (and geo) here and never leaves this function.
+    /// Builds the scan event for `link` from `req`, its user agent parsed;
+    /// the Recorder assigns its ID when it takes the event (IDs follow the
+    /// Recorder's queue order). The client IP is used for the hash (and geo)
+    /// here and never leaves this function.
     pub fn scan_event(
         &self,
         req: &ScanRequest,
@@ -64,20 +82,33 @@ impl Enricher {
         method: ScanMethod,
         destination: String,
     ) -> ScanEvent {
-        let ip = req.client_ip;
         let agent = self.agents.parse(req.user_agent);
+        self.scan_event_with(req, link, method, destination, Some(agent))
+    }
+
+    /// `scan_event` with the user agent as `known_agent` gave it: `None`
+    /// leaves the event's device, OS, browser and bot flag for `apply_agent`.
+    pub fn scan_event_with(
+        &self,
+        req: &ScanRequest,
+        link: &Link,
+        method: ScanMethod,
+        destination: String,
+        agent: Option<Agent>,
+    ) -> ScanEvent {
+        let ip = req.client_ip;
         let geo = self.geo.lookup(ip);
-        ScanEvent {
+        let mut event = ScanEvent {
             id: EventId::from_bytes([0; 16]),
             workspace_id: link.workspace_id,
             link_id: link.id,
             visitor_id: None,
             method,
-            device_type: agent.device_type.unwrap_or(DeviceType::Other),
-            os: agent.os,
-            os_version: agent.os_version,
-            browser: agent.browser,
-            browser_version: agent.browser_version,
+            device_type: DeviceType::Other,
+            os: None,
+            os_version: None,
+            browser: None,
+            browser_version: None,
             country: geo.country,
             region: geo.region,
             city: geo.city,
@@ -87,9 +118,23 @@ impl Enricher {
             referer: req.referer.and_then(truncate_referer),
             destination,
             ip_hash: privacy::ip_hash(&req.ip_salt, ip),
-            bot: agent.bot,
+            bot: false,
+        };
+        if let Some(agent) = agent {
+            apply_agent(&mut event, agent);
         }
+        event
     }
+}
+
+/// Fills in what the user agent says of the scan's device.
+pub fn apply_agent(event: &mut ScanEvent, agent: Agent) {
+    event.device_type = agent.device_type.unwrap_or(DeviceType::Other);
+    event.os = agent.os;
+    event.os_version = agent.os_version;
+    event.browser = agent.browser;
+    event.browser_version = agent.browser_version;
+    event.bot = agent.bot;
 }
 
 /// The primary subtag of the first language in `Accept-Language`, lower-case.

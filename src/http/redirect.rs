@@ -160,14 +160,21 @@ async fn record(
         referer: header_str(req, header::REFERER),
         ip_salt: state.salts.salt_at(now.as_millis()),
     };
-    let mut event = state.enricher.scan_event(
+    // A user agent the cache does not know is parsed by the Recorder, with
+    // the others of its batch (`RecorderHandle::record`).
+    let agent = state.enricher.known_agent(scan.user_agent);
+    let unparsed = scan.user_agent.filter(|_| agent.is_none());
+    let mut event = state.enricher.scan_event_with(
         &scan,
         link,
         ScanMethod::Get,
         link.destination.as_str().to_owned(),
+        agent,
     );
     // A device the registry's cache does not know goes to the Recorder as a
-    // fingerprint; it finds the visitor there, off this thread.
+    // fingerprint; it finds the visitor there, off this thread. So does
+    // every device whose user agent is left to the Recorder: it may be a
+    // bot's, which gets no visitor.
     let mut device = None;
     if event.bot {
         state.metrics.bot_scans.inc();
@@ -178,14 +185,23 @@ async fn record(
             ip: client_ip,
             day_salt: &scan.ip_salt,
         };
-        match state.registry.visitor_cached(&link.workspace_id, &scanner) {
+        let ws = &link.workspace_id;
+        let found = match unparsed {
+            Some(_) => state.registry.fingerprint(ws, &scanner).map(Err),
+            None => state.registry.visitor_cached(ws, &scanner),
+        };
+        match found {
             Ok(Ok(v)) => event.visitor_id = Some(v),
             Ok(Err(fp)) => device = Some(fp),
             // The scan still counts, without a visitor.
             Err(e) => tracing::warn!(error = %e, "cannot look up the visitor of a scan"),
         }
     }
-    match state.recorder.record(event, device).await {
+    match state
+        .recorder
+        .record(event, device, unparsed.map(Box::from))
+        .await
+    {
         Ok(RecordOutcome::Recorded(id)) => Ok(Some(id)),
         Ok(RecordOutcome::Dropped) => Ok(None),
         Err(e) => {

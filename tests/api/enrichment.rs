@@ -394,3 +394,65 @@ async fn bots_are_redirected_stored_flagged_and_not_counted() {
         .text();
     assert!(metrics.contains("scanhop_bot_scans_total 4"), "{metrics}");
 }
+
+/// The `scanhop_useragent_cache_lookups_total` sample of `result`.
+async fn agent_lookups(app: &TestApp, result: &str) -> u64 {
+    let metrics = app
+        .raw(app.client.get(app.url("/metrics")), "")
+        .await
+        .text();
+    let prefix = format!("scanhop_useragent_cache_lookups_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+}
+
+#[actix_rt::test]
+async fn a_user_agent_parsed_after_the_answer_describes_the_scan_as_one_from_the_cache() {
+    // A user agent the cache does not know is parsed by the Recorder after
+    // the redirect has answered; the next scan with it is answered from the
+    // cache. Both must store the same description, and a bot's scan gets
+    // no visitor either way.
+    let app = spawn_app().await;
+    app.create_link(
+        json!({"destination": "https://example.com/", "slug": "c", "conversion_tracking": true}),
+    )
+    .await;
+    let described = |e: &Value| {
+        [
+            "device_type",
+            "os",
+            "os_version",
+            "browser",
+            "browser_version",
+            "bot",
+        ]
+        .map(|k| e[k].clone())
+    };
+    let browser = "Mozilla/5.0 (Linux; Android 14; SM-S921B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/25.0 Chrome/121.0.0.0 Mobile Safari/537.36";
+    let bot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    for (ua, is_bot) in [(browser, false), (bot, true)] {
+        let misses = agent_lookups(&app, "miss").await;
+        let hits = agent_lookups(&app, "hit").await;
+        let scan = || async {
+            let r = app.scan_with("c", &[("User-Agent", ua)]).await;
+            assert_eq!(r.status.as_u16(), 302, "{ua}");
+            stored_event(&app, r.header("location").unwrap()).await
+        };
+        let first = scan().await;
+        assert_eq!(agent_lookups(&app, "miss").await, misses + 1, "{ua}");
+        let second = scan().await;
+        assert_eq!(agent_lookups(&app, "hit").await, hits + 1, "{ua}");
+        assert_eq!(described(&first), described(&second), "{ua}");
+        assert_eq!(first["bot"], is_bot, "{ua}");
+        assert_eq!(first["visitor_id"], second["visitor_id"], "{ua}");
+        assert_eq!(first["visitor_id"].is_null(), is_bot, "{ua}: {first}");
+    }
+    let metrics = app
+        .raw(app.client.get(app.url("/metrics")), "")
+        .await
+        .text();
+    assert!(metrics.contains("scanhop_bot_scans_total 2"), "{metrics}");
+}
