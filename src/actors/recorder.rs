@@ -354,36 +354,30 @@ fn parse_agent(agents: &AgentCache, bots: &Counter, scan: &mut Queued) {
     }
 }
 
-/// The events of `scans`, each user agent left unparsed parsed
-/// (`parse_agent`), each device the redirect could not place given its
-/// visitor (known, pending or new). A failed lookup leaves the scan without
-/// a visitor, as the redirect would have: it still counts.
-fn resolve_visitors(
-    registry: &VisitorRegistry,
-    agents: &AgentCache,
-    bots: &Counter,
-    scans: Vec<Queued>,
-) -> Vec<ScanEvent> {
+/// The events of `scans`, each device the redirect could not place given
+/// its visitor (known, pending or new). A failed lookup leaves the scan
+/// without a visitor, as the redirect would have: it still counts.
+fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Vec<ScanEvent> {
     // A new visitor's ID carries the time of the batch's first ID, which
     // is its segment's key (`store::events`, "Home segments").
     let at_ms = scans.first().map_or(0, |s| s.event.id.timestamp_ms());
     scans
         .into_iter()
-        .map(|mut scan| {
-            parse_agent(agents, bots, &mut scan);
-            let Queued {
-                mut event, device, ..
-            } = scan;
-            if let Some(fp) = device {
-                match registry.resolve(&event.workspace_id, fp, at_ms) {
-                    Ok(v) => event.visitor_id = Some(v),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot look up the visitor of a scan")
+        .map(
+            |Queued {
+                 mut event, device, ..
+             }| {
+                if let Some(fp) = device {
+                    match registry.resolve(&event.workspace_id, fp, at_ms) {
+                        Ok(v) => event.visitor_id = Some(v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot look up the visitor of a scan")
+                        }
                     }
                 }
-            }
-            event
-        })
+                event
+            },
+        )
         .collect()
 }
 
@@ -393,8 +387,6 @@ fn resolve_visitors(
 fn recommit_logged(
     store: &Store,
     registry: &VisitorRegistry,
-    agents: &AgentCache,
-    metrics: &Metrics,
     logged: Vec<LoggedScan>,
     batch_size: usize,
 ) -> Result<(), crate::store::StoreError> {
@@ -416,8 +408,7 @@ fn recommit_logged(
     let count = missing.len();
     while !missing.is_empty() {
         let rest = missing.split_off(missing.len().min(batch_size.max(1)));
-        let scans = std::mem::replace(&mut missing, rest);
-        let events = resolve_visitors(registry, agents, &metrics.bot_scans, scans);
+        let events = resolve_visitors(registry, std::mem::replace(&mut missing, rest));
         let new_visitors = registry.new_in(&events);
         store.commit_logged_scans(&events, &new_visitors)?;
         registry.committed(&new_visitors);
@@ -632,8 +623,7 @@ impl Recorder {
         metrics: Arc<Metrics>,
     ) -> Result<(RecorderHandle, WorkerHandle), crate::store::StoreError> {
         let (mut log, logged) = ScanLog::open(store.path())?;
-        let batch_size = settings.batch_size;
-        recommit_logged(&store, &registry, &agents, &metrics, logged, batch_size)?;
+        recommit_logged(&store, &registry, logged, settings.batch_size)?;
         log.remove_covered(store.last_event_id()?)?;
         let last_event_id = store.last_event_id()?;
         let intake = Arc::new(Intake {
@@ -702,20 +692,18 @@ impl Recorder {
         let queued = self.intake.last_queued();
         loop {
             if self.pending.is_none() {
-                self.pending = self
-                    .intake
-                    .next_batch(queued)
-                    .map(|(scans, last_seq)| Pending {
-                        events: resolve_visitors(
-                            &self.registry,
-                            &self.agents,
-                            &self.metrics.bot_scans,
-                            scans,
-                        ),
+                self.pending = self.intake.next_batch(queued).map(|(mut scans, last_seq)| {
+                    // The batch's new user agents first, one after another.
+                    for scan in &mut scans {
+                        parse_agent(&self.agents, &self.metrics.bot_scans, scan);
+                    }
+                    Pending {
+                        events: resolve_visitors(&self.registry, scans),
                         last_seq,
                         written: false,
                         new_visitors: Vec::new(),
-                    });
+                    }
+                });
                 self.intake.space.notify_waiters();
             }
             let Some(pending) = self.pending.as_mut() else {
