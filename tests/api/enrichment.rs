@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{IPHONE_UA, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{IPHONE_UA, TestApp, metric, spawn_app, spawn_app_with};
 use crate::mmdb::{write_asn_db, write_atomically, write_city_db};
 
 const CITY_ROWS: &[crate::mmdb::CityRow] = &[
@@ -401,12 +401,8 @@ async fn agent_lookups(app: &TestApp, result: &str) -> u64 {
         .raw(app.client.get(app.url("/metrics")), "")
         .await
         .text();
-    let prefix = format!("scanhop_useragent_cache_lookups_total{{result=\"{result}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+    let name = format!("scanhop_useragent_cache_lookups_total{{result=\"{result}\"}}");
+    metric(&metrics, &name).unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
 #[actix_rt::test]
