@@ -26,13 +26,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use quick_cache::sync::Cache;
 
 use crate::config::FingerprintScope;
 use crate::domain::ScanEvent;
-use crate::enrich::fingerprint::{Fingerprint, FingerprintKey, fingerprint};
+use crate::enrich::fingerprint::{Fingerprint, FingerprintKey, Keyed};
 use crate::enrich::privacy::Salt;
 use crate::ids::{VisitorId, WorkspaceId};
 use crate::store::{NewVisitor, Store, StoreResult};
@@ -58,7 +58,7 @@ pub struct Device<'a> {
 pub struct VisitorRegistry {
     store: Store,
     scope: FingerprintScope,
-    keys: RwLock<HashMap<WorkspaceId, FingerprintKey>>,
+    keys: RwLock<HashMap<WorkspaceId, Arc<Keyed>>>,
     cache: Cache<(WorkspaceId, Fingerprint), VisitorId>,
     pending: Mutex<Pending>,
 }
@@ -79,33 +79,32 @@ impl VisitorRegistry {
         format!("fingerprint:{ws}")
     }
 
-    fn key(&self, ws: &WorkspaceId) -> StoreResult<FingerprintKey> {
+    /// The workspace's fingerprint key, ready to hash; read from the store
+    /// once per workspace.
+    fn key(&self, ws: &WorkspaceId) -> StoreResult<Arc<Keyed>> {
         if let Some(k) = self
             .keys
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(ws)
         {
-            return Ok(*k);
+            return Ok(Arc::clone(k));
         }
         let key: FingerprintKey = self.store.secret(&Self::key_name(ws))?;
+        let keyed = Arc::new(Keyed::new(&key));
         self.keys
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(*ws, key);
-        Ok(key)
+            .insert(*ws, Arc::clone(&keyed));
+        Ok(keyed)
     }
 
     /// The fingerprint of `device` in workspace `ws`.
     pub fn fingerprint(&self, ws: &WorkspaceId, device: &Device) -> StoreResult<Fingerprint> {
         let daily = (self.scope == FingerprintScope::Daily).then_some(device.day_salt);
-        Ok(fingerprint(
-            &self.key(ws)?,
-            device.user_agent,
-            device.accept_language,
-            device.ip,
-            daily,
-        ))
+        Ok(self
+            .key(ws)?
+            .fingerprint(device.user_agent, device.accept_language, device.ip, daily))
     }
 
     /// The visitor of `device` in `ws`: known, pending, or new, as the

@@ -36,31 +36,44 @@ fn network(ip: Option<IpAddr>) -> ([u8; 7], usize) {
     }
 }
 
-/// The fingerprint of a scan. Each part is length-prefixed so no two
-/// different inputs hash alike.
-pub fn fingerprint(
-    key: &FingerprintKey,
-    user_agent: Option<&str>,
-    accept_language: Option<&str>,
-    ip: Option<IpAddr>,
-    daily_salt: Option<&Salt>,
-) -> Fingerprint {
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .expect("HMAC takes keys of any length");
-    let (net, net_len) = network(ip);
-    for part in [
-        user_agent.unwrap_or_default().as_bytes(),
-        accept_language.unwrap_or_default().as_bytes(),
-        &net[..net_len],
-        daily_salt.map_or(&[][..], |s| &s[..]),
-    ] {
-        mac.update(&(part.len() as u32).to_be_bytes());
-        mac.update(part);
+/// A workspace's fingerprint key, made ready to hash: HMAC's keyed inner
+/// and outer states are computed once here, not on every scan.
+#[derive(Clone)]
+pub struct Keyed(hmac::Hmac<Sha256>);
+
+impl Keyed {
+    pub fn new(key: &FingerprintKey) -> Keyed {
+        Keyed(
+            <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
+                .expect("HMAC takes keys of any length"),
+        )
     }
-    let full = mac.finalize().into_bytes();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
-    out
+
+    /// The fingerprint of a scan. Each part is length-prefixed so no two
+    /// different inputs hash alike.
+    pub fn fingerprint(
+        &self,
+        user_agent: Option<&str>,
+        accept_language: Option<&str>,
+        ip: Option<IpAddr>,
+        daily_salt: Option<&Salt>,
+    ) -> Fingerprint {
+        let mut mac = self.0.clone();
+        let (net, net_len) = network(ip);
+        for part in [
+            user_agent.unwrap_or_default().as_bytes(),
+            accept_language.unwrap_or_default().as_bytes(),
+            &net[..net_len],
+            daily_salt.map_or(&[][..], |s| &s[..]),
+        ] {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part);
+        }
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -71,13 +84,30 @@ mod tests {
 
     fn fp(key: u8, ua: &str, lang: &str, ip: &str, salt: Option<u8>) -> Fingerprint {
         let salt = salt.map(|s| [s; 32]);
-        fingerprint(
-            &[key; 32],
+        Keyed::new(&[key; 32]).fingerprint(
             Some(ua),
             Some(lang),
             Some(ip.parse().unwrap()),
             salt.as_ref(),
         )
+    }
+
+    /// One `Keyed` hashes scan after scan: each fingerprint is the HMAC of
+    /// its own parts alone, as a key made afresh and the plain HMAC answer.
+    #[test]
+    fn a_keyed_state_used_again_hashes_each_scan_alone() {
+        let keyed = Keyed::new(&[3; 32]);
+        let ip = Some("81.2.69.10".parse().unwrap());
+        let first = keyed.fingerprint(Some(UA), Some("de"), ip, None);
+        let _other = keyed.fingerprint(Some("curl/8"), None, None, Some(&[9; 32]));
+        assert_eq!(keyed.fingerprint(Some(UA), Some("de"), ip, None), first);
+        assert_eq!(fp(3, UA, "de", "81.2.69.10", None), first);
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&[3; 32]).unwrap();
+        for part in [UA.as_bytes(), b"de", &[4, 81, 2, 69], b""] {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part);
+        }
+        assert_eq!(first[..], mac.finalize().into_bytes()[..16]);
     }
 
     /// The bytes hashed for the network: a stored fingerprint stays the
