@@ -15,7 +15,9 @@
 //!
 //! For each run it also reports where the CPU went (by thread, from
 //! `/proc/self/task`), the Recorder's CPU per committed event, the bytes
-//! stored per event, and whether every answered scan was stored. With a
+//! stored per event, in `strict` mode the scan log's appends (their
+//! number, mean fdatasync time and scans each), and whether every answered
+//! scan was stored. With a
 //! webhook, it lets the outbox drain for up to a minute after the load and
 //! reports the CPU per message delivered then, with no redirect beside it:
 //! what a message costs, which the ratio under load cannot isolate.
@@ -319,6 +321,10 @@ struct Run {
     backpressure_waits: f64,
     recorder_batches: f64,
     event_bytes: f64,
+    /// Strict mode: the scan log's appends (each an fdatasync) and their
+    /// seconds in all.
+    log_syncs: f64,
+    log_sync_secs: f64,
     /// Webhook requests the receiver got during the run, and in all.
     delivered_during: u64,
     delivered: u64,
@@ -486,7 +492,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0.05);
     println!(
-        "Each round runs the ceiling, then the scenario; the row is the round with the median ratio of {rounds}. A round in which the hypervisor took over {:.0}% of either half's time is run again (at most {rounds} times in all).\n",
+        "Each round runs the ceiling, then the scenario; the row is the round with the median ratio of {rounds}. A round in which the hypervisor took over {:.0}% of either half's time is run again (at most {rounds} rounds more).\n",
         100.0 * max_steal
     );
     let mut rows = Vec::new();
@@ -565,6 +571,8 @@ fn main() {
                 recorder_busy_secs: m("scanhop_recorder_busy_seconds_total"),
                 backpressure_waits: m("scanhop_recorder_backpressure_waits_total"),
                 recorder_batches: m("scanhop_recorder_batches_total"),
+                log_syncs: m("scanhop_scan_log_sync_duration_seconds_count"),
+                log_sync_secs: m("scanhop_scan_log_sync_duration_seconds_sum"),
                 event_bytes: m("scanhop_event_bytes_total"),
                 delivered: received.load(Ordering::Relaxed) - received_before,
                 delivered_during,
@@ -651,6 +659,14 @@ fn main() {
             r.recorded / r.recorder_batches.max(1.0),
             r.event_bytes / r.recorded.max(1.0),
         );
+        if r.log_syncs > 0.0 {
+            detail.push_str(&format!(
+                " Scan log: {:.0} appends, each fdatasynced, {:.0} µs each on average, {:.1} scans each.",
+                r.log_syncs,
+                1e6 * r.log_sync_secs / r.log_syncs,
+                r.recorded / r.log_syncs,
+            ));
+        }
         detail.push_str(&format!(
             " The machine (all cores) in that round: idle {:.0}%, softirq {:.0}% in the ceiling's half; idle {:.0}%, softirq {:.0}% in the scenario's.",
             100.0 * r.base_machine.idle,
