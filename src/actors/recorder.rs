@@ -21,10 +21,12 @@
 //! In `strict` mode a thread of its own, `log_scans`, appends what is queued
 //! and not yet logged to the scan log (`store/scan_log.rs`) as one fsynced
 //! record and then publishes the last sequence number logged, which is what
-//! strict redirects wait for (group commit). The Recorder takes logged
-//! events only, and commits them as in `batched` mode; the store's periodic
-//! flush makes them durable there. At start, the scans the log holds and
-//! the store lacks are committed first (`recommit_logged`).
+//! strict redirects wait for (group commit). A scan is logged as queued,
+//! with the user agent its redirect left unparsed. The Recorder takes logged
+//! events only, and commits them as in `batched` mode (parsing their agents
+//! in the batch); the store's periodic flush makes them durable there. At
+//! start, the scans the log holds and the store lacks are committed first
+//! (`recommit_logged`).
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -383,21 +385,23 @@ fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Vec<ScanE
 
 /// At start: commits the scans of the scan log that the store lacks (a
 /// strict-mode server stopped before the periodic flush made them durable
-/// in the store), then flushes, so the log's files can go.
+/// in the store), then flushes, so the log's files can go. Their user
+/// agents still unparsed are parsed here, as the Recorder would have.
 fn recommit_logged(
     store: &Store,
     registry: &VisitorRegistry,
+    (agents, bots): (&AgentCache, &Counter),
     logged: Vec<LoggedScan>,
     batch_size: usize,
 ) -> Result<(), crate::store::StoreError> {
     let newest = store.last_event_id()?;
     let mut missing: Vec<Queued> = logged
         .into_iter()
-        .filter(|(event, _)| Some(event.id) > newest)
-        .map(|(event, device)| Queued {
+        .filter(|(event, _, _)| Some(event.id) > newest)
+        .map(|(event, device, agent)| Queued {
             event,
             device,
-            agent: None,
+            agent,
         })
         .collect();
     if missing.is_empty() {
@@ -408,7 +412,11 @@ fn recommit_logged(
     let count = missing.len();
     while !missing.is_empty() {
         let rest = missing.split_off(missing.len().min(batch_size.max(1)));
-        let events = resolve_visitors(registry, std::mem::replace(&mut missing, rest));
+        let mut batch = std::mem::replace(&mut missing, rest);
+        for scan in &mut batch {
+            parse_agent(agents, bots, scan);
+        }
+        let events = resolve_visitors(registry, batch);
         let new_visitors = registry.new_in(&events);
         store.commit_logged_scans(&events, &new_visitors)?;
         registry.committed(&new_visitors);
@@ -457,10 +465,8 @@ fn log_scans(intake: &Intake, log: &Mutex<ScanLog>, store: &Store, metrics: &Met
             payload.clear();
             let mut last_id = None;
             let encoded = group.clone().try_for_each(|s| {
-                // `RecorderHandle::record` parses the user agent first here.
-                debug_assert!(s.agent.is_none(), "a strict scan with its agent unparsed");
                 last_id = Some(s.event.id);
-                scan_log::encode_scan(&mut payload, &s.event, &s.device)
+                scan_log::encode_scan(&mut payload, &s.event, &s.device, &s.agent)
             });
             (q.logged + group.len() as u64, last_id, encoded)
         };
@@ -501,7 +507,6 @@ pub struct RecorderHandle {
     intake: Arc<Intake>,
     addr: Addr<Recorder>,
     metrics: Arc<Metrics>,
-    agents: Arc<AgentCache>,
 }
 
 impl RecorderHandle {
@@ -510,8 +515,7 @@ impl RecorderHandle {
     /// not find in the registry's cache; the Recorder resolves it (reading
     /// the store off the HTTP workers) and sets the event's visitor.
     /// `agent`: a user agent the caller left unparsed; the Recorder parses
-    /// it, except in strict mode, where the scan log records the event as
-    /// the store will and the agent is parsed here, before the log sees it.
+    /// it (in strict mode the scan log holds it unparsed with the event).
     pub async fn record(
         &self,
         event: ScanEvent,
@@ -519,14 +523,11 @@ impl RecorderHandle {
         agent: Option<Box<str>>,
     ) -> Result<RecordOutcome, RecordError> {
         let intake = &self.intake;
-        let mut scan = Queued {
+        let scan = Queued {
             event,
             device,
             agent,
         };
-        if intake.durability == Durability::Strict {
-            parse_agent(&self.agents, &self.metrics.bot_scans, &mut scan);
-        }
         let waits = &self.metrics.recorder_backpressure_waits;
         let (id, durable) = match intake.push(scan, waits).await {
             None => return Err(RecordError::Closed),
@@ -623,7 +624,13 @@ impl Recorder {
         metrics: Arc<Metrics>,
     ) -> Result<(RecorderHandle, WorkerHandle), crate::store::StoreError> {
         let (mut log, logged) = ScanLog::open(store.path())?;
-        recommit_logged(&store, &registry, logged, settings.batch_size)?;
+        recommit_logged(
+            &store,
+            &registry,
+            (&agents, &metrics.bot_scans),
+            logged,
+            settings.batch_size,
+        )?;
         log.remove_covered(store.last_event_id()?)?;
         let last_event_id = store.last_event_id()?;
         let intake = Arc::new(Intake {
@@ -660,7 +667,7 @@ impl Recorder {
             mailbox_capacity: settings.mailbox_capacity,
             downstream,
             registry,
-            agents: agents.clone(),
+            agents,
             last_committed: last_event_id,
             metrics: metrics.clone(),
             status: WorkerStatus::new(),
@@ -678,7 +685,6 @@ impl Recorder {
                 intake,
                 addr,
                 metrics,
-                agents,
             },
             worker,
         ))
@@ -1070,7 +1076,7 @@ mod tests {
         intake.wake_log();
         thread.join().unwrap();
         let (_, logged) = ScanLog::open(dir.path()).unwrap();
-        let ids: Vec<EventId> = logged.iter().map(|(e, _)| e.id).collect();
+        let ids: Vec<EventId> = logged.iter().map(|(e, _, _)| e.id).collect();
         let expected: Vec<EventId> = intake.lock().events.iter().map(|q| q.event.id).collect();
         assert_eq!(ids, expected, "every scan once, in queue order");
     }

@@ -11,10 +11,13 @@
 //! mode, and the periodic flush makes them durable there.
 //!
 //! A record is `[length: u32 LE][CRC-32: u32 LE][payload]`; the payload is
-//! the group's scans, each `(ScanEvent, Option<Fingerprint>)` in bincode, as
-//! the Recorder took them from its queue (the device of a scan whose visitor
-//! the redirect did not know is resolved when the scan is committed). The
-//! CRC covers the file's number, then the payload.
+//! the group's scans, each `(ScanEvent, Option<Fingerprint>, Option<Box<str>>)`
+//! in bincode, as the Recorder took them from its queue: what the redirect
+//! left to resolve when the scan is committed, the device of a scan whose
+//! visitor the redirect did not know and a user agent its cache did not
+//! know (parsed by the Recorder with the rest of its batch, off the HTTP
+//! workers, as in `batched` mode). The CRC covers the file's number, then
+//! the payload.
 //!
 //! At start, before the Recorder takes scans, every record of every file is
 //! read back (`open`); the scans newer than the newest one in the store are
@@ -22,7 +25,7 @@
 //! first record that does not check (a crash during an append, never
 //! acknowledged; or the file's earlier contents, below) ends its file.
 //!
-//! Files are `scan-log/<number>.wal` in the data directory, started anew
+//! Files are `scan-log/<number>.wal2` in the data directory, started anew
 //! at `FILE_BYTES`. An fdatasync after an append that grows a file must
 //! also commit the file's new size and blocks through the filesystem's
 //! journal, where it queues behind every other fsync of the process (the
@@ -37,9 +40,10 @@
 //! fail the CRC, which covers the number the file had then. With no spare
 //! left (the store's flush lags behind), a new file is grown by appends.
 //!
-//! Files `<number>.log` were written before the CRC covered the number (its
-//! payload alone): they are read back the same way and then removed, never
-//! reused.
+//! Files of earlier versions are read back the same way, then done with:
+//! `<number>.wal` files hold scans as `(ScanEvent, Option<Fingerprint>)`,
+//! their user agents parsed on the redirect; `<number>.log` files also
+//! have CRCs of the payload alone, and are removed, never reused.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -55,9 +59,6 @@ use crate::ids::EventId;
 
 /// The directory of the log files, in the data directory.
 pub const DIR: &str = "scan-log";
-const SUFFIX: &str = ".wal";
-/// Files written before the CRC covered the file's number.
-const LEGACY_SUFFIX: &str = ".log";
 /// Files of zeros (or of covered scans) waiting to be written again.
 const SPARE_SUFFIX: &str = ".spare";
 /// A new file is started once the current one is this large; spares are
@@ -69,8 +70,39 @@ const FILE_BYTES: u64 = 16 * 1024 * 1024;
 const SPARES: usize = 2;
 const HEADER: usize = 8;
 
-/// A scan as logged: the event and the device still to resolve, if any.
-pub type LoggedScan = (ScanEvent, Option<Fingerprint>);
+/// A scan as logged: the event, the device still to resolve and the user
+/// agent still to parse, if any.
+pub type LoggedScan = (ScanEvent, Option<Fingerprint>, Option<Box<str>>);
+
+/// The kinds of log file, by the version that wrote them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `.wal2`: what this version writes.
+    Current,
+    /// `.wal`: scans without an agent to parse (parsed on the redirect).
+    Parsed,
+    /// `.log`: as `Parsed`, and CRCs of the payload alone.
+    Legacy,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Current, Kind::Parsed, Kind::Legacy];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Current => ".wal2",
+            Kind::Parsed => ".wal",
+            Kind::Legacy => ".log",
+        }
+    }
+
+    fn checksum(self, number: u64, payload: &[u8]) -> u32 {
+        match self {
+            Kind::Legacy => crc32fast::hash(payload),
+            Kind::Current | Kind::Parsed => checksum(number, payload),
+        }
+    }
+}
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -81,20 +113,29 @@ pub fn encode_scan(
     payload: &mut Vec<u8>,
     event: &ScanEvent,
     device: &Option<Fingerprint>,
+    agent: &Option<Box<str>>,
 ) -> StoreResult<()> {
-    bincode::serde::encode_into_std_write((event, device), payload, config())
+    bincode::serde::encode_into_std_write((event, device, agent), payload, config())
         .map(|_| ())
         .map_err(|e| StoreError::Codec(e.to_string()))
 }
 
-fn decode_payload(mut payload: &[u8]) -> StoreResult<Vec<LoggedScan>> {
+fn decode_payload(mut payload: &[u8], kind: Kind) -> StoreResult<Vec<LoggedScan>> {
+    fn next<T: serde::de::DeserializeOwned>(payload: &mut &[u8]) -> StoreResult<T> {
+        let (scan, used): (T, usize) = bincode::serde::decode_from_slice(payload, config())
+            .map_err(|e| StoreError::Codec(e.to_string()))?;
+        *payload = &payload[used..];
+        Ok(scan)
+    }
     let mut scans = Vec::new();
     while !payload.is_empty() {
-        let (scan, used): (LoggedScan, usize) =
-            bincode::serde::decode_from_slice(payload, config())
-                .map_err(|e| StoreError::Codec(e.to_string()))?;
-        scans.push(scan);
-        payload = &payload[used..];
+        scans.push(match kind {
+            Kind::Current => next(&mut payload)?,
+            Kind::Parsed | Kind::Legacy => {
+                let (event, device) = next(&mut payload)?;
+                (event, device, None)
+            }
+        });
     }
     Ok(scans)
 }
@@ -113,8 +154,8 @@ struct Closed {
     number: u64,
     /// Its newest scan.
     last: Option<EventId>,
-    /// A `.log` file (CRCs of the payload alone): removed, never a spare.
-    legacy: bool,
+    /// A `Legacy` file is removed, never a spare.
+    kind: Kind,
 }
 
 pub struct ScanLog {
@@ -145,7 +186,7 @@ impl ScanLog {
     pub fn open(data: &Path) -> StoreResult<(ScanLog, Vec<LoggedScan>)> {
         let dir = data.join(DIR);
         std::fs::create_dir_all(&dir).map_err(io_error)?;
-        let mut files: Vec<(u64, bool)> = Vec::new();
+        let mut files: Vec<(u64, Kind)> = Vec::new();
         let mut spares = Vec::new();
         let mut next_spare = 1;
         for entry in std::fs::read_dir(&dir).map_err(io_error)? {
@@ -154,10 +195,11 @@ impl ScanLog {
                 continue;
             };
             let number = |suffix| name.strip_suffix(suffix)?.parse::<u64>().ok();
-            if let Some(n) = number(SUFFIX) {
-                files.push((n, false));
-            } else if let Some(n) = number(LEGACY_SUFFIX) {
-                files.push((n, true));
+            if let Some((n, kind)) = Kind::ALL
+                .iter()
+                .find_map(|kind| Some((number(kind.suffix())?, *kind)))
+            {
+                files.push((n, kind));
             } else if let Some(n) = number(SPARE_SUFFIX) {
                 next_spare = next_spare.max(n + 1);
                 // One cut short by a crash while it was written is no use.
@@ -168,17 +210,17 @@ impl ScanLog {
                 }
             }
         }
-        files.sort_unstable();
+        files.sort_unstable_by_key(|(number, _)| *number);
         let mut scans = Vec::new();
         let mut closed = VecDeque::new();
-        for &(number, legacy) in &files {
-            let path = dir.join(file_name(number, legacy));
+        for &(number, kind) in &files {
+            let path = dir.join(file_name(number, kind));
             let bytes = std::fs::read(&path).map_err(io_error)?;
-            let read = read_records(&bytes, number, legacy);
+            let read = read_records(&bytes, number, kind);
             closed.push_back(Closed {
                 number,
-                last: read.iter().map(|(e, _)| e.id).max(),
-                legacy,
+                last: read.iter().map(|(e, _, _)| e.id).max(),
+                kind,
             });
             scans.extend(read);
         }
@@ -241,7 +283,7 @@ impl ScanLog {
 
     /// The file for `self.number`: a spare renamed, or a new file.
     fn start_file(&mut self) -> StoreResult<File> {
-        let path = self.dir.join(file_name(self.number, false));
+        let path = self.dir.join(file_name(self.number, Kind::Current));
         let file = match self.spares.pop() {
             Some(spare) => {
                 std::fs::rename(&spare, &path).map_err(io_error)?;
@@ -301,8 +343,9 @@ impl ScanLog {
             if front.last > durable {
                 break;
             }
-            let path = self.dir.join(file_name(front.number, front.legacy));
-            if !front.legacy && self.spares.len() < SPARES && file_len(&path)? >= FILE_BYTES {
+            let path = self.dir.join(file_name(front.number, front.kind));
+            let reusable = front.kind != Kind::Legacy;
+            if reusable && self.spares.len() < SPARES && file_len(&path)? >= FILE_BYTES {
                 let spare = self.new_spare_path();
                 // Not fsynced: should the rename not reach the disk, the file
                 // is read back at start, its scans all in the store already.
@@ -330,7 +373,7 @@ impl ScanLog {
             self.closed.push_back(Closed {
                 number: self.number,
                 last: self.last.take(),
-                legacy: false,
+                kind: Kind::Current,
             });
         }
         self.number += 1;
@@ -342,8 +385,8 @@ fn spare_name(n: u64) -> String {
     format!("{n:016}{SPARE_SUFFIX}")
 }
 
-fn file_name(n: u64, legacy: bool) -> String {
-    format!("{n:016}{}", if legacy { LEGACY_SUFFIX } else { SUFFIX })
+fn file_name(n: u64, kind: Kind) -> String {
+    format!("{n:016}{}", kind.suffix())
 }
 
 /// The length of the file at `path`; 0 when there is none.
@@ -364,10 +407,9 @@ fn remove(path: &Path) -> StoreResult<()> {
     }
 }
 
-/// The scans of the whole records of file `number` (`legacy`: a `.log`
-/// file, whose CRCs cover the payload alone); the first record that does
-/// not check ends it.
-fn read_records(mut bytes: &[u8], number: u64, legacy: bool) -> Vec<LoggedScan> {
+/// The scans of the whole records of file `number`, of `kind`; the first
+/// record that does not check ends it.
+fn read_records(mut bytes: &[u8], number: u64, kind: Kind) -> Vec<LoggedScan> {
     let mut scans = Vec::new();
     while bytes.len() >= HEADER {
         let len = u32::from_le_bytes(bytes[..4].try_into().unwrap_or_default()) as usize;
@@ -375,15 +417,10 @@ fn read_records(mut bytes: &[u8], number: u64, legacy: bool) -> Vec<LoggedScan> 
         let Some(payload) = bytes.get(HEADER..HEADER + len) else {
             break;
         };
-        let expected = if legacy {
-            crc32fast::hash(payload)
-        } else {
-            checksum(number, payload)
-        };
-        if expected != crc {
+        if kind.checksum(number, payload) != crc {
             break;
         }
-        match decode_payload(payload) {
+        match decode_payload(payload, kind) {
             Ok(read) => scans.extend(read),
             Err(e) => {
                 tracing::error!(file = number, error = %e, "a scan log record does not decode; skipping the rest of its file");
@@ -392,9 +429,9 @@ fn read_records(mut bytes: &[u8], number: u64, legacy: bool) -> Vec<LoggedScan> 
         }
         bytes = &bytes[HEADER + len..];
     }
-    // A `.wal` file always goes on past its records (a spare's zeros or its
-    // earlier records); a `.log` file only after a torn append.
-    if legacy && !bytes.is_empty() {
+    // A `.wal2` or `.wal` file always goes on past its records (a spare's
+    // zeros or its earlier records); a `.log` file only after a torn append.
+    if kind == Kind::Legacy && !bytes.is_empty() {
         tracing::warn!(
             file = number,
             bytes = bytes.len(),
@@ -416,7 +453,12 @@ mod tests {
                 let mut id = [0u8; 16];
                 id[8..].copy_from_slice(&(i as u64 + 1).to_be_bytes());
                 let device = (i % 2 == 0).then_some([i as u8; 16]);
-                (ScanEvent::sample(EventId::from_bytes(id), ws, link), device)
+                let agent = (i % 3 == 0).then(|| format!("Agent/{i}").into());
+                (
+                    ScanEvent::sample(EventId::from_bytes(id), ws, link),
+                    device,
+                    agent,
+                )
             })
             .collect()
     }
@@ -424,14 +466,14 @@ mod tests {
     /// The payload of one record holding `group`.
     fn payload(group: &[LoggedScan]) -> Vec<u8> {
         let mut payload = Vec::new();
-        for (e, d) in group {
-            encode_scan(&mut payload, e, d).unwrap();
+        for (e, d, a) in group {
+            encode_scan(&mut payload, e, d, a).unwrap();
         }
         payload
     }
 
     fn append(log: &mut ScanLog, group: &[LoggedScan]) {
-        log.append(&payload(group), group.last().map(|(e, _)| e.id))
+        log.append(&payload(group), group.last().map(|(e, _, _)| e.id))
             .unwrap();
     }
 
@@ -447,7 +489,7 @@ mod tests {
             append(&mut log, &all[5..]);
         }
         // A crash in the middle of a fourth append.
-        let path = data.path().join(DIR).join(file_name(1, false));
+        let path = data.path().join(DIR).join(file_name(1, Kind::Current));
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
         drop(f);
@@ -517,7 +559,7 @@ mod tests {
         assert_eq!(log.len, (HEADER + encoded(&all[..1])) as u64);
         assert_eq!(
             names(data.path()),
-            [file_name(2, false), file_name(3, false)],
+            [file_name(2, Kind::Current), file_name(3, Kind::Current)],
             "the two spares were used, the first one twice"
         );
         let (_, found) = ScanLog::open(data.path()).unwrap();
@@ -541,7 +583,7 @@ mod tests {
             assert!(
                 files
                     .iter()
-                    .all(|f| f.ends_with(SUFFIX) || f.ends_with(SPARE_SUFFIX)),
+                    .all(|f| f.ends_with(Kind::Current.suffix()) || f.ends_with(SPARE_SUFFIX)),
                 "{files:?}"
             );
         }
@@ -556,32 +598,62 @@ mod tests {
         assert_eq!(found, all[38..], "the last file: the others are covered");
     }
 
-    #[test]
-    fn files_of_the_former_format_are_read_back_then_removed_not_reused() {
-        let data = tempfile::tempdir().unwrap();
-        let all = scans(5);
-        std::fs::create_dir_all(data.path().join(DIR)).unwrap();
+    /// A file as an earlier version wrote it: records of `(event, device)`
+    /// pairs, checked as `kind` checks them.
+    fn former_file(kind: Kind, number: u64, groups: &[&[LoggedScan]]) -> Vec<u8> {
         let mut bytes = Vec::new();
-        for group in [&all[..2], &all[2..3]] {
-            let payload = payload(group);
+        for group in groups {
+            let mut payload = Vec::new();
+            for (e, d, _) in group.iter() {
+                bincode::serde::encode_into_std_write((e, d), &mut payload, config()).unwrap();
+            }
             bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            bytes.extend_from_slice(&kind.checksum(number, &payload).to_le_bytes());
             bytes.extend_from_slice(&payload);
         }
         bytes.resize(FILE_BYTES as usize, 0);
-        std::fs::write(data.path().join(DIR).join(file_name(7, true)), &bytes).unwrap();
+        bytes
+    }
+
+    /// `scans` as a file without agents gives them back.
+    fn without_agents(scans: &[LoggedScan]) -> Vec<LoggedScan> {
+        scans
+            .iter()
+            .map(|(e, d, _)| (e.clone(), *d, None))
+            .collect()
+    }
+
+    #[test]
+    fn files_of_the_former_formats_are_read_back_then_done_with() {
+        let data = tempfile::tempdir().unwrap();
+        let all = scans(7);
+        std::fs::create_dir_all(data.path().join(DIR)).unwrap();
+        // A `.log` file (CRCs of the payload alone), then a `.wal` file
+        // (user agents parsed on the redirect).
+        let legacy = former_file(Kind::Legacy, 6, &[&all[..2], &all[2..3]]);
+        std::fs::write(
+            data.path().join(DIR).join(file_name(6, Kind::Legacy)),
+            legacy,
+        )
+        .unwrap();
+        let parsed = former_file(Kind::Parsed, 7, &[&all[3..5]]);
+        std::fs::write(
+            data.path().join(DIR).join(file_name(7, Kind::Parsed)),
+            parsed,
+        )
+        .unwrap();
         let (mut log, found) = ScanLog::open(data.path()).unwrap();
-        assert_eq!(found, all[..3]);
-        append(&mut log, &all[3..]);
+        assert_eq!(found, without_agents(&all[..5]));
+        append(&mut log, &all[5..]);
         assert_eq!(log.number, 8, "numbers go on after the former files'");
-        assert_eq!(log.remove_covered(Some(all[2].0.id)).unwrap(), 1);
+        assert_eq!(log.remove_covered(Some(all[4].0.id)).unwrap(), 2);
         assert_eq!(
             names(data.path()),
-            [file_name(8, false)],
-            "removed, not a spare"
+            [spare_name(1), file_name(8, Kind::Current)],
+            "the `.log` file removed, the `.wal` file a spare"
         );
         let (_, found) = ScanLog::open(data.path()).unwrap();
-        assert_eq!(found, all[3..]);
+        assert_eq!(found, all[5..], "with their agents");
     }
 
     #[test]

@@ -32,8 +32,11 @@ async fn create_tracked_link(base: &str, token: &str) {
 }
 
 /// Scans from many connections until `stop` is set; returns the scan IDs of
-/// every redirect received. With `long_referers`, each scan sends a referer
-/// of its own of 1 KB (the most an event keeps), so event segments are large.
+/// every redirect received. Each scan sends a user agent never seen (an
+/// iPhone's Safari with a build number of its own), so the server parses it
+/// after answering, in the Recorder. With `long_referers`, each scan also
+/// sends a referer of its own of 1 KB (the most an event keeps), so event
+/// segments are large.
 fn start_burst(
     base: &str,
     acked: Rc<RefCell<Vec<String>>>,
@@ -48,7 +51,10 @@ fn start_burst(
                 let mut n = 0u64;
                 while !*stop.borrow() {
                     n += 1;
-                    let mut req = c.get(&url).insert_header(("User-Agent", IPHONE_UA));
+                    // Digits only: the bot list has words like "24x7".
+                    let build = format!("Mobile/15E{conn:02}{n:06}");
+                    let agent = IPHONE_UA.replace("Mobile/15E148", &build);
+                    let mut req = c.get(&url).insert_header(("User-Agent", agent));
                     if long_referers {
                         let referer =
                             format!("https://ref.example/{conn}/{n}/{}", "r".repeat(1000));
@@ -75,7 +81,12 @@ fn start_burst(
 }
 
 async fn stored_event_ids(base: &str, token: &str) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
+    stored_events(base, token).await.into_keys().collect()
+}
+
+/// Every stored event by its ID.
+async fn stored_events(base: &str, token: &str) -> std::collections::HashMap<String, Value> {
+    let mut out = std::collections::HashMap::new();
     let mut page_token: Option<String> = None;
     loop {
         let mut url = format!("{base}/v1/events?page_size=500");
@@ -90,7 +101,7 @@ async fn stored_event_ids(base: &str, token: &str) -> std::collections::HashSet<
             .unwrap();
         let body: Value = serde_json::from_slice(&r.body().limit(64 << 20).await.unwrap()).unwrap();
         for e in body["data"].as_array().unwrap() {
-            out.insert(e["id"].as_str().unwrap().to_owned());
+            out.insert(e["id"].as_str().unwrap().to_owned(), e.clone());
         }
         match body["next_page_token"].as_str() {
             Some(t) => page_token = Some(t.to_owned()),
@@ -238,7 +249,9 @@ async fn strict_mode_loses_no_answered_scan_on_power_cut() {
 /// makes durable. With that flush an hour away, every scan answered during
 /// the burst is on disk in the log alone when the power fails: the restart
 /// (in batched mode, as an operator may switch) must commit them all again
-/// from it, and says how many it did.
+/// from it, and says how many it did. The log holds each scan's user agent
+/// as sent (never seen before, so not parsed on the redirect): the restart
+/// parses them, and every event reads as the iPhone's Safari it came from.
 #[actix_rt::test]
 async fn strict_mode_commits_the_scan_log_again_after_a_power_cut() {
     let Some(mut disk) = PowerCutFs::mount_or_skip(
@@ -288,6 +301,15 @@ async fn strict_mode_commits_the_scan_log_again_after_a_power_cut() {
     let restarted = BinaryServer::start_logging_to_file(&data, &batched, &log_path);
     let stored = assert_none_lost(&restarted.base, &token, &acked).await;
     assert!(stored >= acked.len());
+    let events = stored_events(&restarted.base, &token).await;
+    for id in &acked {
+        let e = &events[id];
+        assert_eq!(
+            (&e["browser"], &e["os"], &e["device_type"]),
+            (&json!("Safari"), &json!("iOS"), &json!("mobile")),
+            "{e}"
+        );
+    }
     let recommitted: u64 = std::fs::read_to_string(&log_path)
         .unwrap()
         .lines()
