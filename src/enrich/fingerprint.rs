@@ -38,7 +38,6 @@ fn network(ip: Option<IpAddr>) -> ([u8; 7], usize) {
 
 /// A workspace's fingerprint key, made ready to hash: HMAC's keyed inner
 /// and outer states are computed once here, not on every scan.
-#[derive(Clone)]
 pub struct Keyed(hmac::Hmac<Sha256>);
 
 impl Keyed {
