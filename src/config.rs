@@ -99,6 +99,9 @@ pub struct RecorderSettings {
     pub queue_capacity: usize,
     pub batch_size: usize,
     pub batch_interval_ms: u64,
+    /// The same wait in `strict` mode, where redirects wait for the scan
+    /// log and not for the Recorder's commit.
+    pub strict_batch_interval_ms: u64,
     pub overflow: Overflow,
     pub ack_timeout_ms: u64,
     pub mailbox_capacity: usize,
@@ -360,6 +363,10 @@ impl Settings {
             (
                 "recorder.batch_interval_ms",
                 self.recorder.batch_interval_ms,
+            ),
+            (
+                "recorder.strict_batch_interval_ms",
+                self.recorder.strict_batch_interval_ms,
             ),
             ("recorder.ack_timeout_ms", self.recorder.ack_timeout_ms),
             (
@@ -716,6 +723,11 @@ mod tests {
                 "server.trusted_proxies",
             ),
             ("SCANHOP__RECORDER__BATCH_SIZE", "0", "recorder.batch_size"),
+            (
+                "SCANHOP__RECORDER__STRICT_BATCH_INTERVAL_MS",
+                "0",
+                "recorder.strict_batch_interval_ms",
+            ),
             (
                 "SCANHOP__RESOLVER__CACHE_ENTRIES",
                 "0",

@@ -663,7 +663,10 @@ impl Recorder {
             log,
             store,
             intake: intake.clone(),
-            interval: Duration::from_millis(settings.batch_interval_ms),
+            interval: Duration::from_millis(match durability {
+                Durability::Batched => settings.batch_interval_ms,
+                Durability::Strict => settings.strict_batch_interval_ms,
+            }),
             mailbox_capacity: settings.mailbox_capacity,
             downstream,
             registry,
