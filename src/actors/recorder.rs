@@ -356,6 +356,13 @@ fn parse_agent(agents: &AgentCache, bots: &Counter, scan: &mut Queued) {
     }
 }
 
+/// Parses the agents `scans` left unparsed, one after another (`parse_agent`).
+fn parse_agents(agents: &AgentCache, bots: &Counter, scans: &mut [Queued]) {
+    for scan in scans {
+        parse_agent(agents, bots, scan);
+    }
+}
+
 /// The events of `scans`, each device the redirect could not place given
 /// its visitor (known, pending or new). A failed lookup leaves the scan
 /// without a visitor, as the redirect would have: it still counts.
@@ -413,9 +420,7 @@ fn recommit_logged(
     while !missing.is_empty() {
         let rest = missing.split_off(missing.len().min(batch_size.max(1)));
         let mut batch = std::mem::replace(&mut missing, rest);
-        for scan in &mut batch {
-            parse_agent(agents, bots, scan);
-        }
+        parse_agents(agents, bots, &mut batch);
         let events = resolve_visitors(registry, batch);
         let new_visitors = registry.new_in(&events);
         store.commit_logged_scans(&events, &new_visitors)?;
@@ -703,9 +708,7 @@ impl Recorder {
             if self.pending.is_none() {
                 self.pending = self.intake.next_batch(queued).map(|(mut scans, last_seq)| {
                     // The batch's new user agents first, one after another.
-                    for scan in &mut scans {
-                        parse_agent(&self.agents, &self.metrics.bot_scans, scan);
-                    }
+                    parse_agents(&self.agents, &self.metrics.bot_scans, &mut scans);
                     Pending {
                         events: resolve_visitors(&self.registry, scans),
                         last_seq,
