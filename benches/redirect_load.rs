@@ -2,6 +2,16 @@
 //! run: a bare actix-web route answering the same 302 with no work. Both are
 //! driven alternately by the same client (64 keep-alive connections, one
 //! thread) for a fixed time each. Scenarios:
+//! - `sqlite shortener (reference)`: not scanhop, a reference comparator in
+//!   the bench: a minimal SQLite hit-counter URL shortener modelled on Chhoto
+//!   URL's redirect path (a read-only SQLite connection per worker queried on
+//!   every redirect, counts batched every 500 ms into SQLite in WAL mode;
+//!   `support/shortener.rs`), on 2 workers like the others, answering 308.
+//!   After the table, each scanhop scenario's median ratio to the ceiling
+//!   is given as a multiple of the shortener's when both ran. Its counts are read back
+//!   from its database after the load ("Hits written to SQLite: N of M
+//!   answered") and its "every answered scan stored" is n/a (it stores
+//!   counts, no scans);
 //! - `batched`: the defaults (user agent, fingerprint and visitor, stored
 //!   event, counters), no GeoIP database;
 //! - `full tracking`: the same with City and ASN databases of 120k networks;
@@ -35,7 +45,9 @@
 //! `LOAD_ROUNDS`, default 5 (this machine has spells where a round runs a
 //! third slower than the next; five rounds keep one from setting the median);
 //! `LOAD_ONLY=strict` for the scenarios whose name contains `strict`
-//! (`LOAD_ONLY="=full tracking"` for the one of that exact name);
+//! (`LOAD_ONLY="=full tracking"` for the one of that exact name; a
+//! comma-separated list runs a scenario when any item matches it:
+//! `LOAD_ONLY="shortener,=full tracking"`);
 //! `LOAD_CLIENT=wrk` to drive both servers with wrk instead of the bench's
 //! own client; `LOAD_NEW_EVERY=1` to make every scan a device never seen,
 //! default one in 10; `LOAD_PEOPLE=1` to make every scan a person never
@@ -65,6 +77,9 @@ mod http;
 
 #[path = "support/wrk.rs"]
 mod wrk;
+
+#[path = "support/shortener.rs"]
+mod shortener;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -98,15 +113,23 @@ enum Client {
     Wrk(std::path::PathBuf),
 }
 
-/// Drives `addr` with 64 connections for `1 s + secs`.
-fn drive(client: &Client, addr: SocketAddr, path: &str, secs: u64) -> Outcome {
+/// Drives `addr` with 64 connections for `1 s + secs`, counting answers
+/// with status `expect` (wrk counts any 2xx or 3xx).
+fn drive(client: &Client, addr: SocketAddr, path: &str, secs: u64, expect: u16) -> Outcome {
     match client {
         Client::Own => {
             let heads = connections()
                 .iter()
                 .map(|(ip, ua)| vec![load::redirect_head(path, ip, ua)])
                 .collect();
-            load::drive(addr, heads, 302, Duration::from_secs(1), secs as f64, None)
+            load::drive(
+                addr,
+                heads,
+                expect,
+                Duration::from_secs(1),
+                secs as f64,
+                None,
+            )
         }
         Client::Wrk(script) => wrk::drive(addr, path, script, Duration::from_secs(1), secs as f64),
     }
@@ -302,7 +325,56 @@ fn metric(addr: SocketAddr, token: &str, name: &str) -> f64 {
 /// Settings of a scenario, as `SCANHOP__*` variables.
 type Env = Vec<(String, String)>;
 
-/// What one scanhop run measured besides the load.
+/// What a scenario measures: scanhop with its settings, with or without a
+/// webhook to the receiver, or the reference shortener.
+enum Target {
+    Scanhop(Env, bool),
+    Shortener,
+}
+
+/// A scenario's server while it runs.
+enum Server {
+    Scanhop(Scanhop),
+    Shortener(shortener::Shortener),
+}
+
+impl Server {
+    fn start(target: &Target, receiver: SocketAddr) -> Server {
+        match target {
+            Target::Scanhop(env, hook) => {
+                Server::Scanhop(Scanhop::start(env.clone(), hook.then_some(receiver)))
+            }
+            Target::Shortener => {
+                Server::Shortener(shortener::Shortener::start("bench", DESTINATION))
+            }
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Server::Scanhop(s) => s.addr,
+            Server::Shortener(s) => s.addr,
+        }
+    }
+
+    /// The status its redirects answer with.
+    fn status(&self) -> u16 {
+        match self {
+            Server::Scanhop(_) => 302,
+            Server::Shortener(_) => shortener::STATUS,
+        }
+    }
+}
+
+/// The reference shortener's counts after a run.
+struct Counts {
+    /// Hits stored in its database (read back from SQLite).
+    written: u64,
+    /// Transactions that wrote them.
+    batches: u64,
+}
+
+/// What one run of a scenario measured besides the load.
 struct Run {
     load: Outcome,
     base: Outcome,
@@ -335,6 +407,9 @@ struct Run {
     /// The machine during the ceiling's run and during the scenario's.
     base_machine: machine::Shares,
     load_machine: machine::Shares,
+    /// The reference shortener's counts (`redirects` are the redirects it
+    /// answered); `None` for scanhop.
+    shortener: Option<Counts>,
 }
 
 impl Run {
@@ -422,35 +497,51 @@ fn main() {
         "true".to_owned(),
     )];
     let (receiver, received) = start_receiver();
-    let scenarios: Vec<(&str, Env, bool)> = vec![
-        ("batched", durability("batched"), false),
+    let scenarios: Vec<(&str, Target)> = vec![
+        // First: its server stops with its thread (its hit writer with it)
+        // and leaves nothing running, so it cannot weigh on the scenarios
+        // after it, and the webhook scenario must stay last.
+        ("sqlite shortener (reference)", Target::Shortener),
+        ("batched", Target::Scanhop(durability("batched"), false)),
         (
             "full tracking",
-            [durability("batched"), geo_env.clone()].concat(),
-            false,
+            Target::Scanhop([durability("batched"), geo_env.clone()].concat(), false),
         ),
         (
             "strict (full tracking)",
-            [durability("strict"), geo_env.clone()].concat(),
-            false,
+            Target::Scanhop([durability("strict"), geo_env.clone()].concat(), false),
         ),
         // Last: its server may still be delivering a backlog of messages
         // after it is dropped, which would weigh on a scenario after it.
         (
             "full tracking + webhook",
-            [durability("batched"), geo_env, private_hooks].concat(),
-            true,
+            Target::Scanhop(
+                [durability("batched"), geo_env, private_hooks].concat(),
+                true,
+            ),
         ),
     ];
     // LOAD_ONLY=strict runs just the scenarios whose name contains it;
-    // LOAD_ONLY="=full tracking" just the one of that exact name.
-    let only = std::env::var("LOAD_ONLY").ok();
+    // LOAD_ONLY="=full tracking" just the one of that exact name; a
+    // comma-separated list, those matching any of its items.
+    let only: Option<Vec<String>> = std::env::var("LOAD_ONLY")
+        .ok()
+        .map(|o| {
+            o.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|items| !items.is_empty());
     let scenarios: Vec<_> = scenarios
         .into_iter()
-        .filter(|(name, ..)| {
-            only.as_deref().is_none_or(|o| match o.strip_prefix('=') {
-                Some(exact) => *name == exact,
-                None => name.contains(o),
+        .filter(|(name, _)| {
+            only.as_deref().is_none_or(|items| {
+                items.iter().any(|o| match o.strip_prefix('=') {
+                    Some(exact) => *name == exact,
+                    None => name.contains(o.as_str()),
+                })
             })
         })
         .collect();
@@ -497,25 +588,30 @@ fn main() {
     );
     let mut rows = Vec::new();
     let mut details = Vec::new();
-    for (name, env, hook) in scenarios {
+    // Each scenario's median ratio to the ceiling and median req/s over its
+    // rounds, and whether it is the shortener: the comparison line after
+    // the table.
+    let mut medians: Vec<(&str, f64, f64, bool)> = Vec::new();
+    for (name, target) in scenarios {
+        let hook = matches!(target, Target::Scanhop(_, true));
         let mut runs: Vec<Run> = Vec::new();
         let mut discarded: Vec<Run> = Vec::new();
         // A round with steal is run again, at most `rounds` times more.
         while runs.len() < rounds && runs.len() + discarded.len() < 2 * rounds {
             let machine_before_base = machine::ticks();
             let before_base = threads::snapshot_with(alloc_count::of_thread);
-            let base = drive(&client, ceiling_addr, "/bench", secs);
+            let base = drive(&client, ceiling_addr, "/bench", secs, 302);
             let after_base = threads::snapshot_with(alloc_count::of_thread);
             let base_machine = machine::between(&machine_before_base, &machine::ticks());
             let base_cpu = threads::spent(&before_base, &after_base);
             let base_allocations = threads::allocated(&before_base, &after_base);
-            let server = Scanhop::start(env.clone(), hook.then_some(receiver));
+            let server = Server::start(&target, receiver);
             let (before, received_before) = (
                 threads::snapshot_with(alloc_count::of_thread),
                 received.load(Ordering::Relaxed),
             );
             let machine_before = machine::ticks();
-            let load = drive(&client, server.addr, "/bench", secs);
+            let load = drive(&client, server.addr(), "/bench", secs, server.status());
             let load_machine = machine::between(&machine_before, &machine::ticks());
             let after = threads::snapshot_with(alloc_count::of_thread);
             let (cpu, allocations) = (
@@ -523,76 +619,123 @@ fn main() {
                 threads::allocated(&before, &after),
             );
             let delivered_during = received.load(Ordering::Relaxed) - received_before;
-            // Every answered redirect is a recorded scan once the Recorder's
-            // queue is drained (at most a batch interval later).
-            let (addr, token) = (server.addr, server.token.clone());
-            let m = |n: &str| metric(addr, &token, n);
-            // Waits while the Recorder still makes progress (a backlog takes
-            // longer than one interval), so "no" means scans are missing.
-            // wrk exits with requests still in flight, which the server
-            // answers (and counts) after it: the count must settle first.
-            let mut redirects = m("scanhop_redirects_total");
-            loop {
-                std::thread::sleep(Duration::from_millis(100));
-                let now = m("scanhop_redirects_total");
-                if now == redirects {
-                    break;
-                }
-                redirects = now;
-            }
-            let mut recorded = m("scanhop_scans_recorded_total");
-            let mut still = 0;
-            while recorded < redirects && still < 100 {
-                std::thread::sleep(Duration::from_millis(20));
-                let now = m("scanhop_scans_recorded_total");
-                still = if now > recorded { 0 } else { still + 1 };
-                recorded = now;
-            }
-            let (mut drain_cpu, mut drained) = (Vec::new(), 0);
-            if hook {
-                // Let the outbox drain (bounded), to report what was
-                // delivered and what delivering cost with no load beside it.
-                let (start, received_start) = (
-                    threads::snapshot_with(alloc_count::of_thread),
-                    received.load(Ordering::Relaxed),
-                );
-                for _ in 0..600 {
-                    if received.load(Ordering::Relaxed) - received_before >= recorded as u64 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let end = threads::snapshot_with(alloc_count::of_thread);
-                drain_cpu = threads::spent(&start, &end);
-                drained = received.load(Ordering::Relaxed) - received_start;
-            }
-            let run = Run {
-                recorder_cpu_secs: m("scanhop_recorder_cpu_seconds_total"),
-                recorder_busy_secs: m("scanhop_recorder_busy_seconds_total"),
-                backpressure_waits: m("scanhop_recorder_backpressure_waits_total"),
-                recorder_batches: m("scanhop_recorder_batches_total"),
-                log_syncs: m("scanhop_scan_log_sync_duration_seconds_count"),
-                log_sync_secs: m("scanhop_scan_log_sync_duration_seconds_sum"),
-                event_bytes: m("scanhop_event_bytes_total"),
-                delivered: received.load(Ordering::Relaxed) - received_before,
-                delivered_during,
-                drain_cpu,
-                drained,
-                base_machine,
-                load_machine,
+            let mut run = Run {
                 load,
                 base,
                 cpu,
                 base_cpu,
                 allocations,
                 base_allocations,
-                recorded,
-                redirects,
+                base_machine,
+                load_machine,
+                delivered_during,
+                recorded: 0.0,
+                redirects: 0.0,
+                recorder_cpu_secs: 0.0,
+                recorder_busy_secs: 0.0,
+                backpressure_waits: 0.0,
+                recorder_batches: 0.0,
+                event_bytes: 0.0,
+                log_syncs: 0.0,
+                log_sync_secs: 0.0,
+                delivered: 0,
+                drain_cpu: Vec::new(),
+                drained: 0,
+                shortener: None,
             };
+            match &server {
+                Server::Scanhop(server) => {
+                    // Every answered redirect is a recorded scan once the
+                    // Recorder's queue is drained (at most a batch interval
+                    // later).
+                    let (addr, token) = (server.addr, server.token.clone());
+                    let m = |n: &str| metric(addr, &token, n);
+                    // Waits while the Recorder still makes progress (a
+                    // backlog takes longer than one interval), so "no" means
+                    // scans are missing. wrk exits with requests still in
+                    // flight, which the server answers (and counts) after
+                    // it: the count must settle first.
+                    let mut redirects = m("scanhop_redirects_total");
+                    loop {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let now = m("scanhop_redirects_total");
+                        if now == redirects {
+                            break;
+                        }
+                        redirects = now;
+                    }
+                    let mut recorded = m("scanhop_scans_recorded_total");
+                    let mut still = 0;
+                    while recorded < redirects && still < 100 {
+                        std::thread::sleep(Duration::from_millis(20));
+                        let now = m("scanhop_scans_recorded_total");
+                        still = if now > recorded { 0 } else { still + 1 };
+                        recorded = now;
+                    }
+                    if hook {
+                        // Let the outbox drain (bounded), to report what was
+                        // delivered and what delivering cost with no load
+                        // beside it.
+                        let (start, received_start) = (
+                            threads::snapshot_with(alloc_count::of_thread),
+                            received.load(Ordering::Relaxed),
+                        );
+                        for _ in 0..600 {
+                            if received.load(Ordering::Relaxed) - received_before >= recorded as u64
+                            {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        let end = threads::snapshot_with(alloc_count::of_thread);
+                        run.drain_cpu = threads::spent(&start, &end);
+                        run.drained = received.load(Ordering::Relaxed) - received_start;
+                    }
+                    run.recorder_cpu_secs = m("scanhop_recorder_cpu_seconds_total");
+                    run.recorder_busy_secs = m("scanhop_recorder_busy_seconds_total");
+                    run.backpressure_waits = m("scanhop_recorder_backpressure_waits_total");
+                    run.recorder_batches = m("scanhop_recorder_batches_total");
+                    run.log_syncs = m("scanhop_scan_log_sync_duration_seconds_count");
+                    run.log_sync_secs = m("scanhop_scan_log_sync_duration_seconds_sum");
+                    run.event_bytes = m("scanhop_event_bytes_total");
+                    run.delivered = received.load(Ordering::Relaxed) - received_before;
+                    run.recorded = recorded;
+                    run.redirects = redirects;
+                }
+                Server::Shortener(server) => {
+                    // The redirects it answered, once wrk's last requests in
+                    // flight are answered; then its hits as stored in SQLite,
+                    // waiting while they still grow (a batch every 500 ms)
+                    // and for at most three intervals without progress.
+                    let mut answered = server.answered();
+                    loop {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let now = server.answered();
+                        if now == answered {
+                            break;
+                        }
+                        answered = now;
+                    }
+                    let mut written = server.hits();
+                    let mut still = 0;
+                    while written < answered && still < 30 {
+                        std::thread::sleep(Duration::from_millis(50));
+                        let now = server.hits();
+                        still = if now > written { 0 } else { still + 1 };
+                        written = now;
+                    }
+                    run.redirects = answered as f64;
+                    run.recorded = written as f64;
+                    run.shortener = Some(Counts {
+                        written,
+                        batches: server.batches(),
+                    });
+                }
+            }
             drop(server);
             if run.load.errors > 0 || run.base.errors > 0 {
                 eprintln!(
-                    "  ({name}: errors: scanhop {}, ceiling {})",
+                    "  ({name}: errors: scenario {}, ceiling {})",
                     run.load.errors, run.base.errors
                 );
             }
@@ -610,7 +753,15 @@ fn main() {
         // scenario's later rounds can run slower than its first.
         let in_order: Vec<String> = runs.iter().map(Run::summary).collect();
         let stolen: Vec<String> = discarded.iter().map(Run::summary).collect();
+        let mut rps: Vec<f64> = runs.iter().map(|r| r.load.rps()).collect();
+        rps.sort_by(f64::total_cmp);
         runs.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        medians.push((
+            name,
+            runs[runs.len() / 2].ratio(),
+            rps[rps.len() / 2],
+            runs[0].shortener.is_some(),
+        ));
         let all: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ratio())).collect();
         let r = &runs[runs.len() / 2];
         rows.push(format!(
@@ -623,7 +774,9 @@ fn main() {
             r.base.percentile(0.99),
             r.ratio(),
             all.join(", "),
-            if r.recorded >= r.redirects {
+            if r.shortener.is_some() {
+                "n/a (counts only)".to_owned()
+            } else if r.recorded >= r.redirects {
                 "yes".to_owned()
             } else {
                 format!("**no**: {} of {} recorded", r.recorded, r.redirects)
@@ -637,8 +790,14 @@ fn main() {
         let base_per_request = per_unit(&r.base_cpu, 2, base_requests * 1000.0);
         let allocations = per_unit(&r.allocations, 6, scans);
         let base_allocations = per_unit(&r.base_allocations, 2, base_requests);
+        // A scan for scanhop; for the shortener, a redirect it counts.
+        let unit = if r.shortener.is_some() {
+            "redirect"
+        } else {
+            "scan"
+        };
         let mut detail = format!(
-            "- **{name}**: rounds in the order they ran, ratio (HTTP workers' CPU µs per scan; the machine's time stolen by the hypervisor in the ceiling's half and the scenario's): {}{}. CPU µs per scan by thread: {} (the ceiling, per request: {}). Allocations per scan by thread: {} (the ceiling, per request: {}). Recorder: {:.0} events per CPU second ({:.0}% of its commits' wall-clock time on the CPU; HTTP workers waited for room in its queue {:.2} times per 1,000 scans), {:.0} events per batch; {:.0} bytes per event (segment values).",
+            "- **{name}**: rounds in the order they ran, ratio (HTTP workers' CPU µs per {unit}; the machine's time stolen by the hypervisor in the ceiling's half and the scenario's): {}{}. CPU µs per {unit} by thread: {} (the ceiling, per request: {}). Allocations per {unit} by thread: {} (the ceiling, per request: {}).",
             in_order.join(", "),
             if stolen.is_empty() {
                 String::new()
@@ -653,12 +812,24 @@ fn main() {
             base_per_request.join(", "),
             allocations.join(", "),
             base_allocations.join(", "),
-            r.recorded / r.recorder_cpu_secs.max(1e-9),
-            100.0 * r.recorder_cpu_secs / r.recorder_busy_secs.max(1e-9),
-            1000.0 * r.backpressure_waits / r.recorded.max(1.0),
-            r.recorded / r.recorder_batches.max(1.0),
-            r.event_bytes / r.recorded.max(1.0),
         );
+        match &r.shortener {
+            Some(counts) => detail.push_str(&format!(
+                " Hits written to SQLite: {} of {:.0} answered ({} batches, one transaction each, {:.0} hits each; counts only, no scan stored).",
+                counts.written,
+                r.redirects,
+                counts.batches,
+                counts.written as f64 / counts.batches.max(1) as f64,
+            )),
+            None => detail.push_str(&format!(
+                " Recorder: {:.0} events per CPU second ({:.0}% of its commits' wall-clock time on the CPU; HTTP workers waited for room in its queue {:.2} times per 1,000 scans), {:.0} events per batch; {:.0} bytes per event (segment values).",
+                r.recorded / r.recorder_cpu_secs.max(1e-9),
+                100.0 * r.recorder_cpu_secs / r.recorder_busy_secs.max(1e-9),
+                1000.0 * r.backpressure_waits / r.recorded.max(1.0),
+                r.recorded / r.recorder_batches.max(1.0),
+                r.event_bytes / r.recorded.max(1.0),
+            )),
+        }
         if r.log_syncs > 0.0 {
             detail.push_str(&format!(
                 " Scan log: {:.0} appends, each fdatasynced, {:.0} µs each on average, {:.1} scans each.",
@@ -697,6 +868,31 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
+    }
+    // Each scanhop scenario against the shortener of the same run, when both
+    // ran: their median ratios to the ceiling (each round's ratio is taken
+    // against the ceiling measured just before it, so the machine's drift
+    // between scenarios cancels out), then their median req/s.
+    if let Some(&(_, reference, reference_rps, _)) =
+        medians.iter().find(|(.., shortener)| *shortener)
+    {
+        let against: Vec<String> = medians
+            .iter()
+            .filter(|(.., shortener)| !shortener)
+            .map(|(name, ratio, rps, _)| {
+                format!(
+                    "{name} {:.2}× ({ratio:.2} against {reference:.2}; {:.2}× in median req/s, {rps:.0} against {reference_rps:.0})",
+                    ratio / reference,
+                    rps / reference_rps,
+                )
+            })
+            .collect();
+        if !against.is_empty() {
+            println!(
+                "\nAgainst the SQLite shortener of the same run (each scenario's median ratio to the ceiling over the shortener's): {}.",
+                against.join("; ")
+            );
+        }
     }
     println!();
     for d in details {
