@@ -366,14 +366,6 @@ impl Server {
     }
 }
 
-/// The reference shortener's counts after a run.
-struct Counts {
-    /// Hits stored in its database (read back from SQLite).
-    written: u64,
-    /// Transactions that wrote them.
-    batches: u64,
-}
-
 /// What one run of a scenario measured besides the load.
 struct Run {
     load: Outcome,
@@ -407,9 +399,10 @@ struct Run {
     /// The machine during the ceiling's run and during the scenario's.
     base_machine: machine::Shares,
     load_machine: machine::Shares,
-    /// The reference shortener's counts (`redirects` are the redirects it
-    /// answered); `None` for scanhop.
-    shortener: Option<Counts>,
+    /// For the reference shortener, the transactions that wrote its hit
+    /// counts (`redirects` are the redirects it answered, `recorded` the
+    /// hits read back from its database); `None` for scanhop.
+    shortener: Option<u64>,
 }
 
 impl Run {
@@ -726,10 +719,7 @@ fn main() {
                     }
                     run.redirects = answered as f64;
                     run.recorded = written as f64;
-                    run.shortener = Some(Counts {
-                        written,
-                        batches: server.batches(),
-                    });
+                    run.shortener = Some(server.batches());
                 }
             }
             drop(server);
@@ -813,13 +803,12 @@ fn main() {
             allocations.join(", "),
             base_allocations.join(", "),
         );
-        match &r.shortener {
-            Some(counts) => detail.push_str(&format!(
-                " Hits written to SQLite: {} of {:.0} answered ({} batches, one transaction each, {:.0} hits each; counts only, no scan stored).",
-                counts.written,
+        match r.shortener {
+            Some(batches) => detail.push_str(&format!(
+                " Hits written to SQLite: {:.0} of {:.0} answered ({batches} batches, one transaction each, {:.0} hits each; counts only, no scan stored).",
+                r.recorded,
                 r.redirects,
-                counts.batches,
-                counts.written as f64 / counts.batches.max(1) as f64,
+                r.recorded / batches.max(1) as f64,
             )),
             None => detail.push_str(&format!(
                 " Recorder: {:.0} events per CPU second ({:.0}% of its commits' wall-clock time on the CPU; HTTP workers waited for room in its queue {:.2} times per 1,000 scans), {:.0} events per batch; {:.0} bytes per event (segment values).",
