@@ -178,6 +178,10 @@ pub struct WebhookSettings {
     pub build_ahead: usize,
     /// Milliseconds between steps of the delivery worker (retries that came due).
     pub poll_interval_ms: u64,
+    /// While the rest of the server keeps the machine's cores busy, the
+    /// percent of the machine's CPU time building and delivering messages
+    /// may take (`actors::pacing`); 100 never holds them back.
+    pub busy_cpu_percent: u32,
     /// Hours delivered and failed messages and their delivery records are kept.
     pub keep_messages_hours: u64,
     /// The Webhooks worker's consumer settings (see `[counters]`).
@@ -431,6 +435,10 @@ impl Settings {
             ("webhooks.build_ahead", self.webhooks.build_ahead as u64),
             ("webhooks.poll_interval_ms", self.webhooks.poll_interval_ms),
             (
+                "webhooks.busy_cpu_percent",
+                u64::from(self.webhooks.busy_cpu_percent),
+            ),
+            (
                 "webhooks.keep_messages_hours",
                 self.webhooks.keep_messages_hours,
             ),
@@ -449,6 +457,9 @@ impl Settings {
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(key, "must be greater than 0"));
+        }
+        if self.webhooks.busy_cpu_percent > 100 {
+            return Err(invalid("webhooks.busy_cpu_percent", "must be at most 100"));
         }
         if self.recorder.batch_size > usize::from(u16::MAX) {
             return Err(invalid("recorder.batch_size", "must be at most 65535"));
@@ -732,6 +743,16 @@ mod tests {
                 "SCANHOP__RESOLVER__CACHE_ENTRIES",
                 "0",
                 "resolver.cache_entries",
+            ),
+            (
+                "SCANHOP__WEBHOOKS__BUSY_CPU_PERCENT",
+                "0",
+                "webhooks.busy_cpu_percent",
+            ),
+            (
+                "SCANHOP__WEBHOOKS__BUSY_CPU_PERCENT",
+                "101",
+                "webhooks.busy_cpu_percent",
             ),
         ];
         for (k, v, key) in cases {

@@ -147,6 +147,9 @@ pub struct Metrics {
     pub webhook_attempts_succeeded: Counter,
     pub webhook_attempts_failed: Counter,
     pub webhook_retries: Counter,
+    /// Windows in which the delivery held back, over its CPU budget on a
+    /// busy machine (`actors::pacing`).
+    pub webhook_paced: Counter,
     pub webhook_failed_exhausted: Counter,
     pub webhook_failed_disabled: Counter,
     pub webhook_failed_auto_disabled: Counter,
@@ -400,6 +403,13 @@ impl Metrics {
             "Webhook attempts scheduled after a failed attempt of the same message.",
             counter,
             &[("", self.webhook_retries.get())],
+        );
+        family(
+            o,
+            "scanhop_webhook_delivery_paced_total",
+            "Times the webhook delivery held back new attempts until the end of a 100 ms window: the machine was busy and webhook work had used its share of the CPU (webhooks.busy_cpu_percent).",
+            counter,
+            &[("", self.webhook_paced.get())],
         );
         family(
             o,

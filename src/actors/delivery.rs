@@ -34,7 +34,7 @@ pub mod client;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use sha2::{Digest, Sha256};
@@ -749,7 +749,14 @@ pub struct DeliveryWorker {
     record_queued: bool,
     /// A step is asked for and has not run yet.
     step_queued: bool,
+    /// A step is asked for at the end of a window the pacer held.
+    resume_queued: bool,
 }
+
+/// Step again once the window the pacer held has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resume;
 
 /// Record the attempts that ended (`DeliveryWorker::finished`).
 #[derive(Message)]
@@ -774,6 +781,7 @@ impl DeliveryWorker {
             finished: Vec::new(),
             record_queued: false,
             step_queued: false,
+            resume_queued: false,
         });
         hub.set_delivery(addr.clone().recipient());
         WorkerHandle::new("webhook_delivery", Stage::Delivery, &addr, status)
@@ -783,6 +791,17 @@ impl DeliveryWorker {
     fn step(&mut self, ctx: &mut Context<Self>) {
         self.step_queued = false;
         if self.stopping {
+            return;
+        }
+        // Over its budget on a busy machine: no new attempt until the
+        // window ends (`pacing`); what ended is still recorded.
+        let hold = self.hub.pacer().hold(Instant::now());
+        if let Some(wait) = hold {
+            if !self.resume_queued {
+                self.resume_queued = true;
+                self.hub.metrics.webhook_paced.inc();
+                ctx.notify_later(Resume, wait);
+            }
             return;
         }
         let ran = self.core.run_once(Timestamp::now());
@@ -844,6 +863,7 @@ impl Actor for DeliveryWorker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.hub.pacer().register_current_thread();
         // awc's client is !Send: it is made here, on the worker's thread.
         self.client = Some(client::build(&self.hub.settings.webhooks));
         let tick = Duration::from_millis(self.hub.settings.webhooks.poll_interval_ms);
@@ -857,6 +877,15 @@ impl Handler<WakeDelivery> for DeliveryWorker {
     type Result = ();
 
     fn handle(&mut self, _: WakeDelivery, ctx: &mut Self::Context) {
+        self.step(ctx);
+    }
+}
+
+impl Handler<Resume> for DeliveryWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: Resume, ctx: &mut Self::Context) {
+        self.resume_queued = false;
         self.step(ctx);
     }
 }

@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod flusher;
 pub mod geo_reloader;
 pub mod limit_pruner;
+pub mod pacing;
 pub mod periodic;
 pub mod purger;
 pub mod recorder;

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use super::consumer::{Consumer, ConsumerStarter, ConsumerWorker};
 use super::delivery::OutboxFullLog;
+use super::pacing::CpuPacer;
 use crate::config::Settings;
 use crate::domain::webhook::{
     Delivery, EventType, Message, MessageState, Trigger, Webhook, message_id,
@@ -287,6 +288,9 @@ pub struct WebhookHub {
     /// two requests at once.
     pub create_lock: Mutex<()>,
     outbox_full_log: Mutex<OutboxFullLog>,
+    /// The budget of the Webhooks and delivery workers' CPU time while the
+    /// machine is busy (`pacing`).
+    pacer: Mutex<CpuPacer>,
 }
 
 impl WebhookHub {
@@ -301,6 +305,7 @@ impl WebhookHub {
             outbox.add(p.hook, p.message, p.due);
         }
         metrics.webhook_outbox_depth.set(outbox.len() as u64);
+        let pacer = CpuPacer::new(settings.webhooks.busy_cpu_percent);
         Ok(Arc::new(WebhookHub {
             store,
             settings,
@@ -309,11 +314,17 @@ impl WebhookHub {
             delivery: OnceLock::new(),
             create_lock: Mutex::new(()),
             outbox_full_log: Mutex::default(),
+            pacer: Mutex::new(pacer),
         }))
     }
 
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The webhook work's CPU budget (see `pacing`).
+    pub fn pacer(&self) -> MutexGuard<'_, CpuPacer> {
+        self.pacer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn outbox_full_log(&self) -> MutexGuard<'_, OutboxFullLog> {
@@ -630,6 +641,9 @@ pub struct Webhooks {
     ready: Vec<(Message, Delivery)>,
     /// When waiting hooks were last caught up (`maintain`), in ms.
     caught_up_ms: i64,
+    /// Whether this worker's thread counts in the hub's pacer yet (it is
+    /// registered from the thread, at the first batch).
+    paced: bool,
 }
 
 /// A batch kept until the checkpoint (shared with the Recorder's message,
@@ -680,6 +694,7 @@ impl Webhooks {
             built: 0,
             ready: Vec::new(),
             caught_up_ms: i64::MIN,
+            paced: false,
         }
     }
 
@@ -806,6 +821,14 @@ impl Webhooks {
         Ok(out)
     }
 
+    /// Counts this worker's thread in the hub's pacer, once (called on it).
+    fn count_in_pacer(&mut self) {
+        if !self.paced {
+            self.hub.pacer().register_current_thread();
+            self.paced = true;
+        }
+    }
+
     /// Writes messages in transactions of at most `MESSAGES_PER_TX`, the
     /// last with `record` when given.
     fn write(
@@ -869,6 +892,7 @@ impl Consumer for Webhooks {
         events: &Arc<[ScanEvent]>,
         _: Option<&[VisitorId]>,
     ) {
+        self.count_in_pacer();
         let mut has_hooks: HashMap<WorkspaceId, bool> = HashMap::new();
         let now = {
             let _no_hook_created_meanwhile = self
@@ -969,6 +993,7 @@ impl Consumer for Webhooks {
         position: Option<EventId>,
         now: Timestamp,
     ) -> StoreResult<bool> {
+        self.count_in_pacer();
         let Some(position) = position else {
             return Ok(false);
         };

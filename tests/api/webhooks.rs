@@ -612,6 +612,77 @@ async fn webhooks_an_endpoint_at_build_ahead_gets_the_waiting_scans_messages_onc
     assert!(deliveries(&app, &id, "?status=failed").await.is_empty());
 }
 
+/// Spins on every core from threads of the test's process until dropped:
+/// a machine busy with work other than the server's webhooks.
+struct BusyMachine {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyMachine {
+    fn start() -> BusyMachine {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for i in 0..10_000u64 {
+                            x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+                        }
+                    }
+                    std::hint::black_box(x);
+                })
+            })
+            .collect();
+        BusyMachine { stop, threads }
+    }
+}
+
+impl Drop for BusyMachine {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn webhooks_on_a_busy_machine_the_delivery_keeps_to_its_cpu_share_and_every_message_arrives()
+{
+    let app = spawn_app_with(&with(&[("SCANHOP__WEBHOOKS__BUSY_CPU_PERCENT", "1")])).await;
+    let rx = Receiver::start().await;
+    app.create_link(json!({"destination": "https://example.com/", "slug": "busy"}))
+        .await;
+    let (_, secret) = hook_with(&app, &rx, &["qr.scanned"]).await;
+    let busy = BusyMachine::start();
+    // Windows of the pacer see the busy machine before the first scan.
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..60 {
+        assert_eq!(app.scan("busy").await.status.as_u16(), 302);
+    }
+    // 1% of the machine's CPU is less than 60 messages take: the delivery
+    // holds back until a window ends, and says so.
+    until("the delivery held back", || async {
+        let text = app.get("/metrics").await.text();
+        metric::<u64>(&text, "scanhop_webhook_delivery_paced_total").unwrap_or(0) > 0
+    })
+    .await;
+    drop(busy);
+    // The load gone, every message arrives, once, signed.
+    let got = rx.wait_for(60).await;
+    assert!(got.iter().all(|r| verifies(&secret, r)));
+    let scans: BTreeSet<String> = got
+        .iter()
+        .map(|r| r.json()["data"]["scan_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(scans.len(), 60, "one message per scan");
+}
+
 #[actix_rt::test]
 async fn webhooks_a_rotated_secret_signs_alongside_the_new_one() {
     let app = spawn_app_with(FAST).await;
