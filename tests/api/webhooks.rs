@@ -160,7 +160,12 @@ impl Receiver {
 
     /// Waits (up to 15 s) until the receiver has `n` requests on `/hook`.
     pub(crate) async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.wait_for_within(n, Duration::from_secs(15)).await
+    }
+
+    /// `wait_for`, up to `limit`.
+    pub(crate) async fn wait_for_within(&self, n: usize, limit: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
         loop {
             let got: Vec<Received> = self
                 .log()
@@ -662,25 +667,28 @@ async fn webhooks_on_a_busy_machine_the_delivery_keeps_to_its_cpu_share_and_ever
     let busy = BusyMachine::start();
     // Windows of the pacer see the busy machine before the first scan.
     actix_rt::time::sleep(Duration::from_millis(300)).await;
-    for _ in 0..60 {
+    for _ in 0..20 {
         assert_eq!(app.scan("busy").await.status.as_u16(), 302);
     }
-    // 1% of the machine's CPU is less than 60 messages take: the delivery
-    // holds back until a window ends, and says so.
+    // 1% of the machine's CPU (2 ms a window on two cores) is less than 20
+    // messages take: the delivery holds back until a window ends, and says
+    // so.
     until("the delivery held back", || async {
         let text = app.get("/metrics").await.text();
         metric::<u64>(&text, "scanhop_webhook_delivery_paced_total").unwrap_or(0) > 0
     })
     .await;
     drop(busy);
-    // The load gone, every message arrives, once, signed.
-    let got = rx.wait_for(60).await;
+    // Every message arrives, once, signed: at full speed once the load is
+    // gone, or still at 1% while other work keeps the machine busy (other
+    // tests running beside this one, say).
+    let got = rx.wait_for_within(20, Duration::from_secs(90)).await;
     assert!(got.iter().all(|r| verifies(&secret, r)));
     let scans: BTreeSet<String> = got
         .iter()
         .map(|r| r.json()["data"]["scan_id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(scans.len(), 60, "one message per scan");
+    assert_eq!(scans.len(), 20, "one message per scan");
 }
 
 #[actix_rt::test]
