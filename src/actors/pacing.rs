@@ -16,10 +16,12 @@
 //!
 //! `Pacer::decide` is the rule, given the times read; `CpuPacer` reads
 //! them (`/proc/stat` for the machine, the registered threads' CPU clocks
-//! for the webhook work). Where `/proc/stat` cannot be read the machine is
+//! for the webhook work, `threads::ThreadClock`). Where `/proc/stat` cannot be read the machine is
 //! never busy, so nothing is held.
 
 use std::time::{Duration, Instant};
+
+use super::threads::ThreadClock;
 
 /// The length of one budget window.
 pub const WINDOW_MS: u64 = 100;
@@ -165,44 +167,6 @@ impl Pacer {
     }
 }
 
-/// A thread's CPU clock, readable from any thread of the process.
-#[derive(Debug, Clone, Copy)]
-pub struct ThreadClock(#[cfg_attr(not(target_os = "linux"), allow(dead_code))] libc::clockid_t);
-
-impl ThreadClock {
-    /// The calling thread's clock; `None` where there is none.
-    pub fn current() -> Option<ThreadClock> {
-        #[cfg(target_os = "linux")]
-        {
-            let mut id: libc::clockid_t = 0;
-            // SAFETY: pthread_self is always valid for the calling thread,
-            // and `id` is a valid place for the answer.
-            let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
-            if rc == 0 {
-                return Some(ThreadClock(id));
-            }
-        }
-        None
-    }
-
-    /// The CPU time the thread has used; zero once it has ended.
-    pub fn elapsed(&self) -> Duration {
-        #[cfg(target_os = "linux")]
-        {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `ts` is a valid, writable timespec; a clock of a thread
-            // that has ended answers an error, not undefined behaviour.
-            if unsafe { libc::clock_gettime(self.0, &mut ts) } == 0 {
-                return Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-            }
-        }
-        Duration::ZERO
-    }
-}
-
 /// `Pacer` over the clocks of the threads that do webhook work and the
 /// machine's `/proc/stat`.
 #[derive(Debug)]
@@ -239,11 +203,6 @@ impl CpuPacer {
         }
         let spent = self.last.iter().sum();
         self.pacer.decide(now, spent, MachineTimes::read)
-    }
-
-    /// Whether the machine was busy in the last window judged.
-    pub fn busy(&self) -> bool {
-        self.pacer.busy()
     }
 }
 
@@ -354,27 +313,5 @@ mod tests {
         p.decide(t0, ms(0), machine(0, 0));
         assert_eq!(p.decide(t0 + ms(100), ms(0), machine(20, 20)), None);
         assert_eq!(p.decide(t0 + ms(150), ms(900), machine(0, 0)), None);
-    }
-
-    #[test]
-    fn a_threads_clock_is_read_from_another_thread() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let worker = std::thread::spawn(move || {
-            let clock = ThreadClock::current();
-            let mut x = 0u64;
-            for i in 0..20_000_000u64 {
-                x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
-            }
-            std::hint::black_box(x);
-            tx.send(clock).unwrap();
-            done_rx.recv().unwrap();
-        });
-        let clock = rx.recv().unwrap();
-        if cfg!(target_os = "linux") {
-            assert!(clock.unwrap().elapsed() > Duration::ZERO);
-        }
-        done_tx.send(()).unwrap();
-        worker.join().unwrap();
     }
 }
