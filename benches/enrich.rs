@@ -1,9 +1,11 @@
 //! Enrichment of one scan with both GeoIP databases loaded (target: < 10 µs).
 //! Run: `cargo bench --bench enrich`.
 //!
-//! Besides the time of a user-agent cache hit and miss, it replays a mixed
-//! stream (regular browsers drawn from a Zipf distribution, and one request in
-//! ten with a user agent never seen before) and prints the cache's hit rate.
+//! Besides the time of a user-agent cache hit and miss, it times the two
+//! GeoIP lookups for an address seen lately and for one not, replays a mixed
+//! stream (regular browsers drawn from a Zipf distribution, and one request
+//! in ten with a user agent never seen before) and prints the cache's hit
+//! rate.
 
 #[path = "support/geo.rs"]
 mod geo_support;
@@ -96,6 +98,20 @@ fn bench(c: &mut Criterion) {
     // every rule runs to the end.
     c.bench_function("baseline: bot check alone (isbot list + our rules)", |b| {
         b.iter(|| black_box(scanhop::enrich::bots::is_bot(black_box(UAS[1]))))
+    });
+    // Both databases for one address: one seen lately (the per-address
+    // cache), and one not (a walk of each database's tree to a cached
+    // record: more addresses than the per-address cache holds, in turn).
+    let seen = Some(std::net::IpAddr::V4(geo_support::address(4242)));
+    c.bench_function("GeoIP city + ASN, an address seen lately", |b| {
+        b.iter(|| black_box(geo.lookup(black_box(seen))))
+    });
+    let mut a = 0u32;
+    c.bench_function("GeoIP city + ASN, an address not seen lately", |b| {
+        b.iter(|| {
+            a = (a + 7_919) % geo_support::NETWORKS;
+            black_box(geo.lookup(Some(std::net::IpAddr::V4(geo_support::address(a)))))
+        })
     });
     let scanner = Scanner::new(&geo);
     let mut i = 0usize;

@@ -417,15 +417,20 @@ impl Run {
         self.base_machine.steal > max || self.load_machine.steal > max
     }
 
-    /// The round's ratio with the HTTP workers' CPU per scan and the steal
-    /// of each half.
+    /// The round's ratio with the HTTP workers' CPU per scan, the steal and
+    /// the idle share of each half, and the CPU per scan of all the
+    /// process's threads in the scenario's half.
     fn summary(&self) -> String {
+        let all: u64 = self.cpu.iter().map(|(_, ns)| ns).sum();
         format!(
-            "{:.2} ({:.1} µs; steal {:.0}%/{:.0}%)",
+            "{:.2} ({:.1} µs; steal {:.0}%/{:.0}%; idle {:.0}%/{:.0}%; all threads {:.1} µs)",
             self.ratio(),
             self.http_cpu_per_scan(),
             100.0 * self.base_machine.steal,
-            100.0 * self.load_machine.steal
+            100.0 * self.load_machine.steal,
+            100.0 * self.base_machine.idle,
+            100.0 * self.load_machine.idle,
+            all as f64 / 1000.0 / self.redirects.max(1.0)
         )
     }
 
@@ -787,7 +792,7 @@ fn main() {
             "scan"
         };
         let mut detail = format!(
-            "- **{name}**: rounds in the order they ran, ratio (HTTP workers' CPU µs per {unit}; the machine's time stolen by the hypervisor in the ceiling's half and the scenario's): {}{}. CPU µs per {unit} by thread: {} (the ceiling, per request: {}). Allocations per {unit} by thread: {} (the ceiling, per request: {}).",
+            "- **{name}**: rounds in the order they ran, ratio (HTTP workers' CPU µs per {unit}; the machine's time stolen by the hypervisor, then left idle, in the ceiling's half and the scenario's; the CPU µs per {unit} of all the process's threads in the scenario's half): {}{}. CPU µs per {unit} by thread: {} (the ceiling, per request: {}). Allocations per {unit} by thread: {} (the ceiling, per request: {}).",
             in_order.join(", "),
             if stolen.is_empty() {
                 String::new()
