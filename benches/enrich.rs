@@ -2,7 +2,8 @@
 //! Run: `cargo bench --bench enrich`.
 //!
 //! Besides the time of a user-agent cache hit and miss, it times the two
-//! GeoIP lookups for an address seen lately and for one not, replays a mixed
+//! GeoIP lookups for an address seen lately and for one not, a known
+//! device's visitor fingerprint (remembered, and the HMAC), replays a mixed
 //! stream (regular browsers drawn from a Zipf distribution, and one request
 //! in ten with a user agent never seen before) and prints the cache's hit
 //! rate.
@@ -113,6 +114,7 @@ fn bench(c: &mut Criterion) {
             black_box(geo.lookup(Some(std::net::IpAddr::V4(geo_support::address(a)))))
         })
     });
+    visitor_fingerprint(c, dir.path());
     let scanner = Scanner::new(&geo);
     let mut i = 0usize;
     c.bench_function(
@@ -139,6 +141,37 @@ fn bench(c: &mut Criterion) {
         },
     );
     mixed_stream(c, &geo);
+}
+
+/// A known device's fingerprint as the redirect finds its visitor: from the
+/// registry's fingerprints of devices seen lately, and by the HMAC alone.
+fn visitor_fingerprint(c: &mut Criterion, dir: &std::path::Path) {
+    use scanhop::actors::registry::{Device, VisitorRegistry};
+    let store = scanhop::store::Store::open(&dir.join("store"), 8).expect("store");
+    let registry =
+        VisitorRegistry::new(store, scanhop::config::FingerprintScope::Persistent, 1_000);
+    let ws = WorkspaceId::generate();
+    let salt = [7; 32];
+    let device = Device {
+        user_agent: Some(UAS[0]),
+        accept_language: Some("de-AT,de;q=0.9,en;q=0.8"),
+        ip: Some(std::net::IpAddr::V4(geo_support::address(4242))),
+        day_salt: &salt,
+    };
+    c.bench_function("visitor fingerprint, a device seen lately", |b| {
+        b.iter(|| black_box(registry.fingerprint(&ws, black_box(&device))))
+    });
+    let keyed = scanhop::enrich::fingerprint::Keyed::new(&[9; 32]);
+    c.bench_function("visitor fingerprint, the HMAC alone", |b| {
+        b.iter(|| {
+            black_box(keyed.fingerprint(
+                device.user_agent,
+                device.accept_language,
+                black_box(device.ip),
+                None,
+            ))
+        })
+    });
 }
 
 /// The hit rate of a fresh enricher's user-agent cache under the mixed

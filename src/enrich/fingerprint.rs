@@ -18,8 +18,9 @@ pub type Fingerprint = [u8; 16];
 /// The key of one workspace's fingerprints.
 pub type FingerprintKey = [u8; 32];
 
-/// The network prefix that goes into the fingerprint.
-fn network(ip: Option<IpAddr>) -> ([u8; 7], usize) {
+/// The network prefix that goes into the fingerprint: a tag and the
+/// prefix's bytes, then how many of the array's bytes are used.
+pub fn network(ip: Option<IpAddr>) -> ([u8; 7], usize) {
     let mut out = [0u8; 7];
     match ip.map(|ip| ip.to_canonical()) {
         Some(IpAddr::V4(v4)) => {

@@ -4,16 +4,18 @@
 //! keeps the database already loaded. Files are read, not memory-mapped: a
 //! database overwritten in place under a mapping would crash the process.
 
-use std::hash::BuildHasher;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use compact_str::CompactString;
 use maxminddb::Reader;
 use serde::Deserialize;
+
+use super::recent::Recent;
 
 /// Geo and network fields of a scan; all `None` when unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,83 +81,16 @@ struct LoadedDb {
 /// Records each database keeps decoded (a few hundred bytes each).
 const RECORD_CACHE_ENTRIES: usize = 16_384;
 
-/// Slots of the per-address cache, about 48 bytes each (the records are shared
-/// with `records`): 192 KiB, which stays in a core's cache. 16,384 slots
-/// made a lookup of an address not seen lately 0.4 to 0.6 µs slower than
-/// the walks alone (a miss on the slot, then on the records it dropped).
-const ADDRESS_SLOTS: usize = 4_096;
+/// Slots of the per-address cache, about 144 bytes each (a scan's geo
+/// fields, copied): 144 KiB. A larger array made a lookup of an address not
+/// seen lately slower than the walks alone by more than it saved a repeat
+/// (4,096 slots: 0.3 to 0.8 µs in the enrich bench, against 0.17 at 1,024):
+/// every miss is a cache miss on its slot too.
+const ADDRESS_SLOTS: usize = 1_024;
 
 /// The records found for one address: the City database's, then the ASN
 /// database's.
 type Found = (Option<Arc<GeoInfo>>, Option<Arc<GeoInfo>>);
-
-/// What both databases found for addresses seen lately: a direct-mapped
-/// cache, each address in the one slot its hash picks, so that remembering
-/// one is a write over whatever the slot held (no eviction to decide). An
-/// entry carries the `generation` it was found in and answers only that
-/// one.
-///
-/// No address is kept: a slot is picked and its entry told apart by a
-/// 64-bit hash of the address under a random key made at start (the
-/// process holds no address beyond its request).
-struct AddressCache {
-    slots: Box<[Mutex<Option<Slotted>>]>,
-    hasher: foldhash::quality::RandomState,
-}
-
-struct Slotted {
-    /// The address's keyed hash.
-    address: u64,
-    generation: u64,
-    found: Found,
-}
-
-impl AddressCache {
-    fn new(slots: usize) -> AddressCache {
-        AddressCache {
-            slots: (0..slots).map(|_| Mutex::new(None)).collect(),
-            hasher: foldhash::quality::RandomState::default(),
-        }
-    }
-
-    /// `ip`'s keyed hash and its slot.
-    fn slot(&self, ip: IpAddr) -> (u64, MutexGuard<'_, Option<Slotted>>) {
-        let address = self.hasher.hash_one(ip);
-        let slot = &self.slots[address as usize % self.slots.len()];
-        (address, slot.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// `ip`'s fields, if its slot holds it for `generation`; copied under
-    /// the slot's lock (the records' reference counts are left alone).
-    fn get(&self, ip: IpAddr, generation: u64) -> Option<GeoInfo> {
-        let (address, slot) = self.slot(ip);
-        let entry = slot
-            .as_ref()
-            .filter(|e| e.address == address && e.generation == generation)?;
-        Some(fields_of(&entry.found))
-    }
-
-    fn insert(&self, ip: IpAddr, generation: u64, found: Found) {
-        let (address, mut slot) = self.slot(ip);
-        let old = slot.replace(Slotted {
-            address,
-            generation,
-            found,
-        });
-        drop(slot);
-        // The records it held, if these were their last references, are
-        // freed after the lock.
-        drop(old);
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.lock().unwrap_or_else(PoisonError::into_inner).is_some())
-            .count()
-    }
-}
 
 /// A scan's geo fields from the records found for its address.
 fn fields_of((place, network): &Found) -> GeoInfo {
@@ -270,13 +205,14 @@ impl Slot {
 pub struct GeoDatabases {
     city: Slot,
     asn: Slot,
-    /// What both databases found for an address seen lately, keyed with the
-    /// `generation` it was found in. An address scanned again (the same
-    /// phone, a carrier's NAT, an office) skips both tree walks: in a City
-    /// database of millions of networks a walk is some thirty reads spread
-    /// over tens of megabytes, and with the two record caches it was most
-    /// of the redirect's enrichment.
-    addresses: AddressCache,
+    /// What both databases found for an address seen lately, as a scan's
+    /// fields, with the `generation` it was found in (an entry answers only that one). An
+    /// address scanned again (the same phone, a carrier's NAT, an office)
+    /// skips both tree walks: in a City database of millions of networks a
+    /// walk is some thirty reads spread over tens of megabytes, and with
+    /// the two record caches it was most of the redirect's enrichment. The
+    /// cache keeps no address (`Recent`).
+    addresses: Recent<(u64, GeoInfo)>,
     /// Bumped after every reload that swapped a database in: the entries of
     /// earlier generations are never read again (and age out).
     generation: AtomicU64,
@@ -296,7 +232,7 @@ impl GeoDatabases {
         GeoDatabases {
             city,
             asn,
-            addresses: AddressCache::new(ADDRESS_SLOTS),
+            addresses: Recent::new(ADDRESS_SLOTS),
             generation: AtomicU64::new(0),
         }
     }
@@ -348,12 +284,18 @@ impl GeoDatabases {
         // Read before the databases: an entry found in a database swapped
         // in meanwhile is kept under the generation before it, never read.
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(info) = self.addresses.get(ip, generation) {
+        let key = self.addresses.key(|h| ip.hash(h));
+        // The fields are kept by value and copied under the slot's lock:
+        // the records' reference counts are left alone, and replacing an
+        // entry frees nothing but names too long to be kept inline.
+        let cached = self
+            .addresses
+            .get(key, |(g, info)| (*g == generation).then(|| info.clone()));
+        if let Some(info) = cached {
             return info;
         }
-        let found = self.find(ip);
-        let info = fields_of(&found);
-        self.addresses.insert(ip, generation, found);
+        let info = fields_of(&self.find(ip));
+        self.addresses.insert(key, (generation, info.clone()));
         info
     }
 
@@ -509,13 +451,20 @@ mod tests {
         let geo = GeoDatabases::open(&path, Path::new("")).unwrap();
         let city = |ip: &str| geo.lookup(Some(ip.parse().unwrap())).city;
         let london: IpAddr = "81.2.69.142".parse().unwrap();
+        let london = geo.addresses.key(|h| london.hash(h));
         for _ in 0..3 {
             assert_eq!(city("81.2.69.142").as_deref(), Some("London"));
-            let cached = geo.addresses.get(london, 0).expect("remembered");
-            assert_eq!(cached.city.as_deref(), Some("London"));
+            let cached = geo.addresses.get(london, |(g, info)| {
+                assert_eq!(*g, 0, "the first generation");
+                Some(info.clone())
+            });
+            assert_eq!(cached.unwrap().city.as_deref(), Some("London"));
             assert_eq!(city("8.8.8.8"), None, "no data");
         }
-        assert!((1..=2).contains(&geo.addresses.len()), "a slot an address");
+        assert!(
+            (1..=2).contains(&geo.addresses.filled()),
+            "a slot an address"
+        );
         write("Edinburgh");
         assert_eq!(geo.reload(true), 1);
         assert_eq!(city("81.2.69.142").as_deref(), Some("Edinburgh"));

@@ -10,6 +10,7 @@ pub mod fingerprint;
 mod forwarding;
 pub mod geo;
 pub mod privacy;
+pub mod recent;
 pub mod useragent;
 
 use std::net::IpAddr;
