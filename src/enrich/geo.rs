@@ -88,25 +88,6 @@ const RECORD_CACHE_ENTRIES: usize = 16_384;
 /// every miss is a cache miss on its slot too.
 const ADDRESS_SLOTS: usize = 1_024;
 
-/// The records found for one address: the City database's, then the ASN
-/// database's.
-type Found = (Option<Arc<GeoInfo>>, Option<Arc<GeoInfo>>);
-
-/// A scan's geo fields from the records found for its address.
-fn fields_of((place, network): &Found) -> GeoInfo {
-    let mut info = GeoInfo::default();
-    if let Some(place) = place {
-        info.country.clone_from(&place.country);
-        info.region.clone_from(&place.region);
-        info.city.clone_from(&place.city);
-    }
-    if let Some(network) = network {
-        info.asn = network.asn;
-        info.isp.clone_from(&network.isp);
-    }
-    info
-}
-
 impl LoadedDb {
     /// The fields of `ip`'s record, decoded by `decode` on a cache miss;
     /// `None` for no data (or a record of another shape).
@@ -206,9 +187,9 @@ pub struct GeoDatabases {
     city: Slot,
     asn: Slot,
     /// What both databases found for an address seen lately, as a scan's
-    /// fields, with the `generation` it was found in (an entry answers only that one). An
-    /// address scanned again (the same phone, a carrier's NAT, an office)
-    /// skips both tree walks: in a City database of millions of networks a
+    /// fields, with the `generation` it was found in (an entry answers only
+    /// that one). An address scanned again (the same phone, a carrier's
+    /// NAT, an office) skips both tree walks: in a City database of millions of networks a
     /// walk is some thirty reads spread over tens of megabytes, and with
     /// the two record caches it was most of the redirect's enrichment. The
     /// cache keeps no address (`Recent`).
@@ -294,13 +275,14 @@ impl GeoDatabases {
         if let Some(info) = cached {
             return info;
         }
-        let info = fields_of(&self.find(ip));
+        let info = self.find(ip);
         self.addresses.insert(key, (generation, info.clone()));
         info
     }
 
-    /// The records both databases hold for `ip`, walking their trees.
-    fn find(&self, ip: IpAddr) -> Found {
+    /// The fields both databases hold for `ip`, walking their trees.
+    fn find(&self, ip: IpAddr) -> GeoInfo {
+        let mut info = GeoInfo::default();
         let place = self.city.current().and_then(|db| {
             db.fields(ip, |found| {
                 let rec = decode::<CityRecord>(found)?;
@@ -328,7 +310,16 @@ impl GeoDatabases {
                 })
             })
         });
-        (place, network)
+        if let Some(place) = place {
+            info.country.clone_from(&place.country);
+            info.region.clone_from(&place.region);
+            info.city.clone_from(&place.city);
+        }
+        if let Some(network) = network {
+            info.asn = network.asn;
+            info.isp.clone_from(&network.isp);
+        }
+        info
     }
 }
 
