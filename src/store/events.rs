@@ -5,8 +5,8 @@
 //! range (several when its events are large: `MAX_SEGMENT_BYTES`), keyed by
 //! its first ID. `commit_scans` appends the segment's body to a file
 //! (`bodies.rs`), then writes a pointer to it, one index entry per
-//! (workspace, segment) and (visitor, segment) holding the positions of
-//! that owner's events, the link's entries (spans, below), and the link
+//! (workspace, segment) holding the positions of its events, the entries
+//! of the segment's links and visitors (spans, below), and the link
 //! totals, in one transaction. Reads find an event by seeking to the last
 //! segment starting at or before its ID.
 //!
@@ -17,19 +17,29 @@
 //! the positions of the link's events in it, ascending
 //! (`segment::encode_span`). Under scans of many links an entry per
 //! segment was about one new sled key per scan, and sled keeps the pages
-//! new keys split off in memory. The Recorder adds a segment to the link's
-//! open span, remembered in memory (`OpenSpan`, forgotten past
-//! `OPEN_SPANS_MAX` links and at every start), or starts a new span when it
-//! knows none, the span is full, or its value is gone; so a link's spans
-//! hold ascending, disjoint runs of its segments, each keyed at or before
-//! its first segment. The Purger rewrites a span in place (`retention.rs`):
-//! a span whose first segment it dropped keeps its key, so a span's key is
-//! only a lower bound of its segments. Walks read each span as the
-//! per-segment entries it holds (`index_range`), and the span holding a
-//! segment is the last key of the link at or before link ++ segment
-//! (`span_of`). Stores written before spans hold one entry per (link,
-//! segment), positions only: its even length tells it from a span (always
-//! odd), and it reads as a span of that one segment.
+//! new keys split off in memory.
+//!
+//! **Visitor spans.** The visitor index (`events_by_visitor`) is kept the
+//! same way, a key per (visitor, span of its segments): a device that
+//! scans in batch after batch had a new key in each, and a new sled key
+//! costs a leaf split every 16 keys (about half of the Recorder's CPU under
+//! load, with 64 devices scanning). What follows holds for both indexes,
+//! "owner" being the link or the visitor.
+//!
+//! The Recorder adds a segment to the owner's open span, remembered in
+//! memory (`OpenSpan`, forgotten past `OPEN_SPANS_MAX` links or
+//! `OPEN_VISITOR_SPANS_MAX` visitors and at every start), or starts a new
+//! span when it knows none, the span is full, or its value is gone; so an
+//! owner's spans hold ascending, disjoint runs of its segments, each keyed
+//! at or before its first segment. The Purger, and an erasure for a
+//! visitor, rewrite a span in place (`retention.rs`, `visitors.rs`): a span
+//! whose first segment was dropped keeps its key, so a span's key is only a
+//! lower bound of its segments. Walks read each span as the per-segment
+//! entries it holds (`index_range`), and the span holding a segment is the
+//! last key of the owner at or before owner ++ segment (`span_of`). Stores
+//! written before spans hold one entry per (owner, segment), positions
+//! only: its even length tells it from a span (always odd), and it reads
+//! as a span of that one segment.
 //!
 //! **Home segments.** A visitor's index entry is left out of every segment
 //! whose key (its first ID) carries the same millisecond as the visitor's
@@ -41,10 +51,11 @@
 //! (`home_keys`, `entry_segment`). Most visitors scan once, and their
 //! entry was one sled key of a new visitor's two in the Recorder's
 //! transaction. Walks take a home as an entry with empty positions (no
-//! stored entry is empty). A rewrite by the Purger writes the entries of
-//! every owner of the segment, so a home may get an entry later: it is then
-//! read through it. The visitor's ID is not an event ID, and an erasure
-//! detaches the home's events like any other (`detach_visitor_step`).
+//! stored entry is empty). A rewrite by the Purger keeps the segment's key,
+//! so a home stays a home and gets no entry (before visitor spans it wrote
+//! one, and a home with an entry is read through it). The visitor's ID is
+//! not an event ID, and an erasure detaches the home's events like any
+//! other (`detach_visitor_step`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -124,6 +135,11 @@ const SPAN_MAX_BYTES: usize = 4096;
 /// Links whose open span the Store remembers at most: past it, it forgets
 /// them all (a forgotten link starts a new span at its next scan).
 const OPEN_SPANS_MAX: usize = 200_000;
+
+/// Visitors whose open span the Store remembers at most, as for links.
+/// Only devices that scan again have spans (a first scan's segment is the
+/// visitor's home: no entry), so this holds the devices scanning lately.
+const OPEN_VISITOR_SPANS_MAX: usize = 50_000;
 
 /// The name of the link index's sled tree.
 pub(super) const LINK_INDEX_TREE: &str = "events_by_link";
@@ -214,30 +230,46 @@ fn group<K: IdKind>(
     out
 }
 
-type SpanTxResult = Result<OpenSpans, ConflictableTransactionError<StoreError>>;
+type SpanTxResult = Result<(OpenSpans, OpenSpans), ConflictableTransactionError<StoreError>>;
 
-/// Adds the entry of a link (`key`: link ++ segment) into `segment`, with
-/// `positions`, to the link's open span in `spans`, in the Recorder's
-/// transaction; or starts a new span keyed `key` when the link has none
-/// known, when it is full (`SPAN_SEGMENTS`, `SPAN_MAX_BYTES`), or when its
-/// value is gone (the Purger removed it) or unreadable. Notes the span in
-/// `spans`.
+/// The open spans `open` knows of `owners`.
+fn known_spans(open: &OpenSpans, owners: impl Iterator<Item = [u8; 16]>) -> OpenSpans {
+    owners
+        .filter_map(|owner| open.get(&owner).map(|o| (owner, *o)))
+        .collect()
+}
+
+/// Notes the spans a commit wrote in `open`, forgetting every one first
+/// when that would take it past `max`.
+fn remember_spans(open: &mut OpenSpans, written: OpenSpans, max: usize) {
+    if open.len() + written.len() > max {
+        open.clear();
+    }
+    open.extend(written);
+}
+
+/// Adds the entry of an owner (`key`: link or visitor ++ segment) into
+/// `segment`, with `positions`, to the owner's open span in `spans`, in the
+/// Recorder's transaction; or starts a new span keyed `key` when the owner
+/// has none known, when it is full (`SPAN_SEGMENTS`, `SPAN_MAX_BYTES`), or
+/// when its value is gone (the Purger removed it) or unreadable. Notes the
+/// span in `spans`.
 fn add_to_span(
-    link_idx: &sled::transaction::TransactionalTree,
+    index: &sled::transaction::TransactionalTree,
     spans: &mut OpenSpans,
     key: &[u8; 32],
     segment: &[u8; 16],
     positions: &[u16],
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let link: [u8; 16] = key_link(key);
+    let owner: [u8; 16] = key_owner(key);
     if let Some(open) = spans
-        .get(&link)
+        .get(&owner)
         .filter(|o| usize::from(o.segments) < SPAN_SEGMENTS)
     {
-        let span_key = index_key(&link, &open.first);
+        let span_key = index_key(&owner, &open.first);
         // Only a span is added to (never a value of the former layout), and
         // an unreadable one is left as it is: a new span follows it.
-        let value = link_idx.get(span_key)?;
+        let value = index.get(span_key)?;
         let value_len = value.as_ref().map_or(0, |v| v.len());
         let parts = value
             .filter(|v| !v.len().is_multiple_of(2))
@@ -247,25 +279,25 @@ fn add_to_span(
             let fits = value_len + 18 + 2 * positions.len() <= SPAN_MAX_BYTES;
             if parts.len() < SPAN_SEGMENTS && newer && fits {
                 parts.push((*segment, positions.to_vec()));
-                link_idx.insert(&span_key[..], segment::encode_span(&parts))?;
+                index.insert(&span_key[..], segment::encode_span(&parts))?;
                 let first = open.first;
                 let segments = u8::try_from(parts.len()).unwrap_or(u8::MAX);
-                spans.insert(link, OpenSpan { first, segments });
+                spans.insert(owner, OpenSpan { first, segments });
                 return Ok(());
             }
         }
     }
-    link_idx.insert(
+    index.insert(
         &key[..],
         segment::encode_span(&[(*segment, positions.to_vec())]),
     )?;
     let first = *segment;
-    spans.insert(link, OpenSpan { first, segments: 1 });
+    spans.insert(owner, OpenSpan { first, segments: 1 });
     Ok(())
 }
 
 /// The owner part of an index key.
-fn key_link(key: &[u8; 32]) -> [u8; 16] {
+fn key_owner(key: &[u8; 32]) -> [u8; 16] {
     let mut owner = [0u8; 16];
     owner.copy_from_slice(&key[..16]);
     owner
@@ -275,10 +307,10 @@ fn key_link(key: &[u8; 32]) -> [u8; 16] {
 #[derive(Clone, Copy)]
 pub(super) enum IndexTree<'a> {
     /// A key per (owner, segment), valued by the owner's positions in the
-    /// segment: the workspace and visitor indexes.
+    /// segment: the workspace index.
     Segments(&'a sled::Tree),
-    /// The link index: a key per span of a link's segments, valued by
-    /// `segment::encode_span`.
+    /// The link and visitor indexes: a key per span of the owner's
+    /// segments, valued by `segment::encode_span`.
     Spans(&'a sled::Tree),
 }
 
@@ -369,6 +401,36 @@ fn span_entries(
         out.reverse();
     }
     Ok(out)
+}
+
+/// Every segment a span (`key`, `value`) lists, as the per-segment entries
+/// (owner ++ segment, positions) a walk reads, oldest first.
+pub(super) fn span_segments(
+    key: &[u8],
+    value: &[u8],
+) -> StoreResult<Vec<(sled::IVec, sled::IVec)>> {
+    let all = Bounds {
+        lower: None,
+        upper: None,
+    };
+    span_entries(key, value, all, Direction::OldestFirst)
+}
+
+/// Every entry of a span index as (owner ++ segment, positions).
+#[cfg(test)]
+fn span_index_entries(index: &sled::Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in index.iter() {
+        let (key, value) = entry.unwrap();
+        let parts = segment::decode_span(&key_segment(&key).unwrap(), &value).unwrap();
+        for (s, positions) in parts {
+            out.push((
+                index_key(&key, &s).to_vec(),
+                segment::encode_positions(&positions),
+            ));
+        }
+    }
+    out
 }
 
 /// Whether the segment keyed `segment` is a home of `visitor` (see the
@@ -529,17 +591,17 @@ impl Store {
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
         }
-        // The open spans of the batch's links, as known before it.
-        let known: OpenSpans = {
-            let open = self.open_spans();
+        // The open spans of the batch's links and visitors, as known before it.
+        let known_links = known_spans(
+            &self.open_spans(),
+            events.iter().map(|e| *e.link_id.as_bytes()),
+        );
+        let known_visitors = known_spans(
+            &self.open_visitor_spans(),
             events
                 .iter()
-                .filter_map(|e| {
-                    let link = e.link_id.as_bytes();
-                    open.get(link).map(|o| (*link, *o))
-                })
-                .collect()
-        };
+                .filter_map(|e| e.visitor_id.map(|v| *v.as_bytes())),
+        );
         let trees = (
             &t.events,
             &t.events_by_link,
@@ -552,19 +614,22 @@ impl Store {
         // are noted only once it committed.
         let opened = trees.transaction(
             |(ev, link_idx, ws_idx, visitor_idx, counters, registry_batches)| -> SpanTxResult {
-                let mut spans = known.clone();
+                let mut links = known_links.clone();
+                let mut visitors = known_visitors.clone();
                 if let Some(value) = &registry {
                     registry_batches.insert(first_id.as_bytes(), value.as_slice())?;
                 }
                 for (w, pointer) in segments.iter().zip(&pointers) {
                     ev.insert(w.first.as_bytes(), &pointer.encode()[..])?;
+                    let first = w.first.as_bytes();
                     for (key, positions) in &w.by_link {
-                        add_to_span(link_idx, &mut spans, key, w.first.as_bytes(), positions)?;
+                        add_to_span(link_idx, &mut links, key, first, positions)?;
                     }
-                    for (index, entries) in [(ws_idx, &w.by_ws), (visitor_idx, &w.by_visitor)] {
-                        for (key, positions) in entries {
-                            index.insert(key, segment::encode_positions(positions))?;
-                        }
+                    for (key, positions) in &w.by_visitor {
+                        add_to_span(visitor_idx, &mut visitors, key, first, positions)?;
+                    }
+                    for (key, positions) in &w.by_ws {
+                        ws_idx.insert(key, segment::encode_positions(positions))?;
                     }
                 }
                 for (link, add) in &totals {
@@ -572,16 +637,15 @@ impl Store {
                     let now = counters.get(key)?.map(|v| decode_count(&v)).unwrap_or(0);
                     counters.insert(&key, &(now + add).to_be_bytes())?;
                 }
-                Ok(spans)
+                Ok((links, visitors))
             },
         )?;
-        {
-            let mut open = self.open_spans();
-            if open.len() + opened.len() > OPEN_SPANS_MAX {
-                open.clear();
-            }
-            open.extend(opened);
-        }
+        remember_spans(&mut self.open_spans(), opened.0, OPEN_SPANS_MAX);
+        remember_spans(
+            &mut self.open_visitor_spans(),
+            opened.1,
+            OPEN_VISITOR_SPANS_MAX,
+        );
         if let Some(value) = &registry {
             self.registry_committed(&first_id, value);
         }
@@ -736,8 +800,8 @@ impl Store {
         let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
             return Ok(None);
         };
-        // Only the visitor index has homes; a span lists no empty entry.
-        if let (IndexTree::Segments(tree), true) = (index, positions.is_empty()) {
+        // Only the visitor index has homes; no stored entry is empty.
+        if positions.is_empty() {
             // A home segment (see the module documentation): positions read
             // from the segment, unless a rewrite has given it an entry since.
             let Some(visitor) = VisitorId::from_slice(key) else {
@@ -746,7 +810,7 @@ impl Store {
             let Some(stored) = self.segment(segment_id.as_bytes())? else {
                 return Ok(None);
             };
-            match tree.get(key)? {
+            match index.positions(key)? {
                 Some(entry) => positions = entry,
                 None => {
                     let found = positions_of(&Segment::parse(&stored.body)?, &visitor)?;
@@ -798,10 +862,14 @@ impl Store {
     /// Whether visitor `id` has a stored event in workspace `ws` (a visitor's
     /// events are all of one workspace, so its first indexed one tells).
     pub fn visitor_has_events_in(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<bool> {
-        let index = IndexTree::Segments(&self.inner.events_by_visitor);
-        // Homes last: reading one decodes its segment's visitors.
-        let homes = self.home_keys(id)?.into_iter().map(|h| Ok(home_entry(h)));
-        for entry in index.tree().scan_prefix(id.as_bytes()).chain(homes) {
+        let index = IndexTree::Spans(&self.inner.events_by_visitor);
+        let homes = self.home_keys(id)?;
+        let all = Bounds {
+            lower: None,
+            upper: None,
+        };
+        let entries = self.index_range(index, id.as_bytes(), homes, all, Direction::OldestFirst)?;
+        for entry in entries {
             let (key, positions) = entry?;
             let Some((stored, positions)) = self.entry_segment(index, &key, positions)? else {
                 continue;
@@ -880,7 +948,7 @@ impl Store {
                 Vec::new(),
             ),
             EventIndex::Visitor(id) => (
-                IndexTree::Segments(&t.events_by_visitor),
+                IndexTree::Spans(&t.events_by_visitor),
                 id.as_bytes(),
                 self.home_keys(id)?,
             ),
@@ -905,7 +973,7 @@ impl Store {
                 continue;
             };
             let key = keys::pair(v, &segment);
-            if !t.events_by_visitor.contains_key(key)? {
+            if span_positions(&t.events_by_visitor, &key)?.is_none() {
                 out.push(key);
             }
         }
@@ -952,9 +1020,9 @@ impl Store {
             Direction::NewestFirst => Box::new(range.rev()),
             Direction::OldestFirst => Box::new(range),
         };
-        if let IndexTree::Spans(_) = index {
+        let entries: IndexEntries<'a> = match index {
             // Each span read as the entries of its segments.
-            return Ok(Box::new(raw.flat_map(move |entry| {
+            IndexTree::Spans(_) => Box::new(raw.flat_map(move |entry| {
                 let entries = entry
                     .map_err(StoreError::from)
                     .and_then(|(k, v)| span_entries(&k, &v, bounds, dir));
@@ -963,9 +1031,9 @@ impl Store {
                     Err(e) => vec![Err(e)],
                 };
                 out
-            })));
-        }
-        let entries: IndexEntries<'a> = Box::new(raw.map(|r| r.map_err(StoreError::from)));
+            })),
+            IndexTree::Segments(_) => Box::new(raw.map(|r| r.map_err(StoreError::from))),
+        };
         let mut homes: std::collections::VecDeque<[u8; 32]> = homes
             .into_iter()
             .filter(|h| start[..] <= h[..] && h[..] < end[..])
@@ -1081,18 +1149,13 @@ impl Store {
     /// spans read as the entries of their segments.
     #[cfg(test)]
     pub(super) fn link_index_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = Vec::new();
-        for entry in self.inner.events_by_link.iter() {
-            let (key, value) = entry.unwrap();
-            let parts = segment::decode_span(&key_segment(&key).unwrap(), &value).unwrap();
-            for (s, positions) in parts {
-                out.push((
-                    index_key(&key, &s).to_vec(),
-                    segment::encode_positions(&positions),
-                ));
-            }
-        }
-        out
+        span_index_entries(&self.inner.events_by_link)
+    }
+
+    /// The same for the visitor index (homes have no entry).
+    #[cfg(test)]
+    pub(super) fn visitor_index_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        span_index_entries(&self.inner.events_by_visitor)
     }
 
     fn event_matches(
@@ -1277,10 +1340,10 @@ mod tests {
                 .unwrap()
         );
 
-        // Retention rewrites the home: v's remaining event there gets an
-        // entry, and is listed once.
+        // Retention rewrites the home, which keeps its key: v's remaining
+        // event there is still found from v's ID, and listed once.
         assert_eq!(purge_before(&store, ws, 1_001), 1);
-        assert_eq!(entries(&v), 2);
+        assert_eq!(entries(&v), 1);
         assert_eq!(walk(&store, &of(v), 1), [2_000, 1_002]);
         assert_eq!(walk_up(&store, &of(v), None, 1), [1_002, 2_000]);
         assert_eq!(count(v), 2);
@@ -1303,6 +1366,161 @@ mod tests {
             .unwrap();
         assert!(page.items.iter().all(|e| e.visitor_id != Some(u)));
         assert_eq!(walk(&store, &of(v), 1), [3_001, 2_000, 1_002]);
+    }
+
+    #[test]
+    fn a_returning_visitors_entries_are_spans_that_list_count_purge_and_detach() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let v = VisitorId::generate_at(1_000);
+        let by = |ms, who: Option<VisitorId>| ScanEvent {
+            visitor_id: who,
+            ..event(ms, ws, link, false)
+        };
+        // 40 segments of two scans: v's in each (its home first), another
+        // visitor's or none beside it.
+        let batch = |n: i64| {
+            let ms = 1_000 + 10 * n;
+            let other = (n % 2 == 0).then(|| VisitorId::generate_at(ms + 1));
+            vec![by(ms, Some(v)), by(ms + 1, other)]
+        };
+        let keys = |store: &Store| {
+            let index = &store.inner.events_by_visitor;
+            index.scan_prefix(v.as_bytes()).count()
+        };
+        let of = query(ws, EventIndex::Visitor(v));
+        let mut all: Vec<i64> = Vec::new();
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            for n in 0..40 {
+                store.commit_scans(&batch(n)).unwrap();
+                all.insert(0, 1_000 + 10 * n);
+            }
+            // The home has no entry; 39 segments in spans of 16, 16 and 7.
+            assert_eq!(keys(&store), 3);
+            let entries = store.visitor_index_entries();
+            let of_v = entries.iter().filter(|(k, _)| k.starts_with(v.as_bytes()));
+            assert_eq!(of_v.count(), 39);
+            for page in [1, 3, 100] {
+                assert_eq!(walk(&store, &of, page), all);
+            }
+            let mut up = all.clone();
+            up.reverse();
+            assert_eq!(walk_up(&store, &of, None, 7), up);
+            let inside = EventQuery {
+                from_ms: Some(1_155),
+                to_ms: Some(1_305),
+                ..of.clone()
+            };
+            let expected: Vec<i64> = (16..=30).rev().map(|n| 1_000 + 10 * n).collect();
+            assert_eq!(walk(&store, &inside, 4), expected);
+            assert_eq!(store.count_event_candidates(&of, None).unwrap(), 40);
+            assert!(store.visitor_has_events_in(&ws, &v).unwrap());
+        }
+        // Reopened, no open span is known: the next segments start a new one.
+        let store = Store::open(dir.path(), 4).unwrap();
+        for n in 40..45 {
+            store.commit_scans(&batch(n)).unwrap();
+            all.insert(0, 1_000 + 10 * n);
+        }
+        assert_eq!(keys(&store), 4);
+        assert_eq!(walk(&store, &of, 5), all);
+
+        // Retention takes the first 20 segments: the first span loses its
+        // segments (and goes), the second keeps its key.
+        let plan = super::super::PurgePlan {
+            workspace: ws,
+            before_ms: 1_200,
+            up_to: store.last_event_id().unwrap(),
+        };
+        let (mut deleted, mut after) = (0, None);
+        loop {
+            let step = store.purge_step(&plan, after, 3, false).unwrap();
+            deleted += step.report.events;
+            match step.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(deleted, 2 * 20);
+        all.truncate(all.len() - 20);
+        assert_eq!(walk(&store, &of, 3), all);
+        assert_eq!(keys(&store), 3);
+        assert_eq!(store.count_event_candidates(&of, None).unwrap(), 25);
+
+        // An erasure detaches every segment, two at a time, and leaves no key.
+        while store.detach_visitor_step(&v, 2).unwrap() > 0 {}
+        assert_eq!(keys(&store), 0);
+        assert!(walk(&store, &of, 10).is_empty());
+        assert!(!store.visitor_has_events_in(&ws, &v).unwrap());
+        let everything = walk(&store, &query(ws, EventIndex::Workspace), 100);
+        assert_eq!(everything.len(), 2 * 25, "detached, not deleted");
+    }
+
+    #[test]
+    fn visitor_entries_of_the_former_layout_are_read_among_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        let v = VisitorId::generate_at(1_000);
+        let batch = |n: i64| {
+            let ms = 1_000 + 10 * n;
+            let e = |ms, who| ScanEvent {
+                visitor_id: who,
+                ..event(ms, ws, link, false)
+            };
+            vec![e(ms, Some(v)), e(ms + 1, None)]
+        };
+        let keys = |store: &Store| {
+            store
+                .inner
+                .events_by_visitor
+                .scan_prefix(v.as_bytes())
+                .count()
+        };
+        let of = query(ws, EventIndex::Visitor(v));
+        let mut all: Vec<i64> = (0..20).rev().map(|n| 1_000 + 10 * n).collect();
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            for n in 0..10 {
+                store.commit_scans(&batch(n)).unwrap();
+            }
+            // Rewritten as a store of the former layout holds them: a key
+            // per (visitor, segment), the positions alone.
+            let entries = store.visitor_index_entries();
+            store.inner.events_by_visitor.clear().unwrap();
+            for (key, positions) in &entries {
+                assert_eq!(positions.len() % 2, 0);
+                let index = &store.inner.events_by_visitor;
+                index.insert(key, positions.as_slice()).unwrap();
+            }
+            assert_eq!(keys(&store), 9, "the home has none");
+        }
+        let store = Store::open(dir.path(), 4).unwrap();
+        for n in 10..20 {
+            store.commit_scans(&batch(n)).unwrap();
+        }
+        assert_eq!(keys(&store), 9 + 1, "the new segments in one span");
+        assert_eq!(walk(&store, &of, 3), all);
+        assert_eq!(store.count_event_candidates(&of, None).unwrap(), 20);
+        // Retention rewrites former entries and spans alike.
+        let plan = super::super::PurgePlan {
+            workspace: ws,
+            before_ms: 1_050,
+            up_to: store.last_event_id().unwrap(),
+        };
+        assert!(
+            store
+                .purge_step(&plan, None, 100, false)
+                .unwrap()
+                .next
+                .is_none()
+        );
+        all.truncate(15);
+        assert_eq!(walk(&store, &of, 4), all);
+        assert_eq!(keys(&store), 5 + 1);
+        while store.detach_visitor_step(&v, 3).unwrap() > 0 {}
+        assert_eq!(keys(&store), 0);
+        assert!(walk(&store, &of, 4).is_empty());
     }
 
     fn scans(ws: WorkspaceId, link: LinkId, ms: std::ops::RangeInclusive<i64>) -> Vec<ScanEvent> {

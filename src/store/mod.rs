@@ -144,9 +144,14 @@ struct Trees {
     events_by_link: sled::Tree,
     /// The open span of each link recently scanned (`events.rs`).
     open_spans: Mutex<events::OpenSpans>,
+    /// The open span of each visitor recently scanned again (`events.rs`).
+    open_visitor_spans: Mutex<events::OpenSpans>,
     /// key = workspace_id (16) ++ segment id (16) → value = positions
     events_by_workspace: sled::Tree,
-    /// key = visitor_id (16) ++ segment id (16) → value = positions
+    /// key = visitor_id (16) ++ the first segment id of a span (16) →
+    /// value = each segment's id and positions, as in `events_by_link`;
+    /// written before visitor spans: key = visitor_id ++ segment id →
+    /// value = positions. No entry for a visitor's home (`events.rs`)
     events_by_visitor: sled::Tree,
     /// key = counter kind (1) ++ link_id (16) → value = u64 big-endian
     counters: sled::Tree,
@@ -261,6 +266,7 @@ impl Store {
             events: open(EVENTS_TREE)?,
             events_by_link: open(events::LINK_INDEX_TREE)?,
             open_spans: Mutex::new(events::OpenSpans::new()),
+            open_visitor_spans: Mutex::new(events::OpenSpans::new()),
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
@@ -412,6 +418,13 @@ impl Store {
     fn open_spans(&self) -> std::sync::MutexGuard<'_, events::OpenSpans> {
         self.inner
             .open_spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_visitor_spans(&self) -> std::sync::MutexGuard<'_, events::OpenSpans> {
+        self.inner
+            .open_visitor_spans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }

@@ -219,20 +219,24 @@ impl Store {
             Some(body) => Some(t.bodies.append_durable(&[body])?[0].encode()),
             None => None,
         };
-        // The link index holds spans: each link's entry into the segment is
-        // rewritten inside the span holding it (found here, since a
-        // transaction cannot seek; only the Purger removes a span, and new
-        // spans hold only newer segments, so it stays the one).
-        let mut spans: Vec<(sled::IVec, [u8; 16], Option<Vec<u16>>)> = Vec::new();
+        // The link and visitor indexes hold spans: each owner's entry into
+        // the segment is rewritten inside the span holding it (found here,
+        // since a transaction cannot seek; only the Purger and an erasure
+        // remove a span, and new spans hold only newer segments, so it stays
+        // the one). A visitor's home has no entry in any span: its
+        // positions are read from the segment, which keeps its key.
+        let mut spans: Vec<(Index, sled::IVec, Option<Vec<u16>>)> = Vec::new();
         for ((index, entry), value) in &rw.entries {
-            if *index != Index::Link {
-                continue;
-            }
-            if let Some((span_key, _)) = super::events::span_of(&t.events_by_link, entry)? {
+            let tree = match index {
+                Index::Link => &t.events_by_link,
+                Index::Visitor => &t.events_by_visitor,
+                Index::Workspace => continue,
+            };
+            if let Some((span_key, _)) = super::events::span_of(tree, entry)? {
                 let positions = value
                     .as_ref()
                     .map(|v| segment::decode_positions(v).map(|p| p as u16).collect());
-                spans.push((span_key, *rw.key.as_bytes(), positions));
+                spans.push((*index, span_key, positions));
             }
         }
         let trees = (
@@ -257,18 +261,21 @@ impl Store {
                         ev.remove(key)?;
                     }
                 }
-                for (span_key, segment, positions) in &spans {
-                    rewrite_span(by_link, span_key, segment, positions.as_deref())?;
+                for (index, span_key, positions) in &spans {
+                    let tree = if *index == Index::Link {
+                        by_link
+                    } else {
+                        by_visitor
+                    };
+                    rewrite_span(tree, span_key, rw.key.as_bytes(), positions.as_deref())?;
                 }
                 for ((index, entry), value) in &rw.entries {
-                    let tree = match index {
-                        Index::Link => continue,
-                        Index::Workspace => by_ws,
-                        Index::Visitor => by_visitor,
-                    };
+                    if *index != Index::Workspace {
+                        continue;
+                    }
                     match value {
-                        Some(v) => tree.insert(entry, v.as_slice())?,
-                        None => tree.remove(entry)?,
+                        Some(v) => by_ws.insert(entry, v.as_slice())?,
+                        None => by_ws.remove(entry)?,
                     };
                 }
                 for (k, add) in &rw.purged {
@@ -331,18 +338,19 @@ impl Store {
     }
 }
 
-/// Sets the positions of `segment` in the link index's span `span_key` (in
-/// the Purger's transaction), or drops the segment from it (`None`); a span
-/// left empty is removed. A span whose first segment is dropped keeps its
-/// key: readers take a span's key as a lower bound of its segments only.
-/// Nothing changes if the span does not list the segment.
-fn rewrite_span(
-    by_link: &sled::transaction::TransactionalTree,
+/// Sets the positions of `segment` in the span `span_key` of the link or
+/// visitor index (in the transaction of a rewrite), or drops the segment
+/// from it (`None`); a span left empty is removed. A span whose first
+/// segment is dropped keeps its key: readers take a span's key as a lower
+/// bound of its segments only. Nothing changes if the span does not list
+/// the segment.
+pub(super) fn rewrite_span(
+    index: &sled::transaction::TransactionalTree,
     span_key: &[u8],
     segment: &[u8; 16],
     positions: Option<&[u16]>,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let Some(value) = by_link.get(span_key)? else {
+    let Some(value) = index.get(span_key)? else {
         return Ok(());
     };
     let first =
@@ -359,9 +367,9 @@ fn rewrite_span(
         }
     }
     if parts.is_empty() {
-        by_link.remove(span_key)?;
+        index.remove(span_key)?;
     } else {
-        by_link.insert(span_key, segment::encode_span(&parts))?;
+        index.insert(span_key, segment::encode_span(&parts))?;
     }
     Ok(())
 }
@@ -536,12 +544,14 @@ mod tests {
             .into_iter()
             .enumerate()
             {
-                let entries: Vec<(Vec<u8>, Vec<u8>)> = if n == 0 {
+                let entries: Vec<(Vec<u8>, Vec<u8>)> = match n {
                     // Spans, read as the entries of their segments.
-                    self.link_index_entries()
-                } else {
-                    let all = tree.iter().map(|e| e.unwrap());
-                    all.map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+                    0 => self.link_index_entries(),
+                    2 => self.visitor_index_entries(),
+                    _ => {
+                        let all = tree.iter().map(|e| e.unwrap());
+                        all.map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+                    }
                 };
                 for (key, positions) in entries {
                     let owner: [u8; 16] = key[..16].try_into().unwrap();

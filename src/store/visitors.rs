@@ -476,32 +476,46 @@ impl Store {
     /// left).
     pub fn detach_visitor_step(&self, id: &VisitorId, max_segments: usize) -> StoreResult<usize> {
         let t = &self.inner;
-        let mut entries: Vec<(sled::IVec, sled::IVec)> = t
-            .events_by_visitor
-            .scan_prefix(id.as_bytes())
-            .take(max_segments)
-            .collect::<Result<_, _>>()?;
-        let indexed = entries.len();
+        // Each entry's key (visitor ++ segment) with the key of the span
+        // listing it; `None` for a home, which no span lists.
+        let mut entries: Vec<(sled::IVec, Option<sled::IVec>)> = Vec::new();
+        for span in t.events_by_visitor.scan_prefix(id.as_bytes()) {
+            if entries.len() >= max_segments {
+                break;
+            }
+            let (span_key, value) = span?;
+            for (key, _) in super::events::span_segments(&span_key, &value)? {
+                entries.push((key, Some(span_key.clone())));
+            }
+        }
+        entries.truncate(max_segments);
         entries.extend(
             self.home_keys(id)?
                 .into_iter()
-                .map(super::events::home_entry),
+                .map(|h| (sled::IVec::from(&h[..]), None)),
         );
         let mut done_segments = 0;
-        for (n, (key, _)) in entries.iter().enumerate() {
+        for (key, span) in &entries {
             if done_segments == max_segments.max(1) {
                 break;
             }
-            let home = n >= indexed;
+            let home = span.is_none();
             let Some(segment_id) = keys::pair_suffix::<EventKind>(key) else {
                 continue;
+            };
+            // Drops the segment from the span listing it.
+            let unlist = |idx: &sled::transaction::TransactionalTree| match span {
+                Some(span_key) => {
+                    super::retention::rewrite_span(idx, span_key, segment_id.as_bytes(), None)
+                }
+                None => Ok(()),
             };
             // A concurrent rewrite (the Purger) changes the segment under us:
             // read, rewrite and check in the transaction that it is unchanged.
             loop {
                 let Some(before) = self.segment(segment_id.as_bytes())? else {
                     if !home {
-                        t.events_by_visitor.remove(key)?;
+                        t.events_by_visitor.transaction(|idx| unlist(idx))?;
                         done_segments += 1;
                     }
                     break;
@@ -530,7 +544,7 @@ impl Store {
                             return Ok(false);
                         }
                         ev.insert(segment_id.as_bytes(), &after[..])?;
-                        idx.remove(key)?;
+                        unlist(idx)?;
                         // A form these scans completed keeps that it was
                         // completed (a second submission is still refused),
                         // not who answered nor what.
