@@ -296,6 +296,41 @@ fn add_to_span(
     Ok(())
 }
 
+/// Sets the positions of `segment` in the span `span_key` of the link or
+/// visitor index (in the transaction of a rewrite), or drops the segment
+/// from it (`None`); a span left empty is removed. A span whose first
+/// segment is dropped keeps its key: readers take a span's key as a lower
+/// bound of its segments only. Nothing changes if the span does not list
+/// the segment.
+pub(super) fn rewrite_span(
+    index: &sled::transaction::TransactionalTree,
+    span_key: &[u8],
+    segment: &[u8; 16],
+    positions: Option<&[u16]>,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let Some(value) = index.get(span_key)? else {
+        return Ok(());
+    };
+    let first = key_segment(span_key).map_err(ConflictableTransactionError::Abort)?;
+    let mut parts =
+        segment::decode_span(&first, &value).map_err(ConflictableTransactionError::Abort)?;
+    let Some(i) = parts.iter().position(|(s, _)| s == segment) else {
+        return Ok(());
+    };
+    match positions {
+        Some(p) => parts[i].1 = p.to_vec(),
+        None => {
+            parts.remove(i);
+        }
+    }
+    if parts.is_empty() {
+        index.remove(span_key)?;
+    } else {
+        index.insert(span_key, segment::encode_span(&parts))?;
+    }
+    Ok(())
+}
+
 /// The owner part of an index key.
 fn key_owner(key: &[u8; 32]) -> [u8; 16] {
     let mut owner = [0u8; 16];

@@ -267,7 +267,12 @@ impl Store {
                     } else {
                         by_visitor
                     };
-                    rewrite_span(tree, span_key, rw.key.as_bytes(), positions.as_deref())?;
+                    super::events::rewrite_span(
+                        tree,
+                        span_key,
+                        rw.key.as_bytes(),
+                        positions.as_deref(),
+                    )?;
                 }
                 for ((index, entry), value) in &rw.entries {
                     if *index != Index::Workspace {
@@ -336,42 +341,6 @@ impl Store {
         }
         Ok(None)
     }
-}
-
-/// Sets the positions of `segment` in the span `span_key` of the link or
-/// visitor index (in the transaction of a rewrite), or drops the segment
-/// from it (`None`); a span left empty is removed. A span whose first
-/// segment is dropped keeps its key: readers take a span's key as a lower
-/// bound of its segments only. Nothing changes if the span does not list
-/// the segment.
-pub(super) fn rewrite_span(
-    index: &sled::transaction::TransactionalTree,
-    span_key: &[u8],
-    segment: &[u8; 16],
-    positions: Option<&[u16]>,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let Some(value) = index.get(span_key)? else {
-        return Ok(());
-    };
-    let first =
-        super::events::key_segment(span_key).map_err(ConflictableTransactionError::Abort)?;
-    let mut parts =
-        segment::decode_span(&first, &value).map_err(ConflictableTransactionError::Abort)?;
-    let Some(i) = parts.iter().position(|(s, _)| s == segment) else {
-        return Ok(());
-    };
-    match positions {
-        Some(p) => parts[i].1 = p.to_vec(),
-        None => {
-            parts.remove(i);
-        }
-    }
-    if parts.is_empty() {
-        index.remove(span_key)?;
-    } else {
-        index.insert(span_key, segment::encode_span(&parts))?;
-    }
-    Ok(())
 }
 
 /// The rewrite of the segment `stored` (whose workspace index entry `key`

@@ -506,7 +506,7 @@ impl Store {
             // Drops the segment from the span listing it.
             let unlist = |idx: &sled::transaction::TransactionalTree| match span {
                 Some(span_key) => {
-                    super::retention::rewrite_span(idx, span_key, segment_id.as_bytes(), None)
+                    super::events::rewrite_span(idx, span_key, segment_id.as_bytes(), None)
                 }
                 None => Ok(()),
             };
