@@ -7,7 +7,9 @@ test something the contract does not promise:
 - The fuzzer must not revoke the token it runs with. Schemathesis reuses IDs
   from earlier answers (`GET /v1/tokens` lists that token), and the
   documented behaviour of `DELETE /v1/tokens/{id}` is to revoke it, after
-  which every request is a 401 and nothing else gets tested.
+  which every request is a 401 and nothing else gets tested. Such a call
+  revokes a token made for it instead: a made-up ID would be a 404, which
+  the stateful phase reads as a token it has just created going missing.
 - A page token is opaque: only a `next_page_token` the server issued for the
   same query is valid, and any other non-empty one is a documented 400. In a
   case meant to be valid, a made-up token is left out.
@@ -36,8 +38,6 @@ import schemathesis
 
 BASE = os.environ["SCANHOP_FUZZ_BASE"]
 TOKEN = os.environ["SCANHOP_FUZZ_TOKEN"]
-# An ID of the right shape that names no token: its revocation is a 404.
-NO_SUCH_TOKEN = "tok_01h455vb4pex5vsknk084sn02q"
 # Where fuzzed webhooks point: `.invalid` never resolves (RFC 2606).
 HARMLESS_WEBHOOK_URL = "https://hooks.scanhop-fuzz.invalid/receiver"
 
@@ -52,6 +52,18 @@ def _tokens_at_start():
 
 
 PROTECTED = _tokens_at_start()
+
+
+def _throwaway_token():
+    """The ID of a new publishable token, for a revocation to take."""
+    request = urllib.request.Request(
+        f"{BASE}/v1/tokens",
+        data=json.dumps({"type": "publishable"}).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)["id"]
 
 
 def _luminance(hex6):
@@ -113,7 +125,7 @@ def _is_positive(case):
 def before_call(context, case, kwargs):
     if case.operation.path == "/v1/tokens/{id}" and case.method.upper() == "DELETE":
         if case.path_parameters and case.path_parameters.get("id") in PROTECTED:
-            case.path_parameters["id"] = NO_SUCH_TOKEN
+            case.path_parameters["id"] = _throwaway_token()
     if not _is_positive(case):
         return
     if case.query and case.query.get("page_token"):
