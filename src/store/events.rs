@@ -444,11 +444,7 @@ pub(super) fn span_segments(
     key: &[u8],
     value: &[u8],
 ) -> StoreResult<Vec<(sled::IVec, sled::IVec)>> {
-    let all = Bounds {
-        lower: None,
-        upper: None,
-    };
-    span_entries(key, value, all, Direction::OldestFirst)
+    span_entries(key, value, Bounds::ALL, Direction::OldestFirst)
 }
 
 /// Every entry of a span index as (owner ++ segment, positions).
@@ -477,7 +473,7 @@ pub(super) fn is_home(visitor: &VisitorId, segment: &EventId) -> bool {
 
 /// A home segment's key as a walk's entry: empty positions (see the module
 /// documentation).
-pub(super) fn home_entry(key: [u8; 32]) -> (sled::IVec, sled::IVec) {
+fn home_entry(key: [u8; 32]) -> (sled::IVec, sled::IVec) {
     (sled::IVec::from(&key[..]), sled::IVec::default())
 }
 
@@ -508,6 +504,14 @@ struct Written {
 struct Bounds {
     lower: Option<[u8; 16]>,
     upper: Option<[u8; 16]>,
+}
+
+impl Bounds {
+    /// No bound: every event.
+    const ALL: Bounds = Bounds {
+        lower: None,
+        upper: None,
+    };
 }
 
 /// Index entries (key, positions) in walking order.
@@ -899,11 +903,13 @@ impl Store {
     pub fn visitor_has_events_in(&self, ws: &WorkspaceId, id: &VisitorId) -> StoreResult<bool> {
         let index = IndexTree::Spans(&self.inner.events_by_visitor);
         let homes = self.home_keys(id)?;
-        let all = Bounds {
-            lower: None,
-            upper: None,
-        };
-        let entries = self.index_range(index, id.as_bytes(), homes, all, Direction::OldestFirst)?;
+        let entries = self.index_range(
+            index,
+            id.as_bytes(),
+            homes,
+            Bounds::ALL,
+            Direction::OldestFirst,
+        )?;
         for entry in entries {
             let (key, positions) = entry?;
             let Some((stored, positions)) = self.entry_segment(index, &key, positions)? else {
