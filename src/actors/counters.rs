@@ -26,7 +26,7 @@ use crate::domain::tally::{Day, Tally};
 use crate::domain::{ScanEvent, Timestamp};
 use crate::ids::{EventId, LinkId, WorkspaceId};
 use crate::store::{
-    ConsumerRecord, EventIndex, EventQuery, Store, StoreResult, TallyKey, TallyScope,
+    ConsumerRecord, EventIndex, EventQuery, Store, StoreResult, TallyDeltas, TallyKey, TallyScope,
 };
 
 /// The day key of a workspace's lifetime tally.
@@ -44,7 +44,7 @@ pub struct CountersState {
 /// The tallies as readers see them: stored plus pending.
 pub struct CounterView {
     store: Store,
-    pending: RwLock<HashMap<TallyKey, Tally>>,
+    pending: RwLock<TallyDeltas>,
     /// Workspaces whose zone may have changed.
     rebucket: Mutex<BTreeSet<WorkspaceId>>,
     worker: OnceLock<Recipient<Poke>>,
@@ -61,12 +61,12 @@ impl CounterView {
     }
 
     /// The pending deltas, for reading (readers and the checkpoint's merge).
-    fn read_pending(&self) -> RwLockReadGuard<'_, HashMap<TallyKey, Tally>> {
+    fn read_pending(&self) -> RwLockReadGuard<'_, TallyDeltas> {
         self.pending.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The pending deltas, for the worker's folding and its checkpoint.
-    fn write_pending(&self) -> RwLockWriteGuard<'_, HashMap<TallyKey, Tally>> {
+    fn write_pending(&self) -> RwLockWriteGuard<'_, TallyDeltas> {
         self.pending.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -579,7 +579,7 @@ mod tests {
             day: Day(20260506),
         };
         let merged = store
-            .merged_tallies(&HashMap::from([(key, purged)]))
+            .merged_tallies(&TallyDeltas::from_iter([(key, purged)]))
             .unwrap();
         store.put_tallies("unused", &record, &merged).unwrap();
         let mut stored = event("2026-05-06T23:00:00Z", 1, ws, link, false);

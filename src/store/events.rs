@@ -154,8 +154,9 @@ pub(super) struct OpenSpan {
     segments: u8,
 }
 
-/// Open spans by link ID (`Store::commit`).
-pub(super) type OpenSpans = HashMap<[u8; 16], OpenSpan>;
+/// Open spans by owner, a link or visitor ID (`Store::commit`). The keys
+/// are IDs the server made, so a fast hash is safe.
+pub(super) type OpenSpans = HashMap<[u8; 16], OpenSpan, foldhash::fast::RandomState>;
 
 /// `owner (16) ++ segment (16)`.
 fn index_key(owner: &[u8], segment: &[u8; 16]) -> [u8; 32] {
@@ -232,9 +233,11 @@ fn group<K: IdKind>(
 
 type SpanTxResult = Result<(OpenSpans, OpenSpans), ConflictableTransactionError<StoreError>>;
 
-/// The open spans `open` knows of `owners`.
-fn known_spans(open: &OpenSpans, owners: impl Iterator<Item = [u8; 16]>) -> OpenSpans {
+/// The open spans `open` knows of `owners`: the owners of one batch's
+/// index entries, each once.
+fn known_spans<'a>(open: &OpenSpans, owners: impl Iterator<Item = &'a [u8; 32]>) -> OpenSpans {
     owners
+        .map(key_owner)
         .filter_map(|owner| open.get(&owner).map(|o| (owner, *o)))
         .collect()
 }
@@ -626,20 +629,18 @@ impl Store {
         // by the batch's first event ID (`registry.rs`).
         let registry = (!new.is_empty()).then(|| super::registry::batch_value(new));
         let first_id = events[0].id;
-        let mut totals: HashMap<LinkId, u64> = HashMap::new();
+        let mut totals: HashMap<LinkId, u64, foldhash::fast::RandomState> = HashMap::default();
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
         }
         // The open spans of the batch's links and visitors, as known before it.
         let known_links = known_spans(
             &self.open_spans(),
-            events.iter().map(|e| *e.link_id.as_bytes()),
+            segments.iter().flat_map(|w| w.by_link.keys()),
         );
         let known_visitors = known_spans(
             &self.open_visitor_spans(),
-            events
-                .iter()
-                .filter_map(|e| e.visitor_id.map(|v| *v.as_bytes())),
+            segments.iter().flat_map(|w| w.by_visitor.keys()),
         );
         let trees = (
             &t.events,

@@ -38,7 +38,7 @@ pub use forms::{FormCompletion, FormWrite};
 pub use links::{LinkQuery, LinkWrite};
 pub use retention::{PurgePlan, PurgeReport, PurgeStep};
 pub use scan::Page;
-pub use tallies::{TallyKey, TallyScope};
+pub use tallies::{TallyDeltas, TallyKey, TallyScope};
 pub use visitors::{NewVisitor, StoredAttributes};
 pub use webhooks::{PendingMessage, TxError, WebhookTx};
 
@@ -265,8 +265,8 @@ impl Store {
             slug_build: Mutex::new(None),
             events: open(EVENTS_TREE)?,
             events_by_link: open(events::LINK_INDEX_TREE)?,
-            open_spans: Mutex::new(events::OpenSpans::new()),
-            open_visitor_spans: Mutex::new(events::OpenSpans::new()),
+            open_spans: Mutex::new(events::OpenSpans::default()),
+            open_visitor_spans: Mutex::new(events::OpenSpans::default()),
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,

@@ -28,6 +28,10 @@ pub enum TallyScope {
     WorkspaceLifetime = 3,
 }
 
+/// Tallies by key: the Counters worker's pending deltas. A fast hash: it
+/// looks up three keys for every scan it counts.
+pub type TallyDeltas = HashMap<TallyKey, Tally, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TallyKey {
     pub scope: TallyScope,
@@ -87,10 +91,7 @@ impl Store {
     /// for `put_tallies`. Read outside any transaction: the Counters worker
     /// is the tallies' only writer, so they are still current when it puts
     /// them.
-    pub fn merged_tallies(
-        &self,
-        deltas: &HashMap<TallyKey, Tally>,
-    ) -> StoreResult<Vec<([u8; 21], Vec<u8>)>> {
+    pub fn merged_tallies(&self, deltas: &TallyDeltas) -> StoreResult<Vec<([u8; 21], Vec<u8>)>> {
         deltas
             .iter()
             .map(|(key, delta)| {
