@@ -366,7 +366,9 @@ fn parse_agents(agents: &AgentCache, bots: &Counter, scans: &mut [Queued]) {
 /// The events of `scans`, each device the redirect could not place given
 /// its visitor (known, pending or new). A failed lookup leaves the scan
 /// without a visitor, as the redirect would have: it still counts.
-fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Vec<ScanEvent> {
+/// Collected straight into the shared slice the consumers are handed, so
+/// a batch is not copied again after its commit.
+fn resolve_visitors(registry: &VisitorRegistry, scans: Vec<Queued>) -> Arc<[ScanEvent]> {
     // A new visitor's ID carries the time of the batch's first ID, which
     // is its segment's key (`store::events`, "Home segments").
     let at_ms = scans.first().map_or(0, |s| s.event.id.timestamp_ms());
@@ -586,7 +588,7 @@ impl RecorderHandle {
 
 /// A batch taken from the queue but not yet fully committed.
 struct Pending {
-    events: Vec<ScanEvent>,
+    events: Arc<[ScanEvent]>,
     last_seq: u64,
     written: bool,
     /// Once written: the visitors its registry entries made.
@@ -759,7 +761,7 @@ impl Recorder {
         false
     }
 
-    fn hand_on(&mut self, events: Vec<ScanEvent>, new_visitors: Vec<VisitorId>) {
+    fn hand_on(&mut self, events: Arc<[ScanEvent]>, new_visitors: Vec<VisitorId>) {
         let after = self.last_committed;
         self.last_committed = events.last().map(|e| e.id).or(after);
         if self.downstream.is_empty() {
@@ -767,7 +769,7 @@ impl Recorder {
         }
         let batch = ScansCommitted {
             after,
-            events: events.into(),
+            events,
             new_visitors: new_visitors.into(),
         };
         for recipient in &self.downstream {
