@@ -65,7 +65,7 @@ use sled::transaction::ConflictableTransactionError;
 use super::links::decode_count;
 use super::scan::{self, Candidate, Page};
 use super::segment::{self, Segment};
-use super::{NewVisitor, Store, StoreError, StoreResult, keys};
+use super::{FastHash, NewVisitor, Store, StoreError, StoreResult, keys};
 use crate::domain::{DeviceType, ScanEvent};
 use crate::ids::{EventId, EventKind, Id, IdKind, LinkId, VisitorId, WorkspaceId};
 
@@ -154,9 +154,8 @@ pub(super) struct OpenSpan {
     segments: u8,
 }
 
-/// Open spans by owner, a link or visitor ID (`Store::commit`). The keys
-/// are IDs the server made, so a fast hash is safe.
-pub(super) type OpenSpans = HashMap<[u8; 16], OpenSpan, foldhash::fast::RandomState>;
+/// Open spans by owner, a link or visitor ID (`Store::commit`).
+pub(super) type OpenSpans = HashMap<[u8; 16], OpenSpan, FastHash>;
 
 /// `owner (16) ++ segment (16)`.
 fn index_key(owner: &[u8], segment: &[u8; 16]) -> [u8; 32] {
@@ -234,7 +233,7 @@ fn group<K: IdKind>(
 type SpanTxResult = Result<(OpenSpans, OpenSpans), ConflictableTransactionError<StoreError>>;
 
 /// The open spans `open` knows of `owners`: the owners of one batch's
-/// index entries, each once.
+/// index entries (once per segment, not per event).
 fn known_spans<'a>(open: &OpenSpans, owners: impl Iterator<Item = &'a [u8; 32]>) -> OpenSpans {
     owners
         .map(key_owner)
@@ -629,7 +628,7 @@ impl Store {
         // by the batch's first event ID (`registry.rs`).
         let registry = (!new.is_empty()).then(|| super::registry::batch_value(new));
         let first_id = events[0].id;
-        let mut totals: HashMap<LinkId, u64, foldhash::fast::RandomState> = HashMap::default();
+        let mut totals: HashMap<LinkId, u64, FastHash> = HashMap::default();
         for e in events.iter().filter(|e| !e.bot) {
             *totals.entry(e.link_id).or_default() += 1;
         }

@@ -42,6 +42,12 @@ pub use tallies::{TallyDeltas, TallyKey, TallyScope};
 pub use visitors::{NewVisitor, StoredAttributes};
 pub use webhooks::{PendingMessage, TxError, WebhookTx};
 
+/// The hash of the store's in-memory maps keyed by what the server made
+/// (IDs, a batch's own values), which no client chooses: a fast
+/// non-cryptographic hash will do (SipHash was a twentieth of the
+/// Recorder's time in the segment dictionary).
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
 /// Bumped when the on-disk layout changes incompatibly; part of the path.
 const FORMAT_DIR: &str = "sled-v1";
 /// The sled tree of event segments (pointers to their bodies).

@@ -28,9 +28,9 @@ pub enum TallyScope {
     WorkspaceLifetime = 3,
 }
 
-/// Tallies by key: the Counters worker's pending deltas. A fast hash: it
-/// looks up three keys for every scan it counts.
-pub type TallyDeltas = HashMap<TallyKey, Tally, foldhash::fast::RandomState>;
+/// Tallies by key: the Counters worker's pending deltas (it looks up
+/// three keys for every scan it counts).
+pub type TallyDeltas = HashMap<TallyKey, Tally, super::FastHash>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TallyKey {

@@ -17,7 +17,7 @@ use compact_str::CompactString;
 
 use crate::domain::{DeviceType, ScanEvent, ScanMethod};
 use crate::ids::{EventId, Id, IdKind, VisitorId};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{FastHash, StoreError, StoreResult};
 
 const BOT: u8 = 1;
 const POST: u8 = 1 << 1;
@@ -40,11 +40,6 @@ pub struct Dictionary<'a> {
     ends: Vec<u32>,
     string_index: HashMap<&'a str, u32, FastHash>,
 }
-
-/// The dictionary's maps are built once per batch on the Recorder thread
-/// from the batch's own values: a fast non-cryptographic hash will do
-/// (SipHash was a twentieth of the Recorder's time).
-type FastHash = foldhash::fast::RandomState;
 
 impl<'a> Dictionary<'a> {
     fn id(&mut self, id: [u8; 16]) -> u32 {
