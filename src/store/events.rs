@@ -6,8 +6,9 @@
 //! its first ID. `commit_scans` appends the segment's body to a file
 //! (`bodies.rs`), then writes a pointer to it, one index entry per
 //! (workspace, segment) holding the positions of its events, the entries
-//! of the segment's links and visitors (spans, below), and the link
-//! totals, in one transaction. Reads find an event by seeking to the last
+//! of the segment's links (spans, below), and the link totals, in one
+//! transaction. The segment's visitor entries are written behind it, for
+//! many segments at once (`visitor_index.rs`). Reads find an event by seeking to the last
 //! segment starting at or before its ID.
 //!
 //! **Link spans.** The link index (`events_by_link`) holds one key per
@@ -23,11 +24,12 @@
 //! same way, a key per (visitor, span of its segments): a device that
 //! scans in batch after batch had a new key in each, and a new sled key
 //! costs a leaf split every 16 keys (about half of the Recorder's CPU under
-//! load, with 64 devices scanning). What follows holds for both indexes,
-//! "owner" being the link or the visitor.
+//! load, with 64 devices scanning). The spans are written by
+//! `visitor_index.rs`, behind the commits. What follows holds for both
+//! indexes, "owner" being the link or the visitor.
 //!
-//! The Recorder adds a segment to the owner's open span, remembered in
-//! memory (`OpenSpan`, forgotten past `OPEN_SPANS_MAX` links or
+//! A segment is added to the owner's open span, remembered in memory
+//! (`OpenSpan`, forgotten past `OPEN_SPANS_MAX` links or
 //! `OPEN_VISITOR_SPANS_MAX` visitors and at every start), or starts a new
 //! span when it knows none, the span is full, or its value is gone; so an
 //! owner's spans hold ascending, disjoint runs of its segments, each keyed
@@ -136,11 +138,6 @@ const SPAN_MAX_BYTES: usize = 4096;
 /// them all (a forgotten link starts a new span at its next scan).
 const OPEN_SPANS_MAX: usize = 200_000;
 
-/// Visitors whose open span the Store remembers at most, as for links.
-/// Only devices that scan again have spans (a first scan's segment is the
-/// visitor's home: no entry), so this holds the devices scanning lately.
-const OPEN_VISITOR_SPANS_MAX: usize = 50_000;
-
 /// The name of the link index's sled tree.
 pub(super) const LINK_INDEX_TREE: &str = "events_by_link";
 
@@ -213,7 +210,7 @@ impl EventQuery {
 }
 
 /// Positions of each owner's events in one batch, keyed by index key.
-fn group<K: IdKind>(
+pub(super) fn group<K: IdKind>(
     events: &[ScanEvent],
     segment_id: &EventId,
     owner: impl Fn(&ScanEvent) -> Option<Id<K>>,
@@ -230,11 +227,14 @@ fn group<K: IdKind>(
     out
 }
 
-type SpanTxResult = Result<(OpenSpans, OpenSpans), ConflictableTransactionError<StoreError>>;
+type SpanTxResult = Result<OpenSpans, ConflictableTransactionError<StoreError>>;
 
 /// The open spans `open` knows of `owners`: the owners of one batch's
 /// index entries (once per segment, not per event).
-fn known_spans<'a>(open: &OpenSpans, owners: impl Iterator<Item = &'a [u8; 32]>) -> OpenSpans {
+pub(super) fn known_spans<'a>(
+    open: &OpenSpans,
+    owners: impl Iterator<Item = &'a [u8; 32]>,
+) -> OpenSpans {
     owners
         .map(key_owner)
         .filter_map(|owner| open.get(&owner).map(|o| (owner, *o)))
@@ -243,7 +243,7 @@ fn known_spans<'a>(open: &OpenSpans, owners: impl Iterator<Item = &'a [u8; 32]>)
 
 /// Notes the spans a commit wrote in `open`, forgetting every one first
 /// when that would take it past `max`.
-fn remember_spans(open: &mut OpenSpans, written: OpenSpans, max: usize) {
+pub(super) fn remember_spans(open: &mut OpenSpans, written: OpenSpans, max: usize) {
     if open.len() + written.len() > max {
         open.clear();
     }
@@ -256,7 +256,7 @@ fn remember_spans(open: &mut OpenSpans, written: OpenSpans, max: usize) {
 /// has none known, when it is full (`SPAN_SEGMENTS`, `SPAN_MAX_BYTES`), or
 /// when its value is gone (the Purger removed it) or unreadable. Notes the
 /// span in `spans`.
-fn add_to_span(
+pub(super) fn add_to_span(
     index: &sled::transaction::TransactionalTree,
     spans: &mut OpenSpans,
     key: &[u8; 32],
@@ -637,24 +637,22 @@ impl Store {
             &self.open_spans(),
             segments.iter().flat_map(|w| w.by_link.keys()),
         );
-        let known_visitors = known_spans(
-            &self.open_visitor_spans(),
-            segments.iter().flat_map(|w| w.by_visitor.keys()),
-        );
+        // Held from the transaction until the segments' visitor entries are
+        // noted: a reader of the visitor index settles it first, under this
+        // lock (`visitor_index.rs`).
+        let mut visitor_index = t.visitor_index();
         let trees = (
             &t.events,
             &t.events_by_link,
             &t.events_by_workspace,
-            &t.events_by_visitor,
             &t.counters,
             &t.registry_batches,
         );
         // sled may run the closure more than once: the open spans it wrote
         // are noted only once it committed.
         let opened = trees.transaction(
-            |(ev, link_idx, ws_idx, visitor_idx, counters, registry_batches)| -> SpanTxResult {
+            |(ev, link_idx, ws_idx, counters, registry_batches)| -> SpanTxResult {
                 let mut links = known_links.clone();
-                let mut visitors = known_visitors.clone();
                 if let Some(value) = &registry {
                     registry_batches.insert(first_id.as_bytes(), value.as_slice())?;
                 }
@@ -663,9 +661,6 @@ impl Store {
                     let first = w.first.as_bytes();
                     for (key, positions) in &w.by_link {
                         add_to_span(link_idx, &mut links, key, first, positions)?;
-                    }
-                    for (key, positions) in &w.by_visitor {
-                        add_to_span(visitor_idx, &mut visitors, key, first, positions)?;
                     }
                     for (key, positions) in &w.by_ws {
                         ws_idx.insert(key, segment::encode_positions(positions))?;
@@ -676,20 +671,27 @@ impl Store {
                     let now = counters.get(key)?.map(|v| decode_count(&v)).unwrap_or(0);
                     counters.insert(&key, &(now + add).to_be_bytes())?;
                 }
-                Ok((links, visitors))
+                Ok(links)
             },
         )?;
-        remember_spans(&mut self.open_spans(), opened.0, OPEN_SPANS_MAX);
-        remember_spans(
-            &mut self.open_visitor_spans(),
-            opened.1,
-            OPEN_VISITOR_SPANS_MAX,
-        );
+        remember_spans(&mut self.open_spans(), opened, OPEN_SPANS_MAX);
+        let bytes = segments.iter().map(|w| w.value.len()).sum();
+        for w in segments {
+            visitor_index.push(*w.first.as_bytes(), w.by_visitor);
+        }
+        if visitor_index.due() {
+            // The batch is committed: a failure here leaves the entries
+            // waiting for the next try, and the scans stored.
+            if let Err(e) = super::visitor_index::settle(t, &mut visitor_index) {
+                tracing::warn!(error = %e, "writing the visitor index failed; it is tried again at the next commit");
+            }
+        }
+        drop(visitor_index);
         if let Some(value) = &registry {
             self.registry_committed(&first_id, value);
         }
         self.committed_event(events.last().map(|e| e.id));
-        Ok(segments.iter().map(|w| w.value.len()).sum())
+        Ok(bytes)
     }
 
     pub fn event(&self, id: &EventId) -> StoreResult<Option<ScanEvent>> {
@@ -1002,7 +1004,12 @@ impl Store {
     /// home segments (see the module documentation), ascending. Such a
     /// segment may hold no event of `v` at all: its positions, read from
     /// the segment, are then empty (`entry_segment` answers `None`).
+    ///
+    /// Every walk of a visitor's events comes here first: the visitor
+    /// entries waiting in memory are written into the index before it is
+    /// read (`visitor_index.rs`).
     pub(super) fn home_keys(&self, v: &VisitorId) -> StoreResult<Vec<[u8; 32]>> {
+        self.settle_visitor_index()?;
         let t = &self.inner;
         let ms = v.timestamp_ms();
         let within =
@@ -1196,6 +1203,7 @@ impl Store {
     /// The same for the visitor index (homes have no entry).
     #[cfg(test)]
     pub(super) fn visitor_index_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.settle_visitor_index().unwrap();
         span_index_entries(&self.inner.events_by_visitor)
     }
 
@@ -1352,6 +1360,7 @@ mod tests {
             .commit_scans(&[by(2_000, Some(v)), by(2_001, Some(w))])
             .unwrap();
         let entries = |who: &VisitorId| {
+            store.settle_visitor_index().unwrap();
             let index = &store.inner.events_by_visitor;
             index.scan_prefix(who.as_bytes()).count()
         };
@@ -1410,6 +1419,74 @@ mod tests {
     }
 
     #[test]
+    fn visitor_entries_wait_for_a_reader_or_a_flush_and_a_stop_that_lost_them_indexes_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
+        // Four devices seen before, each in every segment: an entry each.
+        let devices: Vec<VisitorId> = (0..4).map(|_| VisitorId::generate_at(500)).collect();
+        let batch = |n: i64| -> Vec<ScanEvent> {
+            (0..4)
+                .map(|d| ScanEvent {
+                    visitor_id: Some(devices[d as usize]),
+                    ..event(1_000 + 10 * n + d, ws, link, false)
+                })
+                .collect()
+        };
+        let stored = |store: &Store| store.inner.events_by_visitor.len();
+        let of = |v: VisitorId| query(ws, EventIndex::Visitor(v));
+        let expected = |d: i64, batches: i64| -> Vec<i64> {
+            (0..batches).rev().map(|n| 1_000 + 10 * n + d).collect()
+        };
+        {
+            let store = Store::open(dir.path(), 4).unwrap();
+            for n in 0..3 {
+                store.commit_scans(&batch(n)).unwrap();
+            }
+            // Committed, the entries wait in memory, and a reader writes them.
+            assert_eq!(stored(&store), 0);
+            assert_eq!(store.inner.visitor_index().waiting(), 12);
+            assert_eq!(walk(&store, &of(devices[1]), 2), expected(1, 3));
+            assert_eq!(
+                (stored(&store), store.inner.visitor_index().waiting()),
+                (4, 0)
+            );
+            // The Recorder writes them itself after `PENDING_SEGMENTS`.
+            for n in 3..3 + super::super::visitor_index::PENDING_SEGMENTS as i64 {
+                store.commit_scans(&batch(n)).unwrap();
+            }
+            assert_eq!(store.inner.visitor_index().waiting(), 0);
+            // A flush writes them too.
+            store.commit_scans(&batch(19)).unwrap();
+            assert_eq!(store.inner.visitor_index().waiting(), 4);
+            store.flush().unwrap();
+            assert_eq!(store.inner.visitor_index().waiting(), 0);
+            // Five segments more, whose entries a crash loses: the segments
+            // reach the disk, the memory holding their entries does not.
+            for n in 20..25 {
+                store.commit_scans(&batch(n)).unwrap();
+            }
+            store.inner.visitor_index().forget();
+            store.flush().unwrap();
+            for (d, device) in devices.iter().enumerate() {
+                assert_eq!(walk(&store, &of(*device), 7), expected(d as i64, 20));
+            }
+        }
+        // Opened again, the store indexes the segments after its position.
+        let store = Store::open(dir.path(), 4).unwrap();
+        for (d, device) in devices.iter().enumerate() {
+            assert_eq!(walk(&store, &of(*device), 7), expected(d as i64, 25));
+            let candidates = store.count_event_candidates(&of(*device), None);
+            assert_eq!(candidates.unwrap(), 25);
+        }
+        let entries = store.visitor_index_entries();
+        assert_eq!(entries.len(), 4 * 25, "one entry per device and segment");
+        // Opened once more, nothing is indexed twice.
+        drop(store);
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.visitor_index_entries(), entries);
+    }
+
+    #[test]
     fn a_returning_visitors_entries_are_spans_that_list_count_purge_and_detach() {
         let dir = tempfile::tempdir().unwrap();
         let (ws, link) = (WorkspaceId::generate(), LinkId::generate());
@@ -1426,6 +1503,7 @@ mod tests {
             vec![by(ms, Some(v)), by(ms + 1, other)]
         };
         let keys = |store: &Store| {
+            store.settle_visitor_index().unwrap();
             let index = &store.inner.events_by_visitor;
             index.scan_prefix(v.as_bytes()).count()
         };
@@ -1512,6 +1590,7 @@ mod tests {
             vec![e(ms, Some(v)), e(ms + 1, None)]
         };
         let keys = |store: &Store| {
+            store.settle_visitor_index().unwrap();
             store
                 .inner
                 .events_by_visitor

@@ -30,6 +30,10 @@ pub const META_LINK_COUNTS: &[u8] = b"link_counts";
 /// continues after it even when the newest segments were deleted.
 pub const META_EVENTS_HIGH_WATER: &[u8] = b"events_high_water";
 
+/// The newest event segment whose visitor entries are in the visitor index
+/// (`meta`; `visitor_index.rs`).
+pub const META_VISITOR_INDEX_THROUGH: &[u8] = b"visitor_index_through";
+
 /// Kinds of totals of deleted events, the first byte of a `purged` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -22,6 +22,7 @@ mod segment;
 mod slug_pages;
 mod tallies;
 mod tokens;
+mod visitor_index;
 mod visitors;
 mod webhooks;
 mod workspaces;
@@ -150,8 +151,10 @@ struct Trees {
     events_by_link: sled::Tree,
     /// The open span of each link recently scanned (`events.rs`).
     open_spans: Mutex<events::OpenSpans>,
-    /// The open span of each visitor recently scanned again (`events.rs`).
-    open_visitor_spans: Mutex<events::OpenSpans>,
+    /// The visitor entries of the segments committed lately, not yet in
+    /// `events_by_visitor`, and each visitor's open span
+    /// (`visitor_index.rs`).
+    visitor_index: Mutex<visitor_index::VisitorIndex>,
     /// key = workspace_id (16) ++ segment id (16) → value = positions
     events_by_workspace: sled::Tree,
     /// key = visitor_id (16) ++ the first segment id of a span (16) →
@@ -272,7 +275,7 @@ impl Store {
             events: open(EVENTS_TREE)?,
             events_by_link: open(events::LINK_INDEX_TREE)?,
             open_spans: Mutex::new(events::OpenSpans::default()),
-            open_visitor_spans: Mutex::new(events::OpenSpans::default()),
+            visitor_index: Mutex::new(visitor_index::VisitorIndex::default()),
             events_by_workspace: open("events_by_workspace")?,
             events_by_visitor: open("events_by_visitor")?,
             counters: open("counters")?,
@@ -377,6 +380,13 @@ impl Store {
                 "removed the newest event segments, whose bodies did not reach the disk before the last stop"
             );
         }
+        let indexed = store.rebuild_visitor_index()?;
+        if indexed > 0 {
+            tracing::info!(
+                segments = indexed,
+                "indexed the visitors of the newest segments, whose index entries the last stop lost"
+            );
+        }
         Ok(store)
     }
 
@@ -428,13 +438,6 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn open_visitor_spans(&self) -> std::sync::MutexGuard<'_, events::OpenSpans> {
-        self.inner
-            .open_visitor_spans
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     fn marks(&self) -> std::sync::MutexGuard<'_, EventMarks> {
         self.inner.marks()
     }
@@ -447,6 +450,8 @@ impl Trees {
 
     /// `Store::flush`.
     fn flush(&self) -> StoreResult<usize> {
+        // The visitor entries waiting in memory go in what is made durable.
+        visitor_index::settle(self, &mut self.visitor_index())?;
         let committed = self.marks().committed;
         self.bodies.sync()?;
         let flushed = self.db.flush()?;

@@ -213,6 +213,10 @@ impl Store {
     /// Writes `rw` in one transaction if the segment is still as read;
     /// answers whether it did.
     fn apply(&self, rw: &Rewrite) -> StoreResult<bool> {
+        // The visitor entries waiting in memory may point into the segment:
+        // into the index first, where the rewrite finds them
+        // (`visitor_index.rs`).
+        self.settle_visitor_index()?;
         let t = &self.inner;
         // Durable before its pointer replaces one to durable bytes.
         let new = match &rw.new {

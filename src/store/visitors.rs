@@ -475,6 +475,8 @@ impl Store {
     /// transaction. Answers how many segments it went through (0: none is
     /// left).
     pub fn detach_visitor_step(&self, id: &VisitorId, max_segments: usize) -> StoreResult<usize> {
+        // The entries waiting in memory first (`visitor_index.rs`).
+        self.settle_visitor_index()?;
         let t = &self.inner;
         // Each entry's key (visitor ++ segment) with the key of the span
         // listing it; `None` for a home, which no span lists.

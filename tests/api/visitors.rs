@@ -214,6 +214,23 @@ async fn get_json(client: &awc::Client, url: String, token: &str) -> Value {
     r.json().limit(64 << 20).await.unwrap()
 }
 
+/// How many events `GET /v1/events?{query}` lists, over every page.
+async fn listed_events(client: &awc::Client, base: &str, token: &str, query: &str) -> u64 {
+    let (mut n, mut page) = (0, None::<String>);
+    loop {
+        let mut url = format!("{base}/v1/events?page_size=500&{query}");
+        if let Some(p) = &page {
+            url.push_str(&format!("&page_token={p}"));
+        }
+        let body = get_json(client, url, token).await;
+        n += body["data"].as_array().unwrap().len() as u64;
+        match body["next_page_token"].as_str() {
+            Some(p) => page = Some(p.to_owned()),
+            None => return n,
+        }
+    }
+}
+
 async fn lag(client: &awc::Client, base: &str, consumer: &str) -> Option<u64> {
     let mut r = client.get(format!("{base}/metrics")).send().await.ok()?;
     let text = String::from_utf8(r.body().await.ok()?.to_vec()).ok()?;
@@ -337,6 +354,13 @@ async fn after_kill_9_in_a_burst_no_device_has_two_visitors_and_profiles_equal_a
     for (visitor, count) in &by_visitor {
         let v = get_json(&client, format!("{base}/v1/visitors/{visitor}"), &token).await;
         assert_eq!(v["event_count"], *count, "{visitor}: {v}");
+        // The visitor index lists them all: the entries of the segments
+        // committed after its last write were indexed again at start.
+        let listed = listed_events(&client, &base, &token, &format!("visitor_id={visitor}")).await;
+        assert_eq!(
+            listed, *count,
+            "{visitor}'s events through the visitor index"
+        );
     }
     // A device seen before the kill keeps its visitor after it.
     let (device, visitors) = by_device.iter().next().unwrap();
