@@ -379,9 +379,7 @@ fn prepare(
     if !doomed.contains(&true) {
         return Ok((None, more));
     }
-    let events = (0..seg.len())
-        .map(|p| seg.event(p))
-        .collect::<StoreResult<Vec<_>>>()?;
+    let events = seg.events()?;
     let keep: Vec<usize> = (0..seg.len()).filter(|&p| !doomed[p]).collect();
     let mut entries: BTreeMap<(Index, [u8; 32]), Vec<u16>> = BTreeMap::new();
     let mut purged: BTreeMap<[u8; 17], u64> = BTreeMap::new();

@@ -141,6 +141,11 @@ impl<'a> Segment<'a> {
         }
     }
 
+    /// Every event of the segment, in order.
+    pub fn events(&self) -> StoreResult<Vec<ScanEvent>> {
+        (0..self.len()).map(|pos| self.event(pos)).collect()
+    }
+
     /// The visitor of the event at `pos`, without decoding all of it.
     pub fn visitor(&self, pos: usize) -> StoreResult<Option<VisitorId>> {
         match &self.dict {

@@ -33,7 +33,6 @@ use sled::Transactional;
 use super::events::{OpenSpans, add_to_span, group, is_home, known_spans, remember_spans};
 use super::segment::Segment;
 use super::{Store, StoreResult, Trees, keys};
-use crate::domain::ScanEvent;
 use crate::ids::EventId;
 
 /// Committed segments whose visitor entries wait at most before the
@@ -165,9 +164,7 @@ impl Store {
             let entries = match self.segment(&key)? {
                 Some(stored) => {
                     let seg = Segment::parse(&stored.body)?;
-                    let events: Vec<ScanEvent> = (0..seg.len())
-                        .map(|i| seg.event(i))
-                        .collect::<StoreResult<_>>()?;
+                    let events = seg.events()?;
                     group(&events, &first, |e| {
                         e.visitor_id.filter(|v| !is_home(v, &first))
                     })

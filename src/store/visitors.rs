@@ -26,7 +26,6 @@ use super::forms::FormCompletion;
 use super::scan::{self, Page};
 use super::segment::{self, Segment};
 use super::{ConsumerRecord, Store, StoreError, StoreResult, keys, layout};
-use crate::domain::ScanEvent;
 use crate::domain::visitor::VisitorProfile;
 use crate::enrich::fingerprint::Fingerprint;
 use crate::ids::{EventKind, VisitorId, WorkspaceId};
@@ -523,9 +522,7 @@ impl Store {
                     break;
                 };
                 let seg = Segment::parse(&before.body)?;
-                let mut events: Vec<ScanEvent> = (0..seg.len())
-                    .map(|i| seg.event(i))
-                    .collect::<StoreResult<_>>()?;
+                let mut events = seg.events()?;
                 if home && !events.iter().any(|e| e.visitor_id == Some(*id)) {
                     // A segment of the same millisecond, not the visitor's.
                     break;
