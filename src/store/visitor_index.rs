@@ -90,8 +90,7 @@ impl VisitorIndex {
         self.entries
     }
 
-    /// Drops the entries waiting, as a crash does.
-    #[cfg(test)]
+    /// Drops the entries waiting: once written, or as a crash does.
     pub(super) fn forget(&mut self) {
         self.pending.clear();
         self.entries = 0;
@@ -122,9 +121,7 @@ pub(super) fn settle(t: &Trees, index: &mut VisitorIndex) -> StoreResult<()> {
         Ok(spans)
     })?;
     remember_spans(&mut index.open, written, OPEN_VISITOR_SPANS_MAX);
-    index.pending.clear();
-    index.entries = 0;
-    index.through = None;
+    index.forget();
     Ok(())
 }
 
