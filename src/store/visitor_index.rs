@@ -152,9 +152,7 @@ impl Store {
         );
         for entry in t.events.range::<sled::IVec, _>(after) {
             let (key, _) = entry?;
-            let (Some(first), Ok(key16)) =
-                (EventId::from_slice(&key), <[u8; 16]>::try_from(&key[..]))
-            else {
+            let Some(first) = EventId::from_slice(&key) else {
                 continue;
             };
             // A segment whose body is lost has no events to index.
@@ -168,7 +166,7 @@ impl Store {
                 }
                 None => Entries::new(),
             };
-            index.push(key16, entries);
+            index.push(*first.as_bytes(), entries);
             read += 1;
             if index.due() {
                 settle(t, &mut index)?;
